@@ -1,0 +1,217 @@
+"""Reading user images into model-ready tensors, and writing images and grids.
+
+Any file Pillow can open is accepted: grayscale, palette, RGBA/LA (composited on white),
+CMYK, 16-bit and 32-bit integer or float images are converted to 8-bit RGB; EXIF rotation is
+applied; each image is resized so its short side matches the model's resolution (Lanczos) and
+centre-cropped. Files that are not images or are damaged are skipped with one warning that
+lists them. Tensors are float32 in [-1, 1], shape [3, S, S].
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .errors import NoiseCLRError
+from .fileio import atomic_write
+
+log = logging.getLogger("noiseclr")
+
+MAX_PIXELS = 1_000_000_000
+"""Largest image accepted (Pillow's own default bomb limit is ~179 MP)."""
+
+
+@dataclass
+class ImageSet:
+    """Images loaded from disk, ready for the VAE."""
+
+    pixels: torch.Tensor
+    """[N, 3, S, S] float32 in [-1, 1]."""
+    paths: list[Path]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB (alpha composited on white, deep images rescaled)."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # Pillow clips these to 0..255 on convert("L"); rescale by the type's range instead.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        if mode == "F":
+            top = max(float(array.max()), 1.0) if array.max() > 1.0 else 1.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to ``size`` (Lanczos, up or down) and centre-crop to a square."""
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_pil(pixels: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [-1, 1] -> PIL RGB."""
+    array = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def open_image(path: Path, min_side: int = 1024) -> Image.Image:
+    """Open and fully decode ``path``; raises ``OSError``/``ValueError`` for non-images.
+
+    Huge JPEGs are decoded at a reduced scale that still keeps both sides >= ``min_side``.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as handle:
+                handle.draft("RGB", (min_side, min_side))
+                handle.load()
+                return handle.copy()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"larger than {MAX_PIXELS // 1_000_000} megapixels") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """One image -> [3, size, size] tensor in [-1, 1]."""
+    return pil_to_tensor(fit_square(to_rgb(open_image(Path(path), min_side=size)), size))
+
+
+def _try_load(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
+    try:
+        return load_image(path, size), ""
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        reason = "not an image" if isinstance(exc, Image.UnidentifiedImageError) else (str(exc) or "unreadable")
+        return None, reason.splitlines()[0][:120]
+
+
+def load_image_folder(folder: str | Path, size: int, *, min_count: int = 1, flag: str = "--images") -> ImageSet:
+    """All readable images directly in ``folder`` (sorted by name; hidden files ignored)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise NoiseCLRError(f"{flag} {folder}: no such folder; pass a folder of images.")
+    if not folder.is_dir():
+        raise NoiseCLRError(f"{flag} {folder}: not a folder; pass a folder of images.")
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not candidates:
+        raise NoiseCLRError(f"{flag} {folder}: the folder is empty; put at least {min_count} images in it.")
+    return _load_many(candidates, size, min_count=min_count, flag=f"{flag} {folder}")
+
+
+def load_image_files(paths: Sequence[str | Path], size: int, *, flag: str = "--image") -> ImageSet:
+    """Explicitly named images: a missing or unreadable one is an error, not a warning."""
+    if not paths:
+        raise NoiseCLRError(f"{flag}: no images given; pass at least one image file.")
+    tensors, kept = [], []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise NoiseCLRError(f"{flag} {path}: no such file; check the path.")
+        tensor, reason = _try_load(path, size)
+        if tensor is None:
+            raise NoiseCLRError(f"{flag} {path}: cannot read it as an image ({reason}); pass a PNG, JPEG or similar.")
+        tensors.append(tensor)
+        kept.append(path)
+    return ImageSet(torch.stack(tensors), kept)
+
+
+def _load_many(candidates: list[Path], size: int, *, min_count: int, flag: str) -> ImageSet:
+    from tqdm.auto import tqdm
+
+    tensors, kept, skipped = [], [], []
+    for path in tqdm(candidates, desc="reading images", unit="img", leave=False, disable=len(candidates) < 50):
+        tensor, reason = _try_load(path, size)
+        if tensor is None:
+            skipped.append((path, reason))
+        else:
+            tensors.append(tensor)
+            kept.append(path)
+    if skipped:
+        listing = "; ".join(f"{p.name} ({why})" for p, why in skipped[:20])
+        more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        log.warning("skipped %d unreadable file(s) in %s: %s%s", len(skipped), flag, listing, more)
+    if len(kept) < min_count:
+        raise NoiseCLRError(
+            f"{flag}: only {len(kept)} usable image(s) (skipped {len(skipped)}), need at least {min_count}; "
+            "add images or lower --batch."
+        )
+    return ImageSet(torch.stack(tensors), kept, skipped)
+
+
+# --------------------------------------------------------------------- writing
+def save_image(image: Image.Image | torch.Tensor, path: str | Path) -> Path:
+    """Write a PNG atomically."""
+    pil = tensor_to_pil(image) if isinstance(image, torch.Tensor) else image
+    return atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def make_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    *,
+    column_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    pad: int = 4,
+) -> Image.Image:
+    """Paste a table of equally sized images onto one canvas, with optional labels."""
+    if not rows or not rows[0]:
+        raise ValueError("make_grid needs at least one image")
+    cell_w, cell_h = rows[0][0].size
+    font_px = max(10, min(16, cell_h // 6))
+    font = _font(font_px)
+    text_h = font_px + 6
+    left = (max(len(label) for label in row_labels) * font_px * 0.6 + 2 * pad) if row_labels else 0
+    left = int(left)
+    top = (text_h if column_labels else 0) + (text_h + 2 if title else 0)
+    columns = max(len(r) for r in rows)
+    width = left + columns * (cell_w + pad) + pad
+    height = top + len(rows) * (cell_h + pad) + pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y0 = pad
+    if title:
+        draw.text((pad, y0), title, fill=(0, 0, 0), font=font)
+        y0 += text_h + 2
+    if column_labels:
+        for c, label in enumerate(column_labels):
+            draw.text((left + pad + c * (cell_w + pad), y0), label, fill=(60, 60, 60), font=font)
+    for r, row in enumerate(rows):
+        y = top + pad + r * (cell_h + pad)
+        if row_labels:
+            draw.text((pad, y + cell_h // 2 - font_px // 2), row_labels[r], fill=(60, 60, 60), font=font)
+        for c, image in enumerate(row):
+            canvas.paste(image.convert("RGB").resize((cell_w, cell_h)), (left + pad + c * (cell_w + pad), y))
+    return canvas

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random Stable-Diffusion-layout pipelines saved to local folders.
+
+No test downloads anything: pipelines are built from configs (``noiseclr.architecture``), saved
+with ``save_pretrained`` and loaded back through the same ``from_pretrained`` path real models use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from noiseclr.architecture import build_pipeline, load_clip_tokenizer, tiny_spec, write_clip_tokenizer  # noqa: E402
+from noiseclr.model import DiffusionModel  # noqa: E402
+
+TINY_VARIANTS = {
+    # epsilon prediction, text width 32, 16 positions
+    "eps": dict(text_width=32, max_length=16, prediction_type="epsilon"),
+    # v-prediction (SD 2.x style), text width 24, 12 positions
+    "v": dict(text_width=24, max_length=12, prediction_type="v_prediction"),
+}
+
+
+def save_tiny_pipeline(folder: Path, variant: str = "eps", seed: int = 0) -> Path:
+    spec = tiny_spec(**TINY_VARIANTS[variant])
+    tokenizer = load_clip_tokenizer(write_clip_tokenizer(folder / "_tokenizer_src", max_length=spec.max_length))
+    pipe = build_pipeline(spec, tokenizer, seed=seed)
+    pipe.save_pretrained(folder / "pipeline")
+    return folder / "pipeline"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-eps"), "eps")
+
+
+@pytest.fixture(scope="session")
+def tiny_v_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-v"), "v", seed=1)
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir) -> DiffusionModel:
+    return DiffusionModel.load(tiny_model_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture()
+def tiny_v_model(tiny_v_model_dir) -> DiffusionModel:
+    return DiffusionModel.load(tiny_v_model_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(params=["eps", "v"])
+def any_tiny_model(request, tiny_model_dir, tiny_v_model_dir) -> DiffusionModel:
+    folder = tiny_model_dir if request.param == "eps" else tiny_v_model_dir
+    return DiffusionModel.load(folder, device="cpu", dtype="float32")
