@@ -399,10 +399,11 @@ class DiffusionModel:
     def predict_eps(
         self, latents: torch.Tensor, timesteps: torch.Tensor | int, conditioning: torch.Tensor
     ) -> torch.Tensor:
-        """Noise prediction for each latent under the matching conditioning row (float32).
+        """Noise prediction for each latent under the matching conditioning row.
 
         ``latents`` [B, C, h, w]; ``timesteps`` an int, a 0-d tensor or [B]; ``conditioning``
-        [B, L, W]. v- and sample-prediction outputs are converted to epsilon.
+        [B, L, W]. v- and sample-prediction outputs are converted to epsilon. The result is
+        float32, or float64 for a float64 model (so float64 reference runs stay float64).
         """
         batch = latents.shape[0]
         t = torch.as_tensor(timesteps, device=self.device).long()
@@ -410,7 +411,8 @@ class DiffusionModel:
         sample = latents.to(self.device, self.dtype)
         with self.autocast():
             output = self.unet(sample, t, encoder_hidden_states=conditioning.to(self.dtype), return_dict=False)[0]
-        return self.output_to_eps(output.float(), latents.to(self.device).float(), t)
+        result_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        return self.output_to_eps(output.to(result_dtype), latents.to(self.device, result_dtype), t)
 
     def output_to_eps(self, output: torch.Tensor, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Convert the UNet's raw output to an epsilon prediction."""
