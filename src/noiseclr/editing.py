@@ -1,0 +1,619 @@
+"""Editing real images and generating new ones with discovered directions (paper Eq. 8-9).
+
+A direction ``d_k`` edits by steering the noise prediction away from the null prompt's::
+
+    eps~ = eps(x_t, c_0) + sum_k lambda_k * (eps(x_t, c_k) - eps(x_t, c_0))
+
+where ``c_0`` is the null conditioning and ``c_k`` the conditioning of direction ``k``. Each term
+is active only in its own window of the denoising steps (``start``/``end`` fractions: 0 is the
+first, noisiest step, 1 is after the last). Directions from different files (faces and cats,
+say) combine freely as long as every file belongs to the model.
+
+Everything runs through one batched kernel, :func:`denoise`: M trajectories share a schedule,
+J conditionings are available, and a weight table ``w[m, j, step]`` says which conditionings
+steer which trajectory at which step. Per step it gathers the null row of every trajectory
+plus the ``(m, j)`` pairs with nonzero weight and evaluates them in ONE UNet call (split into
+``max_batch``-row calls only when asked). Text-to-image is the same kernel with the prompt as
+one more conditioning, weighted by the guidance scale.
+
+Typical use::
+
+    inversion = invert(model, model.encode_images(pixels), method="ddpm", steps=50)
+    latents = regenerate(model, inversion, [[term_a], [term_a, term_b], []])   # [3, B, C, h, w]
+
+or, for one edit with before/after, :func:`edit`; for prompts, :func:`generate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .directions import Directions
+from .errors import NoiseCLRError
+from .images import ImageSet
+from .inversion import (
+    INVERSION_METHODS,
+    Inversion,
+    Schedule,
+    check_steps,
+    ddim_step,
+    ddpm_step,
+    invert,
+    make_schedule,
+    predict_eps_rows,
+    work_dtype,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .model import DiffusionModel
+
+log = logging.getLogger("noiseclr")
+
+SPEC_FORM = "FILE:INDEX=SCALE[@START:END], e.g. runs/faces/directions.safetensors:3=4.5@0:0.6"
+_WINDOW_TOLERANCE = 1e-9  # so 0.6 * 50 steps is exactly 30 steps, not 31
+
+
+# ------------------------------------------------------------------------------------ terms
+@dataclass(eq=False)
+class DirectionTerm:
+    """One direction applied with a scale over a window of the denoising steps."""
+
+    directions: Directions
+    index: int
+    scale: float
+    start: float = 0.0
+    """Fraction of the denoising steps where the term switches on (0 = first, noisiest step)."""
+    end: float = 1.0
+    """Fraction where it switches off (1 = after the last step)."""
+
+    def __post_init__(self) -> None:
+        self.directions.check_index(self.index)
+        self.scale = float(self.scale)
+        if not math.isfinite(self.scale):
+            raise NoiseCLRError(f"{self.describe()}: scale {self.scale} is not a finite number; pass e.g. 3 or -2.5.")
+        self.start, self.end = float(self.start), float(self.end)
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise NoiseCLRError(
+                f"{self.describe()}: window {self.start}:{self.end} is invalid; need 0 <= START < END <= 1, e.g. @0:0.6."
+            )
+
+    def describe(self) -> str:
+        """Short label, e.g. ``faces.safetensors 3: smile x4.5 @0-0.6``."""
+        where = self.directions.path.name if self.directions.path else (self.directions.domain or "directions")
+        label = (
+            self.directions.label(self.index) if 0 <= self.index < self.directions.count else f"direction {self.index}"
+        )
+        window = "" if (self.start, self.end) == (0.0, 1.0) else f" @{self.start:g}-{self.end:g}"
+        return f"{where} {label} x{self.scale:g}{window}"
+
+    def active_steps(self, steps: int) -> torch.Tensor:
+        """[steps] bool: whether the term acts at each denoising step."""
+        return window_mask(self.start, self.end, steps)
+
+
+def window_mask(start: float, end: float, steps: int) -> torch.Tensor:
+    """[steps] bool: step ``i`` is active when ``start <= i / steps < end``."""
+    position = torch.arange(steps, dtype=torch.float64) / steps
+    return (position >= start - _WINDOW_TOLERANCE) & (position < end - _WINDOW_TOLERANCE)
+
+
+# FILE may contain ':' (C:\..., odd names): match the tail ":INDEX[=SCALE][@WINDOW]" leftmost-first,
+# with fields that cannot hold path characters.
+_SPEC_TAIL = re.compile(r":(?P<index>[^:=@/\\]*)(?:=(?P<scale>[^:=@/\\]*))?(?:@(?P<window>[^=@/\\]*))?$")
+
+
+def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None) -> DirectionTerm:
+    """Parse the CLI syntax ``FILE:INDEX=SCALE[@START:END]`` into a :class:`DirectionTerm`.
+
+    ``FILE`` may itself contain ``:``. ``SCALE`` may be negative. Without ``=SCALE`` the file's
+    ``edit_defaults`` for that index supply the scale (and the window, unless one is given).
+    ``loaded`` caches files by name, so a file named in several specs is read once.
+    """
+
+    def fail(problem: str) -> NoiseCLRError:
+        return NoiseCLRError(f"--direction {spec}: {problem}; expected {SPEC_FORM}.")
+
+    text = str(spec).strip()
+    match = _SPEC_TAIL.search(text)
+    if match is None:
+        raise fail("no :INDEX after the file name")
+    file_part = text[: match.start()].strip()
+    index_text = (match.group("index") or "").strip()
+    scale_text = match.group("scale")
+    window_text = match.group("window")
+    if not file_part:
+        raise fail("no FILE before :INDEX")
+    if not index_text:
+        raise fail("no direction INDEX after ':'")
+    try:
+        index = int(index_text)
+    except ValueError:
+        raise fail(f"INDEX {index_text!r} is not a whole number") from None
+
+    scale: float | None = None
+    if scale_text is not None:
+        scale = _finite(scale_text.strip(), "SCALE", fail)
+    window: tuple[float, float] | None = None
+    if window_text is not None:
+        parts = window_text.split(":")
+        if len(parts) != 2:
+            raise fail(f"window {window_text!r} is not START:END")
+        window = (_finite(parts[0].strip(), "START", fail), _finite(parts[1].strip(), "END", fail))
+        if not 0.0 <= window[0] < window[1] <= 1.0:
+            raise fail(f"window {window_text} needs 0 <= START < END <= 1")
+
+    cache = loaded if loaded is not None else {}
+    key = str(Path(file_part).expanduser())
+    if key not in cache:
+        try:
+            cache[key] = Directions.load(key)
+        except NoiseCLRError as exc:
+            raise NoiseCLRError(f"--direction {spec}: {exc}") from None
+    directions = cache[key]
+    try:
+        directions.check_index(index)
+    except NoiseCLRError as exc:
+        raise NoiseCLRError(f"--direction {spec}: {exc}") from None
+
+    start, end = window if window is not None else (0.0, 1.0)
+    if scale is None:
+        defaults = (directions.edit_defaults or [None] * directions.count)[index]
+        if not isinstance(defaults, dict) or defaults.get("scale") is None:
+            raise fail(f"no =SCALE given and {file_part} has no edit defaults for direction {index}")
+        scale = float(defaults["scale"])
+        if window is None:
+            start, end = float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0))
+    try:
+        return DirectionTerm(directions, index, scale, start, end)
+    except NoiseCLRError as exc:
+        raise NoiseCLRError(f"--direction {spec}: {exc}") from None
+
+
+def _finite(text: str, what: str, fail: Callable[[str], NoiseCLRError]) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise fail(f"{what} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise fail(f"{what} {text!r} is not a finite number")
+    return value
+
+
+def check_terms(model: DiffusionModel, terms: Sequence[DirectionTerm]) -> None:
+    """Every term's file belongs to ``model`` and its index exists (NoiseCLRError otherwise)."""
+    checked: set[int] = set()
+    for term in terms:
+        if id(term.directions) not in checked:
+            term.directions.check_compatible(model)
+            checked.add(id(term.directions))
+        term.directions.check_index(term.index)
+
+
+# ------------------------------------------------------------------------- weight tables
+def direction_conditionings(
+    model: DiffusionModel, edits: Sequence[Sequence[DirectionTerm]]
+) -> tuple[list[torch.Tensor], list[str], dict[tuple[int, int], int]]:
+    """Encode each distinct (file, index) once: tensors [k, L, W] per file, labels, and key -> row offset."""
+    order: dict[tuple[int, int], int] = {}
+    per_file: dict[int, tuple[Directions, list[int]]] = {}
+    for terms in edits:
+        for term in terms:
+            key = (id(term.directions), term.index)
+            if key in order:
+                continue
+            order[key] = len(order)
+            per_file.setdefault(id(term.directions), (term.directions, []))[1].append(term.index)
+    tensors, labels, rows = [], [], {}
+    offset = 0
+    for directions, indices in per_file.values():
+        vectors = directions.vectors[indices].to(model.device)
+        with torch.no_grad():
+            tensors.append(model.encode_directions(vectors))
+        for position, index in enumerate(indices):
+            rows[(id(directions), index)] = offset + position
+            labels.append(f"{directions.path.name if directions.path else directions.domain or 'directions'}:{index}")
+        offset += len(indices)
+    return tensors, labels, rows
+
+
+def edit_weights(
+    edits: Sequence[Sequence[DirectionTerm]], rows: dict[tuple[int, int], int], columns: int, steps: int, offset: int
+) -> torch.Tensor:
+    """[E, columns, steps] float64 weight table: term scales on their windows (repeats add up)."""
+    weights = torch.zeros(len(edits), columns, steps, dtype=torch.float64)
+    for e, terms in enumerate(edits):
+        for term in terms:
+            column = offset + rows[(id(term.directions), term.index)]
+            weights[e, column] += term.scale * term.active_steps(steps).to(torch.float64)
+    return weights
+
+
+# --------------------------------------------------------------------------- the kernel
+def combine_eps(
+    eps_base: torch.Tensor, eps_pairs: torch.Tensor, pair_trajectory: torch.Tensor, pair_weight: torch.Tensor
+) -> torch.Tensor:
+    """``eps~[m] = eps_base[m] + sum_p w_p (eps_pairs[p] - eps_base[m_p])`` over pairs p of trajectory m."""
+    guided = eps_base.clone()
+    if eps_pairs.shape[0]:
+        shape = (-1,) + (1,) * (eps_base.ndim - 1)
+        delta = pair_weight.to(eps_base.dtype).view(shape) * (eps_pairs - eps_base[pair_trajectory])
+        guided.index_add_(0, pair_trajectory, delta)
+    return guided
+
+
+StepCallback = Callable[[int, torch.Tensor], None]
+"""Called as ``callback(step, latents[M])`` after every denoising step."""
+
+
+@torch.no_grad()
+def denoise(
+    model: DiffusionModel,
+    latents: torch.Tensor,
+    schedule: Schedule,
+    conditionings: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    noise_maps: torch.Tensor | None = None,
+    noise_index: torch.Tensor | None = None,
+    eta: float = 1.0,
+    max_batch: int | None = None,
+    progress: bool = True,
+    desc: str = "denoising",
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run M trajectories down ``schedule`` with guided noise predictions; returns latents [M, C, h, w].
+
+    ``conditionings`` [J, L, W]: row 0 is the base (null) conditioning every trajectory uses.
+    ``weights`` [M, J, N]: weight of conditioning j for trajectory m at step n (column 0 is
+    ignored; 0 means not evaluated). Per step, one UNet call (``max_batch`` rows per call if
+    set) evaluates the base for every trajectory and each nonzero (m, j) pair, and
+    ``eps~ = eps_0 + sum_j w (eps_j - eps_0)``.
+
+    Without ``noise_maps`` the step is DDIM (eta = 0). With ``noise_maps`` [N, B, C, h, w] it
+    is the stochastic step with ``eta``, trajectory m using ``noise_maps[:, noise_index[m]]``.
+    """
+    from tqdm.auto import tqdm
+
+    count = latents.shape[0]
+    if weights.shape != (count, conditionings.shape[0], schedule.steps):
+        raise ValueError(
+            f"weights must be [M={count}, J={conditionings.shape[0]}, N={schedule.steps}], got {tuple(weights.shape)}"
+        )
+    if noise_maps is not None and noise_index is None:
+        noise_index = torch.arange(count)
+    device = model.device
+    state = latents.to(device, work_dtype(device))
+    weights = weights.to(torch.float64).cpu()
+    base_rows = torch.arange(count)
+    for step in tqdm(range(schedule.steps), desc=desc, disable=not progress, leave=False):
+        steering = weights[:, 1:, step]
+        pair_trajectory, pair_column = steering.nonzero(as_tuple=True)
+        pair_weight = steering[pair_trajectory, pair_column]
+        trajectory_rows = torch.cat([base_rows, pair_trajectory]).to(device)
+        conditioning_rows = torch.cat([torch.zeros(count, dtype=torch.long), pair_column + 1]).to(device)
+        eps = predict_eps_rows(
+            model,
+            state[trajectory_rows],
+            int(schedule.timesteps[step]),
+            conditionings[conditioning_rows],
+            max_batch,
+        ).to(state.dtype)
+        guided = combine_eps(eps[:count], eps[count:], pair_trajectory.to(device), pair_weight.to(device))
+        level_from, level_to = schedule.levels(step)
+        if noise_maps is None:
+            state = ddim_step(state, guided, level_from, level_to)
+        else:
+            noise = noise_maps[step].to(device, state.dtype)[noise_index.to(device)]
+            state = ddpm_step(state, guided, level_from, level_to, noise, eta=eta)
+        if callback is not None:
+            callback(step, state)
+    return state
+
+
+def _warn_empty_windows(terms: Sequence[DirectionTerm], steps: int) -> None:
+    for term in terms:
+        if term.scale != 0 and not bool(term.active_steps(steps).any()):
+            log.warning(
+                "%s: its window covers none of the %d steps; it has no effect (widen it or use more steps)",
+                term.describe(),
+                steps,
+            )
+
+
+# ---------------------------------------------------------------------- editing real images
+@torch.no_grad()
+def regenerate(
+    model: DiffusionModel,
+    inversion: Inversion,
+    edits: Sequence[Sequence[DirectionTerm]],
+    *,
+    image_indices: Sequence[int] | None = None,
+    max_batch: int | None = None,
+    progress: bool = True,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Render every edit variant of every inverted image; returns latents [E, B, C, h, w].
+
+    ``edits`` holds one term list per variant (an empty list is the plain reconstruction).
+    ``image_indices`` picks images of ``inversion`` (default all). All E*B trajectories run
+    together: one UNet call per step. Latents are in the sampler's dtype on the model's device.
+    """
+    edits = [list(terms) for terms in edits]
+    if not edits:
+        raise ValueError("regenerate needs at least one edit (use [[]] for the reconstruction)")
+    check_terms(model, [term for terms in edits for term in terms])
+    for terms in edits:
+        _warn_empty_windows(terms, inversion.steps)
+    images = list(range(inversion.batch)) if image_indices is None else [int(i) for i in image_indices]
+    if max_batch is not None and max_batch < 1:
+        raise NoiseCLRError(f"--max-batch {max_batch}: must be at least 1.")
+
+    tensors, _, rows = direction_conditionings(model, edits)
+    conditionings = torch.cat([model.null_conditioning(), *tensors])
+    per_edit = edit_weights(edits, rows, conditionings.shape[0], inversion.steps, offset=1)
+    batch = len(images)
+    # Trajectory m = e * B + b: edit e of image b.
+    weights = per_edit.repeat_interleave(batch, dim=0)
+    image_index = torch.as_tensor(images, dtype=torch.long)
+    start = inversion.start_latents[image_index.to(inversion.start_latents.device)]
+    start = start.repeat(len(edits), *([1] * (start.ndim - 1)))
+    noise_index = image_index.repeat(len(edits))
+    latents = denoise(
+        model,
+        start,
+        inversion.schedule,
+        conditionings,
+        weights,
+        noise_maps=inversion.noise_maps,
+        noise_index=noise_index if inversion.noise_maps is not None else None,
+        eta=inversion.eta,
+        max_batch=max_batch,
+        progress=progress,
+        desc=f"editing ({inversion.method})",
+        callback=callback,
+    )
+    return latents.view(len(edits), batch, *latents.shape[1:])
+
+
+def render_edits(
+    model: DiffusionModel,
+    inversion: Inversion,
+    edits: Sequence[Sequence[DirectionTerm]],
+    *,
+    image_indices: Sequence[int] | None = None,
+    max_batch: int | None = None,
+    decode_batch: int = 8,
+    progress: bool = True,
+) -> torch.Tensor:
+    """:func:`regenerate` and decode: pixels [E, B, 3, S, S] in [-1, 1], float32 on the CPU."""
+    latents = regenerate(model, inversion, edits, image_indices=image_indices, max_batch=max_batch, progress=progress)
+    flat = latents.reshape(-1, *latents.shape[2:])
+    pixels = model.decode_latents(flat, batch_size=decode_batch).cpu()
+    return pixels.view(*latents.shape[:2], *pixels.shape[1:])
+
+
+@dataclass
+class EditSettings:
+    """How :func:`edit` inverts and denoises."""
+
+    steps: int = 50
+    inversion: str = "ddim"
+    """``"ddim"`` (deterministic, approximate reconstruction) or ``"ddpm"`` (edit-friendly, exact)."""
+    seed: int = 0
+    """Seeds the DDPM inversion's noise draws."""
+    max_batch: int | None = None
+    """Most UNet rows per call (memory cap; results are unchanged). None: one call per step."""
+    decode_batch: int = 8
+    """Images per VAE call when encoding and decoding."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise NoiseCLRError(f"--steps {self.steps}: must be a whole number of at least 1; 50 is typical.")
+        if self.inversion not in INVERSION_METHODS:
+            raise NoiseCLRError(
+                f"--inversion {self.inversion}: unknown method; use one of {', '.join(INVERSION_METHODS)}."
+            )
+        if self.max_batch is not None and self.max_batch < 1:
+            raise NoiseCLRError(f"--max-batch {self.max_batch}: must be at least 1.")
+        if self.decode_batch < 1:
+            raise ValueError("decode_batch must be at least 1")
+
+
+@dataclass
+class EditResult:
+    """Edited images with the same inversion's plain reconstruction, for before/after views."""
+
+    edited: torch.Tensor
+    """[B, 3, S, S] float32 in [-1, 1], CPU."""
+    reconstruction: torch.Tensor
+    """[B, 3, S, S]: the same inversion regenerated without directions."""
+    source: torch.Tensor
+    """[B, 3, S, S]: the input pixels."""
+    edited_latents: torch.Tensor
+    reconstruction_latents: torch.Tensor
+    inversion: Inversion
+    terms: list[DirectionTerm]
+    paths: list[Path] | None = None
+
+    def __len__(self) -> int:
+        return int(self.edited.shape[0])
+
+    def grid(self) -> Image.Image:
+        """One row per image: input | reconstruction | edited."""
+        from .images import make_grid, tensor_to_pil
+
+        rows = [
+            [tensor_to_pil(t[i]) for t in (self.source, self.reconstruction, self.edited)] for i in range(len(self))
+        ]
+        labels = [p.name for p in self.paths] if self.paths else None
+        title = "; ".join(term.describe() for term in self.terms) or "no directions"
+        return make_grid(rows, column_labels=["input", "reconstruction", "edited"], row_labels=labels, title=title)
+
+
+@torch.no_grad()
+def edit(
+    model: DiffusionModel,
+    images: ImageSet | torch.Tensor,
+    terms: Sequence[DirectionTerm],
+    settings: EditSettings | None = None,
+    *,
+    progress: bool = True,
+) -> EditResult:
+    """Edit real images (pixels in [-1, 1], [B, 3, S, S], or an :class:`ImageSet`) with ``terms``.
+
+    The images are encoded, inverted once with the null prompt (``settings.inversion``), and
+    regenerated twice in the same batched pass: with the terms and without (the reconstruction).
+    """
+    settings = settings or EditSettings()
+    terms = list(terms)
+    check_terms(model, terms)
+    check_steps(model, settings.steps)
+    paths = list(images.paths) if isinstance(images, ImageSet) else None
+    pixels = images.pixels if isinstance(images, ImageSet) else images
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"images must be [B, 3, S, S] pixels, got {tuple(pixels.shape)}")
+    latents = model.encode_images(pixels, batch_size=settings.decode_batch)
+    generator = torch.Generator().manual_seed(settings.seed)
+    inversion = invert(
+        model,
+        latents,
+        settings.inversion,
+        settings.steps,
+        generator=generator,
+        max_batch=settings.max_batch,
+        progress=progress,
+    )
+    both = regenerate(model, inversion, [terms, []], max_batch=settings.max_batch, progress=progress)
+    decoded = model.decode_latents(both.reshape(-1, *both.shape[2:]), batch_size=settings.decode_batch).cpu()
+    decoded = decoded.view(2, -1, *decoded.shape[1:])
+    return EditResult(
+        edited=decoded[0],
+        reconstruction=decoded[1],
+        source=pixels.detach().float().cpu(),
+        edited_latents=both[0],
+        reconstruction_latents=both[1],
+        inversion=inversion,
+        terms=terms,
+        paths=paths,
+    )
+
+
+# ------------------------------------------------------------------------ text to image
+@torch.no_grad()
+def generate_latents(
+    model: DiffusionModel,
+    prompts: Sequence[str],
+    edits: Sequence[Sequence[DirectionTerm]],
+    *,
+    guidance_scale: float = 5.0,
+    steps: int = 50,
+    seed: int = 0,
+    noise: torch.Tensor | None = None,
+    max_batch: int | None = None,
+    progress: bool = True,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DDIM (eta = 0) text-to-image with directions; returns latents [E, P, C, h, w].
+
+    ``eps~ = eps_0 + g (eps_prompt - eps_0) + sum_k lambda_k (eps_k - eps_0)``. Every edit
+    variant of prompt p starts from the same noise (``noise`` [P, C, h, w], or drawn on the
+    CPU from ``seed``), so variants differ only by their directions. With ``g = 1`` this is the
+    unguided prompt prediction, computed from both rows.
+    """
+    prompts = [str(p) for p in prompts]
+    edits = [list(terms) for terms in edits]
+    if not prompts or not edits:
+        raise ValueError("generate needs at least one prompt and one edit (use [[]] for none)")
+    if not math.isfinite(guidance_scale):
+        raise NoiseCLRError(f"--guidance {guidance_scale}: not a finite number; 5 to 7.5 is typical.")
+    check_terms(model, [term for terms in edits for term in terms])
+    schedule = make_schedule(model, steps)
+    for terms in edits:
+        _warn_empty_windows(terms, steps)
+    if max_batch is not None and max_batch < 1:
+        raise NoiseCLRError(f"--max-batch {max_batch}: must be at least 1.")
+
+    shape = (len(prompts), model.latent_channels, model.latent_size, model.latent_size)
+    if noise is None:
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must be {list(shape)}, got {list(noise.shape)}")
+
+    tensors, _, rows = direction_conditionings(model, edits)
+    prompt_conditionings = model.encode_prompts(prompts)
+    conditionings = torch.cat([model.null_conditioning(), prompt_conditionings, *tensors])
+    count = len(prompts)
+    per_edit = edit_weights(edits, rows, conditionings.shape[0], steps, offset=1 + count)
+    # Trajectory m = e * P + p: edit e of prompt p, guided by its own prompt row.
+    weights = per_edit.repeat_interleave(count, dim=0)
+    trajectories = torch.arange(weights.shape[0])
+    weights[trajectories, 1 + trajectories % count, :] = float(guidance_scale)
+    start = noise.repeat(len(edits), 1, 1, 1)
+    latents = denoise(
+        model,
+        start,
+        schedule,
+        conditionings,
+        weights,
+        max_batch=max_batch,
+        progress=progress,
+        desc="generating",
+        callback=callback,
+    )
+    return latents.view(len(edits), count, *latents.shape[1:])
+
+
+def generate(
+    model: DiffusionModel,
+    prompts: Sequence[str],
+    terms: Sequence[DirectionTerm],
+    *,
+    guidance_scale: float = 5.0,
+    steps: int = 50,
+    seed: int = 0,
+    max_batch: int | None = None,
+    decode_batch: int = 8,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Text-to-image with directions: pixels [P, 3, S, S] in [-1, 1], float32 on the CPU.
+
+    See :func:`generate_latents` for the guidance formula and seeding.
+    """
+    latents = generate_latents(
+        model,
+        prompts,
+        [list(terms)],
+        guidance_scale=guidance_scale,
+        steps=steps,
+        seed=seed,
+        max_batch=max_batch,
+        progress=progress,
+    )[0]
+    return model.decode_latents(latents, batch_size=decode_batch).cpu()
+
+
+__all__ = [
+    "DirectionTerm",
+    "EditResult",
+    "EditSettings",
+    "check_terms",
+    "combine_eps",
+    "denoise",
+    "edit",
+    "generate",
+    "generate_latents",
+    "parse_direction_spec",
+    "regenerate",
+    "render_edits",
+    "window_mask",
+]
