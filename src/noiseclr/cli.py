@@ -1,0 +1,341 @@
+"""Command line: parse, call the library, print.
+
+Every subcommand is a thin wrapper over the Python API. User errors (:class:`NoiseCLRError`)
+print one line and exit with status 2; Ctrl-C exits with 130 after the library has saved
+what it can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import NoiseCLRError
+
+log = logging.getLogger("noiseclr")
+
+
+# ------------------------------------------------------------------ helpers
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("noiseclr: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        start, end = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected START:END fractions, e.g. 0:0.6") from None
+    if not 0.0 <= start < end <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= START < END <= 1")
+    return start, end
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="embedded",
+        help="Stable Diffusion 1.x/2.x pipeline: 'embedded' (the shipped base model), a diffusers folder, or a hub id",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    group.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, float16, bfloat16"
+    )
+
+
+def _seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
+
+
+def _load_model(args: argparse.Namespace):
+    from .model import DiffusionModel
+
+    return DiffusionModel.load(args.model, device=args.device, dtype=args.dtype)
+
+
+# ------------------------------------------------------------------ info/export
+def cmd_info(args: argparse.Namespace) -> int:
+    from .directions import Directions
+
+    directions = Directions.load(args.file)
+    norms = directions.vectors.norm(dim=1)
+    info = {
+        "file": str(args.file),
+        "source": directions.source,
+        "count": directions.count,
+        "token_width": directions.width,
+        "model": directions.model_id or "unknown",
+        "domain": directions.domain or "",
+        "max_length": directions.max_length,
+        "fingerprint": (directions.fingerprint or {}).get("sha256", "none (unverified: imported file)"),
+        "vector_norm": {"mean": round(float(norms.mean()), 4), "min": round(float(norms.min()), 4), "max": round(float(norms.max()), 4)},
+        "settings": directions.settings,
+    }
+    if args.json:
+        info["names"] = directions.names
+        info["edit_defaults"] = directions.edit_defaults
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if key == "settings":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        print(f"{key:>12}: {value}")
+    if directions.settings:
+        shown = ", ".join(f"{k}={v}" for k, v in directions.settings.items())
+        print(f"{'settings':>12}: {shown}")
+    for index in range(directions.count):
+        line = f"  [{index:3d}] {directions.names[index] if directions.names else ''}"
+        if directions.edit_defaults:
+            d = directions.edit_defaults[index]
+            line += f"  scale {d.get('scale')} window {d.get('start', 0)}:{d.get('end', 1)}"
+        print(line.rstrip())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .directions import Directions
+    from .fileio import ensure_output_dir
+
+    directions = Directions.load(args.file)
+    out = Path(args.out) if args.out else Path(args.file).with_suffix("").with_name(Path(args.file).stem + "-textual-inversion")
+    ensure_output_dir(out)
+    written = directions.export_textual_inversion(out)
+    print(f"wrote {len(written)} files to {out}/ ({directions.count} tokens {directions.token(0)} .. {directions.token(directions.count - 1)})")
+    print(f"  diffusers: pipe.load_textual_inversion(sorted(glob.glob('{out}/diffusers/*.safetensors')))")
+    return 0
+
+
+# ------------------------------------------------------------------ discover
+def cmd_discover(args: argparse.Namespace) -> int:
+    from .discovery import DiscoverySettings, discover
+
+    settings = DiscoverySettings(
+        num_directions=args.directions,
+        batch_size=args.batch,
+        num_negatives=args.negatives,
+        micro_batches=args.micro_batches,
+        steps=args.steps,
+        lr=args.lr,
+        temperature=args.temperature,
+        seed=args.seed,
+        hflip=not args.no_hflip,
+        timestep_range=args.timesteps,
+        checkpoint_every=args.checkpoint_every,
+        domain=args.domain,
+        device=args.device,
+        dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        **({"loss_variant": args.loss} if args.loss else {}),
+    )
+    settings.validate()
+    result = discover(args.model, args.images, args.out, settings, resume=args.resume)
+    print(f"discovered {result.directions.count} directions in {_seconds(result.seconds)} ({result.steps} steps, final loss {result.final_loss:.4f})")
+    print(f"  directions: {result.directions_path}")
+    print(f"  loss log:   {result.run_dir / 'loss.csv'}")
+    print(f"  next:       noiseclr explore --model {args.model} --directions {result.directions_path} --images {args.images} --out {result.run_dir / 'gallery'}")
+    return 0
+
+
+# ------------------------------------------------------------------ edit/generate
+def _terms(specs: Sequence[str]):
+    from .editing import parse_direction_spec
+
+    loaded: dict = {}
+    return [parse_direction_spec(spec, loaded) for spec in specs]
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .editing import EditSettings, edit
+    from .fileio import ensure_output_dir
+    from .images import load_image_files, save_image
+
+    started = time.monotonic()
+    settings = EditSettings(steps=args.steps, inversion=args.inversion, seed=args.seed, max_batch=args.max_batch)
+    terms = _terms(args.direction)
+    out = ensure_output_dir(args.out)
+    model = _load_model(args)
+    images = load_image_files(args.image, model.resolution)
+    result = edit(model, images, terms, settings)
+    for index, path in enumerate(images.paths):
+        save_image(result.edited[index], out / f"{path.stem}-edited.png")
+        save_image(result.reconstruction[index], out / f"{path.stem}-reconstruction.png")
+    save_image(result.grid(), out / "comparison.png")
+    print(f"edited {len(images)} image(s) with {len(terms)} direction(s) in {_seconds(time.monotonic() - started)}")
+    for term in terms:
+        print(f"  {term.describe()}")
+    print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, comparison.png: input | reconstruction | edited)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .editing import generate_latents
+    from .fileio import ensure_output_dir
+    from .images import make_grid, save_image, tensor_to_pil
+
+    started = time.monotonic()
+    terms = _terms(args.direction)
+    out = ensure_output_dir(args.out)
+    model = _load_model(args)
+    prompts = [prompt for prompt in args.prompt for _ in range(args.num_images)]
+    variants = [[], terms] if terms else [[]]
+    latents = generate_latents(model, prompts, variants, guidance_scale=args.guidance, steps=args.steps, seed=args.seed)
+    pixels = model.decode_latents(latents.reshape(-1, *latents.shape[2:])).cpu().view(*latents.shape[:2], 3, model.resolution, model.resolution)
+    for p in range(len(prompts)):
+        save_image(pixels[-1, p], out / f"{p:03d}.png")
+        if terms:
+            save_image(pixels[0, p], out / f"{p:03d}-plain.png")
+    rows = [[tensor_to_pil(pixels[v, p]) for v in range(len(variants))] for p in range(len(prompts))]
+    labels = ["plain", "with directions"] if terms else ["generated"]
+    save_image(make_grid(rows, column_labels=labels, row_labels=[p[:24] or "(empty)" for p in prompts]), out / "comparison.png")
+    print(f"generated {len(prompts)} image(s) in {_seconds(time.monotonic() - started)} -> {out}/")
+    return 0
+
+
+# ------------------------------------------------------------------ explore
+def cmd_explore(args: argparse.Namespace) -> int:
+    from .explore import ExploreSettings, explore
+
+    settings = ExploreSettings(
+        scales=tuple(args.scales),
+        num_images=args.num_images,
+        indices=args.indices,
+        window=args.window,
+        steps=args.steps,
+        inversion=args.inversion,
+        seed=args.seed,
+        directions_per_pass=args.directions_per_pass,
+        max_batch=args.max_batch,
+    )
+    model = _load_model(args)
+    result = explore(model, args.directions, args.images, args.out, settings)
+    print(f"rendered {len(result.strips)} direction strip(s) in {_seconds(result.seconds)}")
+    print(f"  gallery: {result.index_html}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="noiseclr",
+        description="Discover edit directions in Stable Diffusion models from unlabeled images (NoiseCLR), and edit images with them.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("discover", help="learn K edit directions from a folder of unlabeled images")
+    _add_model_args(p)
+    p.add_argument("--images", required=True, type=Path, help="folder of images of one domain (about 100)")
+    p.add_argument("--out", required=True, type=Path, help="run folder: directions.safetensors, settings, loss log, checkpoints")
+    g = p.add_argument_group("method")
+    g.add_argument("--directions", type=int, default=100, metavar="K", help="number of directions (default 100)")
+    g.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    g.add_argument("--batch", type=int, default=6, metavar="N", help="images per micro-batch per process (default 6)")
+    g.add_argument("--negatives", type=int, default=None, metavar="M", help="other directions per micro-batch (default min(20, K-1))")
+    g.add_argument("--micro-batches", type=int, default=4, help="micro-batches per optimizer step (default 4)")
+    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    g.add_argument("--temperature", type=float, default=0.5, help="contrastive temperature tau (default 0.5)")
+    g.add_argument("--loss", choices=["all-anchors", "single-anchor"], default=None, help="loss variant (default: the library default)")
+    g.add_argument("--timesteps", type=_window, default=(0.0, 1.0), metavar="LO:HI", help="timestep range as fractions of T (default 0:1)")
+    g.add_argument("--no-hflip", action="store_true", help="do not mirror training images")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--domain", default="", help="label stored with the directions (faces, cats, ...)")
+    g = p.add_argument_group("run")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations (saves memory)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (GPU)")
+    p.set_defaults(func=cmd_discover)
+
+    direction_help = "FILE:INDEX=SCALE[@START:END] (repeatable; any mix of files, e.g. faces.safetensors:3=4@0:0.6)"
+    p = sub.add_parser("edit", help="edit real images with directions (inversion, then guided denoising)")
+    _add_model_args(p)
+    p.add_argument("--image", required=True, nargs="+", type=Path, help="image file(s)")
+    p.add_argument("--direction", required=True, action="append", help=direction_help)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--inversion", choices=["ddim", "ddpm"], default="ddim", help="ddim (default) or ddpm (edit-friendly, exact reconstruction)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="inversion and denoising steps (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the DDPM inversion's noise")
+    p.add_argument("--max-batch", type=_positive_int, default=None, help="most UNet rows per call (memory cap)")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("generate", help="text-to-image with directions added")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, action="append", help="prompt (repeatable; '' for unconditional)")
+    p.add_argument("--direction", action="append", default=[], help=direction_help)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--num-images", type=_positive_int, default=1, help="images per prompt")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("explore", help="render each direction over a few images and scales, with an HTML gallery")
+    _add_model_args(p)
+    p.add_argument("--directions", required=True, type=Path, help="directions .safetensors")
+    p.add_argument("--images", required=True, type=Path, help="folder of images (the first --num-images are used)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (PNG strips + index.html)")
+    p.add_argument("--scales", type=float, nargs="+", default=[-6.0, -3.0, 0.0, 3.0, 6.0], help="edit scales (default -6 -3 0 3 6)")
+    p.add_argument("--num-images", type=_positive_int, default=4)
+    p.add_argument("--indices", type=int, nargs="+", default=None, help="only these directions")
+    p.add_argument("--window", type=_window, default=None, metavar="START:END", help="active part of the schedule (default: stored per direction, else 0:1)")
+    p.add_argument("--inversion", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--directions-per-pass", type=_positive_int, default=8, help="directions rendered together (memory)")
+    p.add_argument("--max-batch", type=_positive_int, default=None)
+    p.set_defaults(func=cmd_explore)
+
+    p = sub.add_parser("info", help="describe a directions file")
+    p.add_argument("file", type=Path, help="directions .safetensors (or a textual-inversion .bin/.safetensors)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="export directions to another layout")
+    p.add_argument("file", type=Path, help="directions .safetensors")
+    p.add_argument("--format", choices=["textual-inversion"], default="textual-inversion")
+    p.add_argument("--out", type=Path, help="output folder (default: FILE-textual-inversion/)")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except NoiseCLRError as exc:
+        print(f"noiseclr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("noiseclr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,473 @@
+"""Training the embedded base model from scratch on the procedural world.
+
+Four stages, each resumable and deterministic in its seed (every step derives its randomness
+from ``(seed, step)``, so a run cut into pieces equals an uninterrupted one):
+
+1. ``tokenizer``: CLIP BPE files learned from the caption grammar;
+2. ``vae``: ``AutoencoderKL`` on fresh renders of all domains (L1 + MSE + a tiny KL, as SD's
+   autoencoder minus the perceptual and GAN terms, which flat cartoon images do not need);
+   trained on random crops because it is fully convolutional and crops are 4x cheaper;
+3. ``pool``: a fixed pool of renders encoded once to latents (posterior mean); the latent
+   scaling factor is set to 1/std of those latents, as Stable Diffusion did;
+4. ``diffusion``: ``UNet2DConditionModel`` and ``CLIPTextModel`` trained jointly from scratch
+   on epsilon prediction with min-SNR weighting; captions are re-drawn from the labels at every
+   step (about 10% empty, which teaches the null conditioning); EMA weights are kept.
+
+``export`` writes the EMA pipeline in fp16 to a diffusers folder (``save_pretrained``).
+Each call can be time-boxed (``minutes``): it checkpoints and returns, and the next call goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..architecture import PipelineSpec, load_clip_tokenizer
+from ..checkpoint import (
+    load_checkpoint,
+    load_module_tensors,
+    load_optimizer_tensors,
+    module_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+)
+from ..fileio import atomic_save_safetensors, atomic_write_json
+from .basemodel import base_model_spec
+
+DOMAIN_MIX: dict[str, float] = {"faces": 0.4, "cats": 0.3, "scenes": 0.3}
+"""Share of each domain in the training renders."""
+
+TRAIN_SEED_BASE = 1_000_000_000
+"""Training renders use seeds >= this; evaluation and benchmarks use seeds below it."""
+
+
+@dataclass
+class VAESettings:
+    steps: int = 12000
+    batch_size: int = 32
+    crop: int | None = 64
+    """Random square crops of this size (None: full 128x128 images)."""
+    lr: float = 4e-4
+    kl_weight: float = 1e-6
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 50
+
+
+@dataclass
+class DiffusionSettings:
+    steps: int = 40000
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup: int = 500
+    ema_decay: float = 0.9995
+    min_snr_gamma: float = 5.0
+    pool_size: int = 60000
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 50
+    sample_every: int = 2000
+
+
+def _step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, stream])
+
+
+def _torch_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(_step_rng(seed, step, stream).integers(0, 2**63 - 1)))
+
+
+def draw_training_renders(count: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str], list[dict]]:
+    """``count`` fresh renders (uint8 [N,128,128,3]) from the domain mix, with domains and labels."""
+    from .render import render_many
+
+    names = list(DOMAIN_MIX)
+    domains = rng.choice(len(names), size=count, p=list(DOMAIN_MIX.values()))
+    seeds = TRAIN_SEED_BASE + rng.integers(0, TRAIN_SEED_BASE, size=count)
+    pixels = np.empty((count, 128, 128, 3), dtype=np.uint8)
+    labels: list[dict] = [{}] * count
+    for index, name in enumerate(names):
+        where = np.flatnonzero(domains == index)
+        if len(where):
+            rendered, rendered_labels = render_many(name, [int(s) for s in seeds[where]])
+            pixels[where] = rendered
+            for slot, label in zip(where, rendered_labels):
+                labels[slot] = label
+    return pixels, [names[d] for d in domains], labels
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+class _Clock:
+    def __init__(self, minutes: float | None):
+        self.start = time.monotonic()
+        self.limit = None if minutes is None else minutes * 60.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def expired(self) -> bool:
+        return self.limit is not None and self.elapsed() >= self.limit
+
+
+class BaseModelTrainer:
+    """Trains the base model in ``work`` (tokenizer/, vae/, pool/, diffusion/)."""
+
+    def __init__(
+        self,
+        work: str | Path,
+        *,
+        device: str = "auto",
+        minutes: float | None = None,
+        spec: PipelineSpec | None = None,
+        log: Any = print,
+    ):
+        from ..model import resolve_device
+
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(device)
+        self.clock = _Clock(minutes)
+        self._spec = spec
+        self.log = log
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    # ---------------------------------------------------------------- common
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def tokenizer(self):
+        from .tokenizer import build_world_tokenizer
+
+        folder = self.work / "tokenizer"
+        if not (folder / "vocab.json").is_file():
+            build_world_tokenizer(folder)
+        return load_clip_tokenizer(folder)
+
+    def spec(self) -> PipelineSpec:
+        if self._spec is None:
+            tokenizer = self.tokenizer()
+            self._spec = base_model_spec(len(tokenizer), tokenizer.model_max_length)
+        return self._spec
+
+    def _new_modules(self, seed: int) -> dict[str, torch.nn.Module]:
+        from ..architecture import build_pipeline
+
+        pipe = build_pipeline(self.spec(), self.tokenizer(), seed=seed)
+        return {"vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder, "scheduler": pipe.scheduler}
+
+    def _log_row(self, path: Path, row: dict[str, Any]) -> None:
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    # ------------------------------------------------------------------- vae
+    def vae_done(self, settings: VAESettings) -> bool:
+        return (self.work / "vae" / "final" / "config.json").is_file()
+
+    def load_vae(self):
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(self.work / "vae" / "final")
+
+    def train_vae(self, settings: VAESettings) -> bool:
+        """Train (or continue) the VAE; returns True when finished."""
+        if self.vae_done(settings):
+            return True
+        folder = self.work / "vae"
+        folder.mkdir(exist_ok=True)
+        vae = self._new_modules(settings.seed)["vae"].to(self.device).train()
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
+        step = 0
+        ckpt = folder / "checkpoint.safetensors"
+        if ckpt.is_file():
+            tensors, state = load_checkpoint(ckpt)
+            load_module_tensors(vae, tensors, "vae")
+            load_optimizer_tensors(optimizer, tensors, state["optimizer"])
+            step = state["step"]
+            self.log(f"vae: resuming at step {step}")
+        val = to_pixels(draw_training_renders(32, _step_rng(settings.seed, 0, 99))[0]).to(self.device)
+        seen, tick = 0, time.monotonic()
+        while step < settings.steps and not self.clock.expired():
+            rng = _step_rng(settings.seed, step, 1)
+            images = to_pixels(draw_training_renders(settings.batch_size, rng)[0])
+            if settings.crop:
+                top, left = rng.integers(0, 128 - settings.crop + 1, size=2)
+                images = images[:, :, top : top + settings.crop, left : left + settings.crop]
+            images = images.to(self.device)
+            for group in optimizer.param_groups:
+                group["lr"] = _cosine_lr(settings.lr, step, settings.steps, warmup=200)
+            with self._autocast():
+                posterior = vae.encode(images).latent_dist
+                latents = posterior.sample(generator=_torch_generator(settings.seed, step, 2))
+                recon = vae.decode(latents).sample
+            recon = recon.float()
+            loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + settings.kl_weight * posterior.kl().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            seen += len(images)
+            if step % settings.log_every == 0 or step == settings.steps:
+                psnr = self._vae_psnr(vae, val)
+                rate = seen / max(time.monotonic() - tick, 1e-9)
+                self.log(f"vae step {step}/{settings.steps}  loss {loss.item():.4f}  val PSNR {psnr:.2f} dB  {rate:.0f} img/s")
+                self._log_row(folder / "log.csv", {"step": step, "loss": round(loss.item(), 6), "val_psnr": round(psnr, 3)})
+                seen, tick = 0, time.monotonic()
+            if step % settings.checkpoint_every == 0 or step == settings.steps or self.clock.expired():
+                tensors = module_tensors(vae, "vae")
+                opt_tensors, opt_info = optimizer_tensors(optimizer)
+                save_checkpoint(ckpt, {**tensors, **opt_tensors}, {"step": step, "optimizer": opt_info, "settings": asdict(settings)})
+        if step >= settings.steps:
+            vae.eval().save_pretrained(folder / "final")
+            self.log(f"vae: finished {step} steps -> {folder / 'final'}")
+            return True
+        return False
+
+    @torch.no_grad()
+    def _vae_psnr(self, vae, images: torch.Tensor) -> float:
+        was_training = vae.training
+        vae.eval()
+        with self._autocast():
+            recon = vae.decode(vae.encode(images).latent_dist.mean).sample.float().clamp(-1, 1)
+        vae.train(was_training)
+        mse = F.mse_loss((recon + 1) / 2, (images + 1) / 2).item()
+        return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+    # ------------------------------------------------------------------ pool
+    def pool_path(self) -> Path:
+        return self.work / "pool" / "latents.safetensors"
+
+    def build_pool(self, settings: DiffusionSettings, chunk: int = 256) -> bool:
+        """Encode ``pool_size`` renders once; resumable chunk by chunk."""
+        if self.pool_path().is_file():
+            return True
+        folder = self.work / "pool"
+        parts = folder / "parts"
+        parts.mkdir(parents=True, exist_ok=True)
+        vae = self.load_vae().to(self.device).eval().requires_grad_(False)
+        total = math.ceil(settings.pool_size / chunk)
+        for index in range(total):
+            part = parts / f"{index:05d}.safetensors"
+            if part.is_file():
+                continue
+            if self.clock.expired():
+                return False
+            count = min(chunk, settings.pool_size - index * chunk)
+            images, domains, labels = draw_training_renders(count, _step_rng(settings.seed, index, 3))
+            with torch.no_grad(), self._autocast():
+                means = vae.encode(to_pixels(images).to(self.device)).latent_dist.mean.float().cpu()
+            atomic_save_safetensors(
+                part, {"latents": means.half()}, {"domains": json.dumps(domains), "labels": json.dumps(labels)}
+            )
+            if index % 20 == 0:
+                self.log(f"pool: encoded {min((index + 1) * chunk, settings.pool_size)}/{settings.pool_size}")
+        from safetensors import safe_open
+
+        latents, domains, labels = [], [], []
+        for index in range(total):
+            with safe_open(str(parts / f"{index:05d}.safetensors"), framework="pt") as handle:
+                latents.append(handle.get_tensor("latents"))
+                meta = handle.metadata()
+                domains += json.loads(meta["domains"])
+                labels += json.loads(meta["labels"])
+        stacked = torch.cat(latents).float()
+        scaling = 1.0 / float(stacked.std())
+        atomic_save_safetensors(
+            self.pool_path(),
+            {"latents": (stacked * scaling).half()},
+            {"domains": json.dumps(domains), "labels": json.dumps(labels), "scaling_factor": repr(scaling)},
+        )
+        self.log(f"pool: {len(domains)} latents, scaling factor {scaling:.5f}")
+        return True
+
+    def load_pool(self) -> tuple[torch.Tensor, list[str], list[dict], float]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.pool_path()), framework="pt") as handle:
+            meta = handle.metadata()
+            latents = handle.get_tensor("latents").float()
+        return latents, json.loads(meta["domains"]), json.loads(meta["labels"]), float(meta["scaling_factor"])
+
+    # ------------------------------------------------------------- diffusion
+    def diffusion_done(self, settings: DiffusionSettings) -> bool:
+        ckpt = self.work / "diffusion" / "checkpoint.safetensors"
+        if not ckpt.is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt), framework="pt") as handle:
+            return json.loads(handle.metadata()["state"])["step"] >= settings.steps
+
+    def train_diffusion(self, settings: DiffusionSettings) -> bool:
+        """Train (or continue) UNet + text encoder; returns True when finished."""
+        from .captions import caption
+
+        folder = self.work / "diffusion"
+        folder.mkdir(exist_ok=True)
+        tokenizer = self.tokenizer()
+        modules = self._new_modules(settings.seed + 1)
+        unet, text_encoder = modules["unet"].to(self.device).train(), modules["text_encoder"].to(self.device).train()
+        ema_unet = [p.detach().clone() for p in unet.parameters()]
+        ema_text = [p.detach().clone() for p in text_encoder.parameters()]
+        params = list(unet.parameters()) + list(text_encoder.parameters())
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-2)
+        step = 0
+        ckpt = folder / "checkpoint.safetensors"
+        if ckpt.is_file():
+            tensors, state = load_checkpoint(ckpt)
+            load_module_tensors(unet, tensors, "unet")
+            load_module_tensors(text_encoder, tensors, "text_encoder")
+            for i, p in enumerate(ema_unet):
+                p.copy_(tensors[f"ema_unet.{i}"])
+            for i, p in enumerate(ema_text):
+                p.copy_(tensors[f"ema_text.{i}"])
+            load_optimizer_tensors(optimizer, tensors, state["optimizer"])
+            step = state["step"]
+            self.log(f"diffusion: resuming at step {step}")
+        latents_pool, domains, labels, _ = self.load_pool()
+        alphas = modules["scheduler"].alphas_cumprod.float()
+        num_t = len(alphas)
+        smoothed, seen, tick = None, 0, time.monotonic()
+        while step < settings.steps and not self.clock.expired():
+            rng = _step_rng(settings.seed, step, 4)
+            picks = rng.integers(0, len(latents_pool), size=settings.batch_size)
+            captions = [caption(domains[i], labels[i], rng) for i in picks]
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+            generator = _torch_generator(settings.seed, step, 5)
+            clean = latents_pool[torch.from_numpy(picks)]
+            t = torch.randint(0, num_t, (settings.batch_size,), generator=generator)
+            noise = torch.randn(clean.shape, generator=generator)
+            alpha_bar = alphas[t].view(-1, 1, 1, 1)
+            noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
+            for group in optimizer.param_groups:
+                group["lr"] = _cosine_lr(settings.lr, step, settings.steps, warmup=settings.warmup)
+            with self._autocast():
+                hidden = text_encoder(ids.to(self.device))[0]
+                pred = unet(noisy.to(self.device), t.to(self.device), encoder_hidden_states=hidden).sample
+            per_sample = (pred.float() - noise.to(self.device)).square().mean(dim=(1, 2, 3))
+            snr = (alpha_bar / (1 - alpha_bar)).view(-1).to(self.device)
+            weight = snr.clamp(max=settings.min_snr_gamma) / snr
+            loss = (weight * per_sample).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            step += 1
+            decay = min(settings.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_unet, [p.detach() for p in unet.parameters()], 1 - decay)
+                torch._foreach_lerp_(ema_text, [p.detach() for p in text_encoder.parameters()], 1 - decay)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise RuntimeError(f"diffusion loss became {value} at step {step}; the last checkpoint is intact")
+            smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
+            seen += settings.batch_size
+            if step % settings.log_every == 0 or step == settings.steps:
+                rate = seen / max(time.monotonic() - tick, 1e-9)
+                self.log(f"diffusion step {step}/{settings.steps}  loss {smoothed:.4f}  {rate:.0f} img/s  {self.clock.elapsed() / 60:.1f} min")
+                self._log_row(folder / "log.csv", {"step": step, "loss": round(smoothed, 6)})
+                seen, tick = 0, time.monotonic()
+            if step % settings.checkpoint_every == 0 or step == settings.steps or self.clock.expired():
+                tensors = {**module_tensors(unet, "unet"), **module_tensors(text_encoder, "text_encoder")}
+                tensors.update({f"ema_unet.{i}": p for i, p in enumerate(ema_unet)})
+                tensors.update({f"ema_text.{i}": p for i, p in enumerate(ema_text)})
+                opt_tensors, opt_info = optimizer_tensors(optimizer)
+                save_checkpoint(ckpt, {**tensors, **opt_tensors}, {"step": step, "optimizer": opt_info, "settings": asdict(settings)})
+            if settings.sample_every and step % settings.sample_every == 0:
+                self.export(folder / "snapshot", dtype=torch.float32)
+                self.sample_grid(folder / "snapshot", folder / "samples" / f"step-{step:06d}.png")
+        return step >= settings.steps
+
+    # ---------------------------------------------------------------- export
+    def export(self, dest: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+        """Write the EMA weights as a diffusers ``StableDiffusionPipeline`` folder."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        from ..architecture import SD_SCHEDULER
+
+        modules = self._new_modules(0)
+        tensors, _ = load_checkpoint(self.work / "diffusion" / "checkpoint.safetensors")
+        for name, prefix in (("unet", "ema_unet"), ("text_encoder", "ema_text")):
+            with torch.no_grad():
+                for i, p in enumerate(modules[name].parameters()):
+                    p.copy_(tensors[f"{prefix}.{i}"])
+        vae = self.load_vae()
+        _, _, _, scaling = self.load_pool()
+        vae.register_to_config(scaling_factor=scaling)
+        scheduler = DDIMScheduler.from_config({k: v for k, v in SD_SCHEDULER.items() if not k.startswith("_")})
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=modules["text_encoder"],
+            tokenizer=self.tokenizer(),
+            unet=modules["unet"],
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.to(dtype=dtype)
+        dest = Path(dest)
+        pipe.save_pretrained(dest, safe_serialization=True)
+        return dest
+
+    @torch.no_grad()
+    def sample_grid(self, model_dir: Path, out: Path, steps: int = 30, guidance: float = 5.0) -> Path:
+        """A few samples from fixed captions (one per domain and empty), for eyeballing progress."""
+        from ..images import make_grid, save_image, tensor_to_pil
+        from ..model import DiffusionModel
+
+        model = DiffusionModel.load(model_dir, device=self.device, dtype="float32")
+        prompts = [
+            "",
+            "a cartoon face with long red hair and glasses",
+            "a cartoon face with a mustache and a smile on a blue background",
+            "a cartoon cat with orange striped fur and blue eyes",
+            "a cartoon cat with gray fur on a pink background",
+            "a cartoon face and a cat on a green background",
+        ]
+        pipe = model.to_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        from diffusers import DDIMScheduler
+
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        images = pipe(
+            prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="pt"
+        ).images
+        grid = make_grid([[tensor_to_pil(img * 2 - 1) for img in images]], column_labels=[p[:18] or "(empty)" for p in prompts])
+        return save_image(grid, out)
+
+
+def _cosine_lr(base: float, step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def write_training_record(work: Path, record: dict[str, Any]) -> None:
+    """Append what a training call did (device, time, steps) to ``work/runs.json``."""
+    path = work / "runs.json"
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs.append(record)
+    atomic_write_json(path, runs)
