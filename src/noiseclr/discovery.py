@@ -1,0 +1,979 @@
+"""Text-free discovery of edit directions (NoiseCLR training loop).
+
+A direction is one token embedding ``d_k`` (width ``model.token_width``) fed through the frozen
+text encoder as ``[BOS, d_k, EOS, pad...]``. Only the K direction rows are trained.
+
+One micro-batch (all randomness from explicit, checkpointed ``torch.Generator`` streams):
+
+1. draw ``1 + num_negatives`` distinct directions (the first is the single-anchor variant's
+   anchor), one timestep ``t`` shared by the micro-batch, ``world_size * batch_size`` distinct
+   images with random horizontal flips, and their Gaussian noise -- the same global draw on
+   every process; process ``r`` takes images ``r*N .. (r+1)*N-1``;
+2. ``z_t = add_noise(latent, noise, t)`` from latents cached once at the start;
+3. ``eps(z_t, t, c_0)`` under ``torch.no_grad()`` (N latents), then every drawn direction on
+   every local image in ONE UNet call with grad (:meth:`DiffusionModel.predict_eps_grid`);
+4. ``delta = eps(c_k) - eps(c_0)`` flattened and normalised (float32), gathered across
+   processes without grad (the local slice keeps its grad), and the contrastive loss of
+   :mod:`noiseclr.objective` computed identically on every process.
+
+``micro_batches`` micro-batches are accumulated per AdamW step; with several processes the
+direction gradients are sum-reduced first, so a run on P processes with batch N follows the
+same trajectory as one process with batch P*N (up to float summation order).
+
+Run folder ``RUN``::
+
+    RUN/settings.json                 settings, model, images, process count of this invocation
+    RUN/loss.csv                      step, loss, seconds, delta_abs_cos, vector_abs_cos
+    RUN/checkpoints/step-000200.safetensors   (latest ``keep_checkpoints``; see below)
+    RUN/directions.safetensors        the final directions (noiseclr directions format)
+    RUN/summary.json                  where the files are, steps, time, final loss
+
+A checkpoint is ONE safetensors file written atomically (temp file + rename), so a crash
+mid-write never damages the previous one. Tensors: ``directions`` [K, W] float32,
+``adam.exp_avg``, ``adam.exp_avg_sq``, ``adam.step``, ``rng.<stream>`` (uint8 generator states
+for the ``directions``, ``timesteps``, ``images`` and ``noise`` streams). String metadata:
+``format`` (``noiseclr.discovery-checkpoint``), ``format_version``, ``step``, ``seconds``,
+``model``, ``fingerprint``, ``num_images``, ``world_size``, ``global_batch``, ``settings``
+and ``loss_log`` (JSON). On CPU, resuming from it gives bit-identical directions to an
+uninterrupted run with the same settings.
+
+Direction initialisation: Gaussian rows rescaled to the model's typical token-embedding norm
+(:meth:`DiffusionModel.typical_token_norm`, the mean L2 norm of the real token table), so
+directions start in the range the frozen text encoder was trained on. (The published code
+copies an initializer token's embedding or keeps the new-token default init instead; a random
+start avoids K identical rows and needs no word.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .directions import Directions
+from .errors import NoiseCLRError, TrainingDiverged
+from .fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text, ensure_output_dir
+from .images import ImageSet, load_image_folder
+from .model import DiffusionModel, fingerprints_match
+from .objective import (
+    VARIANTS,
+    contrastive_loss,
+    mean_negative_abs_cos,
+    mean_vector_abs_cos,
+    normalize_features,
+)
+
+log = logging.getLogger("noiseclr")
+
+DEFAULT_VARIANT = "all-anchors"
+"""Chosen by measurement, see ``docs/loss_variants.md``."""
+
+CHECKPOINT_FORMAT = "noiseclr.discovery-checkpoint"
+CHECKPOINT_VERSION = 1
+RNG_STREAMS = ("directions", "timesteps", "images", "noise")
+
+SETTING_FLAGS = {
+    "num_directions": "--num-directions",
+    "batch_size": "--batch",
+    "num_negatives": "--negatives",
+    "micro_batches": "--micro-batches",
+    "steps": "--steps",
+    "lr": "--lr",
+    "betas": "--betas",
+    "weight_decay": "--weight-decay",
+    "temperature": "--temperature",
+    "loss_variant": "--loss",
+    "seed": "--seed",
+    "hflip": "--no-hflip",
+    "timestep_range": "--timesteps",
+    "checkpoint_every": "--checkpoint-every",
+    "keep_checkpoints": "--keep-checkpoints",
+    "names": "--names",
+    "device": "--device",
+    "dtype": "--dtype",
+}
+"""Command-line flag for each setting, used in error messages (the CLI should match them)."""
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass
+class DiscoverySettings:
+    """Everything that shapes a discovery run. Defaults follow the published configuration."""
+
+    num_directions: int = 100
+    """K, the number of directions learned."""
+    batch_size: int = 6
+    """N, images per micro-batch per process (the contrast needs at least 2)."""
+    num_negatives: int | None = None
+    """Other directions drawn with the anchor per micro-batch; None = min(20, K-1)."""
+    micro_batches: int = 4
+    """Micro-batches accumulated per optimizer step (published: gradient_accumulation_steps=4)."""
+    steps: int = 1000
+    """Optimizer steps."""
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    temperature: float = 0.5
+    loss_variant: str = DEFAULT_VARIANT
+    """``all-anchors`` or ``single-anchor`` (published); see :mod:`noiseclr.objective`."""
+    seed: int = 0
+    hflip: bool = True
+    """Randomly mirror training images (both versions are encoded once at the start)."""
+    timestep_range: tuple[float, float] = (0.0, 1.0)
+    """Timesteps drawn uniformly from [lo*T, hi*T) as fractions of the T training timesteps."""
+    checkpoint_every: int = 200
+    """Optimizer steps between checkpoints (0: only at the end and on Ctrl-C)."""
+    keep_checkpoints: int = 2
+    """How many of the latest checkpoints are kept."""
+    log_every: int = 10
+    """Steps between rewrites of loss.csv."""
+    domain: str = ""
+    """Free-text label of the image domain, stored with the directions."""
+    names: list[str] | None = None
+    """Optional K names stored with the directions."""
+    device: str = "auto"
+    """Used when ``model`` is a name; with several processes ``auto`` means each process's device."""
+    dtype: str = "auto"
+    """Used when ``model`` is a name; half precision runs the UNet under autocast."""
+    gradient_checkpointing: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def negatives(self) -> int:
+        """Resolved number of negatives per micro-batch."""
+        return min(20, self.num_directions - 1) if self.num_negatives is None else int(self.num_negatives)
+
+    def validate(self) -> DiscoverySettings:
+        """One-line :class:`NoiseCLRError` for any setting that cannot work."""
+        flag = SETTING_FLAGS
+        if self.num_directions < 2:
+            raise NoiseCLRError(
+                f"{flag['num_directions']} {self.num_directions}: need at least 2 directions to contrast; use 2 or more."
+            )
+        if self.num_negatives is not None and not 1 <= self.num_negatives < self.num_directions:
+            raise NoiseCLRError(
+                f"{flag['num_negatives']} {self.num_negatives}: must be between 1 and "
+                f"{flag['num_directions']} - 1 = {self.num_directions - 1}."
+            )
+        if self.batch_size < 2:
+            raise NoiseCLRError(
+                f"{flag['batch_size']} {self.batch_size}: the contrast needs at least 2 images per micro-batch; use 2 or more."
+            )
+        if self.micro_batches < 1:
+            raise NoiseCLRError(f"{flag['micro_batches']} {self.micro_batches}: must be at least 1.")
+        if self.steps < 1:
+            raise NoiseCLRError(f"{flag['steps']} {self.steps}: must be at least 1.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise NoiseCLRError(f"{flag['lr']} {self.lr}: must be a positive number.")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise NoiseCLRError(f"{flag['temperature']} {self.temperature}: must be a positive number.")
+        if self.loss_variant not in VARIANTS:
+            raise NoiseCLRError(f"{flag['loss_variant']} {self.loss_variant}: unknown; use one of {', '.join(VARIANTS)}.")
+        low, high = self.timestep_range
+        if not 0.0 <= low < high <= 1.0:
+            raise NoiseCLRError(
+                f"{flag['timestep_range']} {low},{high}: need 0 <= start < end <= 1 (fractions of the training timesteps)."
+            )
+        if self.checkpoint_every < 0:
+            raise NoiseCLRError(f"{flag['checkpoint_every']} {self.checkpoint_every}: must be 0 (off) or positive.")
+        if self.keep_checkpoints < 1:
+            raise NoiseCLRError(f"{flag['keep_checkpoints']} {self.keep_checkpoints}: must be at least 1.")
+        if self.names is not None and len(self.names) != self.num_directions:
+            raise NoiseCLRError(
+                f"{flag['names']}: got {len(self.names)} names for {self.num_directions} directions; give one per direction."
+            )
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        data["timestep_range"] = list(self.timestep_range)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DiscoverySettings:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name in ("betas", "timestep_range"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+@dataclass
+class DiscoveryResult:
+    """What :func:`discover` produced."""
+
+    directions: Directions
+    run_dir: Path
+    directions_path: Path
+    steps: int
+    """Optimizer steps completed in total (including resumed ones)."""
+    seconds: float
+    """Training wall-clock time in total (including resumed sessions)."""
+    final_loss: float
+    """Loss of the last step (mean-normalised: 0 = no contrast, lower is better)."""
+    checkpoint_path: Path | None = None
+    loss_log: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        return (
+            f"{self.directions.count} directions after {self.steps} steps ({self.seconds:.1f} s, final loss "
+            f"{self.final_loss:.4f}) -> {self.directions_path}; loss log {self.run_dir / 'loss.csv'}"
+        )
+
+
+class DiscoveryInterrupted(KeyboardInterrupt):
+    """Ctrl-C during discovery: a checkpoint was written; ``resume=True`` continues from it."""
+
+    def __init__(self, message: str, checkpoint: Path | None, step: int):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.step = step
+
+
+# --------------------------------------------------------------------------- sampling
+def _stream_seed(seed: int, stream: str) -> int:
+    # Independent streams: changing e.g. hflip never shifts the noise sequence.
+    digest = hashlib.sha256(f"noiseclr-discovery:{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class MicroBatchDraw(NamedTuple):
+    """The random choices of one micro-batch, for the whole (global) batch."""
+
+    drawn: torch.Tensor
+    """[J] direction indices; ``drawn[0]`` is the single-anchor variant's anchor."""
+    timestep: int
+    image_indices: torch.Tensor
+    """[world_size * N] distinct image indices."""
+    flips: torch.Tensor
+    """[world_size * N] bool, mirror the image."""
+    noise: torch.Tensor
+    """[world_size * N, C, h, w] float32 on the CPU."""
+
+
+class Sampler:
+    """All randomness of the loop, from named CPU generators (identical on every process)."""
+
+    def __init__(self, seed: int):
+        self.generators = {name: torch.Generator().manual_seed(_stream_seed(seed, name)) for name in RNG_STREAMS}
+
+    def draw(
+        self,
+        *,
+        num_directions: int,
+        num_drawn: int,
+        timestep_bounds: tuple[int, int],
+        num_images: int,
+        global_batch: int,
+        latent_shape: tuple[int, ...],
+    ) -> MicroBatchDraw:
+        g = self.generators
+        drawn = torch.randperm(num_directions, generator=g["directions"])[:num_drawn]
+        timestep = int(torch.randint(timestep_bounds[0], timestep_bounds[1], (1,), generator=g["timesteps"]))
+        image_indices = torch.randperm(num_images, generator=g["images"])[:global_batch]
+        flips = torch.rand(global_batch, generator=g["images"]) < 0.5
+        noise = torch.randn((global_batch, *latent_shape), generator=g["noise"])
+        return MicroBatchDraw(drawn, timestep, image_indices, flips, noise)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {name: gen.get_state().clone() for name, gen in self.generators.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        for name, gen in self.generators.items():
+            gen.set_state(state[name].clone())
+
+
+def timestep_bounds(model: DiffusionModel, timestep_range: tuple[float, float]) -> tuple[int, int]:
+    """``[low, high)`` integer timesteps for fractions of the model's T training timesteps."""
+    total = model.num_train_timesteps
+    low = min(total - 1, int(math.floor(timestep_range[0] * total)))
+    high = max(low + 1, min(total, int(math.ceil(timestep_range[1] * total))))
+    return low, high
+
+
+def initial_directions(model: DiffusionModel, count: int, seed: int) -> torch.Tensor:
+    """[count, width] Gaussian rows, each rescaled to the typical token-embedding norm."""
+    generator = torch.Generator().manual_seed(_stream_seed(seed, "init"))
+    rows = torch.randn((count, model.token_width), generator=generator, dtype=torch.float32)
+    return rows / rows.norm(dim=1, keepdim=True) * model.typical_token_norm()
+
+
+# ------------------------------------------------------------------- the objective
+class MicroBatchLoss(NamedTuple):
+    loss: torch.Tensor
+    """Scalar float32 loss (mean-normalised), with grad to ``direction_vectors``."""
+    features: torch.Tensor
+    """[J, N_global, F] unit-length deltas (the local slice carries grad)."""
+
+
+def delta_features(
+    model: DiffusionModel,
+    direction_vectors: torch.Tensor,
+    latents: torch.Tensor,
+    timestep: int | torch.Tensor,
+    noise: torch.Tensor,
+    drawn: torch.Tensor,
+) -> torch.Tensor:
+    """Unit-length ``eps(z_t, t, c_k) - eps(z_t, t, c_0)`` for each drawn k: [J, N, C*h*w] float32.
+
+    The null pass runs without grad as its own call; the J*N direction passes are ONE UNet call
+    with grad, which reaches only ``direction_vectors[drawn]``.
+    """
+    noisy = model.add_noise(latents, noise, timestep)
+    with torch.no_grad():
+        null = model.null_conditioning().expand(noisy.shape[0], -1, -1)
+        eps_null = model.predict_eps(noisy, timestep, null)
+    conditionings = model.encode_directions(direction_vectors[drawn.to(direction_vectors.device)])
+    eps_directions = model.predict_eps_grid(noisy, timestep, conditionings)  # [J, N, C, h, w]
+    return normalize_features(eps_directions - eps_null.unsqueeze(0))
+
+
+def micro_batch_loss(
+    model: DiffusionModel,
+    direction_vectors: torch.Tensor,
+    latents: torch.Tensor,
+    timestep: int | torch.Tensor,
+    noise: torch.Tensor,
+    drawn: torch.Tensor,
+    variant: str = DEFAULT_VARIANT,
+    temperature: float = 0.5,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> MicroBatchLoss:
+    """The loss of one micro-batch: N local images, J drawn directions, one timestep.
+
+    ``latents`` and ``noise`` are this process's [N, C, h, w]; ``gather`` turns the local
+    [J, N, F] features into the global batch (see :class:`Processes`), identity by default.
+    """
+    features = delta_features(model, direction_vectors, latents, timestep, noise, drawn)
+    if gather is not None:
+        features = gather(features)
+    return MicroBatchLoss(contrastive_loss(features, temperature, variant), features)
+
+
+# --------------------------------------------------------------------- processes
+class Processes:
+    """One process, or the processes of an ``accelerate launch`` run (via Accelerate)."""
+
+    def __init__(self, accelerator: Any = None):
+        self.accelerator = accelerator
+        self.size = accelerator.num_processes if accelerator is not None else 1
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.is_main = accelerator.is_main_process if accelerator is not None else True
+
+    @classmethod
+    def detect(cls, device: str) -> Processes:
+        """Accelerate when launched with several processes; a plain single process otherwise."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls(None)
+        from accelerate import Accelerator
+
+        return cls(Accelerator(cpu=str(device) == "cpu"))
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.accelerator.device if self.accelerator is not None else None
+
+    @property
+    def mixed_precision(self) -> str:
+        return str(self.accelerator.mixed_precision) if self.accelerator is not None else "no"
+
+    def gather_features(self, local: torch.Tensor) -> torch.Tensor:
+        """[J, n, F] local features -> [J, size*n, F]; only the local slice keeps its grad."""
+        if self.size == 1:
+            return local
+        gathered = self.accelerator.gather(local.detach().transpose(0, 1).contiguous()).transpose(0, 1)
+        n = local.shape[1]
+        start = self.rank * n
+        return torch.cat([gathered[:, :start], local, gathered[:, start + n :]], dim=1)
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        return self.accelerator.reduce(tensor, reduction="sum")
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.size == 1 else self.accelerator.gather(tensor.contiguous())
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self.accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- checkpoints
+_CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the run's checkpoints, oldest first (temp files are ignored)."""
+    folder = checkpoint_dir(Path(run_dir))
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT_NAME.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+@dataclass
+class Checkpoint:
+    """The complete training state after ``step`` optimizer steps."""
+
+    step: int
+    directions: torch.Tensor
+    adam: dict[str, torch.Tensor]
+    rng: dict[str, torch.Tensor]
+    seconds: float
+    loss_log: list[dict[str, float]]
+    meta: dict[str, Any]
+    path: Path | None = None
+
+    def save(self, path: Path) -> Path:
+        tensors = {"directions": self.directions.detach().float().cpu()}
+        tensors.update({f"adam.{k}": v.detach().cpu() for k, v in self.adam.items()})
+        tensors.update({f"rng.{k}": v for k, v in self.rng.items()})
+        metadata = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": str(CHECKPOINT_VERSION),
+            "step": str(self.step),
+            "seconds": repr(float(self.seconds)),
+            "loss_log": json.dumps(self.loss_log),
+        }
+        metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in self.meta.items()})
+        try:
+            return atomic_save_safetensors(path, tensors, metadata)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise NoiseCLRError(f"{path}: cannot write the checkpoint ({reason}); free space or pick another --out.") from None
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = dict(handle.metadata() or {})
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise NoiseCLRError(f"{path}: not a readable checkpoint ({exc}); delete it to fall back to an older one.") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise NoiseCLRError(f"{path}: not a noiseclr discovery checkpoint; remove it from the checkpoints folder.")
+        if int(meta.get("format_version", "0")) > CHECKPOINT_VERSION:
+            raise NoiseCLRError(f"{path}: written by a newer noiseclr; upgrade noiseclr to resume this run.")
+        try:
+            return cls(
+                step=int(meta.pop("step")),
+                directions=tensors["directions"],
+                adam={k[5:]: v for k, v in tensors.items() if k.startswith("adam.")},
+                rng={k[4:]: v for k, v in tensors.items() if k.startswith("rng.")},
+                seconds=float(meta.pop("seconds")),
+                loss_log=json.loads(meta.pop("loss_log")),
+                meta=meta,
+                path=path,
+            )
+        except (KeyError, ValueError) as exc:
+            raise NoiseCLRError(f"{path}: damaged checkpoint ({exc}); delete it to fall back to an older one.") from None
+
+
+def load_latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest readable checkpoint of the run (an unreadable newest one is skipped with a warning)."""
+    for step, path in reversed(list_checkpoints(run_dir)):
+        try:
+            return Checkpoint.load(path)
+        except NoiseCLRError as exc:
+            log.warning("skipping checkpoint %s: %s", path, exc)
+    return None
+
+
+# ----------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _hold_interrupts() -> Iterator[None]:
+    """Defer Ctrl-C until the block ends, so an optimizer step is never half-applied."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(*received[0])
+            else:
+                raise KeyboardInterrupt
+
+
+def _loss_csv(rows: list[dict[str, float]]) -> str:
+    out = io.StringIO()
+    columns = ["step", "loss", "seconds", "delta_abs_cos", "vector_abs_cos"]
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in columns if k in row})
+    return out.getvalue()
+
+
+def _prepare_pixels(
+    images: str | Path | ImageSet | torch.Tensor, model: DiffusionModel, needed: int, flag: str
+) -> tuple[torch.Tensor, str]:
+    """Pixels [M, 3, S, S] in [-1, 1] and a description of where they came from."""
+    if isinstance(images, (str, Path)):
+        image_set = load_image_folder(images, model.resolution, min_count=needed, flag=flag)
+        return image_set.pixels, str(images)
+    if isinstance(images, ImageSet):
+        pixels, source = images.pixels, f"{len(images)} images"
+    elif isinstance(images, torch.Tensor):
+        pixels, source = images, "tensor"
+    else:
+        raise TypeError(f"images must be a folder, an ImageSet or a tensor, not {type(images).__name__}")
+    size = model.resolution
+    if pixels.ndim != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[2:]) != (size, size):
+        raise NoiseCLRError(
+            f"{flag}: images must be [M, 3, {size}, {size}] for model {model.name}, got {tuple(pixels.shape)}; "
+            "load them with noiseclr.images.load_image_folder."
+        )
+    if pixels.shape[0] < needed:
+        raise NoiseCLRError(f"{flag}: only {pixels.shape[0]} image(s), need at least {needed}; add images or lower --batch.")
+    return pixels, source
+
+
+def _encode_latent_cache(model: DiffusionModel, pixels: torch.Tensor, hflip: bool, procs: Processes) -> torch.Tensor:
+    """[V, M, C, h, w] latents of every image (V=2 with its mirror image), encoded once.
+
+    With several processes each encodes a share and the shares are gathered.
+    """
+    variants = [pixels, pixels.flip(-1)] if hflip else [pixels]
+    stacked = torch.cat(variants)  # [V*M, 3, S, S]
+    total = stacked.shape[0]
+    share = math.ceil(total / procs.size)
+    start = min(total, procs.rank * share)
+    mine = stacked[start : start + share]
+    if mine.shape[0] < share:  # equal shapes for gather: pad with copies of the first image
+        mine = torch.cat([mine, stacked[:1].expand(share - mine.shape[0], *stacked.shape[1:])])
+    latents = procs.gather_rows(model.encode_images(mine))[:total]
+    return latents.view(len(variants), pixels.shape[0], *latents.shape[1:])
+
+
+def _check_resume(ckpt: Checkpoint, model: DiffusionModel, settings: DiscoverySettings, num_images: int, global_batch: int) -> None:
+    where = ckpt.path
+    count = int(ckpt.directions.shape[0])
+    if count != settings.num_directions:
+        raise NoiseCLRError(
+            f"{where}: the run has {count} directions but {SETTING_FLAGS['num_directions']} is {settings.num_directions}; "
+            f"pass {SETTING_FLAGS['num_directions']} {count} to resume it, or pick another --out folder."
+        )
+    made_with = ckpt.meta.get("model", "another model")
+    fingerprint = json.loads(ckpt.meta.get("fingerprint") or "{}")
+    if int(ckpt.directions.shape[1]) != model.token_width or not fingerprints_match(fingerprint, model.fingerprint()):
+        raise NoiseCLRError(
+            f"{where}: the run was made with model {made_with}, not {model.name}; "
+            f"resume with --model {made_with} or pick another --out folder."
+        )
+    used = int(ckpt.meta.get("num_images", "-1"))
+    if used != num_images:
+        raise NoiseCLRError(
+            f"{where}: the run used {used} images but --images now has {num_images}; "
+            "resume with the same images or pick another --out folder."
+        )
+    before = DiscoverySettings.from_json(json.loads(ckpt.meta.get("settings") or "{}"))
+    trajectory = (
+        "num_negatives", "micro_batches", "temperature", "loss_variant", "seed",
+        "hflip", "timestep_range", "lr", "betas", "weight_decay",
+    )  # fmt: skip
+    changed = [name for name in trajectory if getattr(before, name) != getattr(settings, name)]
+    if int(ckpt.meta.get("global_batch", global_batch)) != global_batch:
+        changed.append("batch size x processes")
+    if changed:
+        log.warning("resuming %s with changed settings (%s); the run will not match an uninterrupted one", where, ", ".join(changed))
+
+
+# ------------------------------------------------------------------------ discover
+def discover(
+    model: DiffusionModel | str,
+    images: str | Path | ImageSet | torch.Tensor,
+    out: str | Path,
+    settings: DiscoverySettings | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> DiscoveryResult:
+    """Discover ``settings.num_directions`` edit directions from a folder of images.
+
+    ``model``: a :class:`DiffusionModel` or a name for :meth:`DiffusionModel.load` (loaded on
+    ``settings.device`` / ``settings.dtype``). ``images``: a folder, an
+    :class:`~noiseclr.images.ImageSet` or pixels [M, 3, S, S] in [-1, 1]. ``out``: the run
+    folder (see the module docstring). ``resume``: continue from the latest checkpoint in
+    ``out``. ``callback``: called after every optimizer step with a dict (``step``, ``loss``,
+    ``seconds``, ``delta_abs_cos``, ``vector_abs_cos``, ``anchors`` = directions that got a
+    positive-pair term, ``vectors`` = the current [K, W] directions, detached).
+
+    Works unchanged under ``accelerate launch`` (several processes/GPUs/nodes): only the main
+    process writes files. Ctrl-C writes a checkpoint and raises :class:`DiscoveryInterrupted`.
+    """
+    settings = (settings or DiscoverySettings()).validate()
+    procs = Processes.detect(settings.device)
+    run_dir = Path(out)
+    ensure_output_dir(run_dir, "--out")
+    existing = list_checkpoints(run_dir)
+    if existing and not resume:
+        raise NoiseCLRError(
+            f"--out {run_dir}: already holds a discovery run (checkpoint {existing[-1][1].name}); "
+            "pass --resume to continue it or pick another folder."
+        )
+
+    if isinstance(model, (str, os.PathLike)):
+        device: Any = settings.device
+        dtype: Any = settings.dtype
+        if procs.size > 1 and str(device) in ("auto", "cuda"):
+            device = procs.device
+        if procs.size > 1 and dtype == "auto" and procs.mixed_precision in ("fp16", "bf16"):
+            dtype = procs.mixed_precision
+        model = DiffusionModel.load(str(model), device=device, dtype=dtype)
+    if settings.gradient_checkpointing or settings.channels_last or settings.compile:
+        model.optimize(
+            channels_last=settings.channels_last,
+            gradient_checkpointing=settings.gradient_checkpointing,
+            compile_unet=settings.compile,
+        )
+
+    global_batch = settings.batch_size * procs.size
+    flag = "--images"
+    if global_batch > settings.batch_size:
+        log.info(
+            "%d processes x %s %d = %d images per micro-batch",
+            procs.size, SETTING_FLAGS["batch_size"], settings.batch_size, global_batch,
+        )  # fmt: skip
+    pixels, image_source = _prepare_pixels(images, model, global_batch, flag)
+    num_images = int(pixels.shape[0])
+
+    checkpoint = load_latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        log.info("--resume: no checkpoint in %s; starting a new run", run_dir)
+    if checkpoint is not None:
+        _check_resume(checkpoint, model, settings, num_images, global_batch)
+
+    trainer = _Trainer(model, settings, procs, run_dir, num_images, global_batch)
+    if procs.is_main:
+        atomic_write_json(
+            run_dir / "settings.json",
+            {
+                "settings": settings.to_json(),
+                "model": model.describe(),
+                "images": {"source": image_source, "count": num_images},
+                "world_size": procs.size,
+                "global_batch": global_batch,
+                "resumed_from": str(checkpoint.path) if checkpoint is not None else None,
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+    trainer.latents = _encode_latent_cache(model, pixels, settings.hflip, procs)
+    del pixels
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    return trainer.run(progress=progress, callback=callback)
+
+
+class _Trainer:
+    """The state of one discovery run and its loop (internal; use :func:`discover`)."""
+
+    def __init__(
+        self,
+        model: DiffusionModel,
+        settings: DiscoverySettings,
+        procs: Processes,
+        run_dir: Path,
+        num_images: int,
+        global_batch: int,
+    ):
+        self.model = model
+        self.settings = settings
+        self.procs = procs
+        self.run_dir = run_dir
+        self.num_images = num_images
+        self.global_batch = global_batch
+        self.latents: torch.Tensor | None = None
+        self.bounds = timestep_bounds(model, settings.timestep_range)
+        self.sampler = Sampler(settings.seed)
+        # Master weights in float32 whatever the model's dtype.
+        init = initial_directions(model, settings.num_directions, settings.seed)
+        self.vectors = torch.nn.Parameter(init.to(model.device))
+        self.optimizer = torch.optim.AdamW(
+            [self.vectors], lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay
+        )
+        self.step = 0
+        self.seconds = 0.0
+        self.loss_log: list[dict[str, float]] = []
+        self.last_checkpoint: Path | None = None
+
+    # -------------------------------------------------------------- state
+    def adam_state(self) -> dict[str, torch.Tensor]:
+        state = self.optimizer.state.get(self.vectors, {})
+        if not state:
+            return {}
+        step = torch.as_tensor(state["step"]).float().cpu().reshape(1)
+        return {"step": step, "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        with torch.no_grad():
+            self.vectors.copy_(ckpt.directions.to(self.vectors.device))
+        if ckpt.adam:
+            state_dict = self.optimizer.state_dict()
+            state_dict["state"] = {
+                0: {
+                    "step": ckpt.adam["step"].reshape(()).float(),
+                    "exp_avg": ckpt.adam["exp_avg"].to(self.vectors.device),
+                    "exp_avg_sq": ckpt.adam["exp_avg_sq"].to(self.vectors.device),
+                }
+            }
+            self.optimizer.load_state_dict(state_dict)
+        self.sampler.load_state(ckpt.rng)
+        self.step = ckpt.step
+        self.seconds = ckpt.seconds
+        self.loss_log = list(ckpt.loss_log)[: ckpt.step]
+        self.last_checkpoint = ckpt.path
+        log.info("resuming %s at step %d", ckpt.path, ckpt.step)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model.name,
+            "fingerprint": self.model.fingerprint(),
+            "num_images": str(self.num_images),
+            "world_size": str(self.procs.size),
+            "global_batch": str(self.global_batch),
+            "settings": self.settings.to_json(),
+        }
+
+    def _checkpoint_name(self) -> str:
+        return f"step-{self.step:06d}.safetensors"
+
+    def save_checkpoint(self, rng: dict[str, torch.Tensor]) -> Path:
+        """Write the state after ``self.step`` steps (main process) and prune old ones."""
+        path = checkpoint_dir(self.run_dir) / self._checkpoint_name()
+        self.last_checkpoint = path
+        if not self.procs.is_main:
+            return path
+        Checkpoint(
+            step=self.step,
+            directions=self.vectors.detach(),
+            adam=self.adam_state(),
+            rng=rng,
+            seconds=self.seconds,
+            loss_log=self.loss_log,
+            meta=self.checkpoint_meta(),
+        ).save(path)
+        for _, old in list_checkpoints(self.run_dir)[: -self.settings.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        self.write_loss_csv()
+        return path
+
+    def write_loss_csv(self) -> None:
+        if self.procs.is_main:
+            atomic_write_text(self.run_dir / "loss.csv", _loss_csv(self.loss_log))
+
+    # --------------------------------------------------------------- loop
+    def one_step(self) -> dict[str, Any]:
+        """Accumulate ``micro_batches`` micro-batches and take one AdamW step (not applied yet)."""
+        settings, model, procs = self.settings, self.model, self.procs
+        assert self.latents is not None
+        latent_shape = tuple(self.latents.shape[2:])
+        rank_slice = slice(procs.rank * settings.batch_size, (procs.rank + 1) * settings.batch_size)
+        losses, diversity, anchors = [], [], set()
+        for _ in range(settings.micro_batches):
+            draw = self.sampler.draw(
+                num_directions=settings.num_directions,
+                num_drawn=settings.negatives + 1,
+                timestep_bounds=self.bounds,
+                num_images=self.num_images,
+                global_batch=self.global_batch,
+                latent_shape=latent_shape,
+            )
+            indices = draw.image_indices[rank_slice]
+            flips = draw.flips[rank_slice] if settings.hflip else torch.zeros_like(indices, dtype=torch.bool)
+            latents = self.latents[flips.long().to(self.latents.device), indices.to(self.latents.device)]
+            noise = draw.noise[rank_slice].to(latents.device)
+            result = micro_batch_loss(
+                model,
+                self.vectors,
+                latents,
+                draw.timestep,
+                noise,
+                draw.drawn,
+                variant=settings.loss_variant,
+                temperature=settings.temperature,
+                gather=procs.gather_features,
+            )
+            # NaN/inf is checked once per step (one device sync); a NaN loss only poisons the grad.
+            (result.loss / settings.micro_batches).backward()
+            losses.append(result.loss.detach())
+            diversity.append(mean_negative_abs_cos(result.features))
+            anchors.update(draw.drawn[:1].tolist() if settings.loss_variant == "single-anchor" else draw.drawn.tolist())
+        loss_values = torch.stack(losses)
+        grad = self.vectors.grad
+        if grad is not None and procs.size > 1:
+            grad.copy_(procs.sum_(grad))
+        finite = torch.isfinite(loss_values).all()
+        if grad is not None:
+            finite = finite & torch.isfinite(grad).all()
+        if not bool(finite):
+            bad = [float(v) for v in loss_values.tolist() if not math.isfinite(v)]
+            return {"diverged": f"the loss became {bad[0]}" if bad else "the gradient became nan or inf"}
+        return {
+            "loss": float(loss_values.double().mean()),
+            "delta_abs_cos": float(torch.stack(diversity).mean()),
+            "anchors": sorted(anchors),
+        }
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        last = self.last_checkpoint
+        kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
+        return TrainingDiverged(
+            f"step {self.step + 1}: {what} (training diverged); stopped, {kept}. "
+            f"Try a lower --lr (now {self.settings.lr:g}) or --dtype float32, then --resume."
+        )
+
+    def run(self, *, progress: bool, callback: Callable[[dict[str, Any]], None] | None) -> DiscoveryResult:
+        from tqdm.auto import tqdm
+
+        settings = self.settings
+        rng_at_step = self.sampler.state()
+        bar = tqdm(
+            total=settings.steps,
+            initial=min(self.step, settings.steps),
+            desc="discovering directions",
+            unit="step",
+            disable=not (progress and self.procs.is_main),
+            dynamic_ncols=True,
+        )
+        try:
+            while self.step < settings.steps:
+                started = time.perf_counter()
+                outcome = self.one_step()
+                if "diverged" in outcome:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.write_loss_csv()
+                    raise self.diverged(outcome["diverged"])
+                with _hold_interrupts():
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    self.seconds += time.perf_counter() - started
+                    row = {
+                        "step": self.step,
+                        "loss": outcome["loss"],
+                        "seconds": round(self.seconds, 3),
+                        "delta_abs_cos": outcome["delta_abs_cos"],
+                        "vector_abs_cos": mean_vector_abs_cos(self.vectors),
+                    }
+                    self.loss_log.append(row)
+                    rng_at_step = self.sampler.state()
+                bar.update(1)
+                bar.set_postfix(loss=f"{outcome['loss']:.4f}")
+                if callback is not None:
+                    callback({**row, "anchors": outcome["anchors"], "vectors": self.vectors.detach()})
+                every = settings.checkpoint_every
+                if self.step < settings.steps and every and self.step % every == 0:
+                    with _hold_interrupts():
+                        self.save_checkpoint(rng_at_step)
+                elif self.step % max(1, settings.log_every) == 0:
+                    self.write_loss_csv()
+        except KeyboardInterrupt as interrupt:
+            if isinstance(interrupt, DiscoveryInterrupted):
+                raise
+            bar.close()
+            self.optimizer.zero_grad(set_to_none=True)
+            path = self.last_checkpoint
+            if self.step > 0 and (path is None or path.name != self._checkpoint_name()):
+                path = self.save_checkpoint(rng_at_step)
+            message = (
+                f"interrupted after step {self.step}; checkpoint {path}; continue with --resume."
+                if path is not None
+                else f"interrupted after step {self.step}; nothing to save yet."
+            )
+            if self.procs.is_main:
+                log.warning(message)
+            raise DiscoveryInterrupted(message, path, self.step) from None
+        finally:
+            bar.close()
+        return self.finish(rng_at_step)
+
+    def finish(self, rng: dict[str, torch.Tensor]) -> DiscoveryResult:
+        settings = self.settings
+        directions = Directions.for_model(
+            self.model,
+            self.vectors.detach(),
+            names=list(settings.names) if settings.names else None,
+            domain=settings.domain,
+            settings={
+                **settings.to_json(),
+                "steps_done": self.step,
+                "num_images": self.num_images,
+                "world_size": self.procs.size,
+                "global_batch": self.global_batch,
+            },
+        )
+        directions_path = self.run_dir / "directions.safetensors"
+        final_loss = float(self.loss_log[-1]["loss"]) if self.loss_log else float("nan")
+        if self.last_checkpoint is None or self.last_checkpoint.name != self._checkpoint_name():
+            self.save_checkpoint(rng)  # lets a later run extend --steps with --resume
+        else:
+            self.write_loss_csv()
+        if self.procs.is_main:
+            directions.save(directions_path)
+            atomic_write_json(
+                self.run_dir / "summary.json",
+                {
+                    "directions": str(directions_path),
+                    "loss_csv": str(self.run_dir / "loss.csv"),
+                    "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+                    "steps": self.step,
+                    "seconds": round(self.seconds, 3),
+                    "final_loss": final_loss,
+                    "num_directions": settings.num_directions,
+                    "num_images": self.num_images,
+                    "world_size": self.procs.size,
+                    "model": self.model.name,
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
+        self.procs.barrier()
+        result = DiscoveryResult(
+            directions=directions,
+            run_dir=self.run_dir,
+            directions_path=directions_path,
+            steps=self.step,
+            seconds=self.seconds,
+            final_loss=final_loss,
+            checkpoint_path=self.last_checkpoint,
+            loss_log=list(self.loss_log),
+        )
+        if self.procs.is_main:
+            log.info(result.summary())
+        return result
