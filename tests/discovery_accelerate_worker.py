@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
 
     model_dir, out, batch_size, steps = argv[0], argv[1], int(argv[2]), int(argv[3])
     result = discover(model_dir, worker_pixels(), out, worker_settings(batch_size, steps), progress=False)
-    print(f"rank {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')}: loss {result.final_loss:.6f}")
+    rank, size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    print(f"rank {rank} of {size}: main {result.is_main_process}, loss {result.final_loss:.6f}")
     return 0
 
 

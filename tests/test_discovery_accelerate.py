@@ -45,7 +45,7 @@ def test_two_processes_equal_one_process_with_double_batch(tiny_model_dir, tmp_p
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "rank 0 of 2" in done.stdout and "rank 1 of 2" in done.stdout
+    assert "rank 0 of 2: main True" in done.stdout and "rank 1 of 2: main False" in done.stdout
 
     one = discover(str(tiny_model_dir), worker_pixels(), tmp_path / "one", worker_settings(2 * batch, steps), progress=False)
     two = Directions.load(tmp_path / "two" / "directions.safetensors")

@@ -89,7 +89,7 @@ CHECKPOINT_VERSION = 1
 RNG_STREAMS = ("directions", "timesteps", "images", "noise")
 
 SETTING_FLAGS = {
-    "num_directions": "--num-directions",
+    "num_directions": "--directions",
     "batch_size": "--batch",
     "num_negatives": "--negatives",
     "micro_batches": "--micro-batches",
@@ -189,7 +189,7 @@ class DiscoverySettings:
         low, high = self.timestep_range
         if not 0.0 <= low < high <= 1.0:
             raise NoiseCLRError(
-                f"{flag['timestep_range']} {low},{high}: need 0 <= start < end <= 1 (fractions of the training timesteps)."
+                f"{flag['timestep_range']} {low}:{high}: need 0 <= start < end <= 1 (fractions of the training timesteps)."
             )
         if self.checkpoint_every < 0:
             raise NoiseCLRError(f"{flag['checkpoint_every']} {self.checkpoint_every}: must be 0 (off) or positive.")
@@ -232,6 +232,8 @@ class DiscoveryResult:
     """Loss of the last step (mean-normalised: 0 = no contrast, lower is better)."""
     checkpoint_path: Path | None = None
     loss_log: list[dict[str, float]] = field(default_factory=list, repr=False)
+    is_main_process: bool = True
+    """False on the other processes of an ``accelerate launch`` run (they write nothing; skip printing)."""
 
     def summary(self) -> str:
         return (
@@ -973,6 +975,7 @@ class _Trainer:
             final_loss=final_loss,
             checkpoint_path=self.last_checkpoint,
             loss_log=list(self.loss_log),
+            is_main_process=self.procs.is_main,
         )
         if self.procs.is_main:
             log.info(result.summary())
