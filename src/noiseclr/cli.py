@@ -129,7 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ discover
 def cmd_discover(args: argparse.Namespace) -> int:
-    from .discovery import DiscoverySettings, discover
+    from .discovery import DiscoveryInterrupted, DiscoverySettings, discover
 
     settings = DiscoverySettings(
         num_directions=args.directions,
@@ -152,7 +152,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
         **({"loss_variant": args.loss} if args.loss else {}),
     )
     settings.validate()
-    result = discover(args.model, args.images, args.out, settings, resume=args.resume)
+    try:
+        result = discover(args.model, args.images, args.out, settings, resume=args.resume)
+    except DiscoveryInterrupted as stop:
+        if stop.checkpoint is not None:
+            print(f"noiseclr: interrupted at step {stop.step}; checkpoint {stop.checkpoint}; add --resume to continue", file=sys.stderr)
+        return 130
+    if not result.is_main_process:
+        return 0
     print(f"discovered {result.directions.count} directions in {_seconds(result.seconds)} ({result.steps} steps, final loss {result.final_loss:.4f})")
     print(f"  directions: {result.directions_path}")
     print(f"  loss log:   {result.run_dir / 'loss.csv'}")
