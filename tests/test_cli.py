@@ -1,0 +1,195 @@
+"""Every CLI subcommand end to end on a tiny model, and the CLI's handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from noiseclr.cli import main
+from noiseclr.directions import Directions
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        # Smooth blobs rather than white noise: closer to what a VAE sees.
+        base = rng.random((8, 8, 3))
+        image = Image.fromarray((base * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)
+        image.save(folder / f"img{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir, image_dir) -> Path:
+    run = tmp_path_factory.mktemp("run") / "faces"
+    code = main(
+        ["discover", "--model", str(tiny_model_dir), "--images", str(image_dir), "--out", str(run),
+         "--directions", "4", "--steps", "3", "--batch", "3", "--micro-batches", "1", "--negatives", "2",
+         "--device", "cpu", "--domain", "faces", "--checkpoint-every", "2"]
+    )
+    assert code == 0
+    return run
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("noiseclr: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_discover_writes_run_folder(run_dir):
+    for name in ("directions.safetensors", "settings.json", "loss.csv", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "checkpoints").iterdir())
+    directions = Directions.load(run_dir / "directions.safetensors")
+    assert directions.count == 4 and directions.domain == "faces"
+    assert json.loads((run_dir / "settings.json").read_text())
+
+
+def test_discover_resume_extends(capsys, tiny_model_dir, image_dir, tmp_path):
+    args = ["discover", "--model", tiny_model_dir, "--images", image_dir, "--out", tmp_path / "r",
+            "--directions", "3", "--batch", "2", "--micro-batches", "1", "--device", "cpu"]
+    assert run_cli(capsys, *args, "--steps", "2")[0] == 0
+    code, _, err = run_cli(capsys, *args, "--steps", "2")
+    assert_one_line_error(code, err, "--resume")
+    code, out, _ = run_cli(capsys, *args, "--steps", "4", "--resume")
+    assert code == 0 and "4 steps" in out
+
+
+def test_info_and_json(capsys, run_dir):
+    code, out, _ = run_cli(capsys, "info", run_dir / "directions.safetensors")
+    assert code == 0 and "count: 4" in out and "faces" in out
+    code, out, _ = run_cli(capsys, "info", run_dir / "directions.safetensors", "--json")
+    info = json.loads(out)
+    assert info["count"] == 4 and info["token_width"] == 32
+
+
+def test_export_textual_inversion_roundtrip(capsys, run_dir, tmp_path):
+    code, out, _ = run_cli(capsys, "export", run_dir / "directions.safetensors", "--format", "textual-inversion", "--out", tmp_path / "ti")
+    assert code == 0
+    original = Directions.load(run_dir / "directions.safetensors")
+    imported = Directions.load(tmp_path / "ti" / "learned_embeds.bin")
+    assert torch.equal(imported.vectors, original.vectors)
+    assert len(list((tmp_path / "ti" / "diffusers").glob("*.safetensors"))) == 4
+    # An imported textual-inversion file is accepted by info too.
+    code, out, _ = run_cli(capsys, "info", tmp_path / "ti" / "learned_embeds.safetensors")
+    assert code == 0 and "textual-inversion" in out
+
+
+def test_edit_writes_images(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
+    spec = f"{run_dir / 'directions.safetensors'}:1=3@0:0.5"
+    code, out, _ = run_cli(
+        capsys, "edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png", image_dir / "img1.png",
+        "--direction", spec, "--direction", f"{run_dir / 'directions.safetensors'}:2=-2",
+        "--out", tmp_path / "edits", "--steps", "4", "--device", "cpu", "--inversion", "ddpm",
+    )
+    assert code == 0, out
+    for name in ("img0-edited.png", "img0-reconstruction.png", "img1-edited.png", "comparison.png"):
+        assert (tmp_path / "edits" / name).is_file()
+    assert Image.open(tmp_path / "edits" / "img0-edited.png").size == (64, 64)
+
+
+def test_generate(capsys, tiny_model_dir, run_dir, tmp_path):
+    code, out, _ = run_cli(
+        capsys, "generate", "--model", tiny_model_dir, "--prompt", "a cat", "--prompt", "",
+        "--direction", f"{run_dir / 'directions.safetensors'}:0=2", "--out", tmp_path / "gen",
+        "--steps", "3", "--device", "cpu",
+    )
+    assert code == 0
+    assert (tmp_path / "gen" / "000.png").is_file() and (tmp_path / "gen" / "001-plain.png").is_file()
+
+
+def test_explore_gallery(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
+    code, out, _ = run_cli(
+        capsys, "explore", "--model", tiny_model_dir, "--directions", run_dir / "directions.safetensors",
+        "--images", image_dir, "--out", tmp_path / "gallery", "--scales", "-2", "0", "2",
+        "--num-images", "2", "--steps", "3", "--device", "cpu", "--directions-per-pass", "3",
+    )
+    assert code == 0
+    strips = sorted((tmp_path / "gallery").glob("direction-*.png"))
+    assert len(strips) == 4
+    page = (tmp_path / "gallery" / "index.html").read_text()
+    assert page.count("<figure") == 4 and "direction-003.png" in page
+
+
+def test_help_through_python_m():
+    result = subprocess.run([sys.executable, "-m", "noiseclr", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "discover" in result.stdout
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_direction_spec(capsys, tiny_model_dir, image_dir, tmp_path):
+    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png",
+                           "--direction", "nofile", "--out", tmp_path, "--device", "cpu")
+    assert_one_line_error(code, err, "--direction nofile")
+
+
+def test_direction_index_out_of_range(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
+    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png",
+                           "--direction", f"{run_dir / 'directions.safetensors'}:9=1", "--out", tmp_path, "--device", "cpu")
+    assert_one_line_error(code, err, "9", "0..3")
+
+
+def test_directions_from_another_model(capsys, tiny_v_model_dir, run_dir, image_dir, tmp_path):
+    code, _, err = run_cli(capsys, "edit", "--model", tiny_v_model_dir, "--image", image_dir / "img0.png",
+                           "--direction", f"{run_dir / 'directions.safetensors'}:0=1", "--out", tmp_path, "--device", "cpu")
+    assert_one_line_error(code, err, "another model")
+
+
+def test_missing_image_folder(capsys, tiny_model_dir, tmp_path):
+    code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", tmp_path / "nope",
+                           "--out", tmp_path / "run", "--device", "cpu")
+    assert_one_line_error(code, err, "--images", "no such folder")
+
+
+def test_missing_model_folder(capsys, image_dir, tmp_path):
+    code, _, err = run_cli(capsys, "discover", "--model", "./no/such/model", "--images", image_dir,
+                           "--out", tmp_path / "run", "--device", "cpu")
+    assert_one_line_error(code, err, "--model ./no/such/model")
+
+
+def test_unreadable_directions_file(capsys, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    code, _, err = run_cli(capsys, "info", bad)
+    assert_one_line_error(code, err, "bad.safetensors")
+
+
+def test_unwritable_out_folder(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
+    # A folder below a regular file cannot be created, even by root.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png",
+                           "--direction", f"{run_dir / 'directions.safetensors'}:0=1", "--out", blocker / "x", "--device", "cpu")
+    assert_one_line_error(code, err, "--out", "cannot write")
+
+
+def test_out_is_a_file(capsys, run_dir, tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    code, _, err = run_cli(capsys, "export", run_dir / "directions.safetensors", "--out", target)
+    assert_one_line_error(code, err, "--out", "not a folder")
+
+
+def test_bad_dtype(capsys, image_dir, tmp_path, tiny_model_dir):
+    code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir,
+                           "--out", tmp_path / "run", "--dtype", "float8")
+    assert_one_line_error(code, err, "--dtype float8")
