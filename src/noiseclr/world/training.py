@@ -52,8 +52,8 @@ TRAIN_SEED_BASE = 1_000_000_000
 
 @dataclass
 class VAESettings:
-    steps: int = 12000
-    batch_size: int = 32
+    steps: int = 5000
+    batch_size: int = 16
     crop: int | None = 64
     """Random square crops of this size (None: full 128x128 images)."""
     lr: float = 4e-4
