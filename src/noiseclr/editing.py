@@ -22,6 +22,10 @@ Typical use::
     latents = regenerate(model, inversion, [[term_a], [term_a, term_b], []])   # [3, B, C, h, w]
 
 or, for one edit with before/after, :func:`edit`; for prompts, :func:`generate`.
+
+A :class:`PromptTerm` (a text prompt's conditioning, ``scale * (eps(c_prompt) - eps(c_0))`` on a
+window) is accepted wherever a :class:`DirectionTerm` is; the benchmark's supervised reference
+uses it.
 """
 
 from __future__ import annotations
@@ -99,6 +103,52 @@ class DirectionTerm:
     def active_steps(self, steps: int) -> torch.Tensor:
         """[steps] bool: whether the term acts at each denoising step."""
         return window_mask(self.start, self.end, steps)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Identity of the conditioning this term needs (one row per distinct key)."""
+        return (id(self.directions), self.index)
+
+
+@dataclass(eq=False)
+class PromptTerm:
+    """A text prompt used exactly like a direction: ``scale * (eps(x_t, c_prompt) - eps(x_t, c_0))``.
+
+    Accepted wherever a :class:`DirectionTerm` is (``regenerate``, ``render_edits``, ``edit``,
+    ``generate``); its conditioning is ``model.encode_prompts([prompt])``. The benchmark uses it
+    as the supervised reference ("prompt directions").
+    """
+
+    prompt: str
+    scale: float
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.prompt = str(self.prompt)
+        self.scale = float(self.scale)
+        if not math.isfinite(self.scale):
+            raise NoiseCLRError(f"{self.describe()}: scale {self.scale} is not a finite number; pass e.g. 3 or -2.5.")
+        self.start, self.end = float(self.start), float(self.end)
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise NoiseCLRError(
+                f"{self.describe()}: window {self.start}:{self.end} is invalid; need 0 <= START < END <= 1, e.g. @0:0.6."
+            )
+
+    def describe(self) -> str:
+        window = "" if (self.start, self.end) == (0.0, 1.0) else f" @{self.start:g}-{self.end:g}"
+        return f"prompt {self.prompt!r} x{self.scale:g}{window}"
+
+    def active_steps(self, steps: int) -> torch.Tensor:
+        return window_mask(self.start, self.end, steps)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return ("prompt", self.prompt)
+
+
+EditTerm = DirectionTerm | PromptTerm
+"""Anything the editing kernel applies as ``scale * (eps(c) - eps(c_0))`` on a window."""
 
 
 def window_mask(start: float, end: float, steps: int) -> torch.Tensor:
@@ -189,10 +239,12 @@ def _finite(text: str, what: str, fail: Callable[[str], NoiseCLRError]) -> float
     return value
 
 
-def check_terms(model: DiffusionModel, terms: Sequence[DirectionTerm]) -> None:
+def check_terms(model: DiffusionModel, terms: Sequence[EditTerm]) -> None:
     """Every term's file belongs to ``model`` and its index exists (NoiseCLRError otherwise)."""
     checked: set[int] = set()
     for term in terms:
+        if isinstance(term, PromptTerm):
+            continue
         if id(term.directions) not in checked:
             term.directions.check_compatible(model)
             checked.add(id(term.directions))
@@ -201,18 +253,23 @@ def check_terms(model: DiffusionModel, terms: Sequence[DirectionTerm]) -> None:
 
 # ------------------------------------------------------------------------- weight tables
 def direction_conditionings(
-    model: DiffusionModel, edits: Sequence[Sequence[DirectionTerm]]
-) -> tuple[list[torch.Tensor], list[str], dict[tuple[int, int], int]]:
-    """Encode each distinct (file, index) once: tensors [k, L, W] per file, labels, and key -> row offset."""
-    order: dict[tuple[int, int], int] = {}
+    model: DiffusionModel, edits: Sequence[Sequence[EditTerm]]
+) -> tuple[list[torch.Tensor], list[str], dict[tuple, int]]:
+    """Encode each distinct (file, index) and prompt once: tensors [k, L, W] per file (then one for all
+    prompts), labels, and ``term.key`` -> row offset."""
+    order: dict[tuple, int] = {}
     per_file: dict[int, tuple[Directions, list[int]]] = {}
+    prompts: list[str] = []
     for terms in edits:
         for term in terms:
-            key = (id(term.directions), term.index)
+            key = term.key
             if key in order:
                 continue
             order[key] = len(order)
-            per_file.setdefault(id(term.directions), (term.directions, []))[1].append(term.index)
+            if isinstance(term, PromptTerm):
+                prompts.append(term.prompt)
+            else:
+                per_file.setdefault(id(term.directions), (term.directions, []))[1].append(term.index)
     tensors, labels, rows = [], [], {}
     offset = 0
     for directions, indices in per_file.values():
@@ -223,17 +280,22 @@ def direction_conditionings(
             rows[(id(directions), index)] = offset + position
             labels.append(f"{directions.path.name if directions.path else directions.domain or 'directions'}:{index}")
         offset += len(indices)
+    if prompts:
+        tensors.append(model.encode_prompts(prompts))
+        for position, prompt in enumerate(prompts):
+            rows[("prompt", prompt)] = offset + position
+            labels.append(f"prompt:{prompt}")
     return tensors, labels, rows
 
 
 def edit_weights(
-    edits: Sequence[Sequence[DirectionTerm]], rows: dict[tuple[int, int], int], columns: int, steps: int, offset: int
+    edits: Sequence[Sequence[EditTerm]], rows: dict[tuple, int], columns: int, steps: int, offset: int
 ) -> torch.Tensor:
     """[E, columns, steps] float64 weight table: term scales on their windows (repeats add up)."""
     weights = torch.zeros(len(edits), columns, steps, dtype=torch.float64)
     for e, terms in enumerate(edits):
         for term in terms:
-            column = offset + rows[(id(term.directions), term.index)]
+            column = offset + rows[term.key]
             weights[e, column] += term.scale * term.active_steps(steps).to(torch.float64)
     return weights
 
@@ -320,7 +382,7 @@ def denoise(
     return state
 
 
-def _warn_empty_windows(terms: Sequence[DirectionTerm], steps: int) -> None:
+def _warn_empty_windows(terms: Sequence[EditTerm], steps: int) -> None:
     for term in terms:
         if term.scale != 0 and not bool(term.active_steps(steps).any()):
             log.warning(
@@ -335,7 +397,7 @@ def _warn_empty_windows(terms: Sequence[DirectionTerm], steps: int) -> None:
 def regenerate(
     model: DiffusionModel,
     inversion: Inversion,
-    edits: Sequence[Sequence[DirectionTerm]],
+    edits: Sequence[Sequence[EditTerm]],
     *,
     image_indices: Sequence[int] | None = None,
     max_batch: int | None = None,
@@ -388,7 +450,7 @@ def regenerate(
 def render_edits(
     model: DiffusionModel,
     inversion: Inversion,
-    edits: Sequence[Sequence[DirectionTerm]],
+    edits: Sequence[Sequence[EditTerm]],
     *,
     image_indices: Sequence[int] | None = None,
     max_batch: int | None = None,
@@ -442,7 +504,7 @@ class EditResult:
     edited_latents: torch.Tensor
     reconstruction_latents: torch.Tensor
     inversion: Inversion
-    terms: list[DirectionTerm]
+    terms: list[EditTerm]
     paths: list[Path] | None = None
 
     def __len__(self) -> int:
@@ -464,7 +526,7 @@ class EditResult:
 def edit(
     model: DiffusionModel,
     images: ImageSet | torch.Tensor,
-    terms: Sequence[DirectionTerm],
+    terms: Sequence[EditTerm],
     settings: EditSettings | None = None,
     *,
     progress: bool = True,
@@ -513,7 +575,7 @@ def edit(
 def generate_latents(
     model: DiffusionModel,
     prompts: Sequence[str],
-    edits: Sequence[Sequence[DirectionTerm]],
+    edits: Sequence[Sequence[EditTerm]],
     *,
     guidance_scale: float = 5.0,
     steps: int = 50,
@@ -576,7 +638,7 @@ def generate_latents(
 def generate(
     model: DiffusionModel,
     prompts: Sequence[str],
-    terms: Sequence[DirectionTerm],
+    terms: Sequence[EditTerm],
     *,
     guidance_scale: float = 5.0,
     steps: int = 50,
@@ -605,7 +667,9 @@ def generate(
 __all__ = [
     "DirectionTerm",
     "EditResult",
+    "EditTerm",
     "EditSettings",
+    "PromptTerm",
     "check_terms",
     "combine_eps",
     "denoise",
