@@ -11,9 +11,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .bench import BenchResult, BenchSettings, run_bench
+from .demo import DemoResult, DemoSettings, run_demo
 from .directions import Directions
 from .discovery import DiscoveryResult, DiscoverySettings, discover
-from .editing import DirectionTerm, EditResult, EditSettings, edit, generate, parse_direction_spec
+from .editing import DirectionTerm, EditResult, EditSettings, PromptTerm, edit, generate, parse_direction_spec
 from .errors import NoiseCLRError
 from .explore import ExploreResult, ExploreSettings, explore
 from .inversion import invert
@@ -21,6 +23,10 @@ from .model import EMBEDDED, DiffusionModel
 
 __all__ = [
     "EMBEDDED",
+    "BenchResult",
+    "BenchSettings",
+    "DemoResult",
+    "DemoSettings",
     "DiffusionModel",
     "DirectionTerm",
     "Directions",
@@ -31,6 +37,7 @@ __all__ = [
     "ExploreResult",
     "ExploreSettings",
     "NoiseCLRError",
+    "PromptTerm",
     "__version__",
     "discover",
     "edit",
@@ -38,4 +45,6 @@ __all__ = [
     "generate",
     "invert",
     "parse_direction_spec",
+    "run_bench",
+    "run_demo",
 ]

@@ -244,6 +244,89 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ bench/demo
+def _methods(text: str | None, has_files: bool) -> tuple[str, ...]:
+    from .bench import METHODS
+
+    if text is None:
+        return ("random", "prompt") if has_files else METHODS
+    return tuple(part.strip() for part in text.split(",") if part.strip() and part.strip() != "none")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchSettings, check_bench_inputs, parse_directions_args, run_bench
+
+    files = parse_directions_args(args.directions)
+    settings = BenchSettings(
+        methods=_methods(args.methods, bool(files)),
+        num_directions=args.num_directions,
+        discovery_steps=args.discovery_steps,
+        discovery_images=args.discovery_images,
+        discovery_batch=args.discovery_batch,
+        discovery_negatives=args.discovery_negatives,
+        discovery_micro_batches=args.discovery_micro_batches,
+        discovery_lr=args.discovery_lr,
+        heldout=args.heldout,
+        validation=args.validation,
+        steps=args.steps,
+        inversion=args.inversion,
+        scales=tuple(args.scales),
+        windows=tuple(args.windows),
+        min_preservation=args.min_preservation,
+        strip_images=args.strip_images,
+        seed=args.seed,
+        trajectories_per_pass=args.trajectories_per_pass,
+        max_batch=args.max_batch,
+        cross_images=args.cross_images,
+        cross_per_domain=args.cross_per_domain,
+    )
+    cross = tuple(args.cross_domain) if args.cross_domain else None
+    check_bench_inputs(args.domain, settings, files, cross)
+    model = _load_model(args)
+    result = run_bench(
+        model,
+        args.domain,
+        args.out,
+        settings,
+        directions_files=files,
+        cross_domain=cross,
+        reader_dir=args.readers,
+        resume=args.resume,
+    )
+    print(result.table)
+    print(f"benchmark finished in {_seconds(result.seconds)}")
+    print(f"  results: {result.results_path}")
+    print(f"  report:  {result.report_path}")
+    for name, method in result.results["methods"].items():
+        if method.get("directions_file"):
+            print(f"  {name}: annotated directions {Path(args.out) / method['directions_file']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        directions=args.directions,
+        steps=args.steps,
+        images=args.images,
+        batch=args.batch,
+        naming_images=args.naming_images,
+        gallery_images=args.gallery_images,
+        scale=args.scale,
+        edit_steps=args.edit_steps,
+        seed=args.seed,
+        domain=args.domain,
+    ).validate()
+    print(f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them (default sizes: about 5 min on a 2-core CPU)")
+    model = _load_model(args)
+    print(f"  model {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}), writing to {args.out}/", flush=True)
+    result = run_demo(model, args.out, settings, reader_dir=args.readers, say=lambda text: print(text, flush=True))
+    print()
+    print(result.text)
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -316,6 +399,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions-per-pass", type=_positive_int, default=8, help="directions rendered together (memory)")
     p.add_argument("--max-batch", type=_positive_int, default=None)
     p.set_defaults(func=cmd_explore)
+
+    p = sub.add_parser("bench", help="measure what directions change, with the factor readers (ground-truth benchmark)")
+    _add_model_args(p)
+    p.add_argument("--domain", required=True, help="faces or cats; scenes runs only the cross-domain part (needs --cross-domain)")
+    p.add_argument("--out", required=True, type=Path, help="output folder: results.json, report.html, one folder per method")
+    p.add_argument("--directions", nargs="+", default=[], metavar="[NAME=]FILE",
+                   help="directions files to evaluate (any noiseclr or textual-inversion file); NAME=FILE with NAME "
+                        "noiseclr-all or noiseclr-single replaces that discovery")  # fmt: skip
+    p.add_argument("--methods", default=None, help="comma list of noiseclr-all, noiseclr-single, random, prompt "
+                   "(default: all four; with --directions: random,prompt; 'none' for only the files)")  # fmt: skip
+    p.add_argument("--cross-domain", nargs=2, metavar=("FACES_FILE", "CATS_FILE"), default=None,
+                   help="annotated faces and cats directions (OUT/<method>/directions.safetensors of earlier bench runs) "
+                        "applied together on scene renders")  # fmt: skip
+    p.add_argument("--readers", type=Path, default=None, help="folder with <domain>.safetensors reader weights (default: the shipped ones)")
+    p.add_argument("--resume", action="store_true", help="reuse finished methods and discovery runs in --out")
+    g = p.add_argument_group("discovery (noiseclr-all / noiseclr-single)")
+    g.add_argument("--num-directions", type=_positive_int, default=20, metavar="K", help="directions per method (default 20)")
+    g.add_argument("--discovery-steps", type=_positive_int, default=500, help="optimizer steps (default 500)")
+    g.add_argument("--discovery-images", type=_positive_int, default=100, help="unlabeled renders to learn from (default 100)")
+    g.add_argument("--discovery-batch", type=_positive_int, default=6, help="images per micro-batch (default 6)")
+    g.add_argument("--discovery-negatives", type=_positive_int, default=None, help="other directions per micro-batch (default min(9, K-1))")
+    g.add_argument("--discovery-micro-batches", type=_positive_int, default=2, help="micro-batches per step (default 2)")
+    g.add_argument("--discovery-lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--heldout", type=_positive_int, default=200, help="held-out renders every number is measured on (default 200)")
+    g.add_argument("--validation", type=_positive_int, default=40, help="validation renders that pick scale and window (default 40)")
+    g.add_argument("--steps", type=_positive_int, default=25, help="inversion and denoising steps per edit (default 25)")
+    g.add_argument("--inversion", default="ddpm", help="ddpm (default: exact reconstruction) or ddim (the paper's)")
+    g.add_argument("--scales", type=float, nargs="+", default=[3.0, 6.0], help="scale magnitudes, each tried with both signs (default 3 6)")
+    g.add_argument("--windows", type=_window, nargs="+", default=[(0.0, 1.0), (0.0, 0.5), (0.3, 1.0)], metavar="START:END",
+                   help="windows tried per direction (default 0:1 0:0.5 0.3:1)")  # fmt: skip
+    g.add_argument("--min-preservation", type=float, default=0.8, help="selection constraint on preservation (default 0.8)")
+    g.add_argument("--strip-images", type=int, default=4, help="held-out images per direction strip in the report (default 4)")
+    g.add_argument("--seed", type=int, default=0, help="0..4: fresh image sets and seeds for discovery/random/inversion")
+    g.add_argument("--cross-images", type=_positive_int, default=100, help="scene renders for --cross-domain (default 100)")
+    g.add_argument("--cross-per-domain", type=_positive_int, default=4, help="directions taken from each file for --cross-domain (default 4)")
+    g.add_argument("--trajectories-per-pass", type=_positive_int, default=128, help="edited images rendered together (memory)")
+    g.add_argument("--max-batch", type=_positive_int, default=None, help="most UNet rows per call (memory)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="the main job: discover, name and show face-edit directions on the embedded model (~5 min)")
+    _add_model_args(p)
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
+    p.add_argument("--directions", type=_positive_int, default=10, metavar="K", help="directions to discover (default 10)")
+    p.add_argument("--steps", type=_positive_int, default=200, help="discovery steps (default 200)")
+    p.add_argument("--images", type=_positive_int, default=60, help="training images rendered for discovery (default 60)")
+    p.add_argument("--batch", type=_positive_int, default=6, help="images per discovery micro-batch (default 6)")
+    p.add_argument("--edit-steps", type=_positive_int, default=20, help="denoising steps for naming and the gallery (default 20)")
+    p.add_argument("--scale", type=float, default=4.0, help="each direction is tried at +/- this scale (default 4)")
+    p.add_argument("--naming-images", type=_positive_int, default=6, help="new images each direction is measured on (default 6)")
+    p.add_argument("--gallery-images", type=_positive_int, default=4, help="images per gallery strip (default 4)")
+    p.add_argument("--domain", default="faces", help="faces (default) or cats")
+    p.add_argument("--readers", type=Path, default=None, help="folder with reader weights (default: the shipped ones)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="describe a directions file")
     p.add_argument("file", type=Path, help="directions .safetensors (or a textual-inversion .bin/.safetensors)")

@@ -1,0 +1,273 @@
+"""Presenting benchmark results: the terminal table and the static HTML report.
+
+Both read only the ``results`` dict that :func:`noiseclr.bench.run_bench` writes to
+``results.json``, so a report can be rebuilt from that file alone.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .fileio import atomic_write_text
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Plain-text summary: one row per method (and the cross-domain numbers, if any)."""
+    lines: list[str] = []
+    methods: Mapping[str, Any] = results.get("methods") or {}
+    settings = results.get("settings", {})
+    if methods:
+        heldout = (results.get("baseline") or {}).get("heldout", {}).get("images", settings.get("heldout"))
+        lines.append(
+            f"{results.get('domain')} benchmark: model {results.get('model', {}).get('name')}, {heldout} held-out images, "
+            f"{settings.get('steps')} {settings.get('inversion')} steps; changes vs. the reconstruction"
+        )
+        header = f"{'method':<18} {'K':>3} {'coverage':>8} {'purity':>7} {'preserv.':>8} {'effective':>9}  discovered factors"
+        lines += [header, "-" * len(header)]
+        for name, result in methods.items():
+            summary = result["summary"]
+            found = ", ".join(summary.get("discovered", {})) or "none"
+            covered = f"{len(summary.get('discovered', {}))}/{summary['num_factors']}"
+            lines.append(
+                f"{name:<18} {summary['count']:>3} {covered:>8} {_num(summary.get('mean_purity')):>7} "
+                f"{_num(summary.get('preservation')):>8} {summary.get('effective_directions', 0):>9}  {found}"
+            )
+        lines.append(
+            "coverage: factors some direction moves with strength >= 0.5 and purity >= 0.6; purity and preservation: "
+            "mean over directions with strength >= 0.25"
+        )
+    cross = results.get("cross_domain")
+    if cross:
+        summary = cross["summary"]
+        lines.append(
+            f"cross-domain on {cross['images']} scenes, {summary['pairs']} face+cat pairs: face change "
+            f"{_num(summary['mean_face_change'])}, cat change {_num(summary['mean_cat_change'])}, both "
+            f"{_num(summary['mean_both_changed'])}, interference {_num(summary['interference'])} "
+            f"(alone: {_num(summary['interference_alone'])})"
+        )
+    return "\n".join(lines)
+
+
+def _bars(changes: Mapping[str, float], main: str | None) -> str:
+    rows = []
+    for name, value in changes.items():
+        width = max(0.0, min(1.0, float(value))) * 100
+        cls = "bar main" if name == main else "bar"
+        rows.append(
+            f'<div class="row"><span class="name">{html.escape(name)}</span>'
+            f'<span class="{cls}"><span style="width:{width:.1f}%"></span></span>'
+            f'<span class="val">{float(value):.2f}</span></div>'
+        )
+    return '<div class="bars">' + "".join(rows) + "</div>"
+
+
+def _direction_card(record: Mapping[str, Any]) -> str:
+    validation = record.get("validation", {})
+    flags = []
+    if record.get("discovers"):
+        flags.append('<b class="ok">discovers</b>')
+    if not validation.get("constraint_met", True):
+        flags.append('<span class="warn">no setting met the preservation constraint</span>')
+    prompt = f'<div class="muted">prompt: &ldquo;{html.escape(record["prompt"])}&rdquo;</div>' if record.get("prompt") else ""
+    strip = (
+        f'<a href="{html.escape(record["strip"])}"><img src="{html.escape(record["strip"])}" loading="lazy" alt=""></a>'
+        if record.get("strip")
+        else ""
+    )
+    return (
+        f'<div class="card"><div class="title">{html.escape(str(record.get("label", record["index"])))}: '
+        f'<b>{html.escape(str(record["name"]))}</b> {" ".join(flags)}</div>{prompt}'
+        f'<div class="muted">scale {record["scale"]:+g}, window {record["start"]:g}:{record["end"]:g} '
+        f'(validation score {_num(validation.get("score"))}); strength {_num(record["strength"])}, purity '
+        f'{_num(record["purity"])}, preservation {_num(record["preservation"])}</div>'
+        f'<div class="body">{strip}{_bars(record["changes"], record["main_factor"])}</div></div>'
+    )
+
+
+def _coverage_matrix(results: Mapping[str, Any]) -> str:
+    methods: Mapping[str, Any] = results.get("methods") or {}
+    factors: Sequence[str] = results.get("factors") or []
+    if not methods or not factors:
+        return ""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in methods)
+    rows = []
+    for factor in factors:
+        cells = []
+        for result in methods.values():
+            # The best direction with this main factor, discovered or not.
+            best = None
+            for record in result["directions"]:
+                if record["main_factor"] == factor and (best is None or record["strength"] * record["purity"] > best["strength"] * best["purity"]):
+                    best = record
+            if best is None:
+                cells.append('<td class="muted">-</td>')
+                continue
+            found = factor in result["summary"].get("discovered", {})
+            mark = "&#10003; " if found else ""
+            cells.append(
+                f'<td class="{"ok" if found else ""}">{mark}#{best["index"]}: {_num(best["strength"])} / {_num(best["purity"])}</td>'
+            )
+        rows.append(f"<tr><th>{html.escape(factor)}</th>{''.join(cells)}</tr>")
+    return (
+        "<h2>Factors</h2><p>Per factor and method: the best direction whose main factor it is, "
+        "as strength / purity on held-out images (&#10003; = discovered).</p>"
+        f"<table><tr><th>factor</th>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+def _baseline(results: Mapping[str, Any]) -> str:
+    baseline = (results.get("baseline") or {}).get("heldout")
+    if not baseline:
+        return ""
+    factors = list(baseline["reader_accuracy_input"])
+    head = "".join(f"<th>{html.escape(f)}</th>" for f in factors)
+    accuracy = "".join(f"<td>{_num(baseline['reader_accuracy_input'][f])}</td>" for f in factors)
+    agreement = "".join(f"<td>{_num(baseline['recon_agreement'][f])}</td>" for f in factors)
+    return (
+        "<h2>Reader and reconstruction</h2><p>Held-out images. Reader accuracy: the reader's reading of the input "
+        "against the true label. Reconstruction agreement: the reading of the unedited reconstruction equals the "
+        "reading of the input (changes are always counted against the reconstruction).</p>"
+        f"<table><tr><th></th>{head}</tr><tr><th>reader accuracy</th>{accuracy}</tr>"
+        f"<tr><th>recon agreement</th>{agreement}</tr></table>"
+    )
+
+
+def _summary_table(results: Mapping[str, Any]) -> str:
+    methods: Mapping[str, Any] = results.get("methods") or {}
+    if not methods:
+        return ""
+    rows = []
+    for name, result in methods.items():
+        summary = result["summary"]
+        rows.append(
+            f"<tr><th>{html.escape(name)}</th><td>{summary['count']}</td>"
+            f"<td>{summary['coverage']:.2f} ({len(summary['discovered'])}/{summary['num_factors']})</td>"
+            f"<td>{_num(summary.get('mean_purity'))}</td><td>{_num(summary.get('preservation'))}</td>"
+            f"<td>{_num(summary.get('preservation_all'))}</td><td>{summary['effective_directions']}</td>"
+            f"<td class=\"muted\">{html.escape(result.get('source', ''))}</td></tr>"
+        )
+    return (
+        "<h2>Summary</h2><table><tr><th>method</th><th>K</th><th>coverage</th><th>mean purity</th>"
+        "<th>preservation</th><th>preservation (all)</th><th>effective</th><th>source</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _cross(results: Mapping[str, Any]) -> str:
+    cross = results.get("cross_domain")
+    if not cross:
+        return ""
+    summary = cross["summary"]
+    cards = []
+    for row in cross["pairs"]:
+        strip = f'<img src="{html.escape(row["strip"])}" loading="lazy" alt="">' if row.get("strip") else ""
+        cards.append(
+            f'<div class="card"><div class="title">face #{row["face"]["index"]} <b>{html.escape(str(row["face"]["name"]))}</b> + '
+            f'cat #{row["cat"]["index"]} <b>{html.escape(str(row["cat"]["name"]))}</b></div>'
+            f'<div class="body">{strip}'
+            + _bars(
+                {
+                    f"face {row['face']['main_factor']}": row["face_change"],
+                    f"cat {row['cat']['main_factor']}": row["cat_change"],
+                    "both": row["both_changed"],
+                    "interference on cat": row["interference_on_cat"],
+                    "interference on face": row["interference_on_face"],
+                },
+                None,
+            )
+            + "</div></div>"
+        )
+    alone = "".join(
+        f"<tr><td>{html.escape(r['part'])} #{r['index']}</td><td>{html.escape(str(r['name']))}</td>"
+        f"<td>{_num(r['own_change'])}</td><td>{_num(r['interference'])}</td></tr>"
+        for r in cross["alone"]
+    )
+    return (
+        f"<h2>Cross-domain: faces + cats on {cross['images']} scenes</h2>"
+        f"<p>Files: <code>{html.escape(cross['faces_file'])}</code>, <code>{html.escape(cross['cats_file'])}</code>. "
+        "Each direction's own change is its main factor on its own object; interference is the fraction of scenes "
+        "where the OTHER object changed (shared background excluded; in pairs, beyond what the other direction is "
+        f"meant to change). Mean over pairs: face change {_num(summary['mean_face_change'])}, cat change "
+        f"{_num(summary['mean_cat_change'])}, both {_num(summary['mean_both_changed'])}, interference "
+        f"<b>{_num(summary['interference'])}</b> (directions alone: {_num(summary['interference_alone'])}).</p>"
+        f"<table><tr><th>direction alone</th><th>name</th><th>own change</th><th>interference</th></tr>{alone}</table>"
+        + "".join(cards)
+    )
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1400px; }
+table { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .9rem; }
+td, th { border: 1px solid #ddd; padding: .2rem .5rem; text-align: left; }
+td.ok, b.ok { color: #186a2e; } .warn { color: #a33; } .muted { color: #777; font-size: .85rem; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: .6rem; margin: .6rem 0; }
+.card .body { display: flex; gap: 1rem; align-items: flex-start; flex-wrap: wrap; margin-top: .4rem; }
+.card img { max-width: 560px; image-rendering: pixelated; }
+.bars { min-width: 320px; font-size: .8rem; }
+.row { display: flex; align-items: center; gap: .4rem; margin: 1px 0; }
+.row .name { width: 150px; text-align: right; }
+.bar { display: inline-block; width: 160px; height: 10px; background: #eee; }
+.bar > span { display: block; height: 100%; background: #8aa4c8; }
+.bar.main > span { background: #2f6fb7; }
+.row .val { width: 3em; }
+code { background: #f3f3f3; padding: 0 .3em; }
+"""
+
+
+def render_report(results: Mapping[str, Any]) -> str:
+    """The whole HTML page for a results dict."""
+    settings = results.get("settings", {})
+    domain = str(results.get("domain"))
+    title = f"NoiseCLR benchmark: {domain}"
+    definitions = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in (results.get("definitions") or {}).items()
+    )
+    sections = []
+    for name, result in (results.get("methods") or {}).items():
+        cards = "".join(_direction_card(record) for record in result["directions"])
+        file_note = (
+            f' Annotated directions: <code>{html.escape(result["directions_file"])}</code> '
+            "(names and chosen edit defaults; use <code>noiseclr edit --direction FILE:INDEX</code>)."
+            if result.get("directions_file")
+            else ""
+        )
+        sections.append(
+            f'<h2 id="{html.escape(name)}">{html.escape(name)}</h2><p class="muted">{html.escape(result.get("source", ""))}. '
+            f"Each strip: held-out images (columns); rows: input, unedited reconstruction, edit at the scale and window "
+            f"picked on validation images. Bars: fraction of held-out images whose factor changed (main factor dark).{file_note}</p>"
+            + cards
+        )
+    scales = ", ".join(f"&plusmn;{s:g}" for s in settings.get("scales", []))
+    windows = ", ".join(f"{a:g}:{b:g}" for a, b in settings.get("windows", []))
+    intro = (
+        f"<p>Model <code>{html.escape(str(results.get('model', {}).get('name')))}</code>; {settings.get('steps')} "
+        f"{html.escape(str(settings.get('inversion')))} steps; edit grid: scales {scales} &times; windows {windows}; "
+        f"selection on {settings.get('validation')} validation images, all numbers on {settings.get('heldout')} held-out "
+        f"images. Every change is counted against the unedited reconstruction of the same inversion.</p>"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
+<h1>{html.escape(title)}</h1>
+{intro}
+<pre>{html.escape(format_table(results))}</pre>
+{_summary_table(results)}
+{_coverage_matrix(results)}
+{_baseline(results)}
+<details><summary>Definitions</summary><ul>{definitions}</ul></details>
+{"".join(sections)}
+{_cross(results)}
+</body></html>
+"""
+
+
+def write_report(path: str | Path, results: Mapping[str, Any]) -> Path:
+    """Write ``report.html`` into the results folder (image links are relative to it)."""
+    return atomic_write_text(path, render_report(results))

@@ -1,0 +1,413 @@
+"""The main job: discover face-edit directions on the embedded base model, name them, show them.
+
+``noiseclr demo --out demo-output`` (what ``scripts/quickstart.sh`` runs) does, on a fresh install:
+
+1. renders a small set of cartoon faces from the procedural world (``train-images/``, unlabeled:
+   only the pixels reach discovery) and a few new ones (``test-images/``);
+2. discovers K directions on them with NoiseCLR (``run/``: a normal ``noiseclr discover`` run
+   folder, resumable);
+3. names each direction by what it does: the test faces are inverted once and regenerated with
+   the direction at ``+scale`` and ``-scale``; the shipped factor reader reads every factor of
+   every result and of the unedited reconstruction; a direction is named after the factor it
+   changes most (and the value it moves it to), at the sign where that is clearest
+   (:func:`noiseclr.bench.direction_records`, the benchmark's own measurement);
+4. writes ``directions.safetensors`` (names, the chosen sign as ``edit_defaults``, the
+   measurements), a gallery (``gallery/``: one PNG strip per direction and ``index.html``, by
+   :func:`noiseclr.explore.explore`) and the summary (``summary.md``, ``summary.json``, printed).
+
+Defaults fit about 5 minutes on a 2-core CPU with the embedded model (a discovery step of 6
+images x 8 directions with backward costs about 0.5-1.5 s there); a GPU is used when present.
+Running it again in the same folder reuses the finished discovery run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bench import (
+    BenchSettings,
+    annotate_directions,
+    change_fractions,
+    changed_mask,
+    direction_records,
+    load_reader,
+    prepare_split,
+    reader_factor_names,
+    render_and_read,
+    render_pixels,
+    seeds_for,
+)
+from .directions import Directions
+from .editing import DirectionTerm
+from .errors import NoiseCLRError
+from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
+from .images import ImageSet, save_image
+from .inversion import INVERSION_METHODS, check_steps
+from .model import DiffusionModel
+
+log = logging.getLogger("noiseclr")
+
+EMBEDDED_NAME = "noiseclr/embedded-base"
+"""``DiffusionModel.name`` of the shipped model."""
+
+FLAGS = {
+    "directions": "--directions",
+    "steps": "--steps",
+    "images": "--images",
+    "edit_steps": "--edit-steps",
+    "naming_images": "--naming-images",
+    "gallery_images": "--gallery-images",
+    "scale": "--scale",
+    "batch": "--batch",
+    "negatives": "--negatives",
+}
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo; the defaults fit the 10-minute budget on a 2-core CPU."""
+
+    directions: int = 10
+    """K, directions discovered."""
+    steps: int = 200
+    """Discovery optimizer steps (one micro-batch each)."""
+    images: int = 60
+    """Unlabeled training faces rendered for discovery."""
+    batch: int = 6
+    """Images per discovery micro-batch."""
+    negatives: int = 7
+    """Other directions per micro-batch (capped at K - 1)."""
+    lr: float = 1e-3
+    naming_images: int = 6
+    """New faces each direction is applied to for naming (and the first --gallery-images of them are shown)."""
+    gallery_images: int = 4
+    scale: float = 4.0
+    """Each direction is tried at +scale and -scale."""
+    edit_steps: int = 20
+    """Inversion and denoising steps for naming and the gallery."""
+    inversion: str = "ddpm"
+    seed: int = 0
+    domain: str = "faces"
+
+    def validate(self) -> DemoSettings:
+        for name in ("directions", "steps", "images", "batch", "negatives", "naming_images", "gallery_images", "edit_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise NoiseCLRError(f"{FLAGS[name]} {value}: must be a whole number of at least 1.")
+        if self.directions < 2:
+            raise NoiseCLRError(f"{FLAGS['directions']} {self.directions}: discovery needs at least 2 directions.")
+        if self.batch < 2:
+            raise NoiseCLRError(f"{FLAGS['batch']} {self.batch}: the contrast needs at least 2 images per micro-batch.")
+        if self.images < self.batch:
+            raise NoiseCLRError(f"{FLAGS['images']} {self.images}: fewer than {FLAGS['batch']} {self.batch}; render more faces.")
+        if not (self.scale > 0 and self.scale < float("inf")):
+            raise NoiseCLRError(f"{FLAGS['scale']} {self.scale}: must be a positive number; each direction is tried at +/- it.")
+        if self.inversion not in INVERSION_METHODS:
+            raise NoiseCLRError(f"--inversion {self.inversion}: unknown; use one of {', '.join(INVERSION_METHODS)}.")
+        if self.domain not in ("faces", "cats"):
+            raise NoiseCLRError(f"--domain {self.domain}: the demo runs on faces or cats.")
+        return self
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    directions_path: Path
+    gallery: Path
+    summary_md: Path
+    summary_json: Path
+    rows: list[dict[str, Any]]
+    text: str
+    """What the CLI prints: what the images are, the table, where the files are, what to try next."""
+    seconds: float
+    named: bool
+    """False when no factor reader was available (directions are then unnamed)."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _save_renders(pixels: torch.Tensor, folder: Path, prefix: str) -> list[Path]:
+    return [save_image(pixels[i], folder / f"{prefix}-{i:03d}.png") for i in range(pixels.shape[0])]
+
+
+def _discovery(
+    model: DiffusionModel, pixels: torch.Tensor, run: Path, settings: DemoSettings, progress: bool
+) -> Directions:
+    from .discovery import DiscoverySettings, discover
+
+    summary = run / "summary.json"
+    if summary.is_file() and (run / "directions.safetensors").is_file():
+        done = json.loads(summary.read_text())
+        if int(done.get("steps", -1)) == settings.steps and int(done.get("num_directions", -1)) == settings.directions:
+            log.info("reusing the finished discovery run %s", run)
+            return Directions.load(run / "directions.safetensors")
+    discovery = DiscoverySettings(
+        num_directions=settings.directions,
+        batch_size=settings.batch,
+        num_negatives=min(settings.negatives, settings.directions - 1),
+        micro_batches=1,
+        steps=settings.steps,
+        lr=settings.lr,
+        seed=settings.seed,
+        domain=settings.domain,
+        checkpoint_every=50,
+    )
+    return discover(model, pixels, run, discovery, resume=True, progress=progress).directions
+
+
+def name_directions(
+    model: DiffusionModel,
+    directions: Directions,
+    reader: Any,
+    settings: DemoSettings,
+    *,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Apply every direction at +scale and -scale to the test faces, read them, and describe each.
+
+    Returns one record per direction: the stronger sign's measurement (``name``, ``main_factor``,
+    ``target_value``, ``strength``, ``purity``, ``changes``, ``scale``, ``start``, ``end``) plus
+    ``plus`` and ``minus`` (each sign's name and strength).
+    """
+    from .world.factors import domain_factors
+
+    measure = BenchSettings(steps=settings.edit_steps, inversion=settings.inversion, seed=settings.seed)
+    factor_names = reader_factor_names(reader, settings.domain)
+    values = [factor.values for factor in domain_factors(settings.domain)]
+    test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, measure, progress=progress)
+    signs = (settings.scale, -settings.scale)
+    edits = [[DirectionTerm(directions, k, sign)] for k in range(directions.count) for sign in signs]
+    edited, _ = render_and_read(model, test.inversion, reader, edits, measure, desc="naming directions", progress=progress)
+    changed = changed_mask(edited, test.recon_indices)
+    records = direction_records(change_fractions(changed), edited, changed, factor_names, values)
+    named = []
+    for k in range(directions.count):
+        plus, minus = records[2 * k], records[2 * k + 1]
+        # The sign whose effect is clearest (strength x purity); + on ties.
+        best, scale = (plus, signs[0]) if plus["strength"] * plus["purity"] >= minus["strength"] * minus["purity"] else (minus, signs[1])
+        named.append(
+            {
+                **best,
+                "index": k,
+                "scale": scale,
+                "start": 0.0,
+                "end": 1.0,
+                "images": test.count,
+                "plus": {"name": plus["name"], "strength": plus["strength"], "purity": plus["purity"]},
+                "minus": {"name": minus["name"], "strength": minus["strength"], "purity": minus["purity"]},
+            }
+        )
+    return named
+
+
+def _also(record: Mapping[str, Any], limit: int = 2) -> str:
+    others = sorted(
+        ((name, value) for name, value in record["changes"].items() if name != record["main_factor"] and value > 0),
+        key=lambda item: -item[1],
+    )
+    return ", ".join(f"{name} {value:.2f}" for name, value in others[:limit]) or "-"
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False) -> str:
+    """The per-direction table (plain text or markdown)."""
+    header = ["#", "name (what it changes)", "scale", "changed", "purity", "also changes", "strip"]
+    body = [
+        [
+            str(row["index"]),
+            str(row["name"]),
+            f"{row['scale']:+g}",
+            f"{row['strength']:.2f}" if row.get("strength") is not None else "-",
+            f"{row['purity']:.2f}" if row.get("purity") is not None else "-",
+            _also(row) if row.get("changes") else "-",
+            str(row.get("strip", "")),
+        ]
+        for row in rows
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(header[i]), *(len(cells[i]) for cells in body)) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i in (1, 5, 6) else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*cells) for cells in body])
+
+
+def _explanation(
+    model: DiffusionModel, settings: DemoSettings, out: Path, rows: Sequence[Mapping[str, Any]], named: bool, why_unnamed: str
+) -> tuple[str, str]:
+    """(intro, next steps) text around the table."""
+    subject = "faces" if settings.domain == "faces" else "cats"
+    scale = f"{settings.scale:g}"
+    embedded = model.name == EMBEDDED_NAME
+    what = (
+        "the embedded base model, a small Stable-Diffusion-architecture model trained from scratch on a procedural world "
+        "of cartoon faces, cats and scenes whose factors are known"
+        if embedded
+        else f"model {model.name}"
+    )
+    model_flag = "" if embedded else f" --model {model.name}"
+    intro = [
+        f"What you are looking at: {what}.",
+        f"NoiseCLR saw {settings.images} cartoon {subject} ({out / 'train-images'}) WITHOUT any text or labels and learned "
+        f"{settings.directions} directions: each is a new token embedding that, added while the model redraws an image, makes "
+        "the same kind of change on every image. Nobody told it what to change.",
+    ]
+    if named:
+        intro.append(
+            f"To name them, each direction was applied at +{scale} and -{scale} to {settings.naming_images} new {subject} "
+            f"({out / 'test-images'}); a small classifier (the factor reader) read every factor (hair colour, glasses, "
+            "smile, ...) before and after, and each direction is named after the factor it changed most and the value it "
+            "moved it to."
+        )
+        intro.append(
+            "Columns: name = factor -> the value it moves to ('(mixed)': no single value); scale = the sign that does it "
+            "(stored as the direction's default); changed = fraction of the test images where that factor changed vs. the "
+            "unedited reconstruction; purity = that change over all changes (1.00 = nothing else changed); also changes = "
+            "other factors it moved; strip = its gallery image."
+        )
+    else:
+        intro.append(f"The directions are unnamed: {why_unnamed}")
+    first = rows[0]["index"] if rows else 0
+    files = [
+        f"Files in {out}/:",
+        f"  gallery/index.html       open in a browser: one strip per direction (rows: test {subject}; columns: input, "
+        f"-{scale}, 0 = unedited reconstruction, +{scale})",
+        "  directions.safetensors   the directions with their names and default scales (noiseclr info FILE)",
+        "  summary.md, summary.json this table",
+        "  train-images/, test-images/   the rendered images; run/: the discovery run (loss.csv, checkpoints)",
+        "Try next:",
+        f"  noiseclr edit{model_flag} --image {out / 'test-images' / (subject[:-1] + '-000.png')} "
+        f"--direction {out / 'directions.safetensors'}:{first} --out {out / 'edited'}   (uses the direction's stored scale)",
+        f"  noiseclr explore{model_flag} --directions {out / 'directions.safetensors'} --images {out / 'test-images'} "
+        f"--out {out / 'explore'} --scales -{2 * settings.scale:g} -{scale} 0 {scale} {2 * settings.scale:g}",
+        f"  noiseclr demo{model_flag} --out {out} --steps {settings.steps * 2}   (continues this discovery run for longer)",
+        f"  noiseclr bench{model_flag} --domain {settings.domain} --out bench-{settings.domain}   "
+        "(the measured benchmark; hours on a CPU)",
+    ]
+    return "\n".join(intro), "\n".join(files)
+
+
+def run_demo(
+    model: DiffusionModel,
+    out: str | Path,
+    settings: DemoSettings | None = None,
+    *,
+    readers: Mapping[str, Any] | None = None,
+    reader_dir: str | Path | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Render, discover, name and show directions; see the module docstring. ``say`` prints stage lines."""
+    from .explore import ExploreSettings, explore
+
+    started = time.monotonic()
+    settings = (settings or DemoSettings()).validate()
+    check_steps(model, settings.edit_steps, "--edit-steps")
+    say = say or (lambda text: log.info("%s", text))
+    out = ensure_output_dir(out)
+    timings: dict[str, float] = {}
+    subject = "face" if settings.domain == "faces" else "cat"
+
+    def stage(name: str, since: float) -> float:
+        now = time.monotonic()
+        timings[name] = round(now - since, 1)
+        return now
+
+    say(f"[1/4] rendering {settings.images} training {settings.domain} and {settings.naming_images} test {settings.domain}")
+    clock = time.monotonic()
+    train_pixels, _ = render_pixels(settings.domain, seeds_for("demo-train", settings.images, settings.seed), model.resolution)
+    test_pixels, _ = render_pixels(settings.domain, seeds_for("demo-test", settings.naming_images, settings.seed), model.resolution)
+    _save_renders(train_pixels, out / "train-images", subject)
+    test_paths = _save_renders(test_pixels, out / "test-images", subject)
+    clock = stage("render", clock)
+
+    say(f"[2/4] discovering {settings.directions} directions ({settings.steps} steps; labels are never shown to it)")
+    directions = _discovery(model, train_pixels, out / "run", settings, progress)
+    clock = stage("discovery", clock)
+
+    reader = (readers or {}).get(settings.domain)
+    why_unnamed = ""
+    if reader is None:
+        try:
+            reader = load_reader(settings.domain, reader_dir, device="cuda" if model.device.type == "cuda" else "cpu")
+        except NoiseCLRError as exc:
+            why_unnamed = str(exc)
+            log.warning("cannot name the directions: %s", exc)
+    if reader is not None:
+        say(f"[3/4] naming each direction: +/-{settings.scale:g} on {settings.naming_images} test {settings.domain}, read by the factor reader")
+        rows = name_directions(model, directions, reader, settings, progress=progress)
+        annotated = annotate_directions(
+            model, directions, rows, domain=settings.domain, source="noiseclr demo",
+            extra={"reader": "shipped" if reader_dir is None else str(reader_dir), "images": settings.naming_images,
+                   "steps": settings.edit_steps, "inversion": settings.inversion},
+        )  # fmt: skip
+    else:
+        say("[3/4] naming skipped (no factor reader)")
+        rows = [{"index": k, "name": f"direction {k}", "scale": settings.scale, "start": 0.0, "end": 1.0} for k in range(directions.count)]
+        annotated = directions
+        annotated.edit_defaults = [{"scale": settings.scale, "start": 0.0, "end": 1.0}] * directions.count
+    clock = stage("naming", clock)
+    directions_path = annotated.save(out / "directions.safetensors")
+    named_file = Directions.load(directions_path)
+
+    say(f"[4/4] drawing the gallery ({settings.gallery_images} test {settings.domain} x scales -{settings.scale:g}, 0, +{settings.scale:g})")
+    count = min(settings.gallery_images, settings.naming_images)
+    gallery = explore(
+        model,
+        named_file,
+        ImageSet(test_pixels[:count], test_paths[:count]),
+        out / "gallery",
+        ExploreSettings(
+            scales=(-settings.scale, 0.0, settings.scale),
+            num_images=count,
+            window=(0.0, 1.0),
+            steps=settings.edit_steps,
+            inversion=settings.inversion,
+            seed=settings.seed,
+        ),
+        progress=progress,
+    )
+    for row, strip in zip(rows, gallery.strips):
+        row["strip"] = str(strip.relative_to(out))
+    stage("gallery", clock)
+
+    seconds = time.monotonic() - started
+    intro, files = _explanation(model, settings, out, rows, reader is not None, why_unnamed)
+    table = summary_table(rows)
+    text = f"{intro}\n\n{table}\n\n{files}\n\nDone in {seconds / 60:.1f} min."
+    summary_md = atomic_write_text(
+        out / "summary.md",
+        f"# NoiseCLR demo\n\n{intro}\n\n{summary_table(rows, markdown=True)}\n\n```\n{files}\n```\n",
+    )
+    summary_json = atomic_write_json(
+        out / "summary.json",
+        {
+            "model": model.describe(),
+            "settings": asdict(settings),
+            "named": reader is not None,
+            "directions_file": str(directions_path),
+            "gallery": str(gallery.index_html),
+            "directions": rows,
+            "timings_seconds": timings,
+            "seconds": round(seconds, 1),
+        },
+    )
+    return DemoResult(
+        out=out,
+        directions_path=directions_path,
+        gallery=gallery.index_html,
+        summary_md=summary_md,
+        summary_json=summary_json,
+        rows=rows,
+        text=text,
+        seconds=seconds,
+        named=reader is not None,
+        timings=timings,
+    )

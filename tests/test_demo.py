@@ -1,0 +1,113 @@
+"""``noiseclr demo`` end to end at tiny size, with a TEST DOUBLE of the factor reader."""
+
+from __future__ import annotations
+
+import html
+import json
+
+import pytest
+import torch
+
+from noiseclr import demo as demo_module
+from noiseclr.cli import main
+from noiseclr.demo import summary_table
+from noiseclr.directions import Directions
+from noiseclr.errors import NoiseCLRError
+from noiseclr.world.factors import domain_factors, factor_names
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny UNets run fastest on one thread; two on a busy shared 2-core CPU spin-wait."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class BandReader:
+    """TEST DOUBLE of ``noiseclr.world.readers.FactorReader``: factor j is the quantised mean of one
+    colour channel over the j-th horizontal band of the 128x128 image."""
+
+    def __init__(self, domain: str):
+        self.factors = domain_factors(domain)
+
+    def predict_indices(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.shape[1:] == (3, 128, 128)
+        count = len(self.factors)
+        columns = []
+        for j, factor in enumerate(self.factors):
+            band = images[:, j % 3, (j * 128) // count : ((j + 1) * 128) // count].float().mean(dim=(1, 2))
+            columns.append(((band + 1) * 0.5 * len(factor.values) * 7).floor().long() % len(factor.values))
+        return torch.stack(columns, dim=1)
+
+
+TINY = ["--directions", "3", "--steps", "2", "--images", "6", "--naming-images", "3", "--gallery-images", "2",
+        "--edit-steps", "3", "--batch", "3"]  # fmt: skip
+
+
+def run_demo_cli(capsys, model_dir, out, *extra):
+    code = main(["demo", "--model", str(model_dir), "--device", "cpu", "--out", str(out), *TINY, *map(str, extra)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module, "load_reader", lambda domain, *a, **k: BandReader(domain))
+    out = tmp_path / "demo"
+    code, printed, err = run_demo_cli(capsys, tiny_model_dir, out)
+    assert code == 0, err
+    for name in ("directions.safetensors", "summary.md", "summary.json", "gallery/index.html",
+                 "gallery/direction-000.png", "test-images/face-000.png", "train-images/face-005.png", "run/loss.csv"):  # fmt: skip
+        assert (out / name).is_file(), name
+    # Progress and the newcomer's explanation.
+    for needle in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "What you are looking at", "WITHOUT any text", "Columns:",
+                   "gallery/index.html", "noiseclr edit", "Try next", "name (what it changes)"):  # fmt: skip
+        assert needle in printed, needle
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["named"] and len(summary["directions"]) == 3
+    directions = Directions.load(out / "directions.safetensors")
+    assert directions.names == [row["name"] for row in summary["directions"]]
+    for row, defaults in zip(summary["directions"], directions.edit_defaults):
+        assert row["main_factor"] in factor_names("faces")
+        assert abs(defaults["scale"]) == 4.0 and defaults["scale"] == row["scale"]
+        assert row["name"] in printed and row["strip"] in printed
+        assert {"plus", "minus"} <= set(row)
+    assert directions.settings["factor_annotations"]["domain"] == "faces"
+    assert html.escape(directions.names[0]) in (out / "gallery" / "index.html").read_text()
+    assert "| # |" in (out / "summary.md").read_text()
+
+    # Running it again reuses the finished discovery.
+    def no_discovery(*args, **kwargs):
+        raise AssertionError("discovery ran again")
+
+    monkeypatch.setattr("noiseclr.discovery.discover", no_discovery)
+    code, printed, err = run_demo_cli(capsys, tiny_model_dir, out)
+    assert code == 0, err
+
+
+def test_demo_without_reader_still_shows_directions(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    def missing(domain, *args, **kwargs):
+        raise NoiseCLRError(f"reader for {domain}: no weights; run scripts/train_readers.py --domain {domain}.")
+
+    monkeypatch.setattr(demo_module, "load_reader", missing)
+    code, printed, err = run_demo_cli(capsys, tiny_model_dir, tmp_path / "d")
+    assert code == 0, err
+    assert "unnamed" in printed and "naming skipped" in printed
+    assert (tmp_path / "d" / "gallery" / "index.html").is_file()
+    assert Directions.load(tmp_path / "d" / "directions.safetensors").edit_defaults[0]["scale"] == 4.0
+
+
+def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
+    code, _, err = run_demo_cli(capsys, tiny_model_dir, tmp_path / "e", "--images", "2")
+    assert code == 2 and err.count("noiseclr: error:") == 1 and "--images 2" in err
+    code, _, err = run_demo_cli(capsys, tiny_model_dir, tmp_path / "e", "--scale", "-1")
+    assert code == 2 and "--scale" in err
+
+
+def test_summary_table_formats():
+    rows = [{"index": 0, "name": "glasses -> yes", "scale": -4.0, "strength": 0.5, "purity": 1.0,
+             "main_factor": "glasses", "changes": {"glasses": 0.5, "mouth": 0.0}, "strip": "gallery/direction-000.png"}]  # fmt: skip
+    text = summary_table(rows)
+    assert "glasses -> yes" in text and "-4" in text and "0.50" in text
+    assert summary_table(rows, markdown=True).startswith("| # |")
