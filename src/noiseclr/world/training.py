@@ -56,7 +56,7 @@ class VAESettings:
     batch_size: int = 16
     crop: int | None = 64
     """Random square crops of this size (None: full 128x128 images)."""
-    lr: float = 4e-4
+    lr: float = 2e-4
     kl_weight: float = 1e-6
     seed: int = 0
     checkpoint_every: int = 250
@@ -214,7 +214,7 @@ class BaseModelTrainer:
                 images = images[:, :, top : top + settings.crop, left : left + settings.crop]
             images = images.to(self.device)
             for group in optimizer.param_groups:
-                group["lr"] = _cosine_lr(settings.lr, step, settings.steps, warmup=200)
+                group["lr"] = _warmup_lr(settings.lr, step, warmup=200)
             with self._autocast():
                 posterior = vae.encode(images).latent_dist
                 latents = posterior.sample(generator=_torch_generator(settings.seed, step, 2))
@@ -360,7 +360,7 @@ class BaseModelTrainer:
             alpha_bar = alphas[t].view(-1, 1, 1, 1)
             noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
             for group in optimizer.param_groups:
-                group["lr"] = _cosine_lr(settings.lr, step, settings.steps, warmup=settings.warmup)
+                group["lr"] = _warmup_lr(settings.lr, step, warmup=settings.warmup)
             with self._autocast():
                 hidden = text_encoder(ids.to(self.device))[0]
                 pred = unet(noisy.to(self.device), t.to(self.device), encoder_hidden_states=hidden).sample
@@ -458,11 +458,10 @@ class BaseModelTrainer:
         return save_image(grid, out)
 
 
-def _cosine_lr(base: float, step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def _warmup_lr(base: float, step: int, warmup: int) -> float:
+    # Constant after warmup: a run stopped at any step equals a run planned for that many steps,
+    # so CPU-limited training can stop early and a later (GPU) run can extend it reproducibly.
+    return base * min(1.0, (step + 1) / warmup)
 
 
 def write_training_record(work: Path, record: dict[str, Any]) -> None:
