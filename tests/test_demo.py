@@ -52,6 +52,12 @@ def run_demo_cli(capsys, model_dir, out, *extra):
     return code, captured.out, captured.err
 
 
+def run_info(capsys, path):
+    code = main(["info", str(path)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(demo_module, "load_reader", lambda domain, *a, **k: BandReader(domain))
     out = tmp_path / "demo"
@@ -76,6 +82,9 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     assert directions.settings["factor_annotations"]["domain"] == "faces"
     assert html.escape(directions.names[0]) in (out / "gallery" / "index.html").read_text()
     assert "| # |" in (out / "summary.md").read_text()
+    code, info, _ = run_info(capsys, out / "directions.safetensors")
+    assert code == 0 and "factor_annotations=(noiseclr demo, 3 directions" in info and directions.names[0] in info
+    assert max(len(line) for line in info.splitlines()) < 1500
 
     # Running it again reuses the finished discovery.
     def no_discovery(*args, **kwargs):

@@ -103,7 +103,15 @@ def cmd_info(args: argparse.Namespace) -> int:
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         print(f"{key:>12}: {value}")
     if directions.settings:
-        shown = ", ".join(f"{k}={v}" for k, v in directions.settings.items())
+        from .bench import ANNOTATIONS_KEY
+
+        def short(key: str, value: object) -> str:
+            # The per-direction measurements of bench/demo copies: summarised (the lines below show them).
+            if key == ANNOTATIONS_KEY and isinstance(value, dict):
+                return f"{key}=({value.get('source', '')}, {len(value.get('records') or [])} directions; --json for all)"
+            return f"{key}={value}"
+
+        shown = ", ".join(short(k, v) for k, v in directions.settings.items())
         print(f"{'settings':>12}: {shown}")
     for index in range(directions.count):
         line = f"  [{index:3d}] {directions.names[index] if directions.names else ''}"
