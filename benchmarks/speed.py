@@ -1,0 +1,1020 @@
+#!/usr/bin/env python
+"""Speed benchmarks of NoiseCLR discovery and editing, fast path against the published procedure.
+
+One command per architecture (random weights built from configs; they cost the same time as
+trained ones, nothing is downloaded)::
+
+    python benchmarks/speed.py --arch sd15 --device cuda --repeats 5 --json sd15-h100.json
+    python benchmarks/speed.py --arch base --device cpu --repeats 5 --also-directions 8 --json base-cpu.json
+    python benchmarks/speed.py --arch tiny --device cpu --repeats 1          # smoke test (seconds)
+    python benchmarks/speed.py --arch sd15 --device meta                     # FLOP analysis only, instant
+
+Sections (``--skip`` any of them):
+
+* ``peak``      -- the device's matmul peak, measured in the same run (bf16 8192^3 on a GPU,
+  float32 2048^3 on the CPU; median of several), the yardstick for "share of peak";
+* ``fast``      -- one discovery micro-batch (N images, J drawn directions, backward into the
+  directions) through :func:`noiseclr.discovery.micro_batch_loss`: one no-grad null UNet call
+  + ONE batched grad call for all J*N rows; bf16 autocast on the GPU, SDPA attention, optional
+  ``--channels-last`` / ``--compile`` / ``--gradient-checkpointing``. Median seconds, peak
+  memory, model FLOPs (``FlopCounterMode``), achieved TFLOP/s and share of the measured peak;
+* ``reference`` -- the same micro-batch the way the published code (gemlab-vt/NoiseCLR,
+  ``core/trainer.py`` + ``core/loss.py``) computes it: float32, no autocast, the whole token
+  table trainable (so the null pass stays in the graph), the text encoder and the UNet called
+  once per direction (J+1 calls of N rows), gradient checkpointing on (its default config), and
+  ``-log(mean_pos / mean_neg)`` for one anchor; the per-micro-batch VAE encode it also does is
+  timed separately. Same run, same inputs; speed-up = reference / fast;
+* ``check``     -- fast vs reference on identical inputs (single-anchor): relative error of the
+  loss and ``|g_fast - g_ref| / |g_ref|`` of the direction gradients, with dtype thresholds;
+* ``edit``      -- one image at the model's resolution: encode, 50-step DDIM inversion, 50-step
+  edit with 1 and with 3 directions (:func:`noiseclr.editing.regenerate`), decode;
+* ``projection``-- the full default discovery (K=100, 1000 steps x 4 micro-batches): 4000 x the
+  micro-batch + 1000 x the optimizer step + encoding 100 images x 2 flips once.
+
+``--device meta`` counts FLOPs only (no timing): per-image UNet forward, the fast micro-batch
+(with and without gradient-checkpointing recompute) and the reference micro-batch, and the
+floor they imply at ``--peak-tflops``. ``--saved-bytes`` measures the activation memory one
+image keeps for the backward pass of the grad call (saved-tensor hooks, parameters excluded).
+
+FLOPs are *model* FLOPs (no recompute), counted with ``FlopCounterMode`` on a twin of the model
+(meta device for SD-1.5, a CPU copy for the small archs) with the math attention kernel, so
+attention is counted as matmuls on every device (the CPU's fused kernel is not in the counter's
+table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ARCHS = ("sd15", "base", "tiny")
+SECTIONS = ("peak", "fast", "reference", "check", "edit", "projection")
+PAPER_DEFAULTS = {"directions_total": 100, "steps": 1000, "micro_batches": 4, "images": 100}
+"""The published configuration: K=100 directions, 1000 AdamW steps of 4 micro-batches."""
+
+CHECK_THRESHOLDS = {
+    # fast-path dtype -> (loss relative error, gradient relative error) against the float32 reference
+    torch.float64: (1e-8, 1e-8),
+    torch.float32: (1e-4, 1e-4),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (2e-2, 2e-2),
+}
+H100_BF16_DENSE_TFLOPS = 790.0
+"""bf16 dense matmul rate measured on the lent H100s (8192^3); used by ``--device meta``."""
+GIB = 2**30
+
+
+# ============================================================================ environment
+def load_average() -> str:
+    try:
+        return "/".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Linux
+        return "n/a"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover
+        pass
+    return platform.processor() or "cpu"
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / GIB:.0f} GiB)"
+    if device.type == "meta":
+        return "meta (shapes only)"
+    return f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} threads ({cpu_name()})"
+
+
+def environment(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
+    import diffusers
+    import transformers
+
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/speed.py " + shlex.join(argv),
+        "device": device_description(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "load_average_start": load_average(),
+    }
+
+
+# ============================================================================ building
+def build_pipeline_for(arch: str, seed: int = 0, build_device: str | None = None) -> Any:
+    """A randomly initialised ``StableDiffusionPipeline`` of ``arch`` (float32, on the CPU or ``build_device``)."""
+    from noiseclr.architecture import build_pipeline, load_clip_tokenizer, sd15_spec, tiny_spec, write_clip_tokenizer
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
+    with tempfile.TemporaryDirectory() as folder:
+        if arch == "sd15":
+            spec = sd15_spec()
+            tokenizer = load_clip_tokenizer(write_clip_tokenizer(folder, max_length=spec.max_length))
+        elif arch == "tiny":
+            spec = tiny_spec()  # the test suite's "eps" pipeline: 64 px, 8x8x4 latents
+            tokenizer = load_clip_tokenizer(write_clip_tokenizer(folder, max_length=spec.max_length))
+        else:
+            from noiseclr.world.basemodel import base_model_spec
+            from noiseclr.world.tokenizer import MAX_LENGTH, build_world_tokenizer
+
+            tokenizer = load_clip_tokenizer(build_world_tokenizer(folder, MAX_LENGTH))
+            spec = base_model_spec(len(tokenizer), MAX_LENGTH)
+        # The meta device allocates nothing: an SD-1.5 twin for FLOP counting costs ~nothing.
+        where = torch.device(build_device) if build_device else contextlib.nullcontext()
+        with where:
+            return build_pipeline(spec, tokenizer, seed=seed)
+
+
+def wrap(pipe: Any, arch: str, device: torch.device | str, dtype: torch.dtype | str) -> Any:
+    from noiseclr.model import DiffusionModel
+
+    return DiffusionModel.from_pipeline(pipe, name=f"random-{arch}", device=device, dtype=dtype)
+
+
+def build_model(arch: str, device: str = "cpu", dtype: str | torch.dtype = "float32", seed: int = 0) -> Any:
+    """A :class:`~noiseclr.model.DiffusionModel` with random weights of ``arch``."""
+    build_device = "meta" if str(device) == "meta" else None
+    return wrap(build_pipeline_for(arch, seed, build_device), arch, device, dtype)
+
+
+def meta_twin(arch: str) -> Any:
+    """The same architecture on the meta device (for counting FLOPs by shapes)."""
+    return build_model(arch, device="meta", dtype="float32")
+
+
+def counting_twin(arch: str) -> Any:
+    """Where FLOPs are counted: the meta device for SD-1.5 (no memory, no compute); small archs
+    run for real on the CPU, which is quicker than the meta device's Python shape functions
+    (both give the same count, see tests/test_benchmarks.py)."""
+    return meta_twin(arch) if arch == "sd15" else build_model(arch, device="cpu", dtype="float32")
+
+
+# ============================================================================ inputs
+def micro_batch_inputs(model: Any, batch: int, count: int, total: int = 100, seed: int = 0) -> dict[str, Any]:
+    """Latents, noise, timestep, drawn indices and a [total, W] direction table, as the trainer has them."""
+    from noiseclr.discovery import initial_directions
+
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, model.latent_channels, model.latent_size, model.latent_size)
+    meta = model.device.type == "meta"
+    if meta:
+        vectors = torch.empty(total, model.token_width, device="meta")
+        latents = torch.empty(shape, device="meta")
+        noise = torch.empty(shape, device="meta")
+    else:
+        vectors = initial_directions(model, total, seed).to(model.device)
+        latents = torch.randn(shape, generator=generator).to(model.device)
+        noise = torch.randn(shape, generator=generator).to(model.device)
+    drawn = torch.randperm(total, generator=generator)[:count]
+    return {"vectors": vectors, "latents": latents, "noise": noise, "timestep": 500, "drawn": drawn}
+
+
+def fresh_leaf(vectors: torch.Tensor) -> torch.nn.Parameter:
+    return torch.nn.Parameter(vectors.detach().clone().float())
+
+
+# ============================================================================ the two paths
+def fast_step(model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, variant: str, temperature: float = 0.5) -> torch.Tensor:
+    """One micro-batch through the fast path, with backward; returns the (detached) loss."""
+    from noiseclr.discovery import micro_batch_loss
+
+    vectors.grad = None
+    result = micro_batch_loss(
+        model,
+        vectors,
+        inputs["latents"],
+        inputs["timestep"],
+        inputs["noise"],
+        inputs["drawn"],
+        variant=variant,
+        temperature=temperature,
+    )
+    result.loss.backward()
+    return result.loss.detach()
+
+
+@contextlib.contextmanager
+def published_training_mode(model: Any, checkpointing: bool):
+    """The published config's ``gradient_checkpointing = True``: UNet and text encoder checkpointed (train mode)."""
+    unet, text_encoder = model.unet, model.text_encoder
+    modes = (unet.training, text_encoder.training)
+    unet_was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+        enable = getattr(text_encoder, "activation_checkpointing_enable", None) or text_encoder.gradient_checkpointing_enable
+        enable({"use_reentrant": False})  # first parameter in both the old and the new name
+        unet.train()
+        text_encoder.train()  # SD's modules have no dropout: train() only switches checkpointing on
+    try:
+        yield
+    finally:
+        if checkpointing:
+            if not unet_was_checkpointing:
+                unet.disable_gradient_checkpointing()
+            disable = getattr(text_encoder, "activation_checkpointing_disable", None) or text_encoder.gradient_checkpointing_disable
+            disable()
+            unet.train(modes[0])
+            text_encoder.train(modes[1])
+
+
+def _published_positive_mean(deltas: torch.Tensor, temperature: float) -> torch.Tensor:
+    # core/loss.py get_positive_sum / count: pairs n < m of the anchor's N deltas.
+    rows = deltas.flatten(start_dim=1)
+    rows = rows / (rows.norm(dim=1, keepdim=True) + 1e-20)
+    similarity = torch.exp(rows @ rows.T / temperature)
+    count = rows.shape[0]
+    return similarity.triu(diagonal=1).sum() / (count * (count - 1) // 2)
+
+
+def _published_negative_sum(anchor: torch.Tensor, other: torch.Tensor, temperature: float) -> torch.Tensor:
+    # core/loss.py get_negative_sum: the same image under the anchor and under another direction.
+    a = anchor.flatten(start_dim=1)
+    b = other.flatten(start_dim=1)
+    a = a / (a.norm(dim=1, keepdim=True) + 1e-20)
+    b = b / (b.norm(dim=1, keepdim=True) + 1e-20)
+    return torch.exp((a * b).sum(dim=1) / temperature).sum()
+
+
+def reference_micro_batch_loss(
+    model: Any,
+    vectors: torch.Tensor,
+    latents: torch.Tensor,
+    timestep: int,
+    noise: torch.Tensor,
+    drawn: torch.Tensor,
+    temperature: float = 0.5,
+    checkpointing: bool = False,
+    stats: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """One micro-batch as gemlab-vt/NoiseCLR ``core/trainer.py`` computes it (single anchor = ``drawn[0]``).
+
+    The whole token table is a trainable parameter there: the directions are extra rows and
+    every text-encoder call (the null prompt's too) looks tokens up in it, so the null UNet
+    pass is part of the graph and the backward runs through it. The text encoder and the UNet
+    run once per direction on all N images. Returns ``-log(mean_pos / mean_neg)``. ``stats``
+    receives ``delta_over_eps``: |eps(c_anchor) - eps(c_0)| / |eps(c_0)|, which sets how much
+    half-precision rounding of eps is amplified in the normalised differences.
+    """
+    text_encoder = model.text_encoder
+    embedding = text_encoder.get_input_embeddings()
+    base_rows = embedding.weight.shape[0]
+    directions = vectors[drawn.to(vectors.device)]
+    table = torch.cat([embedding.weight, directions.to(embedding.weight.dtype)])  # vocab + J rows
+
+    tokenize = dict(padding="max_length", max_length=model.max_length, truncation=True, return_tensors="pt")
+    null_ids = model.tokenizer("", **tokenize).input_ids.to(model.device)  # [1, L]: BOS EOS pad...
+
+    def direction_ids(j: int) -> torch.Tensor:
+        # What tokenizing the placeholder "<tj>" gives: BOS, the new token, EOS, pad...
+        token = torch.tensor([[base_rows + j]], device=model.device)
+        return torch.cat([null_ids[:, :1], token, null_ids[:, 1:-1]], dim=1)
+
+    batch = latents.shape[0]
+    noisy = model.add_noise(latents, noise, timestep)
+    # Look tokens up in the extended table (the published code resizes the table instead).
+    embedding.forward = lambda ids: torch.nn.functional.embedding(ids, table)
+    try:
+        with published_training_mode(model, checkpointing):
+
+            def eps_under(ids: torch.Tensor) -> torch.Tensor:
+                hidden = text_encoder(ids)[0].repeat(batch, 1, 1)
+                return model.predict_eps(noisy, timestep, hidden)
+
+            eps_null = eps_under(null_ids)  # grad mode on, as published
+            anchor = eps_under(direction_ids(0)) - eps_null
+            if stats is not None:
+                with torch.no_grad():
+                    ratio = anchor.flatten(1).norm(dim=1) / eps_null.flatten(1).norm(dim=1).clamp_min(1e-30)
+                    stats["delta_over_eps"] = float(ratio.mean())
+            positive_mean = _published_positive_mean(anchor, temperature)
+            negative_sum, negative_count = 0.0, 0
+            for j in range(1, drawn.shape[0]):
+                other = eps_under(direction_ids(j)) - eps_null
+                negative_sum = negative_sum + _published_negative_sum(anchor, other, temperature)
+                negative_count += batch
+    finally:
+        del embedding.forward
+    return -torch.log(positive_mean / (negative_sum / negative_count))
+
+
+def reference_step(model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, checkpointing: bool) -> torch.Tensor:
+    vectors.grad = None
+    loss = reference_micro_batch_loss(
+        model,
+        vectors,
+        inputs["latents"],
+        inputs["timestep"],
+        inputs["noise"],
+        inputs["drawn"],
+        checkpointing=checkpointing,
+    )
+    loss.backward()
+    return loss.detach()
+
+
+def _leaf_for(model: Any, vectors: torch.Tensor) -> torch.nn.Parameter:
+    # float64 models get float64 directions, so a float64 comparison stays float64 end to end.
+    leaf = fresh_leaf(vectors)
+    return torch.nn.Parameter(leaf.detach().double()) if model.dtype == torch.float64 else leaf
+
+
+def run_fast(model: Any, inputs: dict[str, Any], checkpointing: bool = False) -> tuple[float, torch.Tensor]:
+    """Single-anchor loss and the drawn rows' gradients [J, W] (float64, CPU) through the fast path."""
+    vectors = _leaf_for(model, inputs["vectors"])
+    with published_training_mode(model, checkpointing):
+        loss = fast_step(model, inputs, vectors, "single-anchor")
+    return float(loss), vectors.grad[inputs["drawn"].to(vectors.device)].double().cpu()
+
+
+def run_reference(model: Any, inputs: dict[str, Any], checkpointing: bool = False) -> tuple[float, torch.Tensor, dict[str, float]]:
+    """The same through the published procedure (plus its ``delta_over_eps``)."""
+    vectors = _leaf_for(model, inputs["vectors"])
+    stats: dict[str, float] = {}
+    loss = reference_micro_batch_loss(
+        model, vectors, inputs["latents"], inputs["timestep"], inputs["noise"], inputs["drawn"],
+        checkpointing=checkpointing, stats=stats,
+    )  # fmt: skip
+    loss.backward()
+    return float(loss.detach()), vectors.grad[inputs["drawn"].to(vectors.device)].double().cpu(), stats
+
+
+def path_errors(candidate: tuple[float, torch.Tensor], reference: tuple[float, torch.Tensor]) -> dict[str, float]:
+    """Relative error of the loss and ``|g - g_ref| / |g_ref|`` of the direction gradients."""
+    (loss, grad), (ref_loss, ref_grad) = candidate[:2], reference[:2]
+    return {
+        "loss": loss,
+        "loss_reference": ref_loss,
+        "loss_abs_error": abs(loss - ref_loss),
+        "loss_rel_error": abs(loss - ref_loss) / max(abs(ref_loss), 1e-30),
+        "grad_rel_error": float((grad - ref_grad).norm() / ref_grad.norm().clamp_min(1e-30)),
+        "grad_cosine": float(torch.nn.functional.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0)),
+        "grad_norm_reference": float(ref_grad.norm()),
+    }
+
+
+def compare_paths(fast_model: Any, reference_model: Any, inputs: dict[str, Any], checkpointing: bool = False) -> dict[str, float]:
+    """Fast path (single-anchor) on ``fast_model`` vs the published procedure on ``reference_model``, same inputs."""
+    return path_errors(run_fast(fast_model, inputs), run_reference(reference_model, inputs, checkpointing))
+
+
+@contextlib.contextmanager
+def strict_float32():
+    """No TF32 in matmuls or cuDNN convolutions (float32 means float32 for the equivalence checks)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+# ============================================================================ measuring
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(
+    fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1, cpu_times: list[float] | None = None
+) -> list[float]:
+    """Seconds per call: ``warmup`` untimed calls, then ``repeats`` timed ones (CUDA events on the GPU).
+
+    On the CPU, ``cpu_times`` (if given) receives the process CPU seconds of each timed call: on a
+    shared machine, CPU seconds / threads is what the call would take on idle cores.
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(max(1, repeats)):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            began, began_cpu = time.perf_counter(), time.process_time()
+            fn()
+            times.append(time.perf_counter() - began)
+            if cpu_times is not None:
+                cpu_times.append(time.process_time() - began_cpu)
+    return times
+
+
+def summarize(times: list[float], cpu_times: list[float] | None = None) -> dict[str, Any]:
+    summary = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs_s": times}
+    if cpu_times:
+        summary["cpu_s_median"] = statistics.median(cpu_times)
+        summary["threads"] = torch.get_num_threads()
+    return summary
+
+
+def saved_for_backward(fn: Callable[[], Any], exclude: set[int]) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward while ``fn`` runs (storages in ``exclude`` not counted).
+
+    Tensors saved inside non-reentrant checkpointed regions are not seen (they are recomputed).
+    """
+    sizes: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(sizes.values())
+
+
+def model_storages(model: Any) -> set[int]:
+    return {t.untyped_storage().data_ptr() for module in (model.unet, model.text_encoder, model.vae) for t in module.state_dict().values()}
+
+
+def model_bytes(model: Any) -> int:
+    return sum(t.numel() * t.element_size() for module in (model.unet, model.text_encoder, model.vae) for t in module.state_dict().values())
+
+
+def measure_memory(fn: Callable[[], Any], device: torch.device, model: Any) -> dict[str, Any]:
+    """Memory of one call: the CUDA allocator's peak on the GPU; on the CPU the activations kept
+    for the backward (saved-tensor hooks; RSS says little once the allocator has cached memory)."""
+    gc.collect()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"kind": "cuda max_memory_allocated", "peak_gib": peak / GIB, "resident_gib": resident / GIB, "step_gib": (peak - resident) / GIB}
+    saved = saved_for_backward(fn, model_storages(model))
+    return {"kind": "saved for backward", "saved_gib": saved / GIB, "weights_gib": model_bytes(model) / GIB}
+
+
+def count_flops(fn: Callable[[], Any]) -> dict[str, Any]:
+    """FLOPs of ``fn`` by ``FlopCounterMode``, attention through the math kernel (counted as matmuls)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        fn()
+    by_op = {str(op): int(value) for op, value in counter.get_flop_counts().get("Global", {}).items()}
+    return {"total": int(counter.get_total_flops()), "by_op": by_op}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int, calls: int = 10) -> dict[str, Any]:
+    """Dense matmul rate of the device (median over ``repeats`` timings of ``calls`` back-to-back matmuls)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+
+    def run() -> None:
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
+
+    times = time_call(run, device, repeats, warmup=1)
+    rates = [2 * size**3 * calls / t / 1e12 for t in times]
+    return {
+        "dtype": str(dtype).replace("torch.", ""),
+        "size": size,
+        "tflops_median": statistics.median(rates),
+        "tflops_max": max(rates),
+        "load_average": load_average(),
+    }
+
+
+def saved_bytes_per_image(model: Any) -> dict[str, Any]:
+    """Bytes one image keeps for the backward of the grad UNet call (fast path, no checkpointing)."""
+    inputs = micro_batch_inputs(model, 1, 1)
+    conditioning = model.null_conditioning().clone().requires_grad_(True)
+    noisy = model.add_noise(inputs["latents"], inputs["noise"], inputs["timestep"])
+    total = saved_for_backward(lambda: model.predict_eps(noisy, inputs["timestep"], conditioning), model_storages(model))
+    return {"bytes_per_image": total, "gib_per_image": total / GIB, "dtype": str(model.dtype).replace("torch.", "")}
+
+
+# ============================================================================ FLOP analysis
+def flop_analysis(arch: str, batch: int, count: int, variant: str, full: bool = False) -> dict[str, Any]:
+    """Model FLOPs of a twin of ``arch``: UNet forward per image, the fast and the reference micro-batch.
+
+    The reference's cost is linear in J (each direction adds one identical text-encoder + UNet
+    forward and backward), so it is counted at J = 2 and 3 and extrapolated exactly. ``full``
+    adds the hardware FLOPs with gradient-checkpointing recompute.
+    """
+    twin = counting_twin(arch)
+    inputs = micro_batch_inputs(twin, batch, count)
+    null = twin.null_conditioning()
+    one = micro_batch_inputs(twin, 1, 1)
+
+    def unet_forward() -> None:
+        with torch.no_grad():
+            twin.predict_eps(one["latents"], 500, null)
+
+    def text_forward() -> None:
+        with torch.no_grad():
+            twin.encode_directions(one["vectors"][:1])
+
+    def fast() -> None:
+        fast_step(twin, inputs, torch.nn.Parameter(inputs["vectors"]), variant)
+
+    def fast_checkpointed() -> None:
+        twin.unet.enable_gradient_checkpointing()
+        twin.unet.train()
+        try:
+            fast()
+        finally:
+            twin.unet.disable_gradient_checkpointing()
+            twin.unet.eval()
+
+    def reference(drawn: int, checkpointing: bool) -> int:
+        few = dict(inputs, drawn=inputs["drawn"][:drawn])
+        return count_flops(lambda: reference_step(twin, few, torch.nn.Parameter(inputs["vectors"]), checkpointing))["total"]
+
+    def reference_at(checkpointing: bool) -> int:
+        two, three = reference(2, checkpointing), reference(3, checkpointing)
+        return two + (count - 2) * (three - two)
+
+    result: dict[str, Any] = {
+        "unet_forward_per_image": count_flops(unet_forward)["total"],
+        "text_encoder_per_direction": count_flops(text_forward)["total"],
+        "fast": count_flops(fast),
+        "reference": reference_at(False),
+    }
+    if full:
+        result["fast_with_checkpointing"] = count_flops(fast_checkpointed)["total"]
+        result["reference_with_checkpointing"] = reference_at(True)
+    grad_rows = count * batch
+    forward = (batch + grad_rows) * result["unet_forward_per_image"] + count * result["text_encoder_per_direction"]
+    # Backward of the grad rows over their forward: ~1 with frozen weights (input gradients only), ~2 with weight gradients.
+    result["fast_backward_over_forward"] = (result["fast"]["total"] - forward) / (grad_rows * result["unet_forward_per_image"])
+    return result
+
+
+# ============================================================================ editing
+def edit_benchmark(model: Any, steps: int, repeats: int, warmup: int, seed: int = 0) -> dict[str, Any]:
+    """Encode, DDIM-invert, edit with 1 and 3 directions, decode: one image at the model's resolution."""
+    from noiseclr.directions import Directions
+    from noiseclr.discovery import initial_directions
+    from noiseclr.editing import DirectionTerm, regenerate
+    from noiseclr.inversion import invert
+
+    device = model.device
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(1, 3, model.resolution, model.resolution, generator=generator) * 2 - 1
+    directions = Directions.for_model(model, initial_directions(model, 3, seed))
+    terms = [DirectionTerm(directions, index, scale=3.0) for index in range(3)]
+    state: dict[str, Any] = {}
+
+    def encode() -> None:
+        state["latents"] = model.encode_images(pixels)
+
+    def inversion() -> None:
+        state["inversion"] = invert(model, state["latents"], "ddim", steps, progress=False)
+
+    def edit_with(count: int) -> Callable[[], None]:
+        def run() -> None:
+            state[f"edited{count}"] = regenerate(model, state["inversion"], [terms[:count]], progress=False)
+
+        return run
+
+    def decode() -> None:
+        model.decode_latents(state["edited1"][0])
+
+    parts = {}
+    for name, fn in (("encode", encode), ("invert", inversion), ("edit_1_direction", edit_with(1)), ("edit_3_directions", edit_with(3)), ("decode", decode)):
+        cpu: list[float] = []
+        parts[name] = summarize(time_call(fn, device, repeats, warmup, cpu), cpu)
+    common = parts["encode"]["median_s"] + parts["invert"]["median_s"] + parts["decode"]["median_s"]
+    return {
+        "steps": steps,
+        "resolution": model.resolution,
+        "parts": parts,
+        "total_1_direction_s": common + parts["edit_1_direction"]["median_s"],
+        "total_3_directions_s": common + parts["edit_3_directions"]["median_s"],
+        "load_average": load_average(),
+    }
+
+
+# ============================================================================ the run
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=ARCHS, default="base", help="architecture (random weights): sd15, base, tiny")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, or meta (FLOP analysis only)")
+    parser.add_argument("--dtype", default="auto", help="fast path dtype: auto = bf16 on the GPU, float32 on the CPU")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1; 3 with --compile)")
+    parser.add_argument("--batch", type=int, default=6, help="N images per micro-batch (paper: 6)")
+    parser.add_argument("--directions", type=int, default=21, help="J drawn directions: anchor + negatives (paper: 21)")
+    parser.add_argument("--also-directions", type=int, nargs="*", default=[], help="extra fast-path timings with these J")
+    parser.add_argument("--variant", default="all-anchors", help="loss variant timed on the fast path")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (fast path and edits)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="fast path with UNet gradient checkpointing")
+    parser.add_argument("--reference-checkpointing", choices=("on", "off"), default="on", help="published config: on")
+    parser.add_argument("--edit-steps", type=int, default=50)
+    parser.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (8192 GPU, 2048 CPU)")
+    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="peak assumed by --device meta")
+    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="leave out a section (repeatable)")
+    parser.add_argument("--saved-bytes", action="store_true", help="also measure activation bytes kept per image")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
+    return parser.parse_args(list(argv))
+
+
+_STARTED = time.perf_counter()
+
+
+def _log(message: str) -> None:
+    print(f"[speed {time.perf_counter() - _STARTED:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    from noiseclr.model import resolve_device, resolve_dtype
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("meta") if args.device == "meta" else resolve_device(args.device)
+    results: dict[str, Any] = {"environment": environment(device, argv), "arch": args.arch}
+    settings = {"batch": args.batch, "directions": args.directions, "variant": args.variant}
+    results["settings"] = settings
+
+    _log(f"counting FLOPs of {args.arch} ({'meta device' if args.arch == 'sd15' else 'CPU twin'})")
+    flops = flop_analysis(args.arch, args.batch, args.directions, args.variant, full=device.type == "meta")
+    results["flops"] = flops
+    if device.type == "meta":
+        peak = args.peak_tflops * 1e12
+        results["floor"] = {
+            "peak_tflops": args.peak_tflops,
+            "fast_s": flops["fast"]["total"] / peak,
+            "fast_with_checkpointing_s": flops["fast_with_checkpointing"] / peak,
+            "reference_s": flops["reference_with_checkpointing"] / peak,
+        }
+        results["environment"]["load_average_end"] = load_average()
+        return results
+
+    dtype = resolve_dtype(args.dtype, device)
+    optimize = args.channels_last or args.compile or args.gradient_checkpointing
+    warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
+    checkpointing = args.reference_checkpointing == "on"
+    settings.update(dtype=str(dtype).replace("torch.", ""), channels_last=args.channels_last, compile=args.compile,
+                    gradient_checkpointing=args.gradient_checkpointing, warmup=warmup, repeats=args.repeats,
+                    reference_checkpointing=checkpointing, threads=torch.get_num_threads())  # fmt: skip
+
+    if "peak" not in args.skip:
+        peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+        _log(f"matmul peak ({peak_dtype}, {size}^3)")
+        results["peak"] = matmul_peak(device, peak_dtype, size, max(3, args.repeats))
+
+    _log(f"building {args.arch} (random weights)")
+    began = time.perf_counter()
+    pipe = build_pipeline_for(args.arch, args.seed)
+    # The reference runs float32 without the fast path's flags: its own copy when anything differs.
+    need_reference = "reference" not in args.skip or "check" not in args.skip
+    separate_reference = need_reference and (dtype != torch.float32 or optimize)
+    reference_pipe = copy.deepcopy(pipe) if separate_reference else None
+    model = wrap(pipe, args.arch, device, dtype)
+    results["build_s"] = time.perf_counter() - began
+    results["model"] = model.describe()
+    results["architecture"] = {
+        "unet_block_out_channels": list(model.unet.config.block_out_channels),
+        "vae_block_out_channels": list(model.vae.config.block_out_channels),
+        "text_layers": int(model.text_encoder.config.num_hidden_layers),
+        "parameters_millions": {
+            name: round(sum(p.numel() for p in getattr(model, name).parameters()) / 1e6, 2)
+            for name in ("unet", "text_encoder", "vae")
+        },
+    }
+    inputs = micro_batch_inputs(model, args.batch, args.directions, seed=args.seed)
+    if optimize:
+        model.optimize(channels_last=args.channels_last, gradient_checkpointing=args.gradient_checkpointing, compile_unet=args.compile)
+
+    if args.saved_bytes:
+        _log("activation bytes per image")
+        results["saved_bytes"] = guarded(device, lambda: saved_bytes_per_image(model))
+
+    if "fast" not in args.skip:
+        results["fast"] = {}
+        for count in [args.directions, *args.also_directions]:
+            _log(f"fast path: N={args.batch}, J={count}")
+            step_inputs = inputs if count == args.directions else micro_batch_inputs(model, args.batch, count, seed=args.seed)
+            results["fast"][f"J={count}"] = guarded(device, lambda: time_fast(model, step_inputs, args, warmup, device, count == args.directions))
+        main_entry = results["fast"][f"J={args.directions}"]
+        if "median_s" in main_entry:
+            main_entry["model_tflop"] = flops["fast"]["total"] / 1e12
+            main_entry["achieved_tflops"] = flops["fast"]["total"] / main_entry["median_s"] / 1e12
+            if "peak" in results:
+                main_entry["share_of_peak"] = main_entry["achieved_tflops"] / results["peak"]["tflops_median"]
+        # One AdamW step over the K x W table, as the trainer takes it every `micro_batches` micro-batches.
+        vectors = fresh_leaf(inputs["vectors"])
+        vectors.grad = torch.randn_like(vectors)
+        optimizer = torch.optim.AdamW([vectors], lr=1e-3, weight_decay=1e-2)
+        results["optimizer_step"] = summarize(time_call(optimizer.step, device, args.repeats, warmup=1))
+
+    reference_model = None
+    if need_reference:
+        reference_model = wrap(reference_pipe, args.arch, device, torch.float32) if separate_reference else model
+        reference_pipe = None
+    if "reference" not in args.skip:
+        _log(f"reference path: {args.directions + 1} UNet calls of N={args.batch}, float32, checkpointing {args.reference_checkpointing}")
+        entry = guarded(device, lambda: time_reference(reference_model, inputs, args, checkpointing, device))
+        entry["model_tflop"] = flops["reference"] / 1e12
+        fast_s = results.get("fast", {}).get(f"J={args.directions}", {}).get("median_s")
+        if fast_s and "median_s" in entry:
+            entry["speedup"] = entry["median_s"] / fast_s
+            entry["speedup_with_vae_encode"] = (entry["median_s"] + entry["vae_encode"]["median_s"]) / fast_s
+        results["reference"] = entry
+
+    if "check" not in args.skip:
+        _log("equivalence check: fast vs reference (single-anchor, same inputs)")
+        results["check"] = guarded(device, lambda: equivalence_check(model, reference_model, inputs, dtype, checkpointing, args.arch))
+
+    if separate_reference and reference_model is not None:
+        reference_model = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    if "edit" not in args.skip:
+        _log(f"edit: one {model.resolution} px image, {args.edit_steps}-step DDIM inversion + edit")
+        results["edit"] = guarded(device, lambda: edit_benchmark(model, args.edit_steps, args.repeats, warmup, args.seed))
+
+    fast_s = results.get("fast", {}).get(f"J={args.directions}", {}).get("median_s")
+    if "projection" not in args.skip and fast_s is not None:
+        micro = PAPER_DEFAULTS["steps"] * PAPER_DEFAULTS["micro_batches"]
+        encode_s = results.get("edit", {}).get("parts", {}).get("encode", {}).get("median_s")
+        # Latents are encoded once: every image and its mirror image (hflip on).
+        cache = 2 * PAPER_DEFAULTS["images"] * encode_s if encode_s is not None else 0.0
+        # K=100 draws min(20, K-1) + 1 = 21 directions per micro-batch: the measured micro-batch.
+        projection = {
+            "micro_batches": micro,
+            "fast_s": micro * fast_s + PAPER_DEFAULTS["steps"] * results["optimizer_step"]["median_s"] + cache,
+            "latent_cache_s": cache,
+        }
+        ref = results.get("reference", {})
+        if "median_s" in ref:
+            projection["reference_s"] = micro * (ref["median_s"] + ref["vae_encode"]["median_s"])
+        results["projection"] = projection
+
+    results["environment"]["load_average_end"] = load_average()
+    return results
+
+
+def guarded(device: torch.device, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a section; an out-of-memory error becomes ``{"error": ...}`` and the run goes on."""
+    try:
+        return fn()
+    except torch.OutOfMemoryError as error:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+        _log(f"out of memory: {first}")
+        return {"error": f"out of memory ({first[:160]})"}
+
+
+def time_fast(model: Any, inputs: dict[str, Any], args: argparse.Namespace, warmup: int, device: torch.device, with_memory: bool) -> dict[str, Any]:
+    vectors = fresh_leaf(inputs["vectors"])
+
+    def step() -> None:
+        fast_step(model, inputs, vectors, args.variant)
+
+    cpu: list[float] = []
+    entry = summarize(time_call(step, device, args.repeats, warmup, cpu), cpu)
+    entry["load_average"] = load_average()
+    if with_memory:
+        entry["memory"] = measure_memory(step, device, model)
+    return entry
+
+
+def time_reference(model: Any, inputs: dict[str, Any], args: argparse.Namespace, checkpointing: bool, device: torch.device) -> dict[str, Any]:
+    vectors = fresh_leaf(inputs["vectors"])
+
+    def step() -> None:
+        reference_step(model, inputs, vectors, checkpointing)
+
+    memory = measure_memory(step, device, model)
+    cpu: list[float] = []
+    entry = summarize(time_call(step, device, args.repeats, 0, cpu), cpu)  # the memory call was the warm-up
+    entry.update(load_average=load_average(), checkpointing=checkpointing, memory=memory)
+    generator = torch.Generator().manual_seed(args.seed)
+    pixels = (torch.rand(args.batch, 3, model.resolution, model.resolution, generator=generator) * 2 - 1).to(device)
+
+    def vae_encode() -> None:  # published: vae.encode(pixels).latent_dist.sample() every micro-batch
+        with torch.no_grad():
+            model.vae.encode(pixels).latent_dist.sample()
+
+    cpu = []
+    entry["vae_encode"] = summarize(time_call(vae_encode, device, args.repeats, 1, cpu), cpu)
+    return entry
+
+
+def equivalence_check(
+    model: Any, reference_model: Any, inputs: dict[str, Any], dtype: torch.dtype, checkpointing: bool, arch: str
+) -> dict[str, Any]:
+    """Fast vs published procedure on identical inputs (single-anchor), all against the float32 reference.
+
+    * ``fast``: the fast path as timed (model dtype, bf16 autocast on the GPU);
+    * ``fast_float32`` (half-precision runs only): the fast path in float32 on the reference's
+      weights -- the algorithm check at full scale, with the float32 threshold;
+    * ``reference_half`` (half-precision runs only): the published procedure itself in the
+      fast path's dtype -- the rounding floor any half-precision run has on these inputs.
+    TF32 is off throughout, so float32 is float32.
+    """
+    with strict_float32():
+        reference = run_reference(reference_model, inputs, checkpointing)
+        fast = run_fast(model, inputs)
+        loss_limit, grad_limit = CHECK_THRESHOLDS.get(dtype, (2e-2, 2e-2))
+        name = str(dtype).replace("torch.", "")
+        result: dict[str, Any] = {"delta_over_eps": reference[2].get("delta_over_eps"), "reference_dtype": "float32"}
+
+        def verdict(errors: dict[str, float], dtype_name: str, limits: tuple[float, float]) -> dict[str, Any]:
+            ok = errors["loss_rel_error"] <= limits[0] and errors["grad_rel_error"] <= limits[1]
+            return {**errors, "dtype": dtype_name, "loss_threshold": limits[0], "grad_threshold": limits[1], "passed": bool(ok)}
+
+        result["fast"] = verdict(path_errors(fast, reference), name, (loss_limit, grad_limit))
+        if reference_model is not model and dtype != torch.float32:
+            # Checkpointed like the reference, so 126 float32 rows fit where the reference fits.
+            fast32 = run_fast(reference_model, inputs, checkpointing=checkpointing)
+            result["fast_float32"] = verdict(path_errors(fast32, reference), "float32", CHECK_THRESHOLDS[torch.float32])
+            half = wrap(copy.deepcopy(reference_model.to_pipeline()), arch, reference_model.device, dtype)
+            result["reference_half"] = path_errors(run_reference(half, inputs, checkpointing), reference)
+            result["reference_half"]["dtype"] = name
+            del half
+    return result
+
+
+# ============================================================================ report
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.1f} min"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def _fmt_flop(flop: float) -> str:
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if flop >= scale:
+            return f"{flop / scale:.3f} {unit}"
+    return f"{flop:.0f} FLOP"
+
+
+def _memory_notes(memory: dict[str, Any]) -> list[str]:
+    if "peak_gib" in memory:
+        return [f"peak {memory['peak_gib']:.2f} GiB ({memory['resident_gib']:.2f} resident before the step)"]
+    if "saved_gib" in memory:
+        return [f"activations kept {memory['saved_gib']:.2f} GiB + weights {memory['weights_gib']:.2f} GiB"]
+    return []
+
+
+def table(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    settings = results["settings"]
+    rows: list[tuple[str, str, str]] = []
+    flops = results["flops"]
+    rows.append(("UNet forward, 1 image", _fmt_flop(flops["unet_forward_per_image"]),
+                 f"text encoder per direction {_fmt_flop(flops['text_encoder_per_direction'])}"))  # fmt: skip
+    rows.append((
+        f"fast micro-batch FLOPs (N={settings['batch']}, J={settings['directions']})",
+        _fmt_flop(flops["fast"]["total"]),
+        f"backward/forward of the grad rows {flops['fast_backward_over_forward']:.2f}"
+        + (f"; with checkpointing recompute {_fmt_flop(flops['fast_with_checkpointing'])}" if "fast_with_checkpointing" in flops else ""),
+    ))  # fmt: skip
+    recompute = flops.get("reference_with_checkpointing")
+    rows.append(("reference micro-batch FLOPs", _fmt_flop(flops["reference"]),
+                 f"with checkpointing recompute {_fmt_flop(recompute)}" if recompute else ""))  # fmt: skip
+    if "floor" in results:
+        floor = results["floor"]
+        rows.append((f"floor at {floor['peak_tflops']:.0f} TFLOP/s", _fmt_s(floor["fast_s"]),
+                     f"with checkpointing {_fmt_s(floor['fast_with_checkpointing_s'])}"))  # fmt: skip
+    if "peak" in results:
+        peak = results["peak"]
+        rows.append((f"matmul peak ({peak['dtype']} {peak['size']}^3)", f"{peak['tflops_median']:.3f} TFLOP/s", f"load {peak['load_average']}"))
+    if "gib_per_image" in results.get("saved_bytes", {}):
+        kept = results["saved_bytes"]["bytes_per_image"]
+        rows.append(("activations kept per image (grad call)", f"{kept / 2**20:.1f} MiB",
+                     f"{results['saved_bytes']['dtype']}; x {settings['batch'] * settings['directions']} rows = "
+                     f"{kept * settings['batch'] * settings['directions'] / GIB:.1f} GiB without checkpointing"))  # fmt: skip
+    for name, entry in results.get("fast", {}).items():
+        if "error" in entry:
+            rows.append((f"fast micro-batch N={settings['batch']}, {name}", "ERROR", entry["error"]))
+            continue
+        notes = [f"load {entry['load_average']}"]
+        if "cpu_s_median" in entry:
+            notes.append(f"CPU {entry['cpu_s_median']:.2f} s on {entry['threads']} threads")
+        notes.extend(_memory_notes(entry.get("memory", {})))
+        if "achieved_tflops" in entry:
+            share = f" = {entry['share_of_peak'] * 100:.1f}% of peak" if "share_of_peak" in entry else ""
+            notes.append(f"{entry['achieved_tflops']:.3f} TFLOP/s{share}")
+        rows.append((f"fast micro-batch N={settings['batch']}, {name}", _fmt_s(entry["median_s"]), "; ".join(notes)))
+    if "optimizer_step" in results:
+        rows.append(("AdamW step (K=100)", _fmt_s(results["optimizer_step"]["median_s"]), ""))
+    if "error" in results.get("reference", {}):
+        rows.append(("reference micro-batch (published procedure)", "ERROR", results["reference"]["error"]))
+    elif "reference" in results:
+        ref = results["reference"]
+        notes = [f"load {ref['load_average']}", f"checkpointing {'on (kept: block inputs only)' if ref['checkpointing'] else 'off'}"]
+        if "cpu_s_median" in ref:
+            notes.append(f"CPU {ref['cpu_s_median']:.2f} s")
+        notes.extend(_memory_notes(ref.get("memory", {})))
+        rows.append(("reference micro-batch (published procedure)", _fmt_s(ref["median_s"]), "; ".join(notes)))
+        rows.append(("  + its per-micro-batch VAE encode", _fmt_s(ref["vae_encode"]["median_s"]), ""))
+        if "speedup" in ref:
+            rows.append(("speed-up fast vs reference", f"{ref['speedup']:.1f}x", f"{ref['speedup_with_vae_encode']:.1f}x incl. VAE encode"))
+    if "check" in results:
+        check = results["check"]
+        if "error" in check:
+            rows.append(("check fast vs reference", "ERROR", check["error"]))
+        for key in ("fast", "fast_float32"):
+            if key in check:
+                item = check[key]
+                rows.append((
+                    f"check {key.replace('_', ' ')} ({item['dtype']}) vs float32 reference",
+                    "PASS" if item["passed"] else "FAIL",
+                    f"loss rel {item['loss_rel_error']:.2e} (<= {item['loss_threshold']:g}), grad rel "
+                    f"{item['grad_rel_error']:.2e} (<= {item['grad_threshold']:g}), grad cos {item['grad_cosine']:.5f}",
+                ))  # fmt: skip
+        if "reference_half" in check:
+            item = check["reference_half"]
+            rows.append((f"  floor: published procedure in {item['dtype']}", "",
+                         f"loss rel {item['loss_rel_error']:.2e}, grad rel {item['grad_rel_error']:.2e}; "
+                         f"|delta|/|eps| = {check['delta_over_eps']:.3f}"))  # fmt: skip
+    if "error" in results.get("edit", {}):
+        rows.append(("edit 1 image", "ERROR", results["edit"]["error"]))
+    elif "edit" in results:
+        edit = results["edit"]
+        parts = edit["parts"]
+        detail = ", ".join(f"{k} {_fmt_s(v['median_s'])}" for k, v in parts.items())
+        rows.append((f"edit 1 image {edit['resolution']} px, 1 direction", _fmt_s(edit["total_1_direction_s"]), detail))
+        rows.append((f"edit 1 image {edit['resolution']} px, 3 directions", _fmt_s(edit["total_3_directions_s"]), f"load {edit['load_average']}"))
+    if "projection" in results:
+        projection = results["projection"]
+        rows.append(("full default discovery (K=100, 1000x4)", _fmt_s(projection["fast_s"]), "projected, fast path"))
+        if "reference_s" in projection:
+            rows.append(("  the same, reference procedure", _fmt_s(projection["reference_s"]), "projected"))
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    lines = [
+        f"{env['command']}",
+        f"{env['date']}  {env['device']}  torch {env['torch']}  diffusers {env['diffusers']}  "
+        f"load {env['load_average_start']} -> {env.get('load_average_end', '?')}",
+    ]
+    lines += [f"{name:<{width}}  {value:>{value_width}}  {notes}".rstrip() for name, value, notes in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    from noiseclr.errors import NoiseCLRError
+
+    try:
+        results = run(args, argv)
+    except NoiseCLRError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
