@@ -122,6 +122,7 @@ def environment(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "load_average_start": load_average(),
+        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
     }
 
 
@@ -864,13 +865,19 @@ def equivalence_check(
 
         result["fast"] = verdict(path_errors(fast, reference), name, (loss_limit, grad_limit))
         if reference_model is not model and dtype != torch.float32:
-            # Checkpointed like the reference, so 126 float32 rows fit where the reference fits.
-            fast32 = run_fast(reference_model, inputs, checkpointing=checkpointing)
-            result["fast_float32"] = verdict(path_errors(fast32, reference), "float32", CHECK_THRESHOLDS[torch.float32])
-            half = wrap(copy.deepcopy(reference_model.to_pipeline()), arch, reference_model.device, dtype)
-            result["reference_half"] = path_errors(run_reference(half, inputs, checkpointing), reference)
-            result["reference_half"]["dtype"] = name
-            del half
+            device = reference_model.device
+
+            def fast_float32() -> dict[str, Any]:
+                # Checkpointed like the reference, so 126 float32 rows fit where the reference fits.
+                fast32 = run_fast(reference_model, inputs, checkpointing=checkpointing)
+                return verdict(path_errors(fast32, reference), "float32", CHECK_THRESHOLDS[torch.float32])
+
+            def reference_half() -> dict[str, Any]:
+                half = wrap(copy.deepcopy(reference_model.to_pipeline()), arch, device, dtype)
+                return {**path_errors(run_reference(half, inputs, checkpointing), reference), "dtype": name}
+
+            result["fast_float32"] = guarded(device, fast_float32)
+            result["reference_half"] = guarded(device, reference_half)
     return result
 
 
@@ -938,6 +945,8 @@ def table(results: dict[str, Any]) -> str:
         if "cpu_s_median" in entry:
             notes.append(f"CPU {entry['cpu_s_median']:.2f} s on {entry['threads']} threads")
         notes.extend(_memory_notes(entry.get("memory", {})))
+        if settings.get("gradient_checkpointing") and "saved_gib" in entry.get("memory", {}):
+            notes.append("checkpointed: block inputs only")
         if "achieved_tflops" in entry:
             share = f" = {entry['share_of_peak'] * 100:.1f}% of peak" if "share_of_peak" in entry else ""
             notes.append(f"{entry['achieved_tflops']:.3f} TFLOP/s{share}")
@@ -961,7 +970,9 @@ def table(results: dict[str, Any]) -> str:
         if "error" in check:
             rows.append(("check fast vs reference", "ERROR", check["error"]))
         for key in ("fast", "fast_float32"):
-            if key in check:
+            if "error" in check.get(key, {}):
+                rows.append((f"check {key.replace('_', ' ')}", "ERROR", check[key]["error"]))
+            elif key in check:
                 item = check[key]
                 rows.append((
                     f"check {key.replace('_', ' ')} ({item['dtype']}) vs float32 reference",
@@ -969,7 +980,7 @@ def table(results: dict[str, Any]) -> str:
                     f"loss rel {item['loss_rel_error']:.2e} (<= {item['loss_threshold']:g}), grad rel "
                     f"{item['grad_rel_error']:.2e} (<= {item['grad_threshold']:g}), grad cos {item['grad_cosine']:.5f}",
                 ))  # fmt: skip
-        if "reference_half" in check:
+        if "loss_rel_error" in check.get("reference_half", {}):
             item = check["reference_half"]
             rows.append((f"  floor: published procedure in {item['dtype']}", "",
                          f"loss rel {item['loss_rel_error']:.2e}, grad rel {item['grad_rel_error']:.2e}; "
