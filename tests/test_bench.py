@@ -18,6 +18,7 @@ from noiseclr import bench
 from noiseclr.bench import (
     BenchSettings,
     EditConfig,
+    axis_changed,
     alone_interference,
     annotate_directions,
     any_changed_fraction,
@@ -25,6 +26,7 @@ from noiseclr.bench import (
     changed_mask,
     coverage,
     direction_metrics,
+    direction_records,
     discovered_factors,
     dominant_value,
     edit_grid,
@@ -191,11 +193,34 @@ def test_cross_domain_picks_best_per_factor_without_background():
 
 
 # ---------------------------------------------------------------------------- selection rule
-def test_grid_has_both_signs_and_every_window():
+def test_grid_is_magnitudes_times_windows():
     grid = edit_grid([6, -3, 3], [(0.0, 1.0), (0.3, 1.0)])
-    assert [(c.scale, c.start) for c in grid] == [
-        (3.0, 0.0), (3.0, 0.3), (-3.0, 0.0), (-3.0, 0.3), (6.0, 0.0), (6.0, 0.3), (-6.0, 0.0), (-6.0, 0.3)
-    ]  # fmt: skip
+    assert [(c.scale, c.start) for c in grid] == [(3.0, 0.0), (3.0, 0.3), (6.0, 0.0), (6.0, 0.3)]
+    assert grid[0].describe() == "±3 @0:1"
+
+
+def test_axis_change_counts_either_sign():
+    # A perfect binary toggle: + adds glasses to the two images without, - removes them from the two with.
+    reference = torch.tensor([[0, 1], [0, 0], [1, 0], [1, 1]])  # factors: glasses, mustache
+    plus = torch.tensor([[1, 1], [1, 0], [1, 0], [1, 1]])
+    minus = torch.tensor([[0, 1], [0, 0], [0, 0], [0, 1]])
+    by_sign = changed_mask(torch.stack([plus, minus]), reference)
+    assert change_fractions(by_sign).tolist() == [[0.5, 0.0], [0.5, 0.0]]  # one sign alone caps at 0.5
+    assert change_fractions(axis_changed(by_sign)).tolist() == [1.0, 0.0]
+
+
+def test_direction_records_name_both_signs():
+    reference = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    plus = torch.tensor([[1, 0], [1, 1], [1, 0], [1, 1]])
+    minus = torch.tensor([[0, 0], [0, 1], [0, 0], [0, 1]])
+    edited = torch.stack([plus, minus]).unsqueeze(0)  # [K=1, 2, B, F]
+    changed = changed_mask(edited, reference)
+    changes = change_fractions(axis_changed(changed))
+    record = direction_records(changes, edited, changed, ["glasses", "mustache"], [("no", "yes"), ("no", "yes")])[0]
+    assert record["main_factor"] == "glasses" and record["strength"] == 1.0 and record["purity"] == 1.0
+    assert record["target_value"] == "yes" and record["minus_value"] == "no"
+    assert record["name"] == "glasses (+yes -no)"
+    assert record["plus_change"] == 0.5 and record["minus_change"] == 0.5
 
 
 def test_select_edit_maximises_strength_times_purity_under_preservation():
@@ -250,7 +275,7 @@ def test_selection_uses_only_validation_images(tiny_model, tmp_path, monkeypatch
     result = run_bench(tiny_model, "faces", tmp_path / "b", settings, readers=doubles("faces"), progress=False)
     edit_events = [e for e in events if e[0] == "select" or e[2] > 1]  # reconstructions are single [] edits
     (select_at,) = [i for i, e in enumerate(edit_events) if e[0] == "select"]
-    assert edit_events[select_at][1] == (3, 4, len(factor_names("faces")))  # K x (2 signs x 2 windows) x F
+    assert edit_events[select_at][1] == (3, 2, len(factor_names("faces")))  # K x (1 magnitude x 2 windows) x F; signs fold into the axis
     assert all(splits.get(e[1]) == "validation" for e in edit_events[:select_at])
     assert all(splits.get(e[1]) == "heldout" for e in edit_events[select_at + 1 :])
     method = result.results["methods"]["random"]

@@ -78,7 +78,7 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
         assert row["main_factor"] in factor_names("faces")
         assert abs(defaults["scale"]) == 4.0 and defaults["scale"] == row["scale"]
         assert row["name"] in printed and row["strip"] in printed
-        assert {"plus", "minus"} <= set(row)
+        assert {"target_value", "minus_value", "plus_change", "minus_change"} <= set(row)
     assert directions.settings["factor_annotations"]["domain"] == "faces"
     assert html.escape(directions.names[0]) in (out / "gallery" / "index.html").read_text()
     assert "| # |" in (out / "summary.md").read_text()
@@ -115,8 +115,8 @@ def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
 
 
 def test_summary_table_formats():
-    rows = [{"index": 0, "name": "glasses -> yes", "scale": -4.0, "strength": 0.5, "purity": 1.0,
+    rows = [{"index": 0, "name": "glasses (+yes -no)", "scale": 4.0, "strength": 0.5, "purity": 1.0,
              "main_factor": "glasses", "changes": {"glasses": 0.5, "mouth": 0.0}, "strip": "gallery/direction-000.png"}]  # fmt: skip
     text = summary_table(rows)
-    assert "glasses -> yes" in text and "-4" in text and "0.50" in text
+    assert "glasses (+yes -no)" in text and "±4" in text and "0.50" in text
     assert summary_table(rows, markdown=True).startswith("| # |")

@@ -266,9 +266,13 @@ class BenchSettings:
 
 
 # -------------------------------------------------------------------------------- edit grid
+SIGNS = (1.0, -1.0)
+"""A direction is an axis: every setting is applied at +scale and at -scale."""
+
+
 @dataclass(frozen=True)
 class EditConfig:
-    """One edit setting: signed scale and window."""
+    """One edit setting: a scale magnitude (applied with both signs) and a window."""
 
     scale: float
     start: float = 0.0
@@ -278,20 +282,29 @@ class EditConfig:
         return {"scale": float(self.scale), "start": float(self.start), "end": float(self.end)}
 
     def describe(self) -> str:
-        return f"{self.scale:+g} @{self.start:g}:{self.end:g}"
+        return f"±{abs(self.scale):g} @{self.start:g}:{self.end:g}"
 
 
 def edit_grid(scales: Sequence[float], windows: Sequence[tuple[float, float]]) -> list[EditConfig]:
-    """Every scale magnitude with both signs (ascending |scale|, + first) times every window."""
+    """Every scale magnitude (ascending; each later applied at + and -) times every window."""
     magnitudes = sorted({abs(float(s)) for s in scales if float(s) != 0.0})
-    signed = [sign * magnitude for magnitude in magnitudes for sign in (1.0, -1.0)]
-    return [EditConfig(scale, float(start), float(end)) for scale in signed for start, end in windows]
+    return [EditConfig(magnitude, float(start), float(end)) for magnitude in magnitudes for start, end in windows]
 
 
 # ----------------------------------------------------------------------------- metric math
 def changed_mask(edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """bool [..., B, F]: read factor values of edits [..., B, F] differ from the reference [B, F]."""
     return edited.long() != reference.long()
+
+
+def axis_changed(changed_by_sign: torch.Tensor) -> torch.Tensor:
+    """bool [..., B, F] from [..., 2, B, F]: the factor changed under +scale or under -scale.
+
+    A direction is judged as an axis: a perfect glasses toggle adds glasses where there are none
+    (+) and removes them where there are (-), so it changes every image. Judged one sign at a
+    time, a binary factor with balanced values could never pass 0.5.
+    """
+    return changed_by_sign.any(dim=-3)
 
 
 def change_fractions(changed: torch.Tensor) -> torch.Tensor:
@@ -484,11 +497,12 @@ class MethodDirections:
     def count(self) -> int:
         return self.directions.count if self.directions is not None else len(self.prompts or [])
 
-    def term(self, index: int, config: EditConfig) -> EditTerm:
+    def term(self, index: int, config: EditConfig, sign: float = 1.0) -> EditTerm:
+        scale = sign * abs(config.scale)
         if self.directions is not None:
-            return DirectionTerm(self.directions, index, config.scale, config.start, config.end)
+            return DirectionTerm(self.directions, index, scale, config.start, config.end)
         assert self.prompts is not None
-        return PromptTerm(self.prompts[index][2], config.scale, config.start, config.end)
+        return PromptTerm(self.prompts[index][2], scale, config.start, config.end)
 
     def label(self, index: int) -> str:
         if self.directions is not None:
@@ -683,13 +697,24 @@ def method_dirname(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "method"
 
 
-def direction_name(factor: str, value: str | None, share: float, strength: float) -> str:
-    """Human name of what a direction does, e.g. ``glasses -> yes`` or ``hair_color (mixed)``."""
+def direction_name(factor: str, plus: str | None, minus: str | None, strength: float) -> str:
+    """Human name of what a direction does, e.g. ``glasses (+yes -no)``, ``mouth +smile`` or
+    ``hair_color (mixed)``; ``plus``/``minus`` are the values the factor mostly moves to under
+    each sign (None where that sign has no clear target)."""
     if strength <= 0.0:
         return "no visible effect"
-    if value is not None and share >= 0.6:
-        return f"{factor} -> {value}"
-    return f"{factor} (mixed)"
+    targets = " ".join(f"{sign}{value}" for sign, value in (("+", plus), ("-", minus)) if value is not None)
+    if not targets:
+        return f"{factor} (mixed)"
+    return f"{factor} ({targets})" if plus is not None and minus is not None else f"{factor} {targets}"
+
+
+def _target(edited: torch.Tensor, changed: torch.Tensor, factor: int, values: Sequence[str]) -> tuple[str | None, float, float]:
+    """The value ``factor`` mostly moves to under one sign (None unless >= 60% of its changes), its
+    share of those changes, and the fraction of images it changed."""
+    value, share = dominant_value(edited, changed, factor)
+    fraction = float(changed[:, factor].to(torch.float64).mean())
+    return (values[value] if value is not None and share >= 0.6 else None), share, fraction
 
 
 def direction_records(
@@ -699,23 +724,28 @@ def direction_records(
     factor_names: Sequence[str],
     factor_values: Sequence[Sequence[str]],
 ) -> list[dict[str, Any]]:
-    """One record per direction: main factor, the value it moves to, strength, purity, preservation."""
+    """One record per direction: main factor, the values it moves to under + and -, strength,
+    purity, preservation. ``changes`` [K, F] is the axis change table; ``edited`` and ``changed``
+    are per sign, [K, 2, B, F] (sign order :data:`SIGNS`)."""
     metrics = direction_metrics(changes)
     found = discovered_factors(changes)
     winners = set(found.values())
     records = []
     for k in range(changes.shape[0]):
         main = int(metrics.main[k])
-        value, share = dominant_value(edited[k], changed[k], main)
-        value_name = factor_values[main][value] if value is not None else None
+        plus, plus_share, plus_change = _target(edited[k, 0], changed[k, 0], main, factor_values[main])
+        minus, minus_share, minus_change = _target(edited[k, 1], changed[k, 1], main, factor_values[main])
         strength = float(metrics.strength[k])
         records.append(
             {
                 "index": k,
-                "name": direction_name(factor_names[main], value_name, share, strength),
+                "name": direction_name(factor_names[main], plus, minus, strength),
                 "main_factor": factor_names[main],
-                "target_value": value_name,
-                "target_share": round(share, 4),
+                "target_value": plus,
+                "minus_value": minus,
+                "plus_change": round(plus_change, 4),
+                "minus_change": round(minus_change, 4),
+                "target_share": round(plus_share, 4),
                 "strength": round(strength, 4),
                 "purity": round(float(metrics.purity[k]), 4),
                 "preservation": round(float(metrics.preservation[k]), 4),
@@ -738,7 +768,7 @@ def annotate_directions(
 ) -> Directions:
     """A copy of ``directions`` named after what each moves, with the chosen ``edit_defaults`` and the
     per-direction measurements under ``settings['factor_annotations']``."""
-    keep = ("index", "name", "main_factor", "target_value", "strength", "purity", "preservation", "scale", "start", "end")
+    keep = ("index", "name", "main_factor", "target_value", "minus_value", "strength", "purity", "preservation", "scale", "start", "end")
     annotations = {
         "domain": domain,
         "source": source,
@@ -759,12 +789,10 @@ def annotate_directions(
     )
 
 
-def strip_image(
-    inputs: torch.Tensor, recon: torch.Tensor, edited: torch.Tensor, title: str, *, third: str = "edit"
-):
-    """Rows input / recon / edit, one column per image."""
-    rows = [[tensor_to_pil(t[i]) for i in range(t.shape[0])] for t in (inputs, recon, edited)]
-    return make_grid(rows, row_labels=["input", "recon", third], title=title)
+def strip_image(inputs: torch.Tensor, recon: torch.Tensor, edited: Sequence[torch.Tensor], title: str, *, labels: Sequence[str] = ("-scale", "+scale")):
+    """Rows input / recon / each edit, one column per image."""
+    rows = [[tensor_to_pil(t[i]) for i in range(t.shape[0])] for t in (inputs, recon, *edited)]
+    return make_grid(rows, row_labels=["input", "recon", *labels], title=title)
 
 
 def evaluate_method(
@@ -789,16 +817,17 @@ def evaluate_method(
     folder = ensure_output_dir(out / method_dirname(method.name))
     log.info("%s: %d directions x %d edit settings on %d validation images", method.name, count, len(grid), validation.count)
 
-    # 1. the grid on validation images only
-    edits = [[method.term(k, config)] for k in range(count) for config in grid]
+    # 1. the grid, at both signs, on validation images only
+    edits = [[method.term(k, config, sign)] for k in range(count) for config in grid for sign in SIGNS]
     edited, _ = render_and_read(
         model, validation.inversion, reader, edits, settings, desc=f"{method.name}: validation grid", progress=progress
     )
-    validation_changes = change_fractions(changed_mask(edited, validation.recon_indices)).view(count, len(grid), -1)
+    by_sign = changed_mask(edited, validation.recon_indices).view(count, len(grid), len(SIGNS), *edited.shape[1:])
+    validation_changes = change_fractions(axis_changed(by_sign))
     selections = select_configs(validation_changes, grid, settings.min_preservation)
 
-    # 2. the picks on held-out images
-    edits = [[method.term(k, selection.config)] for k, selection in enumerate(selections)]
+    # 2. the picks, at both signs, on held-out images
+    edits = [[method.term(k, selection.config, sign)] for k, selection in enumerate(selections) for sign in SIGNS]
     edited, kept = render_and_read(
         model,
         heldout.inversion,
@@ -809,8 +838,9 @@ def evaluate_method(
         desc=f"{method.name}: held-out",
         progress=progress,
     )
+    edited = edited.view(count, len(SIGNS), *edited.shape[1:])
     changed = changed_mask(edited, heldout.recon_indices)
-    changes = change_fractions(changed)
+    changes = change_fractions(axis_changed(changed))
     values = [factor.values for factor in domain_factors(heldout.domain)]
     records = direction_records(changes, edited, changed, factor_names, values)
     for k, (record, selection) in enumerate(zip(records, selections)):
@@ -823,7 +853,11 @@ def evaluate_method(
         if kept is not None and heldout.recon_kept is not None:
             keep = kept.shape[1]
             title = f"{k}: {record['name']} ({selection.config.describe()})"
-            grid_image = strip_image(heldout.pixels[:keep], heldout.recon_kept[:keep], kept[k], title)
+            magnitude = abs(selection.config.scale)
+            grid_image = strip_image(
+                heldout.pixels[:keep], heldout.recon_kept[:keep], [kept[2 * k + 1], kept[2 * k]], title,
+                labels=(f"-{magnitude:g}", f"+{magnitude:g}"),
+            )
             path = save_image(grid_image, folder / "strips" / f"direction-{k:03d}.png")
             record["strip"] = str(path.relative_to(out))
     summary = summarize_changes(changes, factor_names)
@@ -985,22 +1019,29 @@ def run_cross_domain(
                            keep_images=settings.strip_images, progress=progress)  # fmt: skip
     recon_labels = _decode_labels("scenes", scenes.recon_indices)
 
-    def term(part: str, index: int) -> DirectionTerm:
+    def term(part: str, index: int, sign: float) -> DirectionTerm:
         directions, records, _ = loaded[part]
         record = records[index]
         defaults = (directions.edit_defaults or [None] * directions.count)[index] or record
-        return DirectionTerm(directions, index, float(defaults["scale"]), float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0)))
+        scale = sign * abs(float(defaults["scale"]))
+        return DirectionTerm(directions, index, scale, float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0)))
 
     faces, cats = loaded["face"][2], loaded["cat"][2]
     pairs = [(faces[i % len(faces)], cats[i % len(cats)]) for i in range(max(len(faces), len(cats)))]
     alone = [("face", k) for k in faces] + [("cat", k) for k in cats]
-    edits = [[term(part, k)] for part, k in alone] + [[term("face", f), term("cat", c)] for f, c in pairs]
+    # Every edit at both signs (pairs share the sign), as in the per-domain benchmark.
+    edits = [[term(part, k, sign)] for part, k in alone for sign in SIGNS]
+    edits += [[term("face", f, sign), term("cat", c, sign)] for f, c in pairs for sign in SIGNS]
     edited, kept = render_and_read(model, scenes.inversion, reader, edits, settings, keep_images=settings.strip_images,
                                    desc="cross-domain", progress=progress)  # fmt: skip
 
     def per_part(e: int) -> dict[str, tuple[list[str], torch.Tensor]]:
-        labels = _decode_labels("scenes", edited[e])
-        return {part: part_changes(labels, recon_labels, part) for part in ("face", "cat")}
+        """Changes of edit ``e`` under either sign, per scene object."""
+        result = {}
+        for part in ("face", "cat"):
+            signed = [part_changes(_decode_labels("scenes", edited[len(SIGNS) * e + s]), recon_labels, part) for s in range(len(SIGNS))]
+            result[part] = (signed[0][0], torch.stack([changed for _, changed in signed]).any(dim=0))
+        return result
 
     def main_of(part: str, k: int) -> str:
         return str(loaded[part][1][k]["main_factor"])
@@ -1024,7 +1065,8 @@ def run_cross_domain(
         if kept is not None and scenes.recon_kept is not None:
             keep = kept.shape[1]
             title = f"face {f}: {row['face']['name']}  +  cat {c}: {row['cat']['name']}"
-            image = strip_image(scenes.pixels[:keep], scenes.recon_kept[:keep], kept[e], title, third="both")
+            image = strip_image(scenes.pixels[:keep], scenes.recon_kept[:keep], [kept[2 * e + 1], kept[2 * e]], title,
+                                labels=("both -", "both +"))
             row["strip"] = str(save_image(image, folder / f"pair-{p:02d}.png").relative_to(out))
         pair_rows.append(row)
 

@@ -33,8 +33,10 @@ from typing import Any
 import torch
 
 from .bench import (
+    SIGNS,
     BenchSettings,
     annotate_directions,
+    axis_changed,
     change_fractions,
     changed_mask,
     direction_records,
@@ -172,9 +174,10 @@ def name_directions(
 ) -> list[dict[str, Any]]:
     """Apply every direction at +scale and -scale to the test faces, read them, and describe each.
 
-    Returns one record per direction: the stronger sign's measurement (``name``, ``main_factor``,
-    ``target_value``, ``strength``, ``purity``, ``changes``, ``scale``, ``start``, ``end``) plus
-    ``plus`` and ``minus`` (each sign's name and strength).
+    Returns one record per direction, measured as an axis like the benchmark does (a factor
+    counts as changed on an image if either sign changed it): ``name``, ``main_factor``, the
+    values it moves to under + and - (``target_value``, ``minus_value``), ``strength``,
+    ``purity``, ``changes``, ``scale``, ``start``, ``end``.
     """
     from .world.factors import domain_factors
 
@@ -182,28 +185,15 @@ def name_directions(
     factor_names = reader_factor_names(reader, settings.domain)
     values = [factor.values for factor in domain_factors(settings.domain)]
     test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, measure, progress=progress)
-    signs = (settings.scale, -settings.scale)
-    edits = [[DirectionTerm(directions, k, sign)] for k in range(directions.count) for sign in signs]
+    edits = [[DirectionTerm(directions, k, sign * settings.scale)] for k in range(directions.count) for sign in SIGNS]
     edited, _ = render_and_read(model, test.inversion, reader, edits, measure, desc="naming directions", progress=progress)
+    edited = edited.view(directions.count, len(SIGNS), *edited.shape[1:])
     changed = changed_mask(edited, test.recon_indices)
-    records = direction_records(change_fractions(changed), edited, changed, factor_names, values)
-    named = []
-    for k in range(directions.count):
-        plus, minus = records[2 * k], records[2 * k + 1]
-        # The sign whose effect is clearest (strength x purity); + on ties.
-        best, scale = (plus, signs[0]) if plus["strength"] * plus["purity"] >= minus["strength"] * minus["purity"] else (minus, signs[1])
-        named.append(
-            {
-                **best,
-                "index": k,
-                "scale": scale,
-                "start": 0.0,
-                "end": 1.0,
-                "images": test.count,
-                "plus": {"name": plus["name"], "strength": plus["strength"], "purity": plus["purity"]},
-                "minus": {"name": minus["name"], "strength": minus["strength"], "purity": minus["purity"]},
-            }
-        )
+    records = direction_records(change_fractions(axis_changed(changed)), edited, changed, factor_names, values)
+    named = [
+        {**record, "scale": settings.scale, "start": 0.0, "end": 1.0, "images": test.count}
+        for record in records
+    ]
     return named
 
 
@@ -222,7 +212,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False) 
         [
             str(row["index"]),
             str(row["name"]),
-            f"{row['scale']:+g}",
+            f"±{abs(row['scale']):g}",
             f"{row['strength']:.2f}" if row.get("strength") is not None else "-",
             f"{row['purity']:.2f}" if row.get("purity") is not None else "-",
             _also(row) if row.get("changes") else "-",
