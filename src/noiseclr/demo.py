@@ -9,9 +9,9 @@
 3. names each direction by what it does: the test faces are inverted once and regenerated with
    the direction at ``+scale`` and ``-scale``; the shipped factor reader reads every factor of
    every result and of the unedited reconstruction; a direction is named after the factor it
-   changes most (and the value it moves it to), at the sign where that is clearest
+   changes most under either sign, and the values it moves it to under + and -
    (:func:`noiseclr.bench.direction_records`, the benchmark's own measurement);
-4. writes ``directions.safetensors`` (names, the chosen sign as ``edit_defaults``, the
+4. writes ``directions.safetensors`` (names, the scale as ``edit_defaults``, the
    measurements), a gallery (``gallery/``: one PNG strip per direction and ``index.html``, by
    :func:`noiseclr.explore.explore`) and the summary (``summary.md``, ``summary.json``, printed).
 
@@ -253,14 +253,15 @@ def _explanation(
         intro.append(
             f"To name them, each direction was applied at +{scale} and -{scale} to {settings.naming_images} new {subject} "
             f"({out / 'test-images'}); a small classifier (the factor reader) read every factor (hair colour, glasses, "
-            "smile, ...) before and after, and each direction is named after the factor it changed most and the value it "
+            "smile, ...) before and after, and each direction is named after the factor it changed most and the values it "
             "moved it to."
         )
         intro.append(
-            "Columns: name = factor -> the value it moves to ('(mixed)': no single value); scale = the sign that does it "
-            "(stored as the direction's default); changed = fraction of the test images where that factor changed vs. the "
-            "unedited reconstruction; purity = that change over all changes (1.00 = nothing else changed); also changes = "
-            "other factors it moved; strip = its gallery image."
+            "Columns: name = factor (+value: what +scale moves it to, -value: what -scale moves it to; '(mixed)': no "
+            "single value); scale = the strength, tried with both signs (+scale is stored as the direction's default); "
+            "changed = fraction of the test images where that factor changed, under either sign, vs. the unedited "
+            "reconstruction; purity = that change over all changes (1.00 = nothing else changed); also changes = other "
+            "factors it moved; strip = its gallery image."
         )
     else:
         intro.append(f"The directions are unnamed: {why_unnamed}")

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Measure the embedded base model against the base-model issue's quality bars.
+
+    python scripts/evaluate_basemodel.py                          # full run -> docs/basemodel_quality.{json,md}
+    python scripts/evaluate_basemodel.py --quick --out /tmp/q     # small sizes, minutes
+
+Prints the device and the time taken; writes the numbers as JSON and as Markdown tables (the
+model card quotes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from noiseclr.fileio import atomic_write_json, atomic_write_text
+from noiseclr.model import DiffusionModel
+from noiseclr.world import quality
+
+BARS = {"readers": 0.98, "vae": 0.95, "text": 0.90, "inversion": 0.90, "step_seconds": 1.5}
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def table(title: str, per_domain: dict[str, dict[str, float]], bar: float) -> list[str]:
+    lines = [f"### {title} (bar: every factor ≥ {pct(bar)})", "", "| domain | mean | min (factor) | per factor |", "|---|---|---|---|"]
+    for domain, factors in per_domain.items():
+        worst = min(factors, key=factors.get)
+        cells = ", ".join(f"{name} {pct(value)}" for name, value in factors.items())
+        lines.append(f"| {domain} | {pct(sum(factors.values()) / len(factors))} | {pct(factors[worst])} ({worst}) | {cells} |")
+    return lines + [""]
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"Measured {results['date']} on {results['device']} ({results['seconds'] / 60:.1f} min), model `{results['model']}`.",
+        f"Command: `{results['command']}`", "",
+    ]
+    lines += table("Readers on fresh renders", results["readers"], BARS["readers"])
+    lines += table("Readers on VAE reconstructions", results["vae"], BARS["vae"])
+    text = results["text"]
+    lines += [f"### Text conditioning ({results['settings']['steps']} DDIM steps, CFG {results['settings']['guidance']}, "
+              f"{results['settings']['samples_per_value']} samples per value; bar: mean over factors ≥ {pct(BARS['text'])})", "",
+              "| domain | mean over factors | per factor |", "|---|---|---|"]
+    for domain, factors in text["per_factor"].items():
+        cells = ", ".join(f"{name} {pct(value)}" for name, value in factors.items())
+        lines.append(f"| {domain} | {pct(text['per_domain'][domain])} | {cells} |")
+    lines += [f"| **all** | **{pct(text['overall'])}** | |", ""]
+    unc = results["unconditional"]
+    lines += [f"### Unconditional samples ({unc['samples']}, null prompt)", "",
+              f"Domains (classifier accuracy {pct(results['domain_classifier_accuracy'])} on renders): "
+              + ", ".join(f"{d} {n}" for d, n in unc["domain_counts"].items()) + ".",
+              f"Values covered: {pct(unc['values_covered'])}; missing: {', '.join(unc['missing_values']) or 'none'}.", ""]
+    lines += table("DDIM inversion + null regeneration (50 steps)", results["inversion"], BARS["inversion"])
+    step = results["discovery_step"]
+    lines += [f"### CPU speed: one discovery micro-batch ({step['images']} images x {step['directions']} directions, with backward)", "",
+              f"median {step['median_seconds']:.2f} s (min {step['min_seconds']:.2f} s) over {step['repeats']} repeats, "
+              f"{step['threads']} threads; bar ≤ {BARS['step_seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("docs/basemodel_quality"), help="path stem for .json and .md")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test, not the card's numbers)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = quality.QualitySettings()
+    if args.quick:
+        settings = quality.QualitySettings(reader_images=100, vae_images=32, samples_per_value=2, unconditional_samples=48,
+                                           inversion_images=16, steps=20)  # fmt: skip
+    started = time.monotonic()
+    model = DiffusionModel.load(args.model, device=args.device, dtype="float32")
+    device = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    print(f"device: {device}; model {model.name}", flush=True)
+    readers = quality.load_readers()
+    results: dict = {"model": model.name, "device": device, "settings": asdict(settings),
+                     "command": shlex.join(["python", *sys.argv]), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}  # fmt: skip
+    steps = [
+        ("readers", lambda: quality.evaluate_readers(readers, settings)),
+        ("vae", lambda: quality.evaluate_vae(model, readers, settings)),
+        ("discovery_step", lambda: quality.time_discovery_step(model)),
+        ("text", lambda: quality.evaluate_text_conditioning(model, readers, settings)),
+        ("inversion", lambda: quality.evaluate_inversion(model, readers, settings)),
+    ]
+    for name, run in steps:
+        tick = time.monotonic()
+        results[name] = run()
+        print(f"{name}: done in {time.monotonic() - tick:.0f} s", flush=True)
+    tick = time.monotonic()
+    classify = quality.train_domain_classifier(steps=100 if args.quick else 300)
+    results["domain_classifier_accuracy"] = quality.domain_classifier_accuracy(classify, 50 if args.quick else 300)
+    results["unconditional"] = quality.evaluate_unconditional(model, readers, classify, settings)
+    print(f"unconditional: done in {time.monotonic() - tick:.0f} s", flush=True)
+    results["seconds"] = time.monotonic() - started
+    atomic_write_json(args.out.with_suffix(".json"), results)
+    report = markdown(results)
+    atomic_write_text(args.out.with_suffix(".md"), report + "\n")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
