@@ -52,11 +52,15 @@ TRAIN_SEED_BASE = 1_000_000_000
 
 @dataclass
 class VAESettings:
-    steps: int = 5000
+    steps: int = 8000
     batch_size: int = 16
     crop: int | None = 64
     """Random square crops of this size (None: full 128x128 images)."""
     lr: float = 2e-4
+    sharpen_from: int = 5000
+    """From this step on: an L1 loss on image gradients (small features such as lips stay crisp) and
+    a linear LR decay to 10% at ``steps``. Earlier steps do not depend on it or on ``steps``."""
+    edge_weight: float = 1.0
     kl_weight: float = 1e-6
     seed: int = 0
     checkpoint_every: int = 250
@@ -213,14 +217,19 @@ class BaseModelTrainer:
                 top, left = rng.integers(0, 128 - settings.crop + 1, size=2)
                 images = images[:, :, top : top + settings.crop, left : left + settings.crop]
             images = images.to(self.device)
+            sharpening = step >= settings.sharpen_from
             for group in optimizer.param_groups:
                 group["lr"] = _warmup_lr(settings.lr, step, warmup=200)
+                if sharpening:
+                    group["lr"] *= 1.0 - 0.9 * (step - settings.sharpen_from) / max(1, settings.steps - settings.sharpen_from)
             with self._autocast():
                 posterior = vae.encode(images).latent_dist
                 latents = posterior.sample(generator=_torch_generator(settings.seed, step, 2))
                 recon = vae.decode(latents).sample
             recon = recon.float()
             loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + settings.kl_weight * posterior.kl().mean()
+            if sharpening:
+                loss = loss + settings.edge_weight * _edge_l1(recon, images)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -456,6 +465,13 @@ class BaseModelTrainer:
         ).images
         grid = make_grid([[tensor_to_pil(img * 2 - 1) for img in images]], column_labels=[p[:18] or "(empty)" for p in prompts])
         return save_image(grid, out)
+
+
+def _edge_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between horizontal and vertical finite differences: penalises blurred edges."""
+    dx = F.l1_loss(recon[..., :, 1:] - recon[..., :, :-1], target[..., :, 1:] - target[..., :, :-1])
+    dy = F.l1_loss(recon[..., 1:, :] - recon[..., :-1, :], target[..., 1:, :] - target[..., :-1, :])
+    return dx + dy
 
 
 def _warmup_lr(base: float, step: int, warmup: int) -> float:
