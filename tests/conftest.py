@@ -10,11 +10,15 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch starts its thread pool
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The test models are tiny: one thread is as fast as two, and on a busy machine a second
+# spin-waiting OpenMP thread made runs 10-100x slower.
+torch.set_num_threads(1)
 
 from noiseclr.architecture import build_pipeline, load_clip_tokenizer, tiny_spec, write_clip_tokenizer  # noqa: E402
 from noiseclr.model import DiffusionModel  # noqa: E402

@@ -19,16 +19,6 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from a second thread, and on a shared CPU two OpenMP threads
-    # spin-wait for each other (this module took 7 min instead of 20 s at load 5 on 2 cores).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def speed():
     spec = importlib.util.spec_from_file_location("noiseclr_benchmarks_speed", SCRIPT)

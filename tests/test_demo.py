@@ -16,15 +16,6 @@ from noiseclr.errors import NoiseCLRError
 from noiseclr.world.factors import domain_factors, factor_names
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny UNets run fastest on one thread; two on a busy shared 2-core CPU spin-wait."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class BandReader:
     """TEST DOUBLE of ``noiseclr.world.readers.FactorReader``: factor j is the quantised mean of one
     colour channel over the j-th horizontal band of the 128x128 image."""

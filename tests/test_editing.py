@@ -28,16 +28,6 @@ from noiseclr.inversion import invert, make_schedule
 from noiseclr.model import DiffusionModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny 8x8 UNets run fastest on one thread; two threads on a busy shared 2-core CPU
-    spin-wait and were measured 10-100x slower. Restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model64(tiny_model_dir) -> DiffusionModel:
     return DiffusionModel.load(tiny_model_dir, device="cpu", dtype="float64")

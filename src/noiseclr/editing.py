@@ -68,6 +68,18 @@ _WINDOW_TOLERANCE = 1e-9  # so 0.6 * 50 steps is exactly 30 steps, not 31
 
 
 # ------------------------------------------------------------------------------------ terms
+def _check_scale_and_window(term: DirectionTerm | PromptTerm) -> None:
+    """Normalise a term's scale and window to floats; a one-line error if they cannot work."""
+    term.scale = float(term.scale)
+    if not math.isfinite(term.scale):
+        raise NoiseCLRError(f"{term.describe()}: scale {term.scale} is not a finite number; pass e.g. 3 or -2.5.")
+    term.start, term.end = float(term.start), float(term.end)
+    if not 0.0 <= term.start < term.end <= 1.0:
+        raise NoiseCLRError(
+            f"{term.describe()}: window {term.start}:{term.end} is invalid; need 0 <= START < END <= 1, e.g. @0:0.6."
+        )
+
+
 @dataclass(eq=False)
 class DirectionTerm:
     """One direction applied with a scale over a window of the denoising steps."""
@@ -82,14 +94,7 @@ class DirectionTerm:
 
     def __post_init__(self) -> None:
         self.directions.check_index(self.index)
-        self.scale = float(self.scale)
-        if not math.isfinite(self.scale):
-            raise NoiseCLRError(f"{self.describe()}: scale {self.scale} is not a finite number; pass e.g. 3 or -2.5.")
-        self.start, self.end = float(self.start), float(self.end)
-        if not 0.0 <= self.start < self.end <= 1.0:
-            raise NoiseCLRError(
-                f"{self.describe()}: window {self.start}:{self.end} is invalid; need 0 <= START < END <= 1, e.g. @0:0.6."
-            )
+        _check_scale_and_window(self)
 
     def describe(self) -> str:
         """Short label, e.g. ``faces.safetensors 3: smile x4.5 @0-0.6``."""
@@ -126,14 +131,7 @@ class PromptTerm:
 
     def __post_init__(self) -> None:
         self.prompt = str(self.prompt)
-        self.scale = float(self.scale)
-        if not math.isfinite(self.scale):
-            raise NoiseCLRError(f"{self.describe()}: scale {self.scale} is not a finite number; pass e.g. 3 or -2.5.")
-        self.start, self.end = float(self.start), float(self.end)
-        if not 0.0 <= self.start < self.end <= 1.0:
-            raise NoiseCLRError(
-                f"{self.describe()}: window {self.start}:{self.end} is invalid; need 0 <= START < END <= 1, e.g. @0:0.6."
-            )
+        _check_scale_and_window(self)
 
     def describe(self) -> str:
         window = "" if (self.start, self.end) == (0.0, 1.0) else f" @{self.start:g}-{self.end:g}"
