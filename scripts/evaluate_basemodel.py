@@ -16,7 +16,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,6 +77,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/basemodel_quality"), help="path stem for .json and .md")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test, not the card's numbers)")
     parser.add_argument("--threads", type=int, default=None)
+    for field in ("reader_images", "vae_images", "samples_per_value", "unconditional_samples", "inversion_images", "steps"):
+        parser.add_argument("--" + field.replace("_", "-"), type=int, default=None, help="override the size (see QualitySettings)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,6 +86,9 @@ def main() -> int:
     if args.quick:
         settings = quality.QualitySettings(reader_images=100, vae_images=32, samples_per_value=2, unconditional_samples=48,
                                            inversion_images=16, steps=20)  # fmt: skip
+    overrides = {name: getattr(args, name) for name in ("reader_images", "vae_images", "samples_per_value",
+                 "unconditional_samples", "inversion_images", "steps") if getattr(args, name) is not None}  # fmt: skip
+    settings = replace(settings, **overrides)
     started = time.monotonic()
     model = DiffusionModel.load(args.model, device=args.device, dtype="float32")
     device = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"

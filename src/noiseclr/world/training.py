@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -437,6 +438,9 @@ class BaseModelTrainer:
         pipe.to(dtype=dtype)
         dest = Path(dest)
         pipe.save_pretrained(dest, safe_serialization=True)
+        # transformers 5 writes only tokenizer.json; the BPE files keep slow/older CLIPTokenizers working.
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(self.work / "tokenizer" / name, dest / "tokenizer" / name)
         return dest
 
     @torch.no_grad()
