@@ -326,7 +326,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         domain=args.domain,
     ).validate()
-    print(f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them (default sizes: about 5 min on a 2-core CPU)")
+    print(f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them (default sizes: about 3 min on a 2-core CPU)")
     model = _load_model(args)
     print(f"  model {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}), writing to {args.out}/", flush=True)
     result = run_demo(model, args.out, settings, reader_dir=args.readers, say=lambda text: print(text, flush=True))
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-batch", type=_positive_int, default=None, help="most UNet rows per call (memory)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="the main job: discover, name and show face-edit directions on the embedded model (~5 min)")
+    p = sub.add_parser("demo", help="the main job: discover, name and show face-edit directions on the embedded model (~3 min on a CPU)")
     _add_model_args(p)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     p.add_argument("--directions", type=_positive_int, default=10, metavar="K", help="directions to discover (default 10)")
@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=_positive_int, default=60, help="training images rendered for discovery (default 60)")
     p.add_argument("--batch", type=_positive_int, default=6, help="images per discovery micro-batch (default 6)")
     p.add_argument("--edit-steps", type=_positive_int, default=20, help="denoising steps for naming and the gallery (default 20)")
-    p.add_argument("--scale", type=float, default=4.0, help="each direction is tried at +/- this scale (default 4)")
+    p.add_argument("--scale", type=float, default=12.0, help="each direction is tried at +/- this scale (default 12; the embedded model needs larger scales than SD)")
     p.add_argument("--naming-images", type=_positive_int, default=6, help="new images each direction is measured on (default 6)")
     p.add_argument("--gallery-images", type=_positive_int, default=4, help="images per gallery strip (default 4)")
     p.add_argument("--domain", default="faces", help="faces (default) or cats")

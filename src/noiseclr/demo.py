@@ -15,7 +15,7 @@
    measurements), a gallery (``gallery/``: one PNG strip per direction and ``index.html``, by
    :func:`noiseclr.explore.explore`) and the summary (``summary.md``, ``summary.json``, printed).
 
-Defaults fit about 5 minutes on a 2-core CPU with the embedded model (a discovery step of 6
+Defaults take about 3 minutes on a 2-core CPU with the embedded model (a discovery step of 6
 images x 8 directions with backward costs about 0.5-1.5 s there); a GPU is used when present.
 Running it again in the same folder reuses the finished discovery run.
 """
@@ -91,7 +91,7 @@ class DemoSettings:
     naming_images: int = 6
     """New faces each direction is applied to for naming (and the first --gallery-images of them are shown)."""
     gallery_images: int = 4
-    scale: float = 4.0
+    scale: float = 12.0
     """Each direction is tried at +scale and -scale."""
     edit_steps: int = 20
     """Inversion and denoising steps for naming and the gallery."""
