@@ -10,7 +10,7 @@ import torch
 
 from noiseclr import demo as demo_module
 from noiseclr.cli import main
-from noiseclr.demo import summary_table
+from noiseclr.demo import DemoSettings, summary_table
 from noiseclr.directions import Directions
 from noiseclr.errors import NoiseCLRError
 from noiseclr.world.factors import domain_factors, factor_names
@@ -67,7 +67,7 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     assert directions.names == [row["name"] for row in summary["directions"]]
     for row, defaults in zip(summary["directions"], directions.edit_defaults):
         assert row["main_factor"] in factor_names("faces")
-        assert abs(defaults["scale"]) == 4.0 and defaults["scale"] == row["scale"]
+        assert abs(defaults["scale"]) == DemoSettings().scale and defaults["scale"] == row["scale"]
         assert row["name"] in printed and row["strip"] in printed
         assert {"target_value", "minus_value", "plus_change", "minus_change"} <= set(row)
     assert directions.settings["factor_annotations"]["domain"] == "faces"
@@ -95,7 +95,7 @@ def test_demo_without_reader_still_shows_directions(capsys, tiny_model_dir, tmp_
     assert code == 0, err
     assert "unnamed" in printed and "naming skipped" in printed
     assert (tmp_path / "d" / "gallery" / "index.html").is_file()
-    assert Directions.load(tmp_path / "d" / "directions.safetensors").edit_defaults[0]["scale"] == 4.0
+    assert Directions.load(tmp_path / "d" / "directions.safetensors").edit_defaults[0]["scale"] == DemoSettings().scale
 
 
 def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
