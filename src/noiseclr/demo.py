@@ -265,7 +265,9 @@ def _explanation(
         )
     else:
         intro.append(f"The directions are unnamed: {why_unnamed}")
-    first = rows[0]["index"] if rows else 0
+    # Suggest the clearest direction, not index 0 (which may have no visible effect).
+    best = max(rows, key=lambda row: (row.get("strength") or 0.0) * (row.get("purity") or 0.0), default=None)
+    first = best["index"] if best else 0
     files = [
         f"Files in {out}/:",
         f"  gallery/index.html       open in a browser: one strip per direction (rows: test {subject}; columns: input, "
