@@ -39,3 +39,22 @@ def test_ensure_output_dir_errors(tmp_path):
         ensure_output_dir(blocker)
     with pytest.raises(NoiseCLRError, match="cannot write"):
         ensure_output_dir(blocker / "sub", flag="--out")
+
+
+def test_read_safetensors_round_trip_and_damaged_file(tmp_path):
+    import torch
+
+    from noiseclr.checkpoint import load_checkpoint, save_checkpoint
+    from noiseclr.fileio import read_safetensors
+
+    path = save_checkpoint(tmp_path / "ok.safetensors", {"w": torch.arange(3.0)}, {"step": 7})
+    tensors, state = load_checkpoint(path)
+    assert torch.equal(tensors["w"], torch.arange(3.0)) and state == {"step": 7}
+
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    with pytest.raises(NoiseCLRError, match=r"^reader for cats: .*damaged\.safetensors: not a readable safetensors file \(.*\); re-train it\.$"):
+        read_safetensors(damaged, "re-train it.", what="reader for cats")
+    with pytest.raises(NoiseCLRError, match="damaged.safetensors: not a readable safetensors file .*restart that training stage") as caught:
+        load_checkpoint(damaged)
+    assert "\n" not in str(caught.value)

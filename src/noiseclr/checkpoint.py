@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_save_safetensors
+from .fileio import atomic_save_safetensors, read_safetensors
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict[str, torch.Tensor], dict]:
@@ -52,12 +52,8 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: d
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        state = json.loads((handle.metadata() or {}).get("state", "{}"))
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    return tensors, state
+    tensors, metadata = read_safetensors(path, "delete it to restart that training stage.")
+    return tensors, json.loads(metadata.get("state", "{}"))
 
 
 def module_tensors(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import NoiseCLRError
-from .fileio import atomic_save_safetensors, atomic_write, atomic_write_text
+from .fileio import atomic_save_safetensors, atomic_write, atomic_write_text, read_safetensors
 
 if TYPE_CHECKING:
     from .model import DiffusionModel
@@ -185,7 +185,7 @@ class Directions:
         if not path.is_file():
             raise NoiseCLRError(f"{path}: no such directions file; check the path.")
         if path.suffix == ".safetensors":
-            tensors, meta = _read_safetensors(path)
+            tensors, meta = read_safetensors(path, "the file is damaged or of another type.")
             if meta.get("format") == FORMAT:
                 return cls._from_noiseclr(path, tensors, meta)
             return cls._from_textual_inversion(path, tensors)
@@ -302,13 +302,3 @@ def textual_inversion_vectors(state: Any, path: Path | str = "file") -> tuple[li
     return [name for name, _ in found], [vector for _, vector in found]
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise NoiseCLRError(f"{path}: not a readable safetensors file ({exc}); the file is damaged or of another type.") from None
-    return tensors, meta

@@ -68,7 +68,7 @@ import torch
 
 from .directions import Directions
 from .errors import NoiseCLRError, TrainingDiverged
-from .fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text, ensure_output_dir
+from .fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text, ensure_output_dir, read_safetensors
 from .images import ImageSet, load_image_folder
 from .model import DiffusionModel, fingerprints_match
 from .objective import (
@@ -474,14 +474,7 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = dict(handle.metadata() or {})
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise NoiseCLRError(f"{path}: not a readable checkpoint ({exc}); delete it to fall back to an older one.") from None
+        tensors, meta = read_safetensors(path, "delete it to fall back to an older checkpoint.")
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise NoiseCLRError(f"{path}: not a noiseclr discovery checkpoint; remove it from the checkpoints folder.")
         if int(meta.get("format_version", "0")) > CHECKPOINT_VERSION:

@@ -1,4 +1,4 @@
-"""Atomic file writes and output-folder checks.
+"""Atomic file writes, safetensors reads and output-folder checks.
 
 Every file noiseclr writes goes through here: data is written to a temporary file in the same
 folder and moved into place with :func:`os.replace`, so an interrupted run never leaves a
@@ -61,6 +61,21 @@ def atomic_save_safetensors(
 
     contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=dict(metadata or {})))
+
+
+def read_safetensors(path: str | os.PathLike, fix: str, what: str = "") -> tuple[dict[str, Any], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; a damaged or foreign file is a one-line
+    :class:`NoiseCLRError` naming ``what`` (e.g. ``reader for faces``), the path and ``fix``."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        prefix = f"{what}: " if what else ""
+        raise NoiseCLRError(f"{prefix}{path}: not a readable safetensors file ({exc}); {fix}") from None
+    return tensors, metadata
 
 
 def ensure_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:

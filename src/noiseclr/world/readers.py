@@ -42,7 +42,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import NoiseCLRError
-from ..fileio import atomic_save_safetensors
+from ..fileio import atomic_save_safetensors, read_safetensors
 from .factors import Factor, Labels, domain_factors, encode_labels
 from .render import IMAGE_SIZE, render_many
 
@@ -217,18 +217,11 @@ class FactorReader:
 
         Refuses weights for another domain, another factor registry or another format version.
         """
-        from safetensors import SafetensorError, safe_open
-
         factors = domain_factors(domain)
         path = Path(path) if path is not None else default_reader_path(domain)
         if not path.is_file():
             raise NoiseCLRError(f"reader for {domain}: no weights at {path}; run {TRAIN_SCRIPT} --domain {domain}.")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = dict(handle.metadata() or {})
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise NoiseCLRError(f"reader for {domain}: {path} is not a readable safetensors file ({exc}); re-run {TRAIN_SCRIPT}.") from None
+        tensors, metadata = read_safetensors(path, f"re-run {TRAIN_SCRIPT}.", what=f"reader for {domain}")
         if metadata.get("format") != FORMAT_NAME:
             raise NoiseCLRError(f"reader for {domain}: {path} is not a factor reader file; pass a file written by {TRAIN_SCRIPT}.")
         if metadata.get("format_version") != str(FORMAT_VERSION):
