@@ -310,6 +310,13 @@ class BaseModelTrainer:
         self.log(f"pool: {len(domains)} latents, scaling factor {scaling:.5f}")
         return True
 
+    def pool_scaling_factor(self) -> float:
+        """The VAE scaling factor stored with the pool (metadata only; the latents stay on disk)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.pool_path()), framework="pt") as handle:
+            return float(handle.metadata()["scaling_factor"])
+
     def load_pool(self) -> tuple[torch.Tensor, list[str], list[dict], float]:
         from safetensors import safe_open
 
@@ -422,8 +429,7 @@ class BaseModelTrainer:
                 for i, p in enumerate(modules[name].parameters()):
                     p.copy_(tensors[f"{prefix}.{i}"])
         vae = self.load_vae()
-        _, _, _, scaling = self.load_pool()
-        vae.register_to_config(scaling_factor=scaling)
+        vae.register_to_config(scaling_factor=self.pool_scaling_factor())
         scheduler = DDIMScheduler.from_config({k: v for k, v in SD_SCHEDULER.items() if not k.startswith("_")})
         pipe = StableDiffusionPipeline(
             vae=vae,
