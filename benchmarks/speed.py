@@ -141,7 +141,7 @@ def build_pipeline_for(arch: str, seed: int = 0, build_device: str | None = None
             spec = tiny_spec()  # the test suite's "eps" pipeline: 64 px, 8x8x4 latents
             tokenizer = load_clip_tokenizer(write_clip_tokenizer(folder, max_length=spec.max_length))
         else:
-            from noiseclr.world.basemodel import base_model_spec
+            from noiseclr.basemodel.spec import base_model_spec
             from noiseclr.world.tokenizer import MAX_LENGTH, build_world_tokenizer
 
             tokenizer = load_clip_tokenizer(build_world_tokenizer(folder, MAX_LENGTH))

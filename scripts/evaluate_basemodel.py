@@ -24,7 +24,7 @@ import torch
 
 from noiseclr.fileio import atomic_write_json, atomic_write_text
 from noiseclr.model import DiffusionModel
-from noiseclr.world import quality
+from noiseclr.basemodel import quality
 
 BARS = {"readers": 0.98, "vae": 0.95, "text": 0.90, "inversion": 0.90, "step_seconds": 1.5}
 

@@ -3,6 +3,7 @@
 
     python scripts/train_basemodel.py --work work/basemodel            # every stage, as far as time allows
     python scripts/train_basemodel.py --work work/basemodel --minutes 8.5   # one time-boxed piece; re-run to go on
+    python scripts/train_basemodel.py --work work/more --warm-start embedded  # go on from the shipped weights
 
 Stages run in order and skip what is done: tokenizer, vae, pool, diffusion, export (to
 src/noiseclr/assets/basemodel, fp16). Seeded: the same command gives the same model on the same
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from noiseclr.world.training import BaseModelTrainer, DiffusionSettings, VAESettings, write_training_record
+from noiseclr.basemodel.training import BaseModelTrainer, DiffusionSettings, VAESettings, write_training_record
+from noiseclr.model import EMBEDDED, embedded_model_path
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "src" / "noiseclr" / "assets" / "basemodel"
 
@@ -40,6 +42,9 @@ def main() -> int:
     parser.add_argument("--pool-size", type=int, default=DiffusionSettings.pool_size)
     parser.add_argument("--lr", type=float, default=DiffusionSettings.lr)
     parser.add_argument("--sample-every", type=int, default=DiffusionSettings.sample_every)
+    parser.add_argument("--snapshot-every", type=int, default=DiffusionSettings.snapshot_every)
+    parser.add_argument("--warm-start", default=None, metavar="MODEL_DIR",
+                        help="seed an empty --work from a trained model folder ('embedded': the shipped weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export-to", type=Path, default=ASSET_DIR)
     args = parser.parse_args()
@@ -56,8 +61,12 @@ def main() -> int:
         pool_size=args.pool_size,
         lr=args.lr,
         sample_every=args.sample_every,
+        snapshot_every=args.snapshot_every,
         seed=args.seed,
     )
+    if args.warm_start and not (args.work / "diffusion" / "checkpoint.safetensors").is_file():
+        source = embedded_model_path() if args.warm_start == EMBEDDED else Path(args.warm_start)
+        trainer.warm_start(source, diffusion_settings)
     started = time.monotonic()
     stages = ["tokenizer", "vae", "pool", "diffusion", "export"] if args.stage == "all" else [args.stage]
     finished = True

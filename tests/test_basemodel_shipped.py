@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from noiseclr.model import DiffusionModel, embedded_model_path
-from noiseclr.world.quality import load_readers
+from noiseclr.basemodel.quality import load_readers
 
 ASSET = embedded_model_path()
 SIZE_BAR_BYTES = 40_000_000  # "at most 40 MB in all"

@@ -7,7 +7,7 @@ import torch
 
 from noiseclr.architecture import build_pipeline, load_clip_tokenizer, tiny_spec
 from noiseclr.model import DiffusionModel
-from noiseclr.world import quality
+from noiseclr.basemodel import quality
 from noiseclr.world.factors import domain_factors
 from noiseclr.world.tokenizer import build_world_tokenizer
 

@@ -197,7 +197,7 @@ def test_augmentation_is_deterministic_and_mild(samples):
 
 
 def test_seed_ranges_are_disjoint_and_below_the_base_model_range():
-    from noiseclr.world.training import TRAIN_SEED_BASE
+    from noiseclr.basemodel.training import TRAIN_SEED_BASE
 
     assert R.BASE_MODEL_SEED_BASE == TRAIN_SEED_BASE
     assert R.READER_TRAIN_SEED_BASE + 50_000_000 <= R.READER_VAL_SEED_BASE < R.EVAL_SEED_BASE < TRAIN_SEED_BASE

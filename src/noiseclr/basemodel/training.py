@@ -13,8 +13,15 @@ from ``(seed, step)``, so a run cut into pieces equals an uninterrupted one):
    on epsilon prediction with min-SNR weighting; captions are re-drawn from the labels at every
    step (about 10% empty, which teaches the null conditioning); EMA weights are kept.
 
-``export`` writes the EMA pipeline in fp16 to a diffusers folder (``save_pretrained``).
+``export`` writes the EMA pipeline in fp16 to a diffusers folder (``save_pretrained``) and a
+training record beside it (``<folder>.training.json``: steps, images seen, recipe).
 Each call can be time-boxed (``minutes``): it checkpoints and returns, and the next call goes on.
+
+``warm_start`` seeds an empty work folder from a trained model folder (the shipped one), so
+training goes on in a fresh session without the 230 MB of state that ``work/`` held: tokenizer
+and VAE are copied, the pool is re-encoded with that VAE and its scaling factor, UNet and text
+encoder start from the folder's weights (online and EMA alike) with a new optimizer and a new
+LR warm-up. UNet blocks the folder lacks (an architecture that grew) start as the identity.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..fileio import atomic_save_safetensors, atomic_write_json
-from .basemodel import base_model_spec
+from .spec import base_model_spec
 
 DOMAIN_MIX: dict[str, float] = {"faces": 0.4, "cats": 0.3, "scenes": 0.3}
 """Share of each domain in the training renders."""
@@ -81,6 +88,20 @@ class DiffusionSettings:
     checkpoint_every: int = 250
     log_every: int = 50
     sample_every: int = 2000
+    snapshot_every: int = 1000
+    """Keep an fp16 export of the EMA weights every this many steps (``diffusion/snapshots/``), for
+    the controllability probe's learning curve; 0: none."""
+
+
+def training_record_path(model_dir: str | Path) -> Path:
+    """Where :meth:`BaseModelTrainer.export` writes the record of a model folder: beside it."""
+    model_dir = Path(model_dir)
+    return model_dir.parent / f"{model_dir.name}.training.json"
+
+
+def read_training_record(model_dir: str | Path) -> dict[str, Any]:
+    path = training_record_path(model_dir)
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
@@ -93,7 +114,7 @@ def _torch_generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 def draw_training_renders(count: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str], list[dict]]:
     """``count`` fresh renders (uint8 [N,128,128,3]) from the domain mix, with domains and labels."""
-    from .render import render_many
+    from ..world.render import render_many
 
     names = list(DOMAIN_MIX)
     domains = rng.choice(len(names), size=count, p=list(DOMAIN_MIX.values()))
@@ -157,7 +178,7 @@ class BaseModelTrainer:
         return torch.autocast("cpu", enabled=False)
 
     def tokenizer(self):
-        from .tokenizer import build_world_tokenizer
+        from ..world.tokenizer import build_world_tokenizer
 
         folder = self.work / "tokenizer"
         if not (folder / "vocab.json").is_file():
@@ -183,6 +204,55 @@ class BaseModelTrainer:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+    # ------------------------------------------------------------ warm start
+    def warm_start(self, model_dir: str | Path, settings: DiffusionSettings) -> int:
+        """Seed this (empty) work folder from a trained model folder; returns the step it resumes at.
+
+        The step is the folder's recorded diffusion step (its ``.training.json``), so the learning
+        curve counts every training image the weights have seen.
+        """
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        model_dir = Path(model_dir)
+        ckpt = self.work / "diffusion" / "checkpoint.safetensors"
+        if ckpt.is_file():
+            raise RuntimeError(f"{ckpt} exists: warm start only fills an empty work folder (use another --work)")
+        record = read_training_record(model_dir)
+        start_step = int(record.get("diffusion_step", 0))
+        # Tokenizer and VAE are taken as they are.
+        shutil.copytree(model_dir / "tokenizer", self.work / "tokenizer", dirs_exist_ok=True)
+        vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=torch.float32)
+        vae.save_pretrained(self.work / "vae" / "final")
+        atomic_write_json(self.work / "warm_start.json", {
+            "from": str(model_dir), "step": start_step, "record": record,
+            "scaling_factor": float(vae.config.scaling_factor),
+        })  # fmt: skip
+        modules = self._new_modules(settings.seed + 1)
+        unet, text_encoder = modules["unet"], modules["text_encoder"]
+        trained_unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=torch.float32)
+        grown = grow_into(unet, trained_unet.state_dict())
+        text_encoder.load_state_dict(
+            CLIPTextModel.from_pretrained(model_dir / "text_encoder", torch_dtype=torch.float32).state_dict()
+        )
+        params = list(unet.parameters()) + list(text_encoder.parameters())
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-2)
+        tensors = {**module_tensors(unet, "unet"), **module_tensors(text_encoder, "text_encoder")}
+        tensors.update({f"ema_unet.{i}": p.detach().clone() for i, p in enumerate(unet.parameters())})
+        tensors.update({f"ema_text.{i}": p.detach().clone() for i, p in enumerate(text_encoder.parameters())})
+        opt_tensors, opt_info = optimizer_tensors(optimizer)
+        (self.work / "diffusion").mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt, {**tensors, **opt_tensors}, {
+            "step": start_step, "warmup_from": start_step, "optimizer": opt_info, "settings": asdict(settings),
+            "warm_start": str(model_dir), "grown": grown,
+        })  # fmt: skip
+        self.log(f"warm start from {model_dir} at diffusion step {start_step}; new UNet tensors: {len(grown)}")
+        return start_step
+
+    def _warm_scaling_factor(self) -> float | None:
+        path = self.work / "warm_start.json"
+        return float(json.loads(path.read_text())["scaling_factor"]) if path.is_file() else None
 
     # ------------------------------------------------------------------- vae
     def vae_done(self, settings: VAESettings) -> bool:
@@ -301,7 +371,8 @@ class BaseModelTrainer:
                 domains += json.loads(meta["domains"])
                 labels += json.loads(meta["labels"])
         stacked = torch.cat(latents).float()
-        scaling = 1.0 / float(stacked.std())
+        # A warm-started UNet was trained on latents at its VAE's scaling factor: keep it.
+        scaling = self._warm_scaling_factor() or 1.0 / float(stacked.std())
         atomic_save_safetensors(
             self.pool_path(),
             {"latents": (stacked * scaling).half()},
@@ -337,7 +408,7 @@ class BaseModelTrainer:
 
     def train_diffusion(self, settings: DiffusionSettings) -> bool:
         """Train (or continue) UNet + text encoder; returns True when finished."""
-        from .captions import caption
+        from ..world.captions import caption
 
         folder = self.work / "diffusion"
         folder.mkdir(exist_ok=True)
@@ -348,10 +419,11 @@ class BaseModelTrainer:
         ema_text = [p.detach().clone() for p in text_encoder.parameters()]
         params = list(unet.parameters()) + list(text_encoder.parameters())
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-2)
-        step = 0
+        step = warmup_from = 0
         ckpt = folder / "checkpoint.safetensors"
         if ckpt.is_file():
             tensors, state = load_checkpoint(ckpt)
+            warmup_from = int(state.get("warmup_from", 0))
             load_module_tensors(unet, tensors, "unet")
             load_module_tensors(text_encoder, tensors, "text_encoder")
             for i, p in enumerate(ema_unet):
@@ -377,7 +449,7 @@ class BaseModelTrainer:
             alpha_bar = alphas[t].view(-1, 1, 1, 1)
             noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
             for group in optimizer.param_groups:
-                group["lr"] = _warmup_lr(settings.lr, step, warmup=settings.warmup)
+                group["lr"] = _warmup_lr(settings.lr, step - warmup_from, warmup=settings.warmup)
             with self._autocast():
                 hidden = text_encoder(ids.to(self.device))[0]
                 pred = unet(noisy.to(self.device), t.to(self.device), encoder_hidden_states=hidden).sample
@@ -409,7 +481,11 @@ class BaseModelTrainer:
                 tensors.update({f"ema_unet.{i}": p for i, p in enumerate(ema_unet)})
                 tensors.update({f"ema_text.{i}": p for i, p in enumerate(ema_text)})
                 opt_tensors, opt_info = optimizer_tensors(optimizer)
-                save_checkpoint(ckpt, {**tensors, **opt_tensors}, {"step": step, "optimizer": opt_info, "settings": asdict(settings)})
+                save_checkpoint(ckpt, {**tensors, **opt_tensors}, {
+                    "step": step, "warmup_from": warmup_from, "optimizer": opt_info, "settings": asdict(settings),
+                })  # fmt: skip
+            if settings.snapshot_every and step % settings.snapshot_every == 0:
+                self.export(folder / "snapshots" / f"step-{step:06d}")
             if settings.sample_every and step % settings.sample_every == 0:
                 self.export(folder / "snapshot", dtype=torch.float32)
                 self.sample_grid(folder / "snapshot", folder / "samples" / f"step-{step:06d}.png")
@@ -423,7 +499,7 @@ class BaseModelTrainer:
         from ..architecture import SD_SCHEDULER
 
         modules = self._new_modules(0)
-        tensors, _ = load_checkpoint(self.work / "diffusion" / "checkpoint.safetensors")
+        tensors, state = load_checkpoint(self.work / "diffusion" / "checkpoint.safetensors")
         for name, prefix in (("unet", "ema_unet"), ("text_encoder", "ema_text")):
             with torch.no_grad():
                 for i, p in enumerate(modules[name].parameters()):
@@ -447,6 +523,14 @@ class BaseModelTrainer:
         # transformers 5 writes only tokenizer.json; the BPE files keep slow/older CLIPTokenizers working.
         for name in ("vocab.json", "merges.txt"):
             shutil.copyfile(self.work / "tokenizer" / name, dest / "tokenizer" / name)
+        settings = state.get("settings", {})
+        atomic_write_json(training_record_path(dest), {
+            "diffusion_step": int(state["step"]),
+            "diffusion_images": int(state["step"]) * int(settings.get("batch_size", 0)),
+            "settings": settings,
+            "warm_start": state.get("warm_start"),
+            "runs": json.loads((self.work / "runs.json").read_text()) if (self.work / "runs.json").is_file() else [],
+        })  # fmt: skip
         return dest
 
     @torch.no_grad()
@@ -475,6 +559,26 @@ class BaseModelTrainer:
         ).images
         grid = make_grid([[tensor_to_pil(img * 2 - 1) for img in images]], column_labels=[p[:18] or "(empty)" for p in prompts])
         return save_image(grid, out)
+
+
+def grow_into(module: torch.nn.Module, trained: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``trained`` weights into a module that may have MORE blocks; returns the new tensors' names.
+
+    Every trained tensor must fit (same name and shape): this grows an architecture, it does not
+    reshape one. New attention blocks get a zero output projection, so each starts as the identity
+    (its residual) and the grown UNet computes exactly what the trained one did.
+    """
+    own = module.state_dict()
+    misfit = [k for k, v in trained.items() if k not in own or own[k].shape != v.shape]
+    if misfit:
+        raise RuntimeError(f"trained weights do not fit the new architecture: {misfit[:5]} ...")
+    module.load_state_dict(trained, strict=False)
+    grown = sorted(set(own) - set(trained))
+    with torch.no_grad():
+        for name, tensor in module.named_parameters():
+            if name in grown and ".proj_out." in name:
+                tensor.zero_()
+    return grown
 
 
 def _edge_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

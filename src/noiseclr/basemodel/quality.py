@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model import DiffusionModel
-from .factors import DOMAINS, domain_factors
-from .readers import (
+from ..world.factors import DOMAINS, domain_factors
+from ..world.readers import (
     READER_TRAIN_SEED_BASE,
     AugmentSettings,
     FactorReader,
@@ -37,7 +37,7 @@ from .readers import (
     reader_accuracy,
     to_reader_input,
 )
-from .render import render_many
+from ..world.render import render_many
 
 RENDER_DOMAINS = tuple(DOMAINS)
 # Offsets into the evaluation seed range, one per measurement.
@@ -115,7 +115,7 @@ def evaluate_text_conditioning(
 
     Per factor the rate is averaged over its values, per domain over its factors, overall over all factors.
     """
-    from .captions import caption_for_value
+    from ..world.captions import caption_for_value
 
     jobs = [(d, f.name, i, v) for d in domains for f in domain_factors(d) for i, v in enumerate(f.values)]
     prompts = [caption_for_value(d, f, v) for d, f, _, v in jobs for _ in range(settings.samples_per_value)]
