@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from noiseclr.discovery import DiscoverySettings, delta_features, discover
+from noiseclr.discovery import DiscoverySettings, delta_features, discover, initial_directions, micro_batch_loss
 from noiseclr.images import load_image_folder
 from noiseclr.model import DiffusionModel
 from noiseclr.objective import VARIANTS, contrastive_loss, mean_negative_abs_cos
@@ -83,6 +83,24 @@ class Probe:
         return statistics.fmean(losses), statistics.fmean(cosines)
 
 
+def check_against_published(model: DiffusionModel, probe: Probe, temperature: float) -> float:
+    """Relative gap between our single-anchor loss and the published procedure's on one micro-batch
+    of the probe set (both with grad off; the variants are compared only if they agree)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from published import reference_micro_batch_loss
+
+    vectors = initial_directions(model, 6, seed=0).to(model.device)
+    drawn = torch.arange(6)
+    latents, noise, timestep = probe.latents[:4], probe.noise[0][:4], probe.timesteps[0]
+    with torch.no_grad():
+        ours = micro_batch_loss(model, vectors, latents, timestep, noise, drawn, variant="single-anchor", temperature=temperature)
+        theirs = reference_micro_batch_loss(model, vectors, latents, timestep, noise, drawn, temperature=temperature)
+    gap = abs(float(ours.loss) - float(theirs)) / max(abs(float(theirs)), 1e-12)
+    if gap > 1e-3:
+        raise SystemExit(f"the single-anchor loss differs from the published procedure's by {gap:.2e}; not comparing variants")
+    return gap
+
+
 def run_variant(model, pixels, settings: DiscoverySettings, probe: Probe, probe_every: int, out: Path) -> list[dict]:
     rows: list[dict] = []
     anchored: set[int] = set()
@@ -110,8 +128,6 @@ def run_variant(model, pixels, settings: DiscoverySettings, probe: Probe, probe_
         window.append(info["loss"])
         if info["step"] % probe_every == 0 or info["step"] == settings.steps:
             record(info["step"], info["vectors"])
-
-    from noiseclr.discovery import initial_directions
 
     record(0, initial_directions(model, settings.num_directions, settings.seed).to(model.device))
     discover(model, pixels, out, settings, progress=False, callback=callback)
@@ -153,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         pixels = load_image_folder(args.images, model.resolution, min_count=args.batch).pixels
     probe_pixels = pixels[: args.probe_images]  # fixed; training may also see them (fine for a comparison)
     probe = Probe(model, probe_pixels, args.probe_timesteps, args.temperature, seed=0)
+    gap = check_against_published(model, probe, args.temperature)
+    print(f"single-anchor loss vs the published procedure (benchmarks/published.py), one micro-batch: relative gap {gap:.2e}")
 
     rows: list[dict] = []
     for seed in args.seeds:

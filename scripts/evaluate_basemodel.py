@@ -11,7 +11,6 @@ model card quotes them).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import sys

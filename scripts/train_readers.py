@@ -34,18 +34,9 @@ from PIL import Image
 from noiseclr.errors import NoiseCLRError
 from noiseclr.fileio import ensure_output_dir
 from noiseclr.world.factors import DOMAINS
-from noiseclr.world.readers import (
-    ASSETS_DIR,
-    EVAL_SEED_BASE,
-    FactorReader,
-    ReaderTrainSettings,
-    eval_renders,
-    gaussian_blur,
-    parameter_count,
-    reader_accuracy,
-    to_reader_input,
-    train_reader,
-)
+from noiseclr.basemodel.readers import ReaderTrainSettings, gaussian_blur, parameter_count, train_reader
+from noiseclr.world.readers import ASSETS_DIR, FactorReader, eval_renders, reader_accuracy, to_reader_input
+from noiseclr.world.seeds import EVAL_SEED_BASE
 
 # Steps per domain when --steps is not given: scenes have 14 factors on half-size objects.
 DEFAULT_STEPS = {"faces": 800, "cats": 600, "scenes": 1600}

@@ -14,26 +14,23 @@ import math
 import pytest
 import torch
 
-from noiseclr import bench
-from noiseclr.bench import (
-    BenchSettings,
+from noiseclr import bench, measure
+from noiseclr.bench import BenchSettings, pick_cross_directions, run_bench
+from noiseclr.measure import DirectionRecord, annotate_directions, direction_records
+from noiseclr.metrics import (
     EditConfig,
-    axis_changed,
     alone_interference,
-    annotate_directions,
     any_changed_fraction,
+    axis_changed,
     change_fractions,
     changed_mask,
     coverage,
     direction_metrics,
-    direction_records,
     discovered_factors,
     dominant_value,
     edit_grid,
     pair_interference,
-    pick_cross_directions,
     random_directions,
-    run_bench,
     select_edit,
     summarize_changes,
 )
@@ -208,10 +205,10 @@ def test_direction_records_name_both_signs():
     changed = changed_mask(edited, reference)
     changes = change_fractions(axis_changed(changed))
     record = direction_records(changes, edited, changed, ["glasses", "mustache"], [("no", "yes"), ("no", "yes")])[0]
-    assert record["main_factor"] == "glasses" and record["strength"] == 1.0 and record["purity"] == 1.0
-    assert record["target_value"] == "yes" and record["minus_value"] == "no"
-    assert record["name"] == "glasses (+yes -no)"
-    assert record["plus_change"] == 0.5 and record["minus_change"] == 0.5
+    assert record.main_factor == "glasses" and record.strength == 1.0 and record.purity == 1.0
+    assert record.target_value == "yes" and record.minus_value == "no"
+    assert record.name == "glasses (+yes -no)"
+    assert record.plus_change == 0.5 and record.minus_change == 0.5
 
 
 def test_select_edit_maximises_strength_times_purity_under_preservation():
@@ -334,8 +331,8 @@ def test_zero_scale_prompt_term_is_the_reconstruction(tiny_model, method):
 def test_prompt_terms_share_rows_and_validate(tiny_model):
     directions = unit_directions(tiny_model, 2)
     edits = [[PromptTerm("a face", 1.0), DirectionTerm(directions, 0, 1.0)], [PromptTerm("a face", -2.0, 0.2, 0.8)]]
-    tensors, labels, rows = direction_conditionings(tiny_model, edits)
-    assert sum(t.shape[0] for t in tensors) == 2 and labels[-1] == "prompt:a face"
+    tensors, rows = direction_conditionings(tiny_model, edits)
+    assert sum(t.shape[0] for t in tensors) == 2
     assert rows[("prompt", "a face")] == 1 and rows[(id(directions), 0)] == 0
     assert "x-2" in PromptTerm("a face", -2.0, 0.2, 0.8).describe()
     with pytest.raises(NoiseCLRError, match="window"):
@@ -361,9 +358,10 @@ def test_render_and_read_chunks_without_changing_results(tiny_model):
     inversion = invert(tiny_model, torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)), "ddpm", 3, progress=False)
     edits = [[DirectionTerm(directions, k, 4.0)] for k in range(3)] + [[PromptTerm("a cat", -3.0, 0.3, 1.0)], []]
     reader = BandReader("faces")
-    whole, kept = bench.render_and_read(tiny_model, inversion, reader, edits, tiny_settings(), keep_images=2, progress=False)
-    small = tiny_settings(trajectories_per_pass=2)  # 2 images per pass, one edit at a time
-    parts, kept_parts = bench.render_and_read(tiny_model, inversion, reader, edits, small, keep_images=2, progress=False)
+    whole, kept = measure.render_and_read(tiny_model, inversion, reader, edits, tiny_settings().protocol().passes, keep_images=2,
+                                          progress=False)  # fmt: skip
+    small = tiny_settings(trajectories_per_pass=2).protocol().passes  # 2 images per pass, one edit at a time
+    parts, kept_parts = measure.render_and_read(tiny_model, inversion, reader, edits, small, keep_images=2, progress=False)
     assert whole.shape == (5, 3, 9) and kept.shape == (5, 2, 3, 64, 64)
     assert torch.equal(whole, parts)
     assert torch.allclose(kept, kept_parts, atol=1e-4)  # float32 rounding depends on the batch size
@@ -371,8 +369,8 @@ def test_render_and_read_chunks_without_changing_results(tiny_model):
 
 def test_seed_ranges_match_the_readers():
     readers = pytest.importorskip("noiseclr.world.readers")
-    assert bench.EVAL_SEED_BASE == readers.EVAL_SEED_BASE
-    last = bench.seeds_for("scenes", 999_999, 4)[-1]
+    assert measure.EVAL_SEED_BASE == readers.EVAL_SEED_BASE
+    last = measure.seeds_for("scenes", 999_999, 4)[-1]
     assert last < readers.BASE_MODEL_SEED_BASE
 
 
@@ -456,7 +454,7 @@ def test_cross_domain_on_scenes(tiny_model, tmp_path):
     for domain, factors in (("faces", ["glasses", "skin", "background"]), ("cats", ["stripes", "fur_color", "background"])):
         directions = unit_directions(tiny_model, 3, seed=len(files), domain=domain)
         records = [
-            {"index": k, "name": f"{f} -> x", "main_factor": f, "strength": 0.6, "purity": 0.7, "scale": 4.0, "start": 0.0, "end": 1.0}
+            DirectionRecord(index=k, name=f"{f} -> x", main_factor=f, strength=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0)
             for k, f in enumerate(factors)
         ]
         annotated = annotate_directions(tiny_model, directions, records, domain=domain, source="test")

@@ -17,15 +17,25 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+PUBLISHED = SCRIPT.with_name("published.py")
 
 
-@pytest.fixture(scope="module")
-def speed():
-    spec = importlib.util.spec_from_file_location("noiseclr_benchmarks_speed", SCRIPT)
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def speed():
+    return _load(SCRIPT, "noiseclr_benchmarks_speed")
+
+
+@pytest.fixture(scope="module")
+def published():
+    return _load(PUBLISHED, "noiseclr_benchmarks_published")
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +74,14 @@ def test_published_procedure_with_checkpointing_matches(speed, tiny_pipe):
     assert not model.unet.training and not model.unet.is_gradient_checkpointing  # restored afterwards
 
 
-def test_reference_loss_is_the_objectives_single_anchor_loss(speed, tiny_pipe):
+def test_reference_loss_is_the_objectives_single_anchor_loss(published):
     # -log(mean_pos / mean_neg) with upper-triangle positives is the mean-normalised L_0.
     from noiseclr.objective import reference_loss
 
     generator = torch.Generator().manual_seed(0)
     deltas = torch.randn(5, 4, 3, 2, 2, generator=generator, dtype=torch.float64)
-    positive = speed._published_positive_mean(deltas[0], 0.5)
-    negative = sum(speed._published_negative_sum(deltas[0], deltas[j], 0.5) for j in range(1, 5)) / (4 * 4)
+    positive = published._published_positive_mean(deltas[0], 0.5)
+    negative = sum(published._published_negative_sum(deltas[0], deltas[j], 0.5) for j in range(1, 5)) / (4 * 4)
     published = -torch.log(positive / negative)
     assert torch.allclose(published, reference_loss(deltas, 0.5, "single-anchor"), rtol=1e-12, atol=1e-12)
 

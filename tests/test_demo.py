@@ -13,6 +13,7 @@ from noiseclr.cli import main
 from noiseclr.demo import DemoSettings, summary_table
 from noiseclr.directions import Directions
 from noiseclr.errors import NoiseCLRError
+from noiseclr.measure import DirectionRecord
 from noiseclr.world.factors import domain_factors, factor_names
 
 
@@ -81,7 +82,7 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     def no_discovery(*args, **kwargs):
         raise AssertionError("discovery ran again")
 
-    monkeypatch.setattr("noiseclr.discovery.discover", no_discovery)
+    monkeypatch.setattr(demo_module, "discover", no_discovery)
     code, printed, err = run_demo_cli(capsys, tiny_model_dir, out)
     assert code == 0, err
 
@@ -106,8 +107,8 @@ def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
 
 
 def test_summary_table_formats():
-    rows = [{"index": 0, "name": "glasses (+yes -no)", "scale": 4.0, "strength": 0.5, "purity": 1.0,
-             "main_factor": "glasses", "changes": {"glasses": 0.5, "mouth": 0.0}, "strip": "gallery/direction-000.png"}]  # fmt: skip
+    rows = [DirectionRecord(index=0, name="glasses (+yes -no)", scale=4.0, strength=0.5, purity=1.0, main_factor="glasses",
+                            changes={"glasses": 0.5, "mouth": 0.0}, strip="gallery/direction-000.png")]  # fmt: skip
     text = summary_table(rows)
     assert "glasses (+yes -no)" in text and "±4" in text and "0.50" in text
     assert summary_table(rows, markdown=True).startswith("| # |")

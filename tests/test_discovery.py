@@ -11,18 +11,18 @@ import torch
 from PIL import Image
 
 from noiseclr import discovery
+from noiseclr.checkpoint import DiscoveryCheckpoint, list_checkpoints
 from noiseclr.directions import Directions
 from noiseclr.discovery import (
-    Checkpoint,
     DiscoveryInterrupted,
     DiscoverySettings,
-    Processes,
     Sampler,
     discover,
-    list_checkpoints,
     micro_batch_loss,
     timestep_bounds,
 )
+from noiseclr.processes import Processes
+from noiseclr.runtime import RuntimeSettings
 from noiseclr.errors import NoiseCLRError, TrainingDiverged
 from noiseclr.images import ImageSet
 
@@ -174,8 +174,8 @@ def test_run_folder_layout(tiny_model, tmp_path):
     assert directions.names == list("abcde") and directions.domain == "noise"
     assert directions.settings["batch_size"] == 3 and directions.settings["steps_done"] == 7
     assert torch.equal(directions.vectors, result.directions.vectors)
-    ckpt = Checkpoint.load(run / "checkpoints" / "step-000007.safetensors")
-    assert ckpt.step == 7 and set(ckpt.rng) == set(discovery.RNG_STREAMS) and set(ckpt.adam) == {"step", "exp_avg", "exp_avg_sq"}
+    ckpt = DiscoveryCheckpoint.load(run / "checkpoints" / "step-000007.safetensors")
+    assert ckpt.step == 7 and set(ckpt.rng) == set(discovery.RNG_STREAMS) and set(ckpt.optimizer_state()) == {"step", "exp_avg", "exp_avg_sq"}
     assert torch.equal(ckpt.directions, directions.vectors) and len(ckpt.loss_log) == 7
 
 
@@ -190,7 +190,7 @@ def test_image_folder_input(tiny_model, tmp_path, caplog):
 
 def test_bfloat16_model_keeps_float32_directions(tiny_model_dir, tmp_path):
     result = discover(
-        str(tiny_model_dir), make_pixels(4), tmp_path / "run", small(steps=2, device="cpu", dtype="bfloat16"), progress=False
+        str(tiny_model_dir), make_pixels(4), tmp_path / "run", small(steps=2), runtime=RuntimeSettings(device="cpu", dtype="bfloat16"), progress=False
     )
     assert result.directions.vectors.dtype == torch.float32
     assert torch.isfinite(torch.tensor(result.final_loss))

@@ -12,6 +12,7 @@ from noiseclr.directions import Directions
 from noiseclr.editing import (
     DirectionTerm,
     EditSettings,
+    GenerateSettings,
     combine_eps,
     denoise,
     edit,
@@ -351,7 +352,7 @@ def test_directions_from_another_model_are_refused(tiny_model, tiny_v_model, tmp
         edit(tiny_model, random_pixels(1), [term], EditSettings(steps=3), progress=False)
     assert "\n" not in str(caught.value)
     with pytest.raises(NoiseCLRError, match="width"):
-        generate(tiny_model, ["a cat"], [term], steps=3, progress=False)
+        generate(tiny_model, ["a cat"], [term], GenerateSettings(steps=3), progress=False)
     # Same width, different text encoder: refused by the fingerprint.
     fingerprint = dict(
         tiny_model.fingerprint(), sha256="0" * 64, probe=[v + 1.0 for v in tiny_model.fingerprint()["probe"]]
@@ -376,7 +377,7 @@ def test_v_prediction_models_edit_and_generate(any_tiny_model):
     # DDPM inversion stays exact for v-prediction: reconstruction == the encoded input latents.
     encoded = any_tiny_model.encode_images(result.source)
     assert float((result.reconstruction_latents - encoded).abs().max()) < 1e-5
-    pixels = generate(any_tiny_model, ["a cat", "a dog"], [term], steps=4, progress=False)
+    pixels = generate(any_tiny_model, ["a cat", "a dog"], [term], GenerateSettings(steps=4), progress=False).images
     assert pixels.shape == (2, 3, 64, 64) and bool(torch.isfinite(pixels).all())
 
 

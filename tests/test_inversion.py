@@ -16,7 +16,6 @@ from noiseclr.inversion import (
     ddpm_step,
     invert,
     make_schedule,
-    predict_eps_rows,
     predict_x0,
 )
 from noiseclr.model import DiffusionModel
@@ -231,8 +230,8 @@ def test_predict_eps_rows_chunks_like_one_call(model64):
     latents = random_latents(model64, 5)
     conditioning = model64.null_conditioning().expand(5, -1, -1)
     timesteps = torch.tensor([1, 101, 301, 601, 901])
-    whole = predict_eps_rows(model64, latents, timesteps, conditioning)
-    parts = predict_eps_rows(model64, latents, timesteps, conditioning, max_batch=2)
+    whole = model64.predict_eps_rows(latents, timesteps, conditioning)
+    parts = model64.predict_eps_rows(latents, timesteps, conditioning, max_batch=2)
     assert whole.dtype == torch.float64
     assert torch.allclose(whole, parts, atol=1e-12, rtol=0)
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from noiseclr.errors import NoiseCLRError
 from noiseclr.world import factors as F
+from noiseclr.basemodel import readers as T
 from noiseclr.world import readers as R
 from noiseclr.world import render_many
 
@@ -46,7 +47,7 @@ def test_shipped_reader_reads_fresh_renders(shipped, samples, domain):
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_shipped_reader_reads_blurred_renders(shipped, samples, domain):
     images, labels = samples[domain]
-    blurred = R.gaussian_blur(R.to_reader_input(images), 1.0)
+    blurred = T.gaussian_blur(R.to_reader_input(images), 1.0)
     accuracy = R.reader_accuracy(shipped[domain], blurred, labels)
     low = {name: value for name, value in accuracy.items() if value < 0.93}
     assert not low, f"{domain}: factors below 93% on blurred renders: {low}"
@@ -57,7 +58,7 @@ def test_shipped_weights_are_small_fp16_with_metadata(shipped, domain):
     path = R.default_reader_path(domain)
     assert path.stat().st_size <= 1_100_000
     reader = shipped[domain]
-    assert R.parameter_count(reader) <= 500_000
+    assert T.parameter_count(reader) <= 500_000
     meta = reader.metadata
     assert meta["domain"] == domain
     assert json.loads(meta["factors"]) == [[f.name, list(f.values)] for f in F.domain_factors(domain)]
@@ -168,7 +169,7 @@ def test_gaussian_blur_matches_float64_reference():
     rng = np.random.default_rng(0)
     pixels = torch.from_numpy(rng.random((2, 3, 20, 20))).float()
     sigmas = torch.tensor([0.7, 1.2])
-    fast = R.gaussian_blur(pixels, sigmas).double().numpy()
+    fast = T.gaussian_blur(pixels, sigmas).double().numpy()
     for n, sigma in enumerate(sigmas.tolist()):
         radius = int(np.ceil(3.0 * 1.2))
         offsets = np.arange(-radius, radius + 1)
@@ -181,14 +182,14 @@ def test_gaussian_blur_matches_float64_reference():
                 reference += wy * wx * padded[:, radius + dy : radius + dy + 20, radius + dx : radius + dx + 20]
         np.testing.assert_allclose(fast[n], reference, atol=1e-5)
     # sigma 0 leaves images unchanged
-    assert torch.allclose(R.gaussian_blur(pixels, 0.0), pixels, atol=1e-6)
+    assert torch.allclose(T.gaussian_blur(pixels, 0.0), pixels, atol=1e-6)
 
 
 def test_augmentation_is_deterministic_and_mild(samples):
     images, _ = samples["scenes"]
     pixels = R.to_reader_input(images[:6])
-    first = R.augment_for_reading(pixels, np.random.default_rng(3))
-    second = R.augment_for_reading(pixels, np.random.default_rng(3))
+    first = T.augment_for_reading(pixels, np.random.default_rng(3))
+    second = T.augment_for_reading(pixels, np.random.default_rng(3))
     assert torch.equal(first, second)
     assert first.shape == pixels.shape and first.min() >= -1.0 and first.max() <= 1.0
     # No hue jitter: each image's mean colour stays close to the original's.
@@ -206,9 +207,9 @@ def test_seed_ranges_are_disjoint_and_below_the_base_model_range():
 
 
 def test_train_save_load_round_trip(tmp_path):
-    settings = R.ReaderTrainSettings(steps=3, batch_size=8, train_images=16, val_images=8, log_every=1, val_every=0,
+    settings = T.ReaderTrainSettings(steps=3, batch_size=8, train_images=16, val_images=8, log_every=1, val_every=0,
                                      config=R.ReaderConfig(stem_channels=8, stage_channels=(8, 8, 8, 8), hidden=16))
-    result = R.train_reader("cats", settings, progress=False)
+    result = T.train_reader("cats", settings, progress=False)
     assert set(result.val_accuracy) == set(F.factor_names("cats")) and len(result.history) == 3
     path = result.reader.save(tmp_path / "cats.safetensors", {"command": "test", "date": "2026-11-24"})
     loaded = R.FactorReader.load("cats", path)

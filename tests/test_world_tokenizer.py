@@ -115,3 +115,14 @@ def test_learn_bpe_merges_small_example():
 def test_bad_max_length():
     with pytest.raises(NoiseCLRError, match="max_length"):
         T.build_world_tokenizer("/nonexistent-never-written", max_length=2)
+
+
+def test_the_shipped_tokenizer_rebuilds_byte_for_byte(tmp_path):
+    # Its merges depend on caption statistics; those are pinned (one fixed mention rate) so that
+    # changes to the training captions' distribution never silently change the vocabulary.
+    from noiseclr.model import embedded_model_path
+    from noiseclr.world.tokenizer import build_world_tokenizer
+
+    built = build_world_tokenizer(tmp_path / "tok")
+    for name in ("vocab.json", "merges.txt"):
+        assert (built / name).read_bytes() == (embedded_model_path() / "tokenizer" / name).read_bytes(), name

@@ -6,20 +6,19 @@ the GPU benchmarks (Stable Diffusion 1.5's exact architecture; random weights co
 time as trained ones) and the embedded base model (its architecture before training).
 
 Tokenizers are real CLIP byte-level BPE files (``vocab.json`` + ``merges.txt``) that
-``CLIPTokenizer.from_pretrained`` reads like any Stable Diffusion tokenizer.
+``CLIPTokenizer.from_pretrained`` reads like any Stable Diffusion tokenizer; the writer lives with
+the world's tokenizer (:mod:`noiseclr.world.tokenizer`) and is re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"
+from .world.tokenizer import BOS, EOS, bytes_to_unicode, clip_vocab, write_clip_tokenizer  # noqa: F401 (re-exported)
 
 SD_SCHEDULER: dict[str, Any] = {
     "_class_name": "PNDMScheduler",
@@ -35,59 +34,6 @@ SD_SCHEDULER: dict[str, Any] = {
     "timestep_spacing": "leading",
 }
 """Stable Diffusion 1.x's noise schedule and sampler settings."""
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
-
-
-def clip_vocab(merges: list[tuple[str, str]] = ()) -> dict[str, int]:
-    """CLIP's vocabulary layout: 256 byte symbols, the same with ``</w>``, merged symbols, specials."""
-    symbols = list(bytes_to_unicode().values())
-    vocab = {symbol: index for index, symbol in enumerate(symbols)}
-    for symbol in symbols:
-        vocab[symbol + "</w>"] = len(vocab)
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
-    vocab[BOS] = len(vocab)
-    vocab[EOS] = len(vocab)
-    return vocab
-
-
-def write_clip_tokenizer(folder: str | Path, merges: list[tuple[str, str]] = (), max_length: int = 77) -> Path:
-    """Write CLIP BPE tokenizer files (vocab.json, merges.txt, configs) to ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = clip_vocab(list(merges))
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
-    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": max_length,
-        "bos_token": BOS,
-        "eos_token": EOS,
-        "unk_token": EOS,
-        "pad_token": EOS,
-        "do_lower_case": True,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2),
-        encoding="utf-8",
-    )
-    return folder
 
 
 def load_clip_tokenizer(folder: str | Path) -> Any:

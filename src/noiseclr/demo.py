@@ -10,7 +10,7 @@
    the direction at ``+scale`` and ``-scale``; the shipped factor reader reads every factor of
    every result and of the unedited reconstruction; a direction is named after the factor it
    changes most under either sign, and the values it moves it to under + and -
-   (:func:`noiseclr.bench.direction_records`, the benchmark's own measurement);
+   (:func:`noiseclr.measure.direction_records`, the benchmark's own measurement);
 4. writes ``directions.safetensors`` (names, the scale as ``edit_defaults``, the
    measurements), a gallery (``gallery/``: one PNG strip per direction and ``index.html``, by
    :func:`noiseclr.explore.explore`) and the summary (``summary.md``, ``summary.json``, printed).
@@ -22,7 +22,6 @@ Running it again in the same folder reuses the finished discovery run.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,13 +31,17 @@ from typing import Any
 
 import torch
 
-from .bench import (
-    SIGNS,
-    BenchSettings,
+from .directions import Directions
+from .discovery import DiscoverySettings, discover, finished_run
+from .editing import DirectionTerm
+from .errors import NoiseCLRError
+from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
+from .images import ImageSet, save_image
+from .inversion import check_steps
+from .measure import (
+    DirectionRecord,
+    EditProtocol,
     annotate_directions,
-    axis_changed,
-    change_fractions,
-    changed_mask,
     direction_records,
     load_reader,
     prepare_split,
@@ -47,76 +50,71 @@ from .bench import (
     render_pixels,
     seeds_for,
 )
-from .directions import Directions
-from .editing import DirectionTerm
-from .errors import NoiseCLRError
-from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
-from .images import ImageSet, save_image
-from .inversion import INVERSION_METHODS, check_steps
+from .metrics import SIGNS, axis_changed, change_fractions, changed_mask
 from .model import DiffusionModel
+from .options import check_choice, check_count, check_inversion, check_positive, flags, option, positive_int
 
 log = logging.getLogger("noiseclr")
 
 EMBEDDED_NAME = "noiseclr/embedded-base"
 """``DiffusionModel.name`` of the shipped model."""
 
-FLAGS = {
-    "directions": "--directions",
-    "steps": "--steps",
-    "images": "--images",
-    "edit_steps": "--edit-steps",
-    "naming_images": "--naming-images",
-    "gallery_images": "--gallery-images",
-    "scale": "--scale",
-    "batch": "--batch",
-    "negatives": "--negatives",
-}
-
-
 @dataclass
 class DemoSettings:
     """Sizes of the demo; the defaults fit the 10-minute budget on a 2-core CPU."""
 
-    directions: int = 10
+    directions: int = option(10, flag="--directions", help="directions to discover", type=positive_int, metavar="K")
     """K, directions discovered."""
-    steps: int = 200
+    steps: int = option(200, flag="--steps", help="discovery steps", type=positive_int)
     """Discovery optimizer steps (one micro-batch each)."""
-    images: int = 60
+    images: int = option(60, flag="--images", help="training images rendered for discovery", type=positive_int)
     """Unlabeled training faces rendered for discovery."""
-    batch: int = 6
+    batch: int = option(6, flag="--batch", help="images per discovery micro-batch", type=positive_int)
     """Images per discovery micro-batch."""
     negatives: int = 7
     """Other directions per micro-batch (capped at K - 1)."""
     lr: float = 1e-3
-    naming_images: int = 6
-    """New faces each direction is applied to for naming (and the first --gallery-images of them are shown)."""
-    gallery_images: int = 4
-    scale: float = 12.0
-    """Each direction is tried at +scale and -scale."""
-    edit_steps: int = 20
+    edit_steps: int = option(20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int)
     """Inversion and denoising steps for naming and the gallery."""
+    scale: float = option(12.0, flag="--scale", help="each direction is tried at +/- this scale (the embedded model needs larger scales than SD)")
+    """Each direction is tried at +scale and -scale."""
+    naming_images: int = option(6, flag="--naming-images", help="new images each direction is measured on", type=positive_int)
+    """New faces each direction is applied to for naming (and the first --gallery-images of them are shown)."""
+    gallery_images: int = option(4, flag="--gallery-images", help="images per gallery strip", type=positive_int)
+    domain: str = option("faces", flag="--domain", help="faces or cats")
     inversion: str = "ddpm"
-    seed: int = 0
-    domain: str = "faces"
+    seed: int = option(0, flag="--seed", help="seed of the renders and of discovery", default_text="")
 
     def validate(self) -> DemoSettings:
-        for name in ("directions", "steps", "images", "batch", "negatives", "naming_images", "gallery_images", "edit_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise NoiseCLRError(f"{FLAGS[name]} {value}: must be a whole number of at least 1.")
-        if self.directions < 2:
-            raise NoiseCLRError(f"{FLAGS['directions']} {self.directions}: discovery needs at least 2 directions.")
-        if self.batch < 2:
-            raise NoiseCLRError(f"{FLAGS['batch']} {self.batch}: the contrast needs at least 2 images per micro-batch.")
+        flag = flags(DemoSettings)
+        for name in ("directions", "steps", "images", "batch", "naming_images", "gallery_images", "edit_steps"):
+            check_count(getattr(self, name), flag[name])
+        check_count(self.negatives, "negatives")
+        check_count(self.directions, flag["directions"], 2, "discovery needs at least 2 directions.")
+        check_count(self.batch, flag["batch"], 2, "the contrast needs at least 2 images per micro-batch.")
         if self.images < self.batch:
-            raise NoiseCLRError(f"{FLAGS['images']} {self.images}: fewer than {FLAGS['batch']} {self.batch}; render more faces.")
-        if not (self.scale > 0 and self.scale < float("inf")):
-            raise NoiseCLRError(f"{FLAGS['scale']} {self.scale}: must be a positive number; each direction is tried at +/- it.")
-        if self.inversion not in INVERSION_METHODS:
-            raise NoiseCLRError(f"--inversion {self.inversion}: unknown; use one of {', '.join(INVERSION_METHODS)}.")
-        if self.domain not in ("faces", "cats"):
-            raise NoiseCLRError(f"--domain {self.domain}: the demo runs on faces or cats.")
+            raise NoiseCLRError(f"{flag['images']} {self.images}: fewer than {flag['batch']} {self.batch}; render more faces.")
+        check_positive(self.scale, flag["scale"], "each direction is tried at +/- it.")
+        check_inversion(self.inversion)
+        check_choice(self.domain, ("faces", "cats"), flag["domain"], "the demo runs on faces or cats")
         return self
+
+    def protocol(self) -> EditProtocol:
+        """How the test images are inverted and edited for naming and the gallery."""
+        return EditProtocol(steps=self.edit_steps, inversion=self.inversion, seed=self.seed)
+
+    def discovery(self) -> DiscoverySettings:
+        return DiscoverySettings(
+            num_directions=self.directions,
+            batch_size=self.batch,
+            num_negatives=min(self.negatives, self.directions - 1),
+            micro_batches=1,
+            steps=self.steps,
+            lr=self.lr,
+            seed=self.seed,
+            domain=self.domain,
+            checkpoint_every=50,
+        )
 
 
 @dataclass
@@ -126,7 +124,7 @@ class DemoResult:
     gallery: Path
     summary_md: Path
     summary_json: Path
-    rows: list[dict[str, Any]]
+    rows: list[DirectionRecord]
     text: str
     """What the CLI prints: what the images are, the table, where the files are, what to try next."""
     seconds: float
@@ -142,25 +140,10 @@ def _save_renders(pixels: torch.Tensor, folder: Path, prefix: str) -> list[Path]
 def _discovery(
     model: DiffusionModel, pixels: torch.Tensor, run: Path, settings: DemoSettings, progress: bool
 ) -> Directions:
-    from .discovery import DiscoverySettings, discover
-
-    summary = run / "summary.json"
-    if summary.is_file() and (run / "directions.safetensors").is_file():
-        done = json.loads(summary.read_text())
-        if int(done.get("steps", -1)) == settings.steps and int(done.get("num_directions", -1)) == settings.directions:
-            log.info("reusing the finished discovery run %s", run)
-            return Directions.load(run / "directions.safetensors")
-    discovery = DiscoverySettings(
-        num_directions=settings.directions,
-        batch_size=settings.batch,
-        num_negatives=min(settings.negatives, settings.directions - 1),
-        micro_batches=1,
-        steps=settings.steps,
-        lr=settings.lr,
-        seed=settings.seed,
-        domain=settings.domain,
-        checkpoint_every=50,
-    )
+    discovery = settings.discovery()
+    done = finished_run(run, discovery)
+    if done is not None:
+        return done
     return discover(model, pixels, run, discovery, resume=True, progress=progress).directions
 
 
@@ -171,7 +154,7 @@ def name_directions(
     settings: DemoSettings,
     *,
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[DirectionRecord]:
     """Apply every direction at +scale and -scale to the test faces, read them, and describe each.
 
     Returns one record per direction, measured as an axis like the benchmark does (a factor
@@ -181,42 +164,41 @@ def name_directions(
     """
     from .world.factors import domain_factors
 
-    measure = BenchSettings(steps=settings.edit_steps, inversion=settings.inversion, seed=settings.seed)
+    protocol = settings.protocol()
     factor_names = reader_factor_names(reader, settings.domain)
     values = [factor.values for factor in domain_factors(settings.domain)]
-    test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, measure, progress=progress)
+    test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress)
     edits = [[DirectionTerm(directions, k, sign * settings.scale)] for k in range(directions.count) for sign in SIGNS]
-    edited, _ = render_and_read(model, test.inversion, reader, edits, measure, desc="naming directions", progress=progress)
+    edited, _ = render_and_read(model, test.inversion, reader, edits, protocol.passes, desc="naming directions", progress=progress)
     edited = edited.view(directions.count, len(SIGNS), *edited.shape[1:])
     changed = changed_mask(edited, test.recon_indices)
     records = direction_records(change_fractions(axis_changed(changed)), edited, changed, factor_names, values)
-    named = [
-        {**record, "scale": settings.scale, "start": 0.0, "end": 1.0, "images": test.count}
-        for record in records
-    ]
-    return named
+    for record in records:
+        record.set_edit(settings.scale)
+        record.images = test.count
+    return records
 
 
-def _also(record: Mapping[str, Any], limit: int = 2) -> str:
+def _also(record: DirectionRecord, limit: int = 2) -> str:
     others = sorted(
-        ((name, value) for name, value in record["changes"].items() if name != record["main_factor"] and value > 0),
+        ((name, value) for name, value in record.changes.items() if name != record.main_factor and value > 0),
         key=lambda item: -item[1],
     )
     return ", ".join(f"{name} {value:.2f}" for name, value in others[:limit]) or "-"
 
 
-def summary_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False) -> str:
+def summary_table(rows: Sequence[DirectionRecord], *, markdown: bool = False) -> str:
     """The per-direction table (plain text or markdown)."""
     header = ["#", "name (what it changes)", "scale", "changed", "purity", "also changes", "strip"]
     body = [
         [
-            str(row["index"]),
-            str(row["name"]),
-            f"±{abs(row['scale']):g}",
-            f"{row['strength']:.2f}" if row.get("strength") is not None else "-",
-            f"{row['purity']:.2f}" if row.get("purity") is not None else "-",
-            _also(row) if row.get("changes") else "-",
-            str(row.get("strip", "")),
+            str(row.index),
+            str(row.name),
+            f"±{abs(row.scale):g}",
+            f"{row.strength:.2f}" if row.strength is not None else "-",
+            f"{row.purity:.2f}" if row.purity is not None else "-",
+            _also(row) if row.changes else "-",
+            str(row.strip or ""),
         ]
         for row in rows
     ]
@@ -230,7 +212,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False) 
 
 
 def _explanation(
-    model: DiffusionModel, settings: DemoSettings, out: Path, rows: Sequence[Mapping[str, Any]], named: bool, why_unnamed: str
+    model: DiffusionModel, settings: DemoSettings, out: Path, rows: Sequence[DirectionRecord], named: bool, why_unnamed: str
 ) -> tuple[str, str]:
     """(intro, next steps) text around the table."""
     subject = "faces" if settings.domain == "faces" else "cats"
@@ -266,8 +248,8 @@ def _explanation(
     else:
         intro.append(f"The directions are unnamed: {why_unnamed}")
     # Suggest the clearest direction, not index 0 (which may have no visible effect).
-    best = max(rows, key=lambda row: (row.get("strength") or 0.0) * (row.get("purity") or 0.0), default=None)
-    first = best["index"] if best else 0
+    best = max(rows, key=lambda row: (row.strength or 0.0) * (row.purity or 0.0), default=None)
+    first = best.index if best else 0
     files = [
         f"Files in {out}/:",
         f"  gallery/index.html       open in a browser: one strip per direction (rows: test {subject}; columns: input, "
@@ -343,7 +325,7 @@ def run_demo(
         )  # fmt: skip
     else:
         say("[3/4] naming skipped (no factor reader)")
-        rows = [{"index": k, "name": f"direction {k}", "scale": settings.scale, "start": 0.0, "end": 1.0} for k in range(directions.count)]
+        rows = [DirectionRecord(index=k, name=f"direction {k}").set_edit(settings.scale) for k in range(directions.count)]
         annotated = directions
         annotated.edit_defaults = [{"scale": settings.scale, "start": 0.0, "end": 1.0}] * directions.count
     clock = stage("naming", clock)
@@ -368,7 +350,7 @@ def run_demo(
         progress=progress,
     )
     for row, strip in zip(rows, gallery.strips):
-        row["strip"] = str(strip.relative_to(out))
+        row.strip = str(strip.relative_to(out))
     stage("gallery", clock)
 
     seconds = time.monotonic() - started
@@ -387,7 +369,7 @@ def run_demo(
             "named": reader is not None,
             "directions_file": str(directions_path),
             "gallery": str(gallery.index_html),
-            "directions": rows,
+            "directions": [row.to_json() for row in rows],
             "timings_seconds": timings,
             "seconds": round(seconds, 1),
         },

@@ -143,7 +143,7 @@ class Directions:
 
     # ------------------------------------------------------------------ save
     def metadata(self) -> dict[str, str]:
-        from . import __version__
+        from .version import __version__
 
         meta = {
             "format": FORMAT,

@@ -54,7 +54,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import threading
 import time
@@ -66,11 +65,15 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .checkpoint import DiscoveryCheckpoint, checkpoint_dir, list_checkpoints, load_latest_checkpoint
 from .directions import Directions
 from .errors import NoiseCLRError, TrainingDiverged
-from .fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text, ensure_output_dir, read_safetensors
+from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
 from .images import ImageSet, load_image_folder
 from .model import DiffusionModel, fingerprints_match
+from .processes import Processes
+from .runtime import RuntimeSettings
+from .options import check_choice, check_count, check_positive, check_window, flag, flags, is_whole, option, window
 from .objective import (
     VARIANTS,
     contrastive_loss,
@@ -84,76 +87,49 @@ log = logging.getLogger("noiseclr")
 DEFAULT_VARIANT = "all-anchors"
 """Chosen by measurement, see ``docs/loss_variants.md``."""
 
-CHECKPOINT_FORMAT = "noiseclr.discovery-checkpoint"
-CHECKPOINT_VERSION = 1
 RNG_STREAMS = ("directions", "timesteps", "images", "noise")
-
-SETTING_FLAGS = {
-    "num_directions": "--directions",
-    "batch_size": "--batch",
-    "num_negatives": "--negatives",
-    "micro_batches": "--micro-batches",
-    "steps": "--steps",
-    "lr": "--lr",
-    "betas": "--betas",
-    "weight_decay": "--weight-decay",
-    "temperature": "--temperature",
-    "loss_variant": "--loss",
-    "seed": "--seed",
-    "hflip": "--no-hflip",
-    "timestep_range": "--timesteps",
-    "checkpoint_every": "--checkpoint-every",
-    "keep_checkpoints": "--keep-checkpoints",
-    "names": "--names",
-    "device": "--device",
-    "dtype": "--dtype",
-}
-"""Command-line flag for each setting, used in error messages (the CLI should match them)."""
-
 
 # --------------------------------------------------------------------------- settings
 @dataclass
 class DiscoverySettings:
-    """Everything that shapes a discovery run. Defaults follow the published configuration."""
+    """Everything that shapes a discovery run. Defaults follow the published configuration.
 
-    num_directions: int = 100
+    How it runs (device, dtype, compile, ...) is :class:`noiseclr.runtime.RuntimeSettings`, passed
+    beside it: those knobs never change what is learned beyond float rounding.
+    """
+
+    num_directions: int = option(100, flag="--directions", help="number of directions", metavar="K")
     """K, the number of directions learned."""
-    batch_size: int = 6
+    steps: int = option(1000, flag="--steps", help="optimizer steps")
+    batch_size: int = option(6, flag="--batch", help="images per micro-batch per process", metavar="N")
     """N, images per micro-batch per process (the contrast needs at least 2)."""
-    num_negatives: int | None = None
+    num_negatives: int | None = option(None, flag="--negatives", help="other directions per micro-batch", type=int,
+                                       metavar="M", default_text="min(20, K-1)")  # fmt: skip
     """Other directions drawn with the anchor per micro-batch; None = min(20, K-1)."""
-    micro_batches: int = 4
+    micro_batches: int = option(4, flag="--micro-batches", help="micro-batches per optimizer step")
     """Micro-batches accumulated per optimizer step (published: gradient_accumulation_steps=4)."""
-    steps: int = 1000
-    """Optimizer steps."""
-    lr: float = 1e-3
+    lr: float = option(1e-3, flag="--lr", help="AdamW learning rate")
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2
-    temperature: float = 0.5
-    loss_variant: str = DEFAULT_VARIANT
+    temperature: float = option(0.5, flag="--temperature", help="contrastive temperature tau")
+    loss_variant: str = option(DEFAULT_VARIANT, flag="--loss", help="loss variant", choices=list(VARIANTS))
     """``all-anchors`` or ``single-anchor`` (published); see :mod:`noiseclr.objective`."""
-    seed: int = 0
-    hflip: bool = True
-    """Randomly mirror training images (both versions are encoded once at the start)."""
-    timestep_range: tuple[float, float] = (0.0, 1.0)
+    timestep_range: tuple[float, float] = option((0.0, 1.0), flag="--timesteps", help="timestep range as fractions of T",
+                                                 type=window, metavar="LO:HI", default_text="0:1")  # fmt: skip
     """Timesteps drawn uniformly from [lo*T, hi*T) as fractions of the T training timesteps."""
-    checkpoint_every: int = 200
+    hflip: bool = option(True, flag="--no-hflip", help="do not mirror training images")
+    """Randomly mirror training images (both versions are encoded once at the start)."""
+    seed: int = option(0, flag="--seed", help="seed of every random draw", default_text="")
+    domain: str = option("", flag="--domain", help="label stored with the directions (faces, cats, ...)", default_text="")
+    """Free-text label of the image domain, stored with the directions."""
+    checkpoint_every: int = option(200, flag="--checkpoint-every", help="steps between checkpoints")
     """Optimizer steps between checkpoints (0: only at the end and on Ctrl-C)."""
     keep_checkpoints: int = 2
     """How many of the latest checkpoints are kept."""
     log_every: int = 10
     """Steps between rewrites of loss.csv."""
-    domain: str = ""
-    """Free-text label of the image domain, stored with the directions."""
     names: list[str] | None = None
     """Optional K names stored with the directions."""
-    device: str = "auto"
-    """Used when ``model`` is a name; with several processes ``auto`` means each process's device."""
-    dtype: str = "auto"
-    """Used when ``model`` is a name; half precision runs the UNet under autocast."""
-    gradient_checkpointing: bool = False
-    channels_last: bool = False
-    compile: bool = False
 
     @property
     def negatives(self) -> int:
@@ -162,42 +138,25 @@ class DiscoverySettings:
 
     def validate(self) -> DiscoverySettings:
         """One-line :class:`NoiseCLRError` for any setting that cannot work."""
-        flag = SETTING_FLAGS
-        if self.num_directions < 2:
-            raise NoiseCLRError(
-                f"{flag['num_directions']} {self.num_directions}: need at least 2 directions to contrast; use 2 or more."
-            )
-        if self.num_negatives is not None and not 1 <= self.num_negatives < self.num_directions:
+        flag = flags(DiscoverySettings)
+        check_count(self.num_directions, flag["num_directions"], 2, "need at least 2 directions to contrast; use 2 or more.")
+        if self.num_negatives is not None and not (is_whole(self.num_negatives) and 1 <= self.num_negatives < self.num_directions):
             raise NoiseCLRError(
                 f"{flag['num_negatives']} {self.num_negatives}: must be between 1 and "
                 f"{flag['num_directions']} - 1 = {self.num_directions - 1}."
             )
-        if self.batch_size < 2:
-            raise NoiseCLRError(
-                f"{flag['batch_size']} {self.batch_size}: the contrast needs at least 2 images per micro-batch; use 2 or more."
-            )
-        if self.micro_batches < 1:
-            raise NoiseCLRError(f"{flag['micro_batches']} {self.micro_batches}: must be at least 1.")
-        if self.steps < 1:
-            raise NoiseCLRError(f"{flag['steps']} {self.steps}: must be at least 1.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise NoiseCLRError(f"{flag['lr']} {self.lr}: must be a positive number.")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise NoiseCLRError(f"{flag['temperature']} {self.temperature}: must be a positive number.")
-        if self.loss_variant not in VARIANTS:
-            raise NoiseCLRError(f"{flag['loss_variant']} {self.loss_variant}: unknown; use one of {', '.join(VARIANTS)}.")
-        low, high = self.timestep_range
-        if not 0.0 <= low < high <= 1.0:
-            raise NoiseCLRError(
-                f"{flag['timestep_range']} {low}:{high}: need 0 <= start < end <= 1 (fractions of the training timesteps)."
-            )
-        if self.checkpoint_every < 0:
-            raise NoiseCLRError(f"{flag['checkpoint_every']} {self.checkpoint_every}: must be 0 (off) or positive.")
-        if self.keep_checkpoints < 1:
-            raise NoiseCLRError(f"{flag['keep_checkpoints']} {self.keep_checkpoints}: must be at least 1.")
+        check_count(self.batch_size, flag["batch_size"], 2, "the contrast needs at least 2 images per micro-batch; use 2 or more.")
+        check_count(self.micro_batches, flag["micro_batches"], why="must be at least 1.")
+        check_count(self.steps, flag["steps"], why="must be at least 1.")
+        check_positive(self.lr, flag["lr"])
+        check_positive(self.temperature, flag["temperature"])
+        check_choice(self.loss_variant, VARIANTS, flag["loss_variant"])
+        check_window(*self.timestep_range, flag["timestep_range"], of="the training timesteps")
+        check_count(self.checkpoint_every, flag["checkpoint_every"], 0, "must be 0 (off) or positive.")
+        check_count(self.keep_checkpoints, "keep_checkpoints", why="must be at least 1.")
         if self.names is not None and len(self.names) != self.num_directions:
             raise NoiseCLRError(
-                f"{flag['names']}: got {len(self.names)} names for {self.num_directions} directions; give one per direction."
+                f"--names: got {len(self.names)} names for {self.num_directions} directions; give one per direction."
             )
         return self
 
@@ -371,139 +330,6 @@ def micro_batch_loss(
     return MicroBatchLoss(contrastive_loss(features, temperature, variant), features)
 
 
-# --------------------------------------------------------------------- processes
-class Processes:
-    """One process, or the processes of an ``accelerate launch`` run (via Accelerate)."""
-
-    def __init__(self, accelerator: Any = None):
-        self.accelerator = accelerator
-        self.size = accelerator.num_processes if accelerator is not None else 1
-        self.rank = accelerator.process_index if accelerator is not None else 0
-        self.is_main = accelerator.is_main_process if accelerator is not None else True
-
-    @classmethod
-    def detect(cls, device: str) -> Processes:
-        """Accelerate when launched with several processes; a plain single process otherwise."""
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls(None)
-        from accelerate import Accelerator
-
-        return cls(Accelerator(cpu=str(device) == "cpu"))
-
-    @property
-    def device(self) -> torch.device | None:
-        return self.accelerator.device if self.accelerator is not None else None
-
-    @property
-    def mixed_precision(self) -> str:
-        return str(self.accelerator.mixed_precision) if self.accelerator is not None else "no"
-
-    def gather_features(self, local: torch.Tensor) -> torch.Tensor:
-        """[J, n, F] local features -> [J, size*n, F]; only the local slice keeps its grad."""
-        if self.size == 1:
-            return local
-        gathered = self.accelerator.gather(local.detach().transpose(0, 1).contiguous()).transpose(0, 1)
-        n = local.shape[1]
-        start = self.rank * n
-        return torch.cat([gathered[:, :start], local, gathered[:, start + n :]], dim=1)
-
-    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.size == 1:
-            return tensor
-        return self.accelerator.reduce(tensor, reduction="sum")
-
-    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self.size == 1 else self.accelerator.gather(tensor.contiguous())
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            self.accelerator.wait_for_everyone()
-
-
-# ---------------------------------------------------------------- checkpoints
-_CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.safetensors$")
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of the run's checkpoints, oldest first (temp files are ignored)."""
-    folder = checkpoint_dir(Path(run_dir))
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = _CHECKPOINT_NAME.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-@dataclass
-class Checkpoint:
-    """The complete training state after ``step`` optimizer steps."""
-
-    step: int
-    directions: torch.Tensor
-    adam: dict[str, torch.Tensor]
-    rng: dict[str, torch.Tensor]
-    seconds: float
-    loss_log: list[dict[str, float]]
-    meta: dict[str, Any]
-    path: Path | None = None
-
-    def save(self, path: Path) -> Path:
-        tensors = {"directions": self.directions.detach().float().cpu()}
-        tensors.update({f"adam.{k}": v.detach().cpu() for k, v in self.adam.items()})
-        tensors.update({f"rng.{k}": v for k, v in self.rng.items()})
-        metadata = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": str(CHECKPOINT_VERSION),
-            "step": str(self.step),
-            "seconds": repr(float(self.seconds)),
-            "loss_log": json.dumps(self.loss_log),
-        }
-        metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in self.meta.items()})
-        try:
-            return atomic_save_safetensors(path, tensors, metadata)
-        except OSError as exc:
-            reason = exc.strerror or exc
-            raise NoiseCLRError(f"{path}: cannot write the checkpoint ({reason}); free space or pick another --out.") from None
-
-    @classmethod
-    def load(cls, path: Path) -> Checkpoint:
-        tensors, meta = read_safetensors(path, "delete it to fall back to an older checkpoint.")
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise NoiseCLRError(f"{path}: not a noiseclr discovery checkpoint; remove it from the checkpoints folder.")
-        if int(meta.get("format_version", "0")) > CHECKPOINT_VERSION:
-            raise NoiseCLRError(f"{path}: written by a newer noiseclr; upgrade noiseclr to resume this run.")
-        try:
-            return cls(
-                step=int(meta.pop("step")),
-                directions=tensors["directions"],
-                adam={k[5:]: v for k, v in tensors.items() if k.startswith("adam.")},
-                rng={k[4:]: v for k, v in tensors.items() if k.startswith("rng.")},
-                seconds=float(meta.pop("seconds")),
-                loss_log=json.loads(meta.pop("loss_log")),
-                meta=meta,
-                path=path,
-            )
-        except (KeyError, ValueError) as exc:
-            raise NoiseCLRError(f"{path}: damaged checkpoint ({exc}); delete it to fall back to an older one.") from None
-
-
-def load_latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest readable checkpoint of the run (an unreadable newest one is skipped with a warning)."""
-    for step, path in reversed(list_checkpoints(run_dir)):
-        try:
-            return Checkpoint.load(path)
-        except NoiseCLRError as exc:
-            log.warning("skipping checkpoint %s: %s", path, exc)
-    return None
-
-
 # ----------------------------------------------------------------- helpers
 @contextlib.contextmanager
 def _hold_interrupts() -> Iterator[None]:
@@ -576,13 +402,13 @@ def _encode_latent_cache(model: DiffusionModel, pixels: torch.Tensor, hflip: boo
     return latents.view(len(variants), pixels.shape[0], *latents.shape[1:])
 
 
-def _check_resume(ckpt: Checkpoint, model: DiffusionModel, settings: DiscoverySettings, num_images: int, global_batch: int) -> None:
+def _check_resume(ckpt: DiscoveryCheckpoint, model: DiffusionModel, settings: DiscoverySettings, num_images: int, global_batch: int) -> None:
     where = ckpt.path
     count = int(ckpt.directions.shape[0])
     if count != settings.num_directions:
         raise NoiseCLRError(
-            f"{where}: the run has {count} directions but {SETTING_FLAGS['num_directions']} is {settings.num_directions}; "
-            f"pass {SETTING_FLAGS['num_directions']} {count} to resume it, or pick another --out folder."
+            f"{where}: the run has {count} directions but {flag(DiscoverySettings, 'num_directions')} is {settings.num_directions}; "
+            f"pass {flag(DiscoverySettings, 'num_directions')} {count} to resume it, or pick another --out folder."
         )
     made_with = ckpt.meta.get("model", "another model")
     fingerprint = json.loads(ckpt.meta.get("fingerprint") or "{}")
@@ -609,6 +435,24 @@ def _check_resume(ckpt: Checkpoint, model: DiffusionModel, settings: DiscoverySe
         log.warning("resuming %s with changed settings (%s); the run will not match an uninterrupted one", where, ", ".join(changed))
 
 
+def finished_run(run: str | Path, settings: DiscoverySettings) -> Directions | None:
+    """The directions of a finished run in ``run`` if it ran exactly ``settings.steps`` steps with
+    ``settings.num_directions`` directions; None otherwise (then :func:`discover` with ``resume``
+    continues or extends it)."""
+    run = Path(run)
+    summary, path = run / "summary.json", run / "directions.safetensors"
+    if not (summary.is_file() and path.is_file()):
+        return None
+    try:
+        done = json.loads(summary.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if int(done.get("steps", -1)) != settings.steps or int(done.get("num_directions", -1)) != settings.num_directions:
+        return None
+    log.info("reusing the finished discovery run %s", run)
+    return Directions.load(path)
+
+
 # ------------------------------------------------------------------------ discover
 def discover(
     model: DiffusionModel | str,
@@ -616,6 +460,7 @@ def discover(
     out: str | Path,
     settings: DiscoverySettings | None = None,
     *,
+    runtime: RuntimeSettings | None = None,
     resume: bool = False,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
@@ -623,7 +468,7 @@ def discover(
     """Discover ``settings.num_directions`` edit directions from a folder of images.
 
     ``model``: a :class:`DiffusionModel` or a name for :meth:`DiffusionModel.load` (loaded on
-    ``settings.device`` / ``settings.dtype``). ``images``: a folder, an
+    ``runtime.device`` / ``runtime.dtype``; ``runtime`` also applies its speed-ups to a given model). ``images``: a folder, an
     :class:`~noiseclr.images.ImageSet` or pixels [M, 3, S, S] in [-1, 1]. ``out``: the run
     folder (see the module docstring). ``resume``: continue from the latest checkpoint in
     ``out``. ``callback``: called after every optimizer step with a dict (``step``, ``loss``,
@@ -634,7 +479,8 @@ def discover(
     process writes files. Ctrl-C writes a checkpoint and raises :class:`DiscoveryInterrupted`.
     """
     settings = (settings or DiscoverySettings()).validate()
-    procs = Processes.detect(settings.device)
+    runtime = (runtime or RuntimeSettings()).validate()
+    procs = Processes.detect(runtime.device)
     run_dir = Path(out)
     ensure_output_dir(run_dir, "--out")
     existing = list_checkpoints(run_dir)
@@ -645,28 +491,23 @@ def discover(
         )
 
     if isinstance(model, (str, os.PathLike)):
-        device: Any = settings.device
-        dtype: Any = settings.dtype
+        device: Any = runtime.device
+        dtype: Any = runtime.dtype
         if procs.size > 1 and str(device) in ("auto", "cuda"):
             device = procs.device
         if procs.size > 1 and dtype == "auto" and procs.mixed_precision in ("fp16", "bf16"):
             dtype = procs.mixed_precision
+        runtime.apply_threads()
         model = DiffusionModel.load(str(model), device=device, dtype=dtype)
-    if settings.gradient_checkpointing or settings.channels_last or settings.compile:
-        model.optimize(
-            channels_last=settings.channels_last,
-            gradient_checkpointing=settings.gradient_checkpointing,
-            compile_unet=settings.compile,
-        )
+    runtime.apply(model)
 
     global_batch = settings.batch_size * procs.size
-    flag = "--images"
     if global_batch > settings.batch_size:
         log.info(
             "%d processes x %s %d = %d images per micro-batch",
-            procs.size, SETTING_FLAGS["batch_size"], settings.batch_size, global_batch,
+            procs.size, flag(DiscoverySettings, "batch_size"), settings.batch_size, global_batch,
         )  # fmt: skip
-    pixels, image_source = _prepare_pixels(images, model, global_batch, flag)
+    pixels, image_source = _prepare_pixels(images, model, global_batch, "--images")
     num_images = int(pixels.shape[0])
 
     checkpoint = load_latest_checkpoint(run_dir) if resume else None
@@ -681,6 +522,7 @@ def discover(
             run_dir / "settings.json",
             {
                 "settings": settings.to_json(),
+                "runtime": asdict(runtime),
                 "model": model.describe(),
                 "images": {"source": image_source, "count": num_images},
                 "world_size": procs.size,
@@ -729,26 +571,11 @@ class _Trainer:
         self.last_checkpoint: Path | None = None
 
     # -------------------------------------------------------------- state
-    def adam_state(self) -> dict[str, torch.Tensor]:
-        state = self.optimizer.state.get(self.vectors, {})
-        if not state:
-            return {}
-        step = torch.as_tensor(state["step"]).float().cpu().reshape(1)
-        return {"step": step, "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
-
-    def restore(self, ckpt: Checkpoint) -> None:
+    def restore(self, ckpt: DiscoveryCheckpoint) -> None:
         with torch.no_grad():
             self.vectors.copy_(ckpt.directions.to(self.vectors.device))
-        if ckpt.adam:
-            state_dict = self.optimizer.state_dict()
-            state_dict["state"] = {
-                0: {
-                    "step": ckpt.adam["step"].reshape(()).float(),
-                    "exp_avg": ckpt.adam["exp_avg"].to(self.vectors.device),
-                    "exp_avg_sq": ckpt.adam["exp_avg_sq"].to(self.vectors.device),
-                }
-            }
-            self.optimizer.load_state_dict(state_dict)
+        if ckpt.optimizer:
+            ckpt.restore_optimizer(self.optimizer)
         self.sampler.load_state(ckpt.rng)
         self.step = ckpt.step
         self.seconds = ckpt.seconds
@@ -775,10 +602,10 @@ class _Trainer:
         self.last_checkpoint = path
         if not self.procs.is_main:
             return path
-        Checkpoint(
+        DiscoveryCheckpoint.of(
+            self.optimizer,
             step=self.step,
             directions=self.vectors.detach(),
-            adam=self.adam_state(),
             rng=rng,
             seconds=self.seconds,
             loss_log=self.loss_log,

@@ -52,9 +52,9 @@ from .inversion import (
     ddpm_step,
     invert,
     make_schedule,
-    predict_eps_rows,
     work_dtype,
 )
+from .options import check_count, check_inversion, check_max_batch, is_whole, option, positive_int
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -252,9 +252,9 @@ def check_terms(model: DiffusionModel, terms: Sequence[EditTerm]) -> None:
 # ------------------------------------------------------------------------- weight tables
 def direction_conditionings(
     model: DiffusionModel, edits: Sequence[Sequence[EditTerm]]
-) -> tuple[list[torch.Tensor], list[str], dict[tuple, int]]:
+) -> tuple[list[torch.Tensor], dict[tuple, int]]:
     """Encode each distinct (file, index) and prompt once: tensors [k, L, W] per file (then one for all
-    prompts), labels, and ``term.key`` -> row offset."""
+    prompts), and ``term.key`` -> row offset."""
     order: dict[tuple, int] = {}
     per_file: dict[int, tuple[Directions, list[int]]] = {}
     prompts: list[str] = []
@@ -268,7 +268,7 @@ def direction_conditionings(
                 prompts.append(term.prompt)
             else:
                 per_file.setdefault(id(term.directions), (term.directions, []))[1].append(term.index)
-    tensors, labels, rows = [], [], {}
+    tensors, rows = [], {}
     offset = 0
     for directions, indices in per_file.values():
         vectors = directions.vectors[indices].to(model.device)
@@ -276,14 +276,12 @@ def direction_conditionings(
             tensors.append(model.encode_directions(vectors))
         for position, index in enumerate(indices):
             rows[(id(directions), index)] = offset + position
-            labels.append(f"{directions.path.name if directions.path else directions.domain or 'directions'}:{index}")
         offset += len(indices)
     if prompts:
         tensors.append(model.encode_prompts(prompts))
         for position, prompt in enumerate(prompts):
             rows[("prompt", prompt)] = offset + position
-            labels.append(f"prompt:{prompt}")
-    return tensors, labels, rows
+    return tensors, rows
 
 
 def edit_weights(
@@ -361,8 +359,7 @@ def denoise(
         pair_weight = steering[pair_trajectory, pair_column]
         trajectory_rows = torch.cat([base_rows, pair_trajectory]).to(device)
         conditioning_rows = torch.cat([torch.zeros(count, dtype=torch.long), pair_column + 1]).to(device)
-        eps = predict_eps_rows(
-            model,
+        eps = model.predict_eps_rows(
             state[trajectory_rows],
             int(schedule.timesteps[step]),
             conditionings[conditioning_rows],
@@ -415,10 +412,9 @@ def regenerate(
     for terms in edits:
         _warn_empty_windows(terms, inversion.steps)
     images = list(range(inversion.batch)) if image_indices is None else [int(i) for i in image_indices]
-    if max_batch is not None and max_batch < 1:
-        raise NoiseCLRError(f"--max-batch {max_batch}: must be at least 1.")
+    check_max_batch(max_batch)
 
-    tensors, _, rows = direction_conditionings(model, edits)
+    tensors, rows = direction_conditionings(model, edits)
     conditionings = torch.cat([model.null_conditioning(), *tensors])
     per_edit = edit_weights(edits, rows, conditionings.shape[0], inversion.steps, offset=1)
     batch = len(images)
@@ -466,26 +462,23 @@ def render_edits(
 class EditSettings:
     """How :func:`edit` inverts and denoises."""
 
-    steps: int = 50
-    inversion: str = "ddim"
+    steps: int = option(50, flag="--steps", help="inversion and denoising steps", type=positive_int)
+    inversion: str = option("ddim", flag="--inversion", help="ddim or ddpm (edit-friendly, exact reconstruction)",
+                            choices=list(INVERSION_METHODS))  # fmt: skip
     """``"ddim"`` (deterministic, approximate reconstruction) or ``"ddpm"`` (edit-friendly, exact)."""
-    seed: int = 0
+    seed: int = option(0, flag="--seed", help="seed of the DDPM inversion's noise", default_text="")
     """Seeds the DDPM inversion's noise draws."""
-    max_batch: int | None = None
+    max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,
+                                   default_text="")  # fmt: skip
     """Most UNet rows per call (memory cap; results are unchanged). None: one call per step."""
     decode_batch: int = 8
     """Images per VAE call when encoding and decoding."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise NoiseCLRError(f"--steps {self.steps}: must be a whole number of at least 1; 50 is typical.")
-        if self.inversion not in INVERSION_METHODS:
-            raise NoiseCLRError(
-                f"--inversion {self.inversion}: unknown method; use one of {', '.join(INVERSION_METHODS)}."
-            )
-        if self.max_batch is not None and self.max_batch < 1:
-            raise NoiseCLRError(f"--max-batch {self.max_batch}: must be at least 1.")
-        if self.decode_batch < 1:
+        check_count(self.steps, "--steps", why="must be a whole number of at least 1; 50 is typical.")
+        check_inversion(self.inversion)
+        check_max_batch(self.max_batch)
+        if not is_whole(self.decode_batch) or self.decode_batch < 1:
             raise ValueError("decode_batch must be at least 1")
 
 
@@ -600,8 +593,7 @@ def generate_latents(
     schedule = make_schedule(model, steps)
     for terms in edits:
         _warn_empty_windows(terms, steps)
-    if max_batch is not None and max_batch < 1:
-        raise NoiseCLRError(f"--max-batch {max_batch}: must be at least 1.")
+    check_max_batch(max_batch)
 
     shape = (len(prompts), model.latent_channels, model.latent_size, model.latent_size)
     if noise is None:
@@ -609,7 +601,7 @@ def generate_latents(
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must be {list(shape)}, got {list(noise.shape)}")
 
-    tensors, _, rows = direction_conditionings(model, edits)
+    tensors, rows = direction_conditionings(model, edits)
     prompt_conditionings = model.encode_prompts(prompts)
     conditionings = torch.cat([model.null_conditioning(), prompt_conditionings, *tensors])
     count = len(prompts)
@@ -633,33 +625,88 @@ def generate_latents(
     return latents.view(len(edits), count, *latents.shape[1:])
 
 
+@dataclass
+class GenerateSettings:
+    """How :func:`generate` samples."""
+
+    steps: int = option(50, flag="--steps", help="denoising steps", type=positive_int)
+    guidance_scale: float = option(5.0, flag="--guidance", help="classifier-free guidance scale")
+    seed: int = option(0, flag="--seed", help="seed of the initial noise (prompt p uses noise row p)", default_text="")
+    images_per_prompt: int = option(1, flag="--num-images", help="images per prompt", type=positive_int)
+    max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,
+                                   default_text="")  # fmt: skip
+    decode_batch: int = 8
+
+    def __post_init__(self) -> None:
+        check_count(self.steps, "--steps", why="must be a whole number of at least 1; 50 is typical.")
+        if not math.isfinite(float(self.guidance_scale)):
+            raise NoiseCLRError(f"--guidance {self.guidance_scale}: not a finite number; 5 to 7.5 is typical.")
+        check_count(self.images_per_prompt, "--num-images")
+        check_max_batch(self.max_batch)
+
+
+@dataclass
+class GenerateResult:
+    """Generated images, and (with ``compare``) the same noise and prompts without the directions."""
+
+    images: torch.Tensor
+    """[P, 3, S, S] float32 in [-1, 1], CPU: one per prompt (each prompt repeated ``images_per_prompt`` times)."""
+    latents: torch.Tensor
+    prompts: list[str]
+    terms: list[EditTerm]
+    plain: torch.Tensor | None = None
+    """[P, 3, S, S]: the same samples without the terms (None unless asked for)."""
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def grid(self) -> Image.Image:
+        """One row per sample: plain | with directions (or just the samples)."""
+        from .images import make_grid, tensor_to_pil
+
+        columns = [self.plain, self.images] if self.plain is not None else [self.images]
+        rows = [[tensor_to_pil(column[i]) for column in columns] for i in range(len(self))]
+        labels = ["plain", "with directions"] if self.plain is not None else ["generated"]
+        title = "; ".join(term.describe() for term in self.terms) or None
+        return make_grid(rows, column_labels=labels, row_labels=[p[:24] or "(empty)" for p in self.prompts], title=title)
+
+
 def generate(
     model: DiffusionModel,
     prompts: Sequence[str],
     terms: Sequence[EditTerm],
+    settings: GenerateSettings | None = None,
     *,
-    guidance_scale: float = 5.0,
-    steps: int = 50,
-    seed: int = 0,
-    max_batch: int | None = None,
-    decode_batch: int = 8,
+    compare: bool = False,
     progress: bool = True,
-) -> torch.Tensor:
-    """Text-to-image with directions: pixels [P, 3, S, S] in [-1, 1], float32 on the CPU.
+) -> GenerateResult:
+    """Text-to-image with directions (see :func:`generate_latents` for the guidance and seeding).
 
-    See :func:`generate_latents` for the guidance formula and seeding.
+    With ``compare`` the plain samples (same noise, no terms) are rendered in the same batched
+    pass and returned as ``plain``.
     """
+    settings = settings or GenerateSettings()
+    prompts = [str(p) for p in prompts for _ in range(settings.images_per_prompt)]
+    variants = [list(terms), []] if compare else [list(terms)]
     latents = generate_latents(
         model,
         prompts,
-        [list(terms)],
-        guidance_scale=guidance_scale,
-        steps=steps,
-        seed=seed,
-        max_batch=max_batch,
+        variants,
+        guidance_scale=settings.guidance_scale,
+        steps=settings.steps,
+        seed=settings.seed,
+        max_batch=settings.max_batch,
         progress=progress,
-    )[0]
-    return model.decode_latents(latents, batch_size=decode_batch).cpu()
+    )
+    pixels = model.decode_latents(latents.reshape(-1, *latents.shape[2:]), batch_size=settings.decode_batch).cpu()
+    pixels = pixels.view(*latents.shape[:2], *pixels.shape[1:])
+    return GenerateResult(
+        images=pixels[0],
+        latents=latents[0],
+        prompts=prompts,
+        terms=list(terms),
+        plain=pixels[1] if compare else None,
+    )
 
 
 __all__ = [
@@ -667,6 +714,8 @@ __all__ = [
     "EditResult",
     "EditTerm",
     "EditSettings",
+    "GenerateResult",
+    "GenerateSettings",
     "PromptTerm",
     "check_terms",
     "combine_eps",

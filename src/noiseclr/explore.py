@@ -23,36 +23,40 @@ from .fileio import atomic_write_text, ensure_output_dir
 from .images import ImageSet, load_image_folder, make_grid, save_image, tensor_to_pil
 from .inversion import INVERSION_METHODS, check_steps, invert
 from .model import DiffusionModel
+from .options import check_count, check_inversion, check_max_batch, option, positive_int, window
 
 
 @dataclass
 class ExploreSettings:
     """What :func:`explore` renders."""
 
-    scales: tuple[float, ...] = (-6.0, -3.0, 0.0, 3.0, 6.0)
+    scales: tuple[float, ...] = option((-6.0, -3.0, 0.0, 3.0, 6.0), flag="--scales", help="edit scales", type=float, nargs="+")
     """Edit strengths, one column each; 0 shows the reconstruction."""
-    num_images: int = 4
+    num_images: int = option(4, flag="--num-images", help="images per strip", type=positive_int)
     """Images per strip (the first ones of the folder, by name)."""
-    indices: list[int] | None = None
+    indices: list[int] | None = option(None, flag="--indices", help="only these directions", type=int, nargs="+", default_text="")
     """Directions to show (default: all)."""
-    window: tuple[float, float] | None = None
+    window: tuple[float, float] | None = option(
+        None, flag="--window", help="active part of the schedule", type=window, metavar="START:END",
+        default_text="stored per direction, else 0:1",
+    )  # fmt: skip
     """Active part of the schedule; None uses each direction's stored default, else 0:1."""
-    steps: int = 50
-    inversion: str = "ddim"
-    seed: int = 0
-    directions_per_pass: int = 8
+    steps: int = option(50, flag="--steps", help="inversion and denoising steps", type=positive_int)
+    inversion: str = option("ddim", flag="--inversion", help="ddim or ddpm", choices=list(INVERSION_METHODS))
+    seed: int = option(0, flag="--seed", help="seed of the DDPM inversion's noise", default_text="")
+    directions_per_pass: int = option(8, flag="--directions-per-pass", help="directions rendered together (memory)",
+                                      type=positive_int)  # fmt: skip
     """Directions rendered together (memory: E*B trajectories per UNet call)."""
-    max_batch: int | None = None
+    max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,
+                                   default_text="")  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.scales:
             raise NoiseCLRError("--scales: give at least one scale, e.g. --scales -6 -3 0 3 6.")
-        if self.num_images < 1:
-            raise NoiseCLRError(f"--num-images {self.num_images}: must be at least 1.")
-        if self.inversion not in INVERSION_METHODS:
-            raise NoiseCLRError(f"--inversion {self.inversion}: unknown; use one of {', '.join(INVERSION_METHODS)}.")
-        if self.directions_per_pass < 1:
-            raise NoiseCLRError(f"--directions-per-pass {self.directions_per_pass}: must be at least 1.")
+        check_count(self.num_images, "--num-images", why="must be at least 1.")
+        check_inversion(self.inversion)
+        check_count(self.directions_per_pass, "--directions-per-pass", why="must be at least 1.")
+        check_max_batch(self.max_batch)
 
 
 @dataclass

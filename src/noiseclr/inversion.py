@@ -39,11 +39,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import NoiseCLRError
+from .options import INVERSION_METHODS, check_count, check_inversion, check_max_batch  # noqa: F401 (INVERSION_METHODS re-exported)
 
 if TYPE_CHECKING:
     from .model import DiffusionModel
-
-INVERSION_METHODS = ("ddim", "ddpm")
 
 
 # --------------------------------------------------------------------------- pure sampler math
@@ -128,8 +127,7 @@ class Schedule:
 
 def check_steps(model: DiffusionModel, steps: int, flag: str = "--steps") -> None:
     """Refuse step counts the model's scheduler cannot provide."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise NoiseCLRError(f"{flag} {steps}: must be a whole number of at least 1; 50 is typical.")
+    check_count(steps, flag, why="must be a whole number of at least 1; 50 is typical.")
     if steps > model.num_train_timesteps:
         raise NoiseCLRError(
             f"{flag} {steps}: more than the model's {model.num_train_timesteps} training timesteps; use fewer steps."
@@ -154,30 +152,6 @@ def make_schedule(model: DiffusionModel, steps: int) -> Schedule:
 def work_dtype(device: torch.device) -> torch.dtype:
     """Dtype of the sampler state: float64 except where the device has none (Apple MPS)."""
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-def predict_eps_rows(
-    model: DiffusionModel,
-    latents: torch.Tensor,
-    timesteps: torch.Tensor | int,
-    conditioning: torch.Tensor,
-    max_batch: int | None = None,
-) -> torch.Tensor:
-    """``model.predict_eps`` on many rows, split into UNet calls of at most ``max_batch`` rows.
-
-    Splitting changes memory use only: each row's prediction is the same, up to the kernels'
-    batch-size-dependent rounding.
-    """
-    rows = latents.shape[0]
-    t = torch.as_tensor(timesteps).long()
-    t = t.expand(rows) if t.ndim == 0 else t
-    if max_batch is None or rows <= max_batch:
-        return model.predict_eps(latents, t, conditioning)
-    parts = [
-        model.predict_eps(latents[i : i + max_batch], t[i : i + max_batch], conditioning[i : i + max_batch])
-        for i in range(0, rows, max_batch)
-    ]
-    return torch.cat(parts)
 
 
 # ---------------------------------------------------------------------------------- inversion
@@ -241,12 +215,10 @@ def invert(
     its random draws come from ``generator``, a CPU ``torch.Generator``; seed 0 if None).
     ``max_batch`` caps the UNet rows per call.
     """
-    if method not in INVERSION_METHODS:
-        raise NoiseCLRError(f"--inversion {method}: unknown method; use one of {', '.join(INVERSION_METHODS)}.")
+    check_inversion(method)
     if latents.ndim != 4:
         raise ValueError(f"latents must be [B, C, h, w], got {tuple(latents.shape)}")
-    if max_batch is not None and max_batch < 1:
-        raise NoiseCLRError(f"--max-batch {max_batch}: must be at least 1.")
+    check_max_batch(max_batch)
     schedule = make_schedule(model, steps)
     x0 = latents.to(model.device, work_dtype(model.device))
     if method == "ddim":
@@ -272,7 +244,7 @@ def _invert_ddim(
         disable=not progress,
         leave=False,
     ):
-        eps = predict_eps_rows(model, latents, int(schedule.timesteps[step]), null, max_batch).to(latents.dtype)
+        eps = model.predict_eps_rows(latents, int(schedule.timesteps[step]), null, max_batch).to(latents.dtype)
         level_from, level_to = schedule.levels(step)
         latents = ddim_step(latents, eps, level_to, level_from)
     return Inversion(method="ddim", schedule=schedule, source_latents=x0, start_latents=latents, eta=0.0)
@@ -297,7 +269,8 @@ def _invert_ddpm(
     gaussian = gaussian.to(x0.device, x0.dtype)
     level = schedule.alpha_bars[:steps].to(x0.device, x0.dtype).view(-1, 1, 1, 1, 1)
     chain = level.sqrt() * x0.unsqueeze(0) + (1 - level).sqrt() * gaussian  # [N, B, ...]
-    # The chain's states are independent, so all N*B predictions batch freely (max_batch rows a call).
+    # The chain's states are independent, so all N*B predictions batch freely (max_batch rows a
+    # call; one step's images per call by default, so the progress bar moves).
     rows = chain.reshape(steps * batch, *x0.shape[1:])
     row_t = schedule.timesteps.repeat_interleave(batch)
     null = model.null_conditioning()
@@ -306,7 +279,7 @@ def _invert_ddpm(
     for start in tqdm(range(0, rows.shape[0], per_call), desc="inverting (ddpm)", disable=not progress, leave=False):
         part = slice(start, start + per_call)
         count = rows[part].shape[0]
-        eps_parts.append(model.predict_eps(rows[part], row_t[part], null.expand(count, -1, -1)).to(x0.dtype))
+        eps_parts.append(model.predict_eps_rows(rows[part], row_t[part], null.expand(count, -1, -1), max_batch).to(x0.dtype))
     eps = torch.cat(eps_parts).view(steps, *x0.shape)
     noise_maps = torch.empty_like(chain)
     for step in range(steps):

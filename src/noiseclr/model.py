@@ -414,6 +414,29 @@ class DiffusionModel:
         result_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         return self.output_to_eps(output.to(result_dtype), latents.to(self.device, result_dtype), t)
 
+    def predict_eps_rows(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor | int,
+        conditioning: torch.Tensor,
+        max_batch: int | None = None,
+    ) -> torch.Tensor:
+        """:meth:`predict_eps` on many rows, in UNet calls of at most ``max_batch`` rows.
+
+        Splitting changes memory use only: each row's prediction is the same, up to the kernels'
+        batch-size-dependent rounding.
+        """
+        rows = latents.shape[0]
+        t = torch.as_tensor(timesteps).long()
+        t = t.expand(rows) if t.ndim == 0 else t
+        if max_batch is None or rows <= max_batch:
+            return self.predict_eps(latents, t, conditioning)
+        parts = [
+            self.predict_eps(latents[i : i + max_batch], t[i : i + max_batch], conditioning[i : i + max_batch])
+            for i in range(0, rows, max_batch)
+        ]
+        return torch.cat(parts)
+
     def output_to_eps(self, output: torch.Tensor, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Convert the UNet's raw output to an epsilon prediction."""
         if self.prediction_type == "epsilon":

@@ -27,21 +27,14 @@ import torch.nn.functional as F
 
 from ..model import DiffusionModel
 from ..world.factors import DOMAINS, domain_factors
-from ..world.readers import (
-    READER_TRAIN_SEED_BASE,
-    AugmentSettings,
-    FactorReader,
-    ReaderNet,
-    augment_for_reading,
-    eval_renders,
-    reader_accuracy,
-    to_reader_input,
-)
+from ..world.readers import FactorReader, ReaderNet, eval_renders, reader_accuracy, to_reader_input
+from ..world.seeds import EVAL_OFFSETS, READER_TRAIN_SEED_BASE
+from .readers import AugmentSettings, augment_for_reading
 from ..world.render import render_many
 
 RENDER_DOMAINS = tuple(DOMAINS)
-# Offsets into the evaluation seed range, one per measurement.
-VAE_OFFSET, INVERSION_OFFSET, DOMAIN_EVAL_OFFSET = 100_000, 200_000, 300_000
+# Offsets into the evaluation seed range, one per measurement (noiseclr.world.seeds).
+VAE_OFFSET, INVERSION_OFFSET, DOMAIN_EVAL_OFFSET = EVAL_OFFSETS["vae"], EVAL_OFFSETS["inversion"], EVAL_OFFSETS["domain"]
 
 
 @dataclass

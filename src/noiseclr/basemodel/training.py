@@ -49,13 +49,14 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..fileio import atomic_save_safetensors, atomic_write_json
+from ..world.seeds import BASE_MODEL_SEED_BASE
 from .spec import base_model_spec
 
 DOMAIN_MIX: dict[str, float] = {"faces": 0.4, "cats": 0.3, "scenes": 0.3}
 """Share of each domain in the training renders."""
 
-TRAIN_SEED_BASE = 1_000_000_000
-"""Training renders use seeds >= this; evaluation and benchmarks use seeds below it."""
+TRAIN_SEED_BASE = BASE_MODEL_SEED_BASE
+"""Training renders use seeds >= this; evaluation and benchmarks use seeds below it (:mod:`noiseclr.world.seeds`)."""
 
 
 @dataclass

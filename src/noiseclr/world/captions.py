@@ -269,22 +269,27 @@ def _compose(domain: str, mentions: Mapping[str, str], choose) -> str:
 
 # ------------------------------------------------------------------------------------ API
 def caption_with_mentions(
-    domain: str, labels: Mapping[str, str], rng: np.random.Generator
+    domain: str, labels: Mapping[str, str], rng: np.random.Generator, mention_rate: float | None = None
 ) -> tuple[str, dict[str, str]]:
-    """A training caption and the factor values it mentions (``{}`` for the empty caption)."""
+    """A training caption and the factor values it mentions (``{}`` for the empty caption).
+
+    ``mention_rate`` fixes the chance of each mention; None draws it per caption from
+    :data:`MENTION_RATE_RANGE`.
+    """
     labels = check_labels(domain, labels)
     if rng.random() < EMPTY_PROBABILITY:
         return "", {}
-    low, high = MENTION_RATE_RANGE
-    rate = low + (high - low) * rng.random()
-    chosen = rng.random(len(labels)) < rate
+    if mention_rate is None:
+        low, high = MENTION_RATE_RANGE
+        mention_rate = low + (high - low) * rng.random()
+    chosen = rng.random(len(labels)) < mention_rate
     mentions = {name: value for (name, value), keep in zip(labels.items(), chosen) if keep}
     return _compose(domain, mentions, _Random(rng)), mentions
 
 
-def caption(domain: str, labels: Mapping[str, str], rng: np.random.Generator) -> str:
+def caption(domain: str, labels: Mapping[str, str], rng: np.random.Generator, mention_rate: float | None = None) -> str:
     """A random training caption for an image with these labels; only true values are named."""
-    return caption_with_mentions(domain, labels, rng)[0]
+    return caption_with_mentions(domain, labels, rng, mention_rate)[0]
 
 
 def describe(domain: str, mentions: Mapping[str, str]) -> str:

@@ -5,6 +5,9 @@ symbols, the same with ``</w>``, the learned merges, then ``<|startoftext|>`` an
 ``<|endoftext|>``), written by :func:`noiseclr.architecture.write_clip_tokenizer` and read by
 ``CLIPTokenizer.from_pretrained`` like any Stable Diffusion tokenizer.
 
+:func:`write_clip_tokenizer` writes that format for any merge list (the test suite's tiny models
+use it with no merges at all); :func:`build_world_tokenizer` writes the world's.
+
 Merges are learned with plain BPE from the word frequencies of a large sample of generated
 captions (CLIP's lower-casing and word split; every word ends with ``</w>``) until every word the
 grammar can produce is one token, so a caption costs one token per word. Words outside the
@@ -13,6 +16,7 @@ grammar still encode, as smaller pieces down to single bytes.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -20,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..architecture import bytes_to_unicode, write_clip_tokenizer
 from ..errors import NoiseCLRError
-from .captions import caption, grammar_fragments
+from .captions import MENTION_PROBABILITY, caption, grammar_fragments
 from .factors import DOMAINS
 from .render import labels_for_seed
 
@@ -46,6 +49,64 @@ END_OF_WORD = "</w>"
 _WORD = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
 
 
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+
+
+# ------------------------------------------------------------------- CLIP's BPE file format
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def clip_vocab(merges: list[tuple[str, str]] = ()) -> dict[str, int]:
+    """CLIP's vocabulary layout: 256 byte symbols, the same with ``</w>``, merged symbols, specials."""
+    symbols = list(bytes_to_unicode().values())
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    for symbol in symbols:
+        vocab[symbol + "</w>"] = len(vocab)
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    vocab[BOS] = len(vocab)
+    vocab[EOS] = len(vocab)
+    return vocab
+
+
+def write_clip_tokenizer(folder: str | Path, merges: list[tuple[str, str]] = (), max_length: int = 77) -> Path:
+    """Write CLIP BPE tokenizer files (vocab.json, merges.txt, configs) to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = clip_vocab(list(merges))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": max_length,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": EOS,
+        "pad_token": EOS,
+        "do_lower_case": True,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2),
+        encoding="utf-8",
+    )
+    return folder
+
+
 def clip_words(text: str) -> list[str]:
     """Split text into words the way CLIP's tokenizer does for lower-case ASCII text."""
     return _WORD.findall(" ".join(text.lower().split()))
@@ -62,7 +123,9 @@ def sample_captions(count_per_domain: int = SAMPLE_CAPTIONS, seed: int = SAMPLE_
     captions = []
     for domain in DOMAINS:
         for index in range(count_per_domain):
-            captions.append(caption(domain, labels_for_seed(domain, index), rng))
+            # One fixed mention rate, as when the shipped tokenizer was learned, so it rebuilds
+            # byte for byte whatever the training captions' rate distribution is.
+            captions.append(caption(domain, labels_for_seed(domain, index), rng, mention_rate=MENTION_PROBABILITY))
     return captions
 
 

@@ -1,0 +1,313 @@
+"""Benchmark metrics: pure functions of read factor values (no model, no files).
+
+Everything the benchmark and the demo report is computed here from integer tables of factor
+values read by the factor readers (:mod:`noiseclr.measure` does the reading):
+
+* ``change[k, f]``: fraction of images whose read factor ``f`` differs between the edit by
+  direction ``k`` and the reconstruction (:func:`changed_mask`, :func:`axis_changed`,
+  :func:`change_fractions`);
+* main factor of ``k``: ``argmax_f change[k, f]``; strength: that change; purity: strength over
+  ``sum_f change[k, f]`` (0 when nothing changed); preservation: ``1 - mean`` change of the other
+  ``F - 1`` factors (:func:`direction_metrics`);
+* a factor is *discovered* when some direction has it as main factor with strength >= 0.5 and
+  purity >= 0.6; coverage = discovered factors / F (:func:`discovered_factors`, :func:`coverage`);
+* the selection rule (:func:`select_edit`) over an edit grid (:class:`EditConfig`);
+* cross-domain interference on scenes (:func:`alone_interference`, :func:`pair_interference`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DISCOVERED_STRENGTH = 0.5
+DISCOVERED_PURITY = 0.6
+EFFECTIVE_STRENGTH = 0.25
+
+DEFINITIONS = {
+    "change[k,f]": "fraction of held-out images whose read factor f differs between direction k's edit and the reconstruction",
+    "main factor": "the factor with the largest change for that direction",
+    "strength": "change of the main factor",
+    "purity": "strength / sum of all the direction's changes (0 if nothing changed)",
+    "preservation": "1 - mean change of the non-main factors, averaged over effective directions (strength >= 0.25)",
+    "discovered": "a factor some direction has as main factor with strength >= 0.5 and purity >= 0.6",
+    "coverage": "discovered factors / all factors of the domain",
+    "mean purity": "mean purity over effective directions (strength >= 0.25)",
+    "selection": "per direction, on validation images only: max strength*purity subject to preservation >= "
+    "min_preservation, over scales (both signs) x windows; ties: smaller |scale|, then grid order",
+    "interference": "fraction of scene images where some factor of the OTHER object changed vs. the reconstruction "
+    "(beyond the main factor of the other direction of the pair)",
+}
+
+
+# -------------------------------------------------------------------------------- edit grid
+SIGNS = (1.0, -1.0)
+"""A direction is an axis: every setting is applied at +scale and at -scale."""
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """One edit setting: a scale magnitude (applied with both signs) and a window."""
+
+    scale: float
+    start: float = 0.0
+    end: float = 1.0
+
+    def to_json(self) -> dict[str, float]:
+        return {"scale": float(self.scale), "start": float(self.start), "end": float(self.end)}
+
+    def describe(self) -> str:
+        return f"±{abs(self.scale):g} @{self.start:g}:{self.end:g}"
+
+
+def edit_grid(scales: Sequence[float], windows: Sequence[tuple[float, float]]) -> list[EditConfig]:
+    """Every scale magnitude (ascending; each later applied at + and -) times every window."""
+    magnitudes = sorted({abs(float(s)) for s in scales if float(s) != 0.0})
+    return [EditConfig(magnitude, float(start), float(end)) for magnitude in magnitudes for start, end in windows]
+
+
+# ----------------------------------------------------------------------------- metric math
+def changed_mask(edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """bool [..., B, F]: read factor values of edits [..., B, F] differ from the reference [B, F]."""
+    return edited.long() != reference.long()
+
+
+def axis_changed(changed_by_sign: torch.Tensor) -> torch.Tensor:
+    """bool [..., B, F] from [..., 2, B, F]: the factor changed under +scale or under -scale.
+
+    A direction is judged as an axis: a perfect glasses toggle adds glasses where there are none
+    (+) and removes them where there are (-), so it changes every image. Judged one sign at a
+    time, a binary factor with balanced values could never pass 0.5.
+    """
+    return changed_by_sign.any(dim=-3)
+
+
+def change_fractions(changed: torch.Tensor) -> torch.Tensor:
+    """float64 [..., F]: fraction of images (axis -2) whose factor changed."""
+    return changed.to(torch.float64).mean(dim=-2)
+
+
+@dataclass
+class DirectionMetrics:
+    """Per-direction numbers from a change table [K, F]."""
+
+    main: torch.Tensor
+    """[K] long: main factor index."""
+    strength: torch.Tensor
+    purity: torch.Tensor
+    preservation: torch.Tensor
+    """[K] 1 - mean change of the non-main factors."""
+
+
+def direction_metrics(changes: torch.Tensor) -> DirectionMetrics:
+    """Main factor, strength, purity and preservation of each row of ``changes`` [K, F] (float)."""
+    changes = changes.to(torch.float64)
+    if changes.ndim != 2 or changes.shape[1] < 1:
+        raise ValueError(f"changes must be [K, F], got {tuple(changes.shape)}")
+    strength, main = changes.max(dim=1)
+    total = changes.sum(dim=1)
+    purity = torch.where(total > 0, strength / total.clamp_min(1e-300), torch.zeros_like(total))
+    others = changes.shape[1] - 1
+    off = (total - strength) / others if others else torch.zeros_like(total)
+    return DirectionMetrics(main=main, strength=strength, purity=purity, preservation=1.0 - off)
+
+
+def discovered_factors(
+    changes: torch.Tensor, min_strength: float = DISCOVERED_STRENGTH, min_purity: float = DISCOVERED_PURITY
+) -> dict[int, int]:
+    """Factor index -> the direction that discovers it (best strength * purity among qualifying ones)."""
+    metrics = direction_metrics(changes)
+    found: dict[int, int] = {}
+    score = metrics.strength * metrics.purity
+    for k in range(changes.shape[0]):
+        if metrics.strength[k] >= min_strength - 1e-9 and metrics.purity[k] >= min_purity - 1e-9:
+            factor = int(metrics.main[k])
+            if factor not in found or score[k] > score[found[factor]]:
+                found[factor] = k
+    return dict(sorted(found.items()))
+
+
+def coverage(changes: torch.Tensor, **thresholds: float) -> float:
+    """Discovered factors / all factors."""
+    return len(discovered_factors(changes, **thresholds)) / changes.shape[1]
+
+
+def summarize_changes(
+    changes: torch.Tensor, factor_names: Sequence[str], effective_strength: float = EFFECTIVE_STRENGTH
+) -> dict[str, Any]:
+    """The headline numbers of one method from its held-out change table [K, F]."""
+    metrics = direction_metrics(changes)
+    found = discovered_factors(changes)
+    effective = metrics.strength >= effective_strength - 1e-9
+
+    def mean(values: torch.Tensor) -> float | None:
+        return float(values.mean()) if values.numel() else None
+
+    return {
+        "count": int(changes.shape[0]),
+        "num_factors": len(factor_names),
+        "coverage": len(found) / len(factor_names),
+        "discovered": {factor_names[f]: k for f, k in found.items()},
+        "effective_directions": int(effective.sum()),
+        "mean_purity": mean(metrics.purity[effective]),
+        "preservation": mean(metrics.preservation[effective]),
+        "preservation_all": mean(metrics.preservation),
+        "mean_strength": mean(metrics.strength),
+    }
+
+
+def any_changed_fraction(changed: torch.Tensor, columns: Sequence[int]) -> torch.Tensor:
+    """float64 [...]: fraction of images (axis -2) where at least one of ``columns`` changed."""
+    if not len(columns):
+        return torch.zeros(changed.shape[:-2], dtype=torch.float64)
+    picked = changed[..., list(columns)]
+    return picked.any(dim=-1).to(torch.float64).mean(dim=-1)
+
+
+def dominant_value(edited: torch.Tensor, changed: torch.Tensor, factor: int) -> tuple[int | None, float]:
+    """The value factor ``factor`` most often changed TO (edited [B, F], changed [B, F]) and its share."""
+    rows = changed[:, factor]
+    if not bool(rows.any()):
+        return None, 0.0
+    values = edited[rows, factor].long()
+    counts = torch.bincount(values)
+    best = int(counts.argmax())
+    return best, float(counts[best]) / float(values.numel())
+
+
+# ------------------------------------------------------------------------------- selection
+@dataclass
+class Selection:
+    """The validation pick of one direction."""
+
+    index: int
+    """Position in the grid."""
+    config: EditConfig
+    score: float
+    strength: float
+    purity: float
+    preservation: float
+    main_factor: int
+    constraint_met: bool
+
+    def to_json(self, factor_names: Sequence[str] | None = None) -> dict[str, Any]:
+        data = {
+            **self.config.to_json(),
+            "score": round(self.score, 6),
+            "strength": round(self.strength, 6),
+            "purity": round(self.purity, 6),
+            "preservation": round(self.preservation, 6),
+            "constraint_met": self.constraint_met,
+        }
+        data["main_factor"] = factor_names[self.main_factor] if factor_names else self.main_factor
+        return data
+
+
+def select_edit(validation_changes: torch.Tensor, grid: Sequence[EditConfig], min_preservation: float) -> Selection:
+    """Pick one direction's edit setting from its VALIDATION change table [G, F] (one row per grid entry).
+
+    Max ``strength * purity`` among settings with preservation >= ``min_preservation``; if none
+    qualifies, max ``strength * purity * preservation`` over all (``constraint_met`` False). Ties:
+    smaller ``|scale|``, then grid order.
+    """
+    if validation_changes.shape[0] != len(grid):
+        raise ValueError(f"{validation_changes.shape[0]} rows of changes for {len(grid)} grid settings")
+    metrics = direction_metrics(validation_changes)
+    quality = metrics.strength * metrics.purity
+    allowed = metrics.preservation >= min_preservation - 1e-9
+    constraint_met = bool(allowed.any())
+    score = quality if constraint_met else quality * metrics.preservation
+    candidates = [g for g in range(len(grid)) if allowed[g] or not constraint_met]
+    # Round so float noise cannot beat the tie-break; scores are fractions of image counts.
+    best = min(candidates, key=lambda g: (-round(float(score[g]), 9), abs(grid[g].scale), g))
+    return Selection(
+        index=best,
+        config=grid[best],
+        score=float(score[best]),
+        strength=float(metrics.strength[best]),
+        purity=float(metrics.purity[best]),
+        preservation=float(metrics.preservation[best]),
+        main_factor=int(metrics.main[best]),
+        constraint_met=constraint_met,
+    )
+
+
+def select_configs(validation_changes: torch.Tensor, grid: Sequence[EditConfig], min_preservation: float) -> list[Selection]:
+    """:func:`select_edit` for every direction of a VALIDATION change table [K, G, F]."""
+    return [select_edit(validation_changes[k], grid, min_preservation) for k in range(validation_changes.shape[0])]
+
+
+# ---------------------------------------------------------------------------- directions
+
+# ---------------------------------------------------------------------------- baselines
+def random_directions(reference: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Gaussian directions with the count and the per-row L2 norms of ``reference`` [K, W]."""
+    generator = torch.Generator().manual_seed(int(hashlib.sha256(f"noiseclr-bench-random:{seed}".encode()).hexdigest()[:15], 16))
+    rows = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
+    norms = reference.to(torch.float64).norm(dim=1, keepdim=True)
+    return (rows / rows.norm(dim=1, keepdim=True) * norms).float()
+
+
+
+# ---------------------------------------------------------------------------- cross-domain
+def part_changes(
+    edited_labels: Sequence[Mapping[str, str]], recon_labels: Sequence[Mapping[str, str]], part: str
+) -> tuple[list[str], torch.Tensor]:
+    """Factor names of one scene object (its own domain's names) and bool [B, F] of which changed."""
+    from .world.factors import scene_part_labels
+
+    rows = []
+    names: list[str] = []
+    for edited, recon in zip(edited_labels, recon_labels):
+        a, b = scene_part_labels(edited, part), scene_part_labels(recon, part)
+        names = list(a)
+        rows.append([a[name] != b[name] for name in names])
+    return names, torch.tensor(rows, dtype=torch.bool).view(len(rows), len(names))
+
+
+PartChanges = tuple[list[str], torch.Tensor]
+"""One scene object's factor names (its own domain's) and bool [B, F]: which changed in each image."""
+
+
+def _fraction(mask: torch.Tensor) -> float:
+    return round(float(mask.to(torch.float64).mean()), 4) if mask.numel() else 0.0
+
+
+def _others_changed(part: PartChanges, allowed: Sequence[str]) -> torch.Tensor:
+    """bool [B]: some factor of this object changed, other than ``allowed`` and the shared background."""
+    names, changed = part
+    columns = [i for i, name in enumerate(names) if name not in ("background", *allowed)]
+    if not columns:
+        return torch.zeros(changed.shape[0], dtype=torch.bool)
+    return changed[:, columns].any(dim=1)
+
+
+def alone_interference(own: PartChanges, other: PartChanges, main_factor: str) -> dict[str, float]:
+    """One direction alone on scenes: change of its main factor on its own object, and the fraction of
+    images where any factor of the OTHER object changed (the shared background excluded)."""
+    names, changed = own
+    return {
+        "own_change": _fraction(changed[:, names.index(main_factor)]),
+        "interference": _fraction(_others_changed(other, ())),
+    }
+
+
+def pair_interference(face: PartChanges, cat: PartChanges, face_main: str, cat_main: str) -> dict[str, float]:
+    """A face and a cat direction applied together: each one's own change, both, and interference --
+    images where an object changed in a factor other than its own direction's main factor."""
+    face_own = face[1][:, face[0].index(face_main)]
+    cat_own = cat[1][:, cat[0].index(cat_main)]
+    on_cat = _others_changed(cat, (cat_main,))
+    on_face = _others_changed(face, (face_main,))
+    return {
+        "face_change": _fraction(face_own),
+        "cat_change": _fraction(cat_own),
+        "both_changed": _fraction(face_own & cat_own),
+        "interference_on_cat": _fraction(on_cat),
+        "interference_on_face": _fraction(on_face),
+        "interference": _fraction(on_cat | on_face),
+    }
