@@ -207,6 +207,29 @@ def test_resume_equals_uninterrupted(tiny_model, tmp_path):
     assert [r["loss"] for r in resumed.loss_log] == [r["loss"] for r in straight.loss_log]
 
 
+def test_version_1_checkpoints_still_resume(tiny_model, tmp_path):
+    # Format 1 stored Adam's state as adam.step [1], adam.exp_avg, adam.exp_avg_sq.
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    pixels = make_pixels(8)
+    straight = discover(tiny_model, pixels, tmp_path / "straight", small(steps=6), progress=False)
+    discover(tiny_model, pixels, tmp_path / "split", small(steps=3), progress=False)
+    path = tmp_path / "split" / "checkpoints" / "step-000003.safetensors"
+    tensors = load_file(path)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    old = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    old.update({"adam." + k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith("optimizer.state.0.")})
+    old["adam.step"] = old["adam.step"].reshape(1)
+    meta["format_version"] = "1"
+    del meta["optimizer"]
+    save_file(old, path, metadata=meta)
+    assert DiscoveryCheckpoint.load(path).optimizer_state().keys() == {"step", "exp_avg", "exp_avg_sq"}
+    resumed = discover(tiny_model, pixels, tmp_path / "split", small(steps=6), resume=True, progress=False)
+    assert torch.equal(resumed.directions.vectors, straight.directions.vectors)
+
+
 def test_ctrl_c_writes_checkpoint_and_resume_continues(tiny_model, tmp_path, monkeypatch):
     pixels = make_pixels(8)
     settings = small(steps=6, checkpoint_every=0)
