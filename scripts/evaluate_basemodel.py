@@ -3,6 +3,8 @@
 
     python scripts/evaluate_basemodel.py                          # full run -> docs/basemodel_quality.{json,md}
     python scripts/evaluate_basemodel.py --quick --out /tmp/q     # small sizes, minutes
+    python scripts/evaluate_basemodel.py --probe-only --model work/bm/diffusion/snapshots/step-008000
+    python scripts/evaluate_basemodel.py --curve work/bm/diffusion/snapshots --out docs/basemodel_probe_curve
 
 Prints the device and the time taken; writes the numbers as JSON and as Markdown tables (the
 model card quotes them).
@@ -41,6 +43,49 @@ def table(title: str, per_domain: dict[str, dict[str, float]], bar: float) -> li
     return lines + [""]
 
 
+def probe_lines(probe: dict) -> list[str]:
+    """The controllability probe as Markdown: one row per factor, the weakest values named."""
+    settings = probe["settings"]
+    lines = [f"### Controllability probe (prompt term on DDPM inversions, {settings['steps']} steps, scales "
+             f"{', '.join(f'{s:g}' for s in settings['scales'])}, {settings['images']} held-out images per domain)", "",
+             "reached = images moved to the named value (best scale); others = mean change of the other factors.", "",
+             "| domain | factor | reached | others | weakest value (reached) |", "|---|---|---:|---:|---|"]  # fmt: skip
+    for domain, data in probe["domains"].items():
+        for factor, numbers in data["per_factor"].items():
+            values = data["per_value"][factor]
+            weakest = min((v for v in values if "reached" in values[v]), key=lambda v: values[v]["reached"])
+            lines.append(f"| {domain} | {factor} | {pct(numbers['reached'])} | {pct(numbers['others'])} | "
+                         f"{weakest} ({pct(values[weakest]['reached'])}) |")  # fmt: skip
+        lines.append(f"| **{domain}** | **mean** | **{pct(data['reached'])}** | **{pct(data['others'])}** | |")
+    return lines + [""]
+
+
+def run_curve(folder: Path, readers: dict, args: argparse.Namespace) -> dict:
+    """The probe on every snapshot ``step-NNNNNN`` in ``folder``: the learning curve against training images."""
+    from noiseclr.basemodel.training import read_training_record
+
+    rows = []
+    for snapshot in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")):
+        tick = time.monotonic()
+        model = DiffusionModel.load(snapshot, device=args.device, dtype="float32")
+        probe = quality.controllability_probe(model, readers, probe_settings(args))
+        record = read_training_record(snapshot)
+        row = {"snapshot": snapshot.name, "step": record.get("diffusion_step"), "images": record.get("diffusion_images"),
+               "score": probe["score"], **{f"{d}_reached": v["reached"] for d, v in probe["domains"].items()},
+               **{f"{d}_others": v["others"] for d, v in probe["domains"].items()},
+               "per_factor": {d: {f: n["reached"] for f, n in v["per_factor"].items()} for d, v in probe["domains"].items()}}  # fmt: skip
+        rows.append(row)
+        print(f"{snapshot.name}: score {probe['score']:.3f} ({time.monotonic() - tick:.0f} s)", flush=True)
+    return {"folder": str(folder), "rows": rows}
+
+
+def probe_settings(args: argparse.Namespace) -> "quality.ProbeSettings":
+    overrides = {k: v for k, v in (("images", args.probe_images), ("steps", args.probe_steps)) if v is not None}
+    if args.probe_scales:
+        overrides["scales"] = tuple(args.probe_scales)
+    return replace(quality.ProbeSettings(), **overrides)
+
+
 def markdown(results: dict) -> str:
     lines = [
         f"Measured {results['date']} on {results['device']} ({results['seconds'] / 60:.1f} min), model `{results['model']}`.",
@@ -62,6 +107,8 @@ def markdown(results: dict) -> str:
               + ", ".join(f"{d} {n}" for d, n in unc["domain_counts"].items()) + ".",
               f"Values covered: {pct(unc['values_covered'])}; missing: {', '.join(unc['missing_values']) or 'none'}.", ""]
     lines += table("DDIM inversion + null regeneration (50 steps)", results["inversion"], BARS["inversion"])
+    if "probe" in results:
+        lines += probe_lines(results["probe"])
     step = results["discovery_step"]
     lines += [f"### CPU speed: one discovery micro-batch ({step['images']} images x {step['directions']} directions, with backward)", "",
               f"median {step['median_seconds']:.2f} s (min {step['min_seconds']:.2f} s) over {step['repeats']} repeats, "
@@ -78,6 +125,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     for field in ("reader_images", "vae_images", "samples_per_value", "unconditional_samples", "inversion_images", "steps"):
         parser.add_argument("--" + field.replace("_", "-"), type=int, default=None, help="override the size (see QualitySettings)")
+    parser.add_argument("--probe-only", action="store_true", help="only the controllability probe (minutes)")
+    parser.add_argument("--curve", type=Path, default=None, metavar="SNAPSHOTS", help="the probe on every step-NNNNNN snapshot in this folder")
+    parser.add_argument("--probe-images", type=int, default=None)
+    parser.add_argument("--probe-steps", type=int, default=None)
+    parser.add_argument("--probe-scales", type=float, nargs="+", default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,18 +141,36 @@ def main() -> int:
                  "unconditional_samples", "inversion_images", "steps") if getattr(args, name) is not None}  # fmt: skip
     settings = replace(settings, **overrides)
     started = time.monotonic()
+    if args.curve is not None:
+        curve = run_curve(args.curve, quality.load_readers(), args)
+        curve.update(command=shlex.join(["python", *sys.argv]), date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                     seconds=round(time.monotonic() - started, 1))  # fmt: skip
+        atomic_write_json(args.out.with_suffix(".json"), curve)
+        print(f"wrote {args.out.with_suffix('.json')}")
+        return 0
     model = DiffusionModel.load(args.model, device=args.device, dtype="float32")
     device = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"device: {device}; model {model.name}", flush=True)
     readers = quality.load_readers()
     results: dict = {"model": model.name, "device": device, "settings": asdict(settings),
                      "command": shlex.join(["python", *sys.argv]), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}  # fmt: skip
+    if args.probe_only:
+        tick = time.monotonic()
+        results["probe"] = quality.controllability_probe(model, readers, probe_settings(args))
+        results["seconds"] = time.monotonic() - started
+        atomic_write_json(args.out.with_suffix(".json"), results)
+        report = "\n".join(probe_lines(results["probe"]))
+        atomic_write_text(args.out.with_suffix(".md"), report + "\n")
+        print(report)
+        print(f"probe: {time.monotonic() - tick:.0f} s; score {results['probe']['score']:.3f}")
+        return 0
     steps = [
         ("readers", lambda: quality.evaluate_readers(readers, settings)),
         ("vae", lambda: quality.evaluate_vae(model, readers, settings)),
         ("discovery_step", lambda: quality.time_discovery_step(model)),
         ("text", lambda: quality.evaluate_text_conditioning(model, readers, settings)),
         ("inversion", lambda: quality.evaluate_inversion(model, readers, settings)),
+        ("probe", lambda: quality.controllability_probe(model, readers, probe_settings(args))),
     ]
     for name, run in steps:
         tick = time.monotonic()

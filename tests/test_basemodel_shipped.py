@@ -63,3 +63,49 @@ def test_samples_faces_and_follows_the_caption():
     # Same seeds, so the only difference is the caption; it must move both factors it names.
     assert count("named", "glasses", "yes") >= count("plain", "glasses", "yes") + 3
     assert count("named", "background", "blue") >= count("plain", "background", "blue") + 3
+
+
+def test_plain_diffusers_generates_with_default_arguments():
+    # No torch_dtype, no scheduler swap: what a user of diffusers types first.
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(ASSET, safety_checker=None)
+    assert {m.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder)} == {torch.float32}
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a cartoon face with glasses", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (128, 128, 3) and float(abs(image).sum()) > 0
+
+
+# Names as Stable Diffusion 1.5's diffusers checkpoint has them (a few per component).
+SD15_NAMES = {
+    "text_encoder": ["text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight",
+                     "text_model.encoder.layers.0.self_attn.q_proj.weight", "text_model.final_layer_norm.weight"],
+    "unet": ["conv_in.weight", "time_embedding.linear_1.weight", "down_blocks.1.attentions.0.proj_in.weight",
+             "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight", "mid_block.resnets.0.conv1.weight",
+             "up_blocks.0.resnets.0.conv_shortcut.weight", "conv_norm_out.weight", "conv_out.weight"],
+    "vae": ["encoder.conv_in.weight", "encoder.down_blocks.0.resnets.0.conv1.weight", "encoder.mid_block.attentions.0.to_q.weight",
+            "quant_conv.weight", "post_quant_conv.weight", "decoder.up_blocks.0.resnets.0.conv1.weight", "decoder.conv_out.weight"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "unet", "vae"])
+def test_weight_names_are_stable_diffusions(component):
+    from safetensors import safe_open
+
+    path = next((ASSET / component).glob("*.safetensors"))
+    with safe_open(str(path), "pt") as handle:
+        names = set(handle.keys())
+    for name in SD15_NAMES[component]:
+        assert name in names, name
+    config = json.loads((ASSET / component / "config.json").read_text())
+    if component == "text_encoder":
+        # transformers 4 loads a random encoder, with only a warning, from unprefixed names.
+        assert all(name.startswith("text_model.") for name in names)
+        assert config.get("torch_dtype", "float32") == "float32" and "dtype" not in config
+    else:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        cls = UNet2DConditionModel if component == "unet" else AutoencoderKL
+        with torch.device("meta"):
+            expected = set(cls.from_config(config).state_dict())
+        assert names == expected

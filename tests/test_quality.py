@@ -62,3 +62,18 @@ def test_unconditional_and_inversion(world_tiny_model, readers):
 def test_discovery_step_timing(world_tiny_model):
     timing = quality.time_discovery_step(world_tiny_model, images=2, directions=3, repeats=1)
     assert timing["median_seconds"] > 0 and timing["images"] == 2
+
+
+def test_controllability_probe_reports_every_value(world_tiny_model, readers):
+    settings = quality.ProbeSettings(images=3, steps=2, scales=(1.0, 3.0), domains=("cats",))
+    probe = quality.controllability_probe(world_tiny_model, readers, settings)
+    cats = probe["domains"]["cats"]
+    assert set(cats["per_factor"]) == {f.name for f in domain_factors("cats")}
+    for factor in domain_factors("cats"):
+        for value in factor.values:
+            entry = cats["per_value"][factor.name][value]
+            assert entry["caption"] and 0 <= entry["images"] <= 3
+            if entry["images"]:
+                assert set(entry["scales"]) == {"1", "3"} and entry["best_scale"] in (1.0, 3.0)
+                assert 0.0 <= entry["reached"] <= 1.0 and 0.0 <= entry["others"] <= 1.0
+    assert probe["score"] == pytest.approx(cats["reached"])

@@ -7,7 +7,11 @@ Every bar of the base-model issue has one function here:
 * :func:`evaluate_text_conditioning` -- samples for a caption naming one factor value show it;
 * :func:`evaluate_unconditional` -- null-prompt samples cover every value of every factor;
 * :func:`evaluate_inversion` -- DDIM inversion then regeneration with the null prompt keeps values;
-* :func:`time_discovery_step` -- one discovery micro-batch (6 images x 8 directions) with backward.
+* :func:`time_discovery_step` -- one discovery micro-batch (6 images x 8 directions) with backward;
+* :func:`controllability_probe` -- per factor value, how often a prompt term naming it moves a real
+  image there (edit-friendly DDPM inversion, then ``eps_0 + s (eps(c_value) - eps_0)``), and what
+  else changed: NoiseCLR can only find what the conditioning pathway can express. Cheap enough to
+  run on training snapshots (``scripts/evaluate_basemodel.py --probe-only``).
 
 Renders come from the evaluation seed range (never used to train the base model or the readers),
 each evaluation from its own offset so no two share images.
@@ -18,7 +22,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -243,3 +247,91 @@ def time_discovery_step(model: DiffusionModel, *, images: int = 6, directions: i
             times.append(time.perf_counter() - started)
     return {"median_seconds": statistics.median(times), "min_seconds": min(times), "repeats": repeats,
             "images": images, "directions": directions, "threads": torch.get_num_threads()}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- controllability
+@dataclass
+class ProbeSettings:
+    images: int = 16
+    """Held-out renders per domain (each value is tried on those that do not show it)."""
+    steps: int = 15
+    """DDPM inversion and denoising steps."""
+    scales: tuple[float, ...] = (2.0, 4.0)
+    """Prompt-term scales tried; each value reports every scale and its best."""
+    domains: tuple[str, ...] = ("faces", "cats")
+    trajectories_per_pass: int = 256
+    seed: int = 0
+
+
+def controllability_probe(
+    model: DiffusionModel, readers: dict[str, FactorReader], settings: ProbeSettings = ProbeSettings()
+) -> dict[str, Any]:
+    """Per factor value: ``reached`` = fraction of images (not already at the value) that a prompt
+    term naming it moves to it, ``others`` = mean fraction of the OTHER factors that changed on them,
+    ``changed`` = which other factors changed most; per scale and at the best scale (max reached).
+
+    Readings are compared with the unedited DDPM reconstruction (which equals the input up to the
+    VAE), so inversion error never counts. Per factor the rates average over values, per domain
+    over factors; ``score`` is reached at the best scale.
+    """
+    from ..editing import PromptTerm
+    from ..measure import EditProtocol, PassSizes, read_factors, render_and_read
+    from ..world.captions import caption_for_value
+
+    protocol = EditProtocol(steps=settings.steps, inversion="ddpm", seed=settings.seed,
+                            passes=PassSizes(trajectories_per_pass=settings.trajectories_per_pass))  # fmt: skip
+    result: dict[str, Any] = {"settings": asdict(settings), "domains": {}}
+    for domain in settings.domains:
+        reader = readers[domain]
+        factors = domain_factors(domain)
+        images, _ = eval_renders(domain, settings.images, start=EVAL_OFFSETS["probe"])
+        pixels = _pixels(images)
+        from ..inversion import invert
+
+        generator = torch.Generator().manual_seed(settings.seed)
+        inversion = invert(model, model.encode_images(pixels), "ddpm", settings.steps, generator=generator, progress=False)
+        recon = render_and_read(model, inversion, reader, [[]], protocol.passes, progress=False)[0][0]
+        jobs = [(f_index, factor, v_index, value) for f_index, factor in enumerate(factors) for v_index, value in enumerate(factor.values)]
+        edits = [[PromptTerm(caption_for_value(domain, factor.name, value), scale)]
+                 for _, factor, _, value in jobs for scale in settings.scales]  # fmt: skip
+        edited = render_and_read(model, inversion, reader, edits, protocol.passes, desc=f"probe {domain}", progress=False)[0]
+        edited = edited.view(len(jobs), len(settings.scales), *edited.shape[1:])  # [V, S, B, F]
+        per_value: dict[str, dict[str, Any]] = {}
+        for j, (f_index, factor, v_index, value) in enumerate(jobs):
+            rows = recon[:, f_index] != v_index  # images not already at the value
+            entry: dict[str, Any] = {"caption": caption_for_value(domain, factor.name, value), "images": int(rows.sum()), "scales": {}}
+            for s_index, scale in enumerate(settings.scales):
+                read = edited[j, s_index][rows]
+                if not len(read):
+                    continue
+                reached = float((read[:, f_index] == v_index).double().mean())
+                other_columns = [c for c in range(len(factors)) if c != f_index]
+                moved = (read[:, other_columns] != recon[rows][:, other_columns]).double().mean(dim=0)
+                top = sorted(zip([factors[c].name for c in other_columns], moved.tolist()), key=lambda item: -item[1])
+                entry["scales"][f"{scale:g}"] = {
+                    "reached": round(reached, 4),
+                    "others": round(float(moved.mean()), 4),
+                    "changed": {name: round(v, 3) for name, v in top[:3] if v > 0},
+                }
+            if entry["scales"]:
+                best = max(entry["scales"], key=lambda key: (entry["scales"][key]["reached"], -entry["scales"][key]["others"]))
+                entry["best_scale"] = float(best)
+                entry["reached"] = entry["scales"][best]["reached"]
+                entry["others"] = entry["scales"][best]["others"]
+            per_value.setdefault(factor.name, {})[value] = entry
+        per_factor = {
+            name: {
+                "reached": statistics.fmean(v["reached"] for v in values.values() if "reached" in v),
+                "others": statistics.fmean(v["others"] for v in values.values() if "others" in v),
+            }
+            for name, values in per_value.items()
+        }
+        result["domains"][domain] = {
+            "per_value": per_value,
+            "per_factor": per_factor,
+            "reached": statistics.fmean(f["reached"] for f in per_factor.values()),
+            "others": statistics.fmean(f["others"] for f in per_factor.values()),
+            "reader_vs_recon": {f.name: round(float(a), 4) for f, a in zip(factors, (read_factors(reader, pixels) == recon).double().mean(dim=0))},
+        }
+    result["score"] = statistics.fmean(d["reached"] for d in result["domains"].values())
+    return result

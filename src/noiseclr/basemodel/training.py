@@ -524,6 +524,7 @@ class BaseModelTrainer:
         # transformers 5 writes only tokenizer.json; the BPE files keep slow/older CLIPTokenizers working.
         for name in ("vocab.json", "merges.txt"):
             shutil.copyfile(self.work / "tokenizer" / name, dest / "tokenizer" / name)
+        standard_sd_layout(dest)
         settings = state.get("settings", {})
         atomic_write_json(training_record_path(dest), {
             "diffusion_step": int(state["step"]),
@@ -560,6 +561,32 @@ class BaseModelTrainer:
         ).images
         grid = make_grid([[tensor_to_pil(img * 2 - 1) for img in images]], column_labels=[p[:18] or "(empty)" for p in prompts])
         return save_image(grid, out)
+
+
+def standard_sd_layout(folder: str | Path) -> Path:
+    """Make a saved pipeline folder read like a Stable Diffusion checkpoint for every loader.
+
+    transformers 5 saves ``CLIPTextModel`` weights without the ``text_model.`` prefix that Stable
+    Diffusion checkpoints (and transformers 4) use -- transformers 4 then loads a RANDOM text
+    encoder with only a warning -- and records ``"dtype": "float16"`` in its config, which makes
+    a plain ``StableDiffusionPipeline.from_pretrained`` load it in half precision beside a float32
+    UNet. The weights stay fp16 on disk; the config says float32, as SD checkpoints' configs do.
+    """
+    from safetensors.torch import load_file
+
+    encoder = Path(folder) / "text_encoder"
+    weights = encoder / "model.safetensors"
+    tensors = load_file(weights)
+    if not all(name.startswith("text_model.") for name in tensors if name != "text_projection.weight"):
+        renamed = {name if name.startswith(("text_model.", "text_projection.")) else f"text_model.{name}": value
+                   for name, value in tensors.items()}  # fmt: skip
+        atomic_save_safetensors(weights, renamed, {"format": "pt"})
+    config_path = encoder / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("dtype", None)
+    config["torch_dtype"] = "float32"
+    atomic_write_json(config_path, config)
+    return Path(folder)
 
 
 def grow_into(module: torch.nn.Module, trained: dict[str, torch.Tensor]) -> list[str]:
