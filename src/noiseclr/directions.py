@@ -80,10 +80,6 @@ class Directions:
     model_id: str = ""
     fingerprint: dict[str, Any] | None = None
     """Token-table fingerprint of the model (see :meth:`DiffusionModel.fingerprint`); None if unknown."""
-    token_widths: list[int] | None = None
-    """Each encoder's part of a row: [W] (SD), [W1, W2] (SDXL); None if unknown (imported vectors)."""
-    fingerprint_2: dict[str, Any] | None = None
-    """SDXL: the second text encoder's fingerprint."""
     max_length: int | None = None
     names: list[str] | None = None
     domain: str = ""
@@ -93,6 +89,11 @@ class Directions:
     """``noiseclr`` for our files, ``textual-inversion`` for imported ones."""
     path: Path | None = None
     """Where the directions were loaded from (not saved)."""
+    # New fields go last, so positional construction keeps working.
+    token_widths: list[int] | None = None
+    """Each encoder's part of a row: [W] (SD), [W1, W2] (SDXL); None if unknown (imported vectors)."""
+    fingerprint_2: dict[str, Any] | None = None
+    """SDXL: the second text encoder's fingerprint."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.vectors, torch.Tensor) or self.vectors.ndim != 2:
@@ -509,8 +510,6 @@ def textual_inversion_vectors(state: Any, path: Path | str = "file") -> tuple[li
     if len(widths) != 1:
         raise NoiseCLRError(f"{path}: vectors of different widths {sorted(widths)}; a file must hold one model's tokens.")
     return [name for name, _ in found], [vector for _, vector in found]
-
-
 
 
 def sdxl_pair_vectors(state: Any, path: Path | str = "file") -> tuple[list[str], torch.Tensor, list[int]] | None:
