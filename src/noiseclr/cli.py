@@ -108,11 +108,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .fileio import ensure_output_dir
 
     directions = Directions.load(args.file)
-    out = Path(args.out) if args.out else Path(args.file).with_suffix("").with_name(Path(args.file).stem + "-textual-inversion")
+    fmt = args.format
+    out = Path(args.out) if args.out else Path(args.file).with_name(Path(args.file).stem + f"-{fmt}")
     ensure_output_dir(out)
-    written = directions.export_textual_inversion(out)
-    print(f"wrote {len(written)} files to {out}/ ({directions.count} tokens {directions.token(0)} .. {directions.token(directions.count - 1)})")
-    print(f"  diffusers: pipe.load_textual_inversion(sorted(glob.glob('{out}/diffusers/*.safetensors')))")
+    written = directions.export(out, fmt)
+    kind = f"{directions.kind} " if directions.kind else ""
+    print(f"wrote {len(written)} files to {out}/ ({directions.count} {kind}directions, format {fmt}; see {out / 'README.txt'})")
+    sdxl = directions.kind == "sdxl"
+    if fmt == "textual-inversion":
+        print(f"  tokens {directions.token(0)} .. {directions.token(directions.count - 1)}")
+        where = f"{out}/diffusers/text_encoder*/" if sdxl else f"{out}/diffusers/"
+        print(f"  diffusers: pipe.load_textual_inversion(...) on {where}*.safetensors (README.txt has the lines)")
+    elif fmt == "a1111":
+        print(f"  trigger words are the file names, e.g. {directions.file_stem(0)}; copy the files into the tool's embeddings folder")
+    else:
+        where = f"{out}/text_encoder/ and {out}/text_encoder_2/" if sdxl else f"{out}/"
+        print(f"  diffusers: pipe.load_textual_inversion(...) on {where}*.safetensors; token <{directions.file_stem(0)}>")
     return 0
 
 
@@ -333,10 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("export", help="export directions to another layout")
-    p.add_argument("file", type=Path, help="directions .safetensors")
-    p.add_argument("--format", choices=["textual-inversion"], default="textual-inversion")
-    p.add_argument("--out", type=Path, help="output folder (default: FILE-textual-inversion/)")
+    p = sub.add_parser("export", help="export directions as textual-inversion embeddings for other tools")
+    p.add_argument("file", type=Path, help="directions .safetensors (or any file 'info' accepts)")
+    p.add_argument(
+        "--format",
+        choices=["textual-inversion", "a1111", "diffusers"],  # noiseclr.directions.EXPORT_FORMATS (kept lazy: no torch import)
+        default="textual-inversion",
+        help="textual-inversion (default): learned_embeds.bin/.safetensors with all tokens + diffusers files; "
+        "a1111: one embedding per direction for AUTOMATIC1111, ComfyUI, InvokeAI (emb_params, or clip_l/clip_g for SDXL); "
+        "diffusers: one {token: vector} file per direction (and per text encoder for SDXL) for pipe.load_textual_inversion",
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: FILE-FORMAT/ beside FILE)")
     p.set_defaults(func=cmd_export)
     return parser
 

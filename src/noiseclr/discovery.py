@@ -272,10 +272,10 @@ def timestep_bounds(model: DiffusionModel, timestep_range: tuple[float, float]) 
 
 
 def initial_directions(model: DiffusionModel, count: int, seed: int) -> torch.Tensor:
-    """[count, width] Gaussian rows, each rescaled to the typical token-embedding norm."""
+    """[count, width] Gaussian rows, each rescaled to the typical token-embedding norm (SDXL: per encoder part)."""
     generator = torch.Generator().manual_seed(_stream_seed(seed, "init"))
     rows = torch.randn((count, model.token_width), generator=generator, dtype=torch.float32)
-    return rows / rows.norm(dim=1, keepdim=True) * model.typical_token_norm()
+    return model.scale_to_token_norms(rows)
 
 
 # ------------------------------------------------------------------- the objective

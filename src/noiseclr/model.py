@@ -1,7 +1,8 @@
 """Model adapter: a Stable-Diffusion-layout pipeline, seen through what NoiseCLR needs.
 
 :class:`DiffusionModel` wraps the five diffusers components (vae, text_encoder = CLIPTextModel,
-tokenizer = CLIPTokenizer, unet = UNet2DConditionModel, scheduler) and offers:
+tokenizer = CLIPTokenizer, unet = UNet2DConditionModel, scheduler) -- plus text_encoder_2 =
+CLIPTextModelWithProjection and tokenizer_2 for SDXL -- and offers:
 
 * latents from images and back (VAE, scaled by the VAE's scaling factor);
 * conditionings: the null prompt, text prompts, and *directions* -- learned token embeddings
@@ -9,15 +10,39 @@ tokenizer = CLIPTokenizer, unet = UNet2DConditionModel, scheduler) and offers:
 * noise predictions (``eps``) for a batch of latents under a batch of conditionings, in one
   UNet call, converted to epsilon whatever the model predicts (epsilon, v or sample).
 
-Every size (token width, sequence length, latent channels, resolution) is read from the model,
+Every size (token widths, sequence length, latent channels, resolution) is read from the model,
 never assumed. All modules are frozen and in eval mode; only direction embeddings ever get
 gradients, through :meth:`DiffusionModel.encode_directions`.
+
+Two kinds of model (``DiffusionModel.kind``), one interface:
+
+* ``"sd"`` (Stable Diffusion 1.x/2.x): a conditioning is the text encoder's last hidden states,
+  ``[B, L, W]``; a direction is one token embedding of width ``W``.
+* ``"sdxl"``: the UNet also takes a pooled text embedding and six "time ids". So that everything
+  above this module keeps handling a conditioning as ONE tensor (``torch.cat`` of rows,
+  indexing, ``expand``), the pooled vector travels as an extra last row::
+
+      conditioning [B, L + 1, W1 + W2]
+        rows 0..L-1: penultimate hidden states of encoder 1 (width W1) and encoder 2 (W2),
+                     concatenated on the last dim -- as StableDiffusionXLPipeline.encode_prompt
+        row  L:      encoder 2's projected pooled output (width P), zero-padded to W1 + W2
+
+  :meth:`DiffusionModel.predict_eps` unpacks it (:func:`unpack_conditioning`) into
+  ``encoder_hidden_states`` and ``added_cond_kwargs={"text_embeds", "time_ids"}``; the time ids
+  are ``(H, W, 0, 0, H, W)`` of the model's resolution, the pipeline's defaults. The null
+  conditioning is all zeros when the pipeline sets ``force_zeros_for_empty_prompt`` (SDXL base
+  does), else the empty prompt's encoding. A direction is a PAIR of token embeddings, one per
+  encoder, stored as one row of width ``W1 + W2`` (``token_widths = [W1, W2]``); each half goes
+  into its own encoder's ``[BOS, d, EOS, pad...]`` slot, and the pooled vector comes from the
+  same injected sequence.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -93,11 +118,33 @@ def _quiet_transformers() -> None:
         pass
 
 
+def pack_conditioning(hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """SDXL: hidden states [B, L, W] and pooled [B, P] (P <= W) -> one conditioning [B, L + 1, W]."""
+    width = hidden.shape[-1]
+    row = torch.nn.functional.pad(pooled.to(hidden.dtype), (0, width - pooled.shape[-1]))
+    return torch.cat([hidden, row.unsqueeze(1)], dim=1)
+
+
+def unpack_conditioning(conditioning: torch.Tensor, pooled_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`pack_conditioning`: ``(hidden [B, L, W], pooled [B, P])``."""
+    return conditioning[:, :-1], conditioning[:, -1, :pooled_width]
+
+
+def _table_fingerprint(table: torch.Tensor) -> dict[str, Any]:
+    with torch.no_grad():
+        table = table.detach().float().cpu()
+        rows = torch.linspace(0, table.shape[0] - 1, steps=min(64, table.shape[0])).round().long()
+        picked = table[rows]
+        probe = torch.cat([picked.sum(dim=1), picked.square().sum(dim=1)])
+        digest = hashlib.sha256(table.half().numpy().tobytes()).hexdigest()
+    return {"shape": list(table.shape), "probe": [round(float(v), 6) for v in probe], "sha256": digest}
+
+
 class DiffusionModel:
-    """A frozen Stable-Diffusion-layout model with the operations NoiseCLR needs.
+    """A frozen Stable-Diffusion-layout model (SD 1.x/2.x or SDXL) with the operations NoiseCLR needs.
 
     Build one with :meth:`load` (``"embedded"``, a local folder or a hub id) or
-    :meth:`from_pipeline` (an existing ``StableDiffusionPipeline``).
+    :meth:`from_pipeline` (an existing ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``).
     """
 
     def __init__(
@@ -111,18 +158,26 @@ class DiffusionModel:
         name: str,
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype | None = "auto",
+        text_encoder_2: Any = None,
+        tokenizer_2: Any = None,
+        force_zeros_for_empty_prompt: bool = True,
     ):
         from diffusers import DDPMScheduler
 
+        if (text_encoder_2 is None) != (tokenizer_2 is None):
+            raise NoiseCLRError(f"model {name}: text_encoder_2 and tokenizer_2 come together; pass both or neither.")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.name = name
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
+        self.text_encoder_2 = text_encoder_2
+        self.tokenizer_2 = tokenizer_2
+        self.kind: str = "sdxl" if text_encoder_2 is not None else "sd"
         self.unet = unet
         self.scheduler = scheduler
-        for module in (vae, text_encoder, unet):
+        for module in (vae, text_encoder, unet) + ((text_encoder_2,) if text_encoder_2 is not None else ()):
             module.requires_grad_(False)
             module.eval()
             module.to(device=self.device, dtype=self.dtype)
@@ -152,22 +207,78 @@ class DiffusionModel:
         sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
         self.resolution: int = int(sample_size) * self.vae_scale_factor
 
-        self.token_width: int = int(text_encoder.get_input_embeddings().embedding_dim)
-        positions = int(getattr(text_encoder.config, "max_position_embeddings", tokenizer.model_max_length))
-        self.max_length: int = min(int(tokenizer.model_max_length), positions)
-        cross_width = unet.config.cross_attention_dim
-        hidden = int(text_encoder.config.hidden_size)
-        if isinstance(cross_width, int) and cross_width != hidden:
+        self.encoders: list[tuple[Any, Any]] = [(text_encoder, tokenizer)]
+        if text_encoder_2 is not None:
+            self.encoders.append((text_encoder_2, tokenizer_2))
+        self.token_widths: list[int] = [int(enc.get_input_embeddings().embedding_dim) for enc, _ in self.encoders]
+        """Width of each encoder's part of a direction: [W] for SD, [W1, W2] for SDXL."""
+        self.token_width: int = sum(self.token_widths)
+        lengths = []
+        for encoder, tok in self.encoders:
+            positions = int(getattr(encoder.config, "max_position_embeddings", tok.model_max_length))
+            lengths.append(min(int(tok.model_max_length), positions))
+        if len(set(lengths)) > 1:
             raise NoiseCLRError(
-                f"model {name}: UNet cross_attention_dim {cross_width} != text encoder width {hidden}; "
+                f"model {name}: the tokenizers' sequence lengths {lengths[0]} and {lengths[1]} differ; SDXL "
+                "concatenates both encoders' hidden states, so set both tokenizers' model_max_length alike."
+            )
+        self.max_length: int = lengths[0]
+        cross_width = unet.config.cross_attention_dim
+        hiddens = [int(encoder.config.hidden_size) for encoder, _ in self.encoders]
+        self.hidden_width: int = sum(hiddens)
+        """Width of a conditioning row (the UNet's cross-attention width)."""
+        self.pooled_width: int = 0
+        self.force_zeros_for_empty_prompt: bool = False
+        self._time_ids: torch.Tensor | None = None
+        if self.kind == "sd" and isinstance(cross_width, int) and cross_width != hiddens[0]:
+            raise NoiseCLRError(
+                f"model {name}: UNet cross_attention_dim {cross_width} != text encoder width {hiddens[0]}; "
                 "this is not a Stable Diffusion 1.x/2.x pipeline."
             )
-        self._use_attention_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
-        null_ids = self._tokenize([""])
-        self._null_ids = null_ids
-        self._direction_ids, self._slot = self._direction_template(null_ids[0])
+        if self.kind == "sdxl":
+            self._check_sdxl(cross_width, hiddens)
+            self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
+            size = float(self.resolution)
+            # (original H, W, crop top, crop left, target H, W), StableDiffusionXLPipeline's defaults.
+            self._time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]], dtype=torch.float64)
+        self.conditioning_length: int = self.max_length + (1 if self.kind == "sdxl" else 0)
+        """Rows of one conditioning: L for SD, L + 1 (the pooled row) for SDXL."""
+        self._use_attention_mask = self.kind == "sd" and bool(getattr(text_encoder.config, "use_attention_mask", False))
+        self._null_ids_all = [self._tokenize_with(tok, [""]) for _, tok in self.encoders]
+        templates = [self._direction_template(ids[0], tok) for ids, (_, tok) in zip(self._null_ids_all, self.encoders)]
+        self._direction_ids_all = [ids for ids, _ in templates]
+        self._slots = [slot for _, slot in templates]
+        self._null_ids = self._null_ids_all[0]
+        self._direction_ids, self._slot = templates[0]
         self._null_conditioning: torch.Tensor | None = None
-        self._fingerprint: dict[str, Any] | None = None
+        self._fingerprints: list[dict[str, Any] | None] = [None] * len(self.encoders)
+
+    def _check_sdxl(self, cross_width: Any, hiddens: list[int]) -> None:
+        name, unet = self.name, self.unet
+        if isinstance(cross_width, int) and cross_width != sum(hiddens):
+            raise NoiseCLRError(
+                f"model {name}: UNet cross_attention_dim {cross_width} != the text encoders' widths "
+                f"{hiddens[0]} + {hiddens[1]}; this is not an SDXL pipeline."
+            )
+        if getattr(unet.config, "addition_embed_type", None) != "text_time":
+            raise NoiseCLRError(
+                f"model {name}: has two text encoders but its UNet's addition_embed_type is "
+                f"{getattr(unet.config, 'addition_embed_type', None)!r}, not 'text_time'; this is not an SDXL pipeline."
+            )
+        self.pooled_width = int(getattr(self.text_encoder_2.config, "projection_dim", 0) or 0)
+        expected = int(unet.config.addition_time_embed_dim) * 6 + self.pooled_width
+        actual = int(unet.add_embedding.linear_1.in_features)
+        if expected != actual:
+            raise NoiseCLRError(
+                f"model {name}: UNet add_embedding takes {actual} numbers but 6 time ids x "
+                f"{unet.config.addition_time_embed_dim} + pooled width {self.pooled_width} = {expected}; "
+                "check unet projection_class_embeddings_input_dim and text_encoder_2 projection_dim."
+            )
+        if not 0 < self.pooled_width <= sum(hiddens):
+            raise NoiseCLRError(
+                f"model {name}: pooled width {self.pooled_width} does not fit one conditioning row of width "
+                f"{sum(hiddens)}; noiseclr packs the pooled vector into one row."
+            )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -181,9 +292,12 @@ class DiffusionModel:
         variant: str | None = None,
         local_files_only: bool | None = None,
     ) -> DiffusionModel:
-        """Load an SD-1.x/2.x-layout pipeline: ``"embedded"``, a local folder or a hub id."""
+        """Load an SD-1.x/2.x- or SDXL-layout pipeline: ``"embedded"``, a local folder or a hub id.
+
+        SDXL is recognised by model_index.json (``_class_name`` with ``XL`` or a ``text_encoder_2``).
+        """
         _quiet_transformers()
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         name = str(model)
         source: str | Path = name
@@ -209,25 +323,30 @@ class DiffusionModel:
 
         device_ = resolve_device(device)
         dtype_ = resolve_dtype(dtype, device_)
+        sdxl = _is_sdxl_index(_model_index(source, name, revision, local_files_only))
+        if sdxl:
+            pipeline_class, extra = StableDiffusionXLPipeline, {"add_watermarker": False}
+        else:
+            pipeline_class = StableDiffusionPipeline
+            extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename in new diffusers
-                pipe = StableDiffusionPipeline.from_pretrained(
+                pipe = pipeline_class.from_pretrained(
                     str(source),
                     torch_dtype=dtype_,
                     revision=revision,
                     variant=variant,
-                    safety_checker=None,
-                    feature_extractor=None,
-                    requires_safety_checker=False,
                     local_files_only=bool(local_files_only),
+                    **extra,
                 )
         except NoiseCLRError:
             raise
         except (OSError, ValueError, EnvironmentError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            what = "an SDXL" if sdxl else "a Stable Diffusion"
             raise NoiseCLRError(
-                f"--model {name}: could not load a Stable Diffusion pipeline ({first}); "
+                f"--model {name}: could not load {what} pipeline ({first}); "
                 "check the folder or hub id, and your network or HF_HUB_OFFLINE setting."
             ) from None
         display = "noiseclr/embedded-base" if name == EMBEDDED else name
@@ -242,10 +361,23 @@ class DiffusionModel:
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype | None = "auto",
     ) -> DiffusionModel:
-        """Wrap an existing ``StableDiffusionPipeline`` (its modules are frozen and moved)."""
+        """Wrap an existing ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (its modules
+        are frozen and moved)."""
         _quiet_transformers()
         if name is None:
             name = str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or "pipeline")
+        sdxl: dict[str, Any] = {}
+        if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None:
+            if getattr(pipe, "text_encoder", None) is None:
+                raise NoiseCLRError(
+                    f"model {name}: has no first text encoder (an SDXL refiner?); directions need both of "
+                    "SDXL base's text encoders -- load an SDXL base model."
+                )
+            sdxl = {
+                "text_encoder_2": pipe.text_encoder_2,
+                "tokenizer_2": pipe.tokenizer_2,
+                "force_zeros_for_empty_prompt": bool(pipe.config.get("force_zeros_for_empty_prompt", True)),
+            }
         return cls(
             vae=pipe.vae,
             text_encoder=pipe.text_encoder,
@@ -255,12 +387,28 @@ class DiffusionModel:
             name=name,
             device=device,
             dtype=dtype,
+            **sdxl,
         )
 
     def to_pipeline(self) -> Any:
-        """The same components as a diffusers ``StableDiffusionPipeline`` (shares the modules)."""
+        """The same components as a diffusers ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline``
+        for SDXL; shares the modules)."""
         from diffusers import StableDiffusionPipeline
 
+        if self.kind == "sdxl":
+            from diffusers import StableDiffusionXLPipeline
+
+            return StableDiffusionXLPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoder,
+                text_encoder_2=self.text_encoder_2,
+                tokenizer=self.tokenizer,
+                tokenizer_2=self.tokenizer_2,
+                unet=self.unet,
+                scheduler=self.scheduler,
+                force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
+                add_watermarker=False,
+            )
         return StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
@@ -329,8 +477,8 @@ class DiffusionModel:
         return torch.cat(out)
 
     # ---------------------------------------------------------- conditioning
-    def _tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        return self.tokenizer(
+    def _tokenize_with(self, tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+        return tokenizer(
             list(prompts),
             padding="max_length",
             max_length=self.max_length,
@@ -338,13 +486,23 @@ class DiffusionModel:
             return_tensors="pt",
         ).input_ids
 
-    def _direction_template(self, null_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self._tokenize_with(self.tokenizer, prompts)
+
+    def _direction_template(self, null_ids: torch.Tensor, tokenizer: Any = None) -> tuple[torch.Tensor, int]:
         """Token ids ``[BOS, slot, EOS, pad...]`` and the slot's position."""
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         ids = null_ids.tolist()
-        bos = self.tokenizer.bos_token_id
+        bos = tokenizer.bos_token_id
         slot = 1 if (bos is not None and ids[0] == bos) else 0
-        # The slot holds a copy of the next token; its embedding is replaced by the direction.
-        template = ids[:slot] + [ids[slot]] + ids[slot:]
+        if self.kind == "sd":
+            # The slot holds a copy of the next token; its embedding is replaced by the direction.
+            filler = ids[slot]
+        else:
+            # CLIP reads the pooled output at the first EOS (or, in old configs, the highest id):
+            # the slot's id must be neither, so SDXL's pooled vector comes from the real EOS.
+            filler = bos if bos is not None else (1 if tokenizer.eos_token_id == 0 else 0)
+        template = ids[:slot] + [filler] + ids[slot:]
         return torch.tensor(template[: self.max_length]), slot
 
     def _encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -354,36 +512,65 @@ class DiffusionModel:
             hidden = self.text_encoder(ids, attention_mask=mask)[0]
         return hidden
 
+    def _encode_sdxl(self, ids_per_encoder: Sequence[torch.Tensor], parts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Both encoders as StableDiffusionXLPipeline.encode_prompt runs them (no clip_skip), packed."""
+        hidden = []
+        for index, ((encoder, _), ids) in enumerate(zip(self.encoders, ids_per_encoder)):
+            inject = self._inject(parts[index], encoder, self._slots[index]) if parts is not None else contextlib.nullcontext()
+            with inject, self.autocast():
+                out = encoder(ids.to(self.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+        pooled = out.text_embeds  # encoder 2's projected pooled output
+        return pack_conditioning(torch.cat(hidden, dim=-1), pooled)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text prompts -> conditionings [B, L, W] (as diffusers' pipelines compute them)."""
+        """Text prompts -> conditionings [B, L, W] (SDXL: [B, L + 1, W], packed; as diffusers' pipelines compute them)."""
+        if self.kind == "sdxl":
+            ids = [self._tokenize_with(tok, prompts) for _, tok in self.encoders]
+            return self._encode_sdxl(ids).to(self.dtype)
         return self._encode_ids(self._tokenize(prompts)).to(self.dtype)
 
     def null_conditioning(self) -> torch.Tensor:
-        """The empty prompt's conditioning, [1, L, W]; computed once."""
+        """The empty prompt's conditioning, [1, L, W] (SDXL: [1, L + 1, W], zeros with
+        ``force_zeros_for_empty_prompt``); computed once."""
         if self._null_conditioning is None:
             with torch.no_grad():
-                self._null_conditioning = self._encode_ids(self._null_ids).to(self.dtype)
+                if self.kind == "sd":
+                    self._null_conditioning = self._encode_ids(self._null_ids).to(self.dtype)
+                elif self.force_zeros_for_empty_prompt:
+                    shape = (1, self.conditioning_length, self.hidden_width)
+                    self._null_conditioning = torch.zeros(shape, device=self.device, dtype=self.dtype)
+                else:
+                    self._null_conditioning = self._encode_sdxl(self._null_ids_all).to(self.dtype)
         return self._null_conditioning
 
-    def encode_directions(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Direction embeddings [K, W] -> conditionings [K, L, W].
+    def split_directions(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """[K, W1 + W2] direction rows -> each encoder's part ([K, W] alone for SD)."""
+        return list(embeddings.split(self.token_widths, dim=-1))
 
-        Each row is placed after BOS in ``[BOS, d_k, EOS, pad...]``; gradients flow back to
-        ``embeddings`` (the text encoder itself stays frozen).
+    def encode_directions(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Direction embeddings [K, W] -> conditionings [K, L, W] (SDXL: [K, L + 1, W1 + W2]).
+
+        Each row is placed after BOS in ``[BOS, d_k, EOS, pad...]`` (SDXL: each encoder's part
+        in its own encoder's sequence); gradients flow back to ``embeddings`` (the text
+        encoders themselves stay frozen).
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.token_width:
             raise ValueError(f"direction embeddings must be [K, {self.token_width}], got {tuple(embeddings.shape)}")
         count = embeddings.shape[0]
+        if self.kind == "sdxl":
+            ids = [template.unsqueeze(0).expand(count, -1) for template in self._direction_ids_all]
+            return self._encode_sdxl(ids, self.split_directions(embeddings)).to(self.dtype)
         ids = self._direction_ids.unsqueeze(0).expand(count, -1)
         with self._inject(embeddings):
             hidden = self._encode_ids(ids)
         return hidden.to(self.dtype)
 
     @contextlib.contextmanager
-    def _inject(self, embeddings: torch.Tensor) -> Iterator[None]:
-        slot = self._slot
-        table = self.text_encoder.get_input_embeddings()
+    def _inject(self, embeddings: torch.Tensor, encoder: Any = None, slot: int | None = None) -> Iterator[None]:
+        slot = self._slot if slot is None else slot
+        table = (encoder if encoder is not None else self.text_encoder).get_input_embeddings()
 
         def replace_slot(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
             rows = embeddings.to(device=output.device, dtype=output.dtype).unsqueeze(1)
@@ -402,15 +589,26 @@ class DiffusionModel:
         """Noise prediction for each latent under the matching conditioning row.
 
         ``latents`` [B, C, h, w]; ``timesteps`` an int, a 0-d tensor or [B]; ``conditioning``
-        [B, L, W]. v- and sample-prediction outputs are converted to epsilon. The result is
-        float32, or float64 for a float64 model (so float64 reference runs stay float64).
+        [B, L, W] (SDXL: [B, L + 1, W], see the module docstring). v- and sample-prediction
+        outputs are converted to epsilon. The result is float32, or float64 for a float64 model
+        (so float64 reference runs stay float64).
         """
         batch = latents.shape[0]
         t = torch.as_tensor(timesteps, device=self.device).long()
         t = t.expand(batch) if t.ndim == 0 else t.to(self.device)
         sample = latents.to(self.device, self.dtype)
+        hidden, extra = conditioning.to(self.dtype), {}
+        if self.kind == "sdxl":
+            if conditioning.ndim != 3 or conditioning.shape[1] != self.conditioning_length:
+                raise ValueError(
+                    f"SDXL conditionings must be [B, {self.conditioning_length}, {self.hidden_width}] "
+                    f"(the pooled row last), got {tuple(conditioning.shape)}"
+                )
+            hidden, pooled = unpack_conditioning(hidden.to(self.device), self.pooled_width)
+            time_ids = self._time_ids.to(self.device, self.dtype).expand(batch, -1)
+            extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
         with self.autocast():
-            output = self.unet(sample, t, encoder_hidden_states=conditioning.to(self.dtype), return_dict=False)[0]
+            output = self.unet(sample, t, encoder_hidden_states=hidden, return_dict=False, **extra)[0]
         result_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         return self.output_to_eps(output.to(result_dtype), latents.to(self.device, result_dtype), t)
 
@@ -454,7 +652,7 @@ class DiffusionModel:
     ) -> torch.Tensor:
         """Every latent under every conditioning, in one UNet call.
 
-        ``latents`` [B, C, h, w], ``conditionings`` [J, L, W] -> eps [J, B, C, h, w].
+        ``latents`` [B, C, h, w], ``conditionings`` [J, L, W] (SDXL: [J, L + 1, W]) -> eps [J, B, C, h, w].
         Row j of the result uses conditioning j for all B latents.
         """
         count, batch = conditionings.shape[0], latents.shape[0]
@@ -484,45 +682,88 @@ class DiffusionModel:
     def token_table(self) -> torch.Tensor:
         return self.text_encoder.get_input_embeddings().weight
 
-    def typical_token_norm(self) -> float:
-        """Mean L2 norm of the real token embeddings (used to initialise directions)."""
+    def typical_token_norms(self) -> list[float]:
+        """Mean L2 norm of each encoder's real token embeddings."""
         with torch.no_grad():
-            return float(self.token_table().float().norm(dim=1).mean())
+            return [float(enc.get_input_embeddings().weight.float().norm(dim=1).mean()) for enc, _ in self.encoders]
+
+    def typical_token_norm(self) -> float:
+        """Mean L2 norm of the real token embeddings (used to initialise directions).
+
+        SDXL: the norm of a direction row whose two parts each have their encoder's typical norm.
+        """
+        norms = self.typical_token_norms()
+        return norms[0] if len(norms) == 1 else math.sqrt(sum(n * n for n in norms))
+
+    def scale_to_token_norms(self, rows: torch.Tensor) -> torch.Tensor:
+        """[K, W] rows with each encoder's part rescaled to that encoder's typical token norm."""
+        if self.kind == "sd":
+            return rows / rows.norm(dim=1, keepdim=True) * self.typical_token_norm()
+        parts = self.split_directions(rows)
+        return torch.cat([p / p.norm(dim=1, keepdim=True) * n for p, n in zip(parts, self.typical_token_norms())], dim=1)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Identity of the text encoder's token table, stable across dtypes.
+        """Identity of the (first) text encoder's token table, stable across dtypes.
 
         ``shape`` and ``probe`` (row sums and squared norms of 64 spread rows, compared with a
         tolerance) survive fp32/fp16/bf16 round trips; ``sha256`` of the fp16 table tells exact
         equality.
         """
-        if self._fingerprint is None:
-            with torch.no_grad():
-                table = self.token_table().detach().float().cpu()
-                rows = torch.linspace(0, table.shape[0] - 1, steps=min(64, table.shape[0])).round().long()
-                picked = table[rows]
-                probe = torch.cat([picked.sum(dim=1), picked.square().sum(dim=1)])
-                digest = hashlib.sha256(table.half().numpy().tobytes()).hexdigest()
-            self._fingerprint = {
-                "shape": list(table.shape),
-                "probe": [round(float(v), 6) for v in probe],
-                "sha256": digest,
-            }
-        return self._fingerprint
+        if self._fingerprints[0] is None:
+            self._fingerprints[0] = _table_fingerprint(self.token_table())
+        return self._fingerprints[0]
+
+    def fingerprint_2(self) -> dict[str, Any] | None:
+        """The same for SDXL's second text encoder; None for SD 1.x/2.x."""
+        if self.kind != "sdxl":
+            return None
+        if self._fingerprints[1] is None:
+            self._fingerprints[1] = _table_fingerprint(self.text_encoder_2.get_input_embeddings().weight)
+        return self._fingerprints[1]
 
     def describe(self) -> dict[str, Any]:
         """A summary of the sizes read from the model."""
-        return {
+        info = {
             "name": self.name,
+            "kind": self.kind,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "resolution": self.resolution,
             "latent_shape": [self.latent_channels, self.latent_size, self.latent_size],
             "token_width": self.token_width,
+            "token_widths": list(self.token_widths),
             "max_length": self.max_length,
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,
         }
+        if self.kind == "sdxl":
+            info["pooled_width"] = self.pooled_width
+            info["conditioning_shape"] = [self.conditioning_length, self.hidden_width]
+            info["force_zeros_for_empty_prompt"] = self.force_zeros_for_empty_prompt
+        return info
+
+
+def _model_index(source: str | Path, name: str, revision: str | None, local_files_only: bool | None) -> dict[str, Any]:
+    """model_index.json of a folder or hub id ({} when a hub id's cannot be read: loading reports it)."""
+    if isinstance(source, Path):
+        try:
+            return json.loads((source / "model_index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise NoiseCLRError(f"--model {name}: cannot read model_index.json ({exc}); re-save the pipeline with save_pretrained.") from None
+    try:
+        from diffusers import DiffusionPipeline
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # hub-client deprecation chatter; the config is all we want
+            return dict(DiffusionPipeline.load_config(name, revision=revision, local_files_only=bool(local_files_only)))
+    except Exception:  # noqa: BLE001 - from_pretrained gives the user-facing error
+        return {}
+
+
+def _is_sdxl_index(index: dict[str, Any]) -> bool:
+    entry = index.get("text_encoder_2")
+    has_second = isinstance(entry, (list, tuple)) and bool(entry) and entry[0] is not None
+    return "XL" in str(index.get("_class_name", "")) or has_second
 
 
 def fingerprints_match(a: dict[str, Any], b: dict[str, Any], rtol: float = 2e-2, atol: float = 2e-3) -> bool:
