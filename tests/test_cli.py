@@ -130,6 +130,59 @@ def test_explore_gallery(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
     assert page.count("<figure") == 4 and "direction-003.png" in page
 
 
+@pytest.fixture(scope="module")
+def measured_file(run_dir, tmp_path_factory) -> Path:
+    """The run's directions with edit defaults as the demo or the bench store them."""
+    directions = Directions.load(run_dir / "directions.safetensors")
+    directions.edit_defaults = [{"scale": 2.0 + k, "start": 0.0, "end": 1.0, "inversion": "ddpm", "steps": 3}
+                                for k in range(directions.count)]  # fmt: skip
+    directions.path = None
+    return directions.save(tmp_path_factory.mktemp("measured") / "directions.safetensors")
+
+
+def test_edit_applies_a_direction_as_it_was_measured(capsys, tiny_model_dir, measured_file, image_dir, tmp_path):
+    # The demo measured with DDPM inversion at few steps; an edit with the CLI's defaults (DDIM, 50)
+    # did something else. Without --inversion/--steps, the stored ones apply.
+    base = ["edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png", "--device", "cpu"]
+    code, out, err = run_cli(capsys, *base, "--direction", f"{measured_file}:1", "--out", tmp_path / "stored")
+    assert code == 0, err
+    assert "DDPM inversion, 3 steps" in out and "x3" in out
+    code, _, err = run_cli(capsys, *base, "--direction", f"{measured_file}:1=3", "--inversion", "ddpm", "--steps", "3",
+                           "--out", tmp_path / "explicit")  # fmt: skip
+    assert code == 0, err
+    stored = np.asarray(Image.open(tmp_path / "stored" / "img0-edited.png"))
+    explicit = np.asarray(Image.open(tmp_path / "explicit" / "img0-edited.png"))
+    assert np.array_equal(stored, explicit)
+    code, out, _ = run_cli(capsys, *base, "--direction", f"{measured_file}:1", "--inversion", "ddim", "--out", tmp_path / "ddim")
+    assert code == 0 and "DDIM inversion, 3 steps" in out  # a flag still wins
+
+
+def test_explore_defaults_to_the_stored_scales_and_its_commands_run_from_the_gallery(
+    capsys, tiny_model_dir, measured_file, image_dir, tmp_path, monkeypatch
+):
+    import shlex
+
+    gallery = tmp_path / "gallery"
+    code, _, err = run_cli(capsys, "explore", "--model", tiny_model_dir, "--directions", measured_file, "--images", image_dir,
+                           "--out", gallery, "--num-images", "1", "--indices", "1", "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    assert Image.open(gallery / "direction-001.png").width > 5 * 64  # input + 5 columns: 0, +-3, +-6
+    page = (gallery / "index.html").read_text()
+    assert "DDPM inversion" in page and "3 steps" in page
+    command = html_unescape(page.split("<figure")[1].split("<code>")[1].split("</code>")[0])
+    assert command.startswith("noiseclr edit") and "--inversion ddpm --steps 3" in command
+    monkeypatch.chdir(gallery)
+    code, _, err = run_cli(capsys, *shlex.split(command)[1:], "--device", "cpu")
+    assert code == 0, err
+    assert (gallery / "edited" / "img0-edited.png").is_file()
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
 def test_help_through_python_m():
     result = subprocess.run([sys.executable, "-m", "noiseclr", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "discover" in result.stdout
@@ -193,3 +246,48 @@ def test_bad_dtype(capsys, image_dir, tmp_path, tiny_model_dir):
     code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir,
                            "--out", tmp_path / "run", "--dtype", "float8")
     assert_one_line_error(code, err, "--dtype float8")
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, tiny_model_dir, image_dir):
+    # Slurm, Kubernetes and `timeout` stop jobs with SIGTERM: the run must checkpoint and resume.
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "noiseclr.cli", "discover", "--model", str(tiny_model_dir), "--images", str(image_dir),
+            "--out", str(run), "--directions", "4", "--steps", "100000", "--batch", "3", "--micro-batches", "1",
+            "--negatives", "2", "--device", "cpu", "--threads", "1", "--checkpoint-every", "100000"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / "loss.csv").is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)  # loss.csv appears after 10 steps
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "terminated (SIGTERM)" in err and "--resume" in err and "Traceback" not in err
+    checkpoints = sorted((run / "checkpoints").glob("step-*.safetensors"))
+    assert len(checkpoints) == 1
+    done = int(checkpoints[0].stem.split("-")[1])
+    assert done >= 10
+    code = main(["discover", "--model", str(tiny_model_dir), "--images", str(image_dir), "--out", str(run),
+                 "--directions", "4", "--steps", str(done + 2), "--batch", "3", "--micro-batches", "1", "--negatives", "2",
+                 "--device", "cpu", "--checkpoint-every", "100000", "--resume"])  # fmt: skip
+    assert code == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == done + 2
+
+
+def test_held_interrupts_arrive_after_the_block():
+    import os
+    import signal
+
+    from noiseclr.interrupts import Terminated, hold_interrupts, terminate_as_interrupt
+
+    finished = []
+    with pytest.raises(Terminated):
+        with terminate_as_interrupt(), hold_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            finished.append("step applied")
+    assert finished == ["step applied"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored

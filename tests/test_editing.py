@@ -443,3 +443,13 @@ def test_generation_variants_share_noise_and_seed(tiny_model):
     assert torch.allclose(again[0], latents[0], atol=1e-4, rtol=0) and not torch.allclose(
         other[0], latents[0], atol=1e-2
     )
+
+
+def test_non_finite_model_outputs_stop_the_edit(tiny_model, tmp_path):
+    # A NaN prediction used to decode to an all-black image and exit 0. A scale this large
+    # overflows float32: the guided prediction of the edited trajectory becomes infinite.
+    directions = Directions.for_model(tiny_model, torch.randn(2, tiny_model.token_width))
+    term = DirectionTerm(directions, 0, 1e38)
+    with pytest.raises(NoiseCLRError, match=r"step \d/3: .*NaN or infinite for 1 of 2 trajectories") as caught:
+        edit(tiny_model, random_pixels(1), [term], EditSettings(steps=3), progress=False)
+    assert "\n" not in str(caught.value)

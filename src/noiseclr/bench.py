@@ -403,6 +403,7 @@ def evaluate_method(
     if method.directions is not None:
         annotated = annotate_directions(
             model, method.directions, records, domain=heldout.domain, source=f"noiseclr bench ({method.name})",
+            protocol=settings.protocol(),
             extra={"reader": "bench", "heldout_images": heldout.count, "steps": settings.steps, "inversion": settings.inversion},
         )  # fmt: skip
         directions_file = str(annotated.save(folder / "directions.safetensors").relative_to(out))

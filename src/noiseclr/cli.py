@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import NoiseCLRError
-from .options import add_options, flags, from_args
+from .interrupts import Terminated, terminate_as_interrupt
+from .options import add_options, field_default, flags, from_args
 from .runtime import RuntimeSettings
 
 log = logging.getLogger("noiseclr")
@@ -39,6 +40,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="Stable Diffusion 1.x/2.x pipeline: 'embedded' (the shipped base model), a diffusers folder, or a hub id",
     )
     add_options(group, RuntimeSettings, only=("device", "dtype", "threads"))
+
+
+STORED_PROTOCOL_HELP = {
+    "inversion": "as stored with the directions (how they were measured), else ddim",
+    "steps": "as stored with the directions, else 50",
+}
 
 
 def _runtime(args: argparse.Namespace) -> RuntimeSettings:
@@ -135,9 +142,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
     try:
         result = discover(args.model, args.images, args.out, settings, runtime=_runtime(args), resume=args.resume)
     except DiscoveryInterrupted as stop:
+        what = "terminated (SIGTERM)" if stop.terminated else "interrupted"
         if stop.checkpoint is not None:
-            print(f"noiseclr: interrupted at step {stop.step}; checkpoint {stop.checkpoint}; add --resume to continue", file=sys.stderr)
-        return 130
+            print(f"noiseclr: {what} at step {stop.step}; checkpoint {stop.checkpoint}; add --resume to continue", file=sys.stderr)
+        return Terminated.exit_code if stop.terminated else 130
     if not result.is_main_process:
         return 0
     print(f"discovered {result.directions.count} directions in {_seconds(result.seconds)} ({result.steps} steps, final loss {result.final_loss:.4f})")
@@ -155,14 +163,23 @@ def _terms(specs: Sequence[str]):
     return [parse_direction_spec(spec, loaded) for spec in specs]
 
 
+def _edit_protocol(args: argparse.Namespace, terms: Sequence, cls: type) -> dict:
+    """--inversion/--steps as given, else as stored with the directions, else the settings' defaults."""
+    from .editing import EDIT_PROTOCOL_KEYS, stored_edit_protocol
+
+    stored = stored_edit_protocol(terms)
+    return {name: getattr(args, name) if getattr(args, name) is not None else stored.get(name, field_default(cls, name))
+            for name in EDIT_PROTOCOL_KEYS}  # fmt: skip
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import EditSettings, edit
     from .fileio import ensure_output_dir
     from .images import load_image_files, save_image
 
     started = time.monotonic()
-    settings = from_args(EditSettings, args)
     terms = _terms(args.direction)
+    settings = from_args(EditSettings, args, **_edit_protocol(args, terms, EditSettings))
     out = ensure_output_dir(args.out)
     model = _load_model(args)
     images = load_image_files(args.image, model.resolution)
@@ -171,7 +188,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         save_image(result.edited[index], out / f"{path.stem}-edited.png")
         save_image(result.reconstruction[index], out / f"{path.stem}-reconstruction.png")
     save_image(result.grid(), out / "comparison.png")
-    print(f"edited {len(images)} image(s) with {len(terms)} direction(s) in {_seconds(time.monotonic() - started)}")
+    print(f"edited {len(images)} image(s) with {len(terms)} direction(s) in {_seconds(time.monotonic() - started)} "
+          f"({settings.inversion.upper()} inversion, {settings.steps} steps)")  # fmt: skip
     for term in terms:
         print(f"  {term.describe()}")
     print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, comparison.png: input | reconstruction | edited)")
@@ -294,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, nargs="+", type=Path, help="image file(s)")
     p.add_argument("--direction", required=True, action="append", help=direction_help)
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    add_options(p, EditSettings)
+    add_options(p, EditSettings, defaults={"inversion": None, "steps": None}, default_texts=STORED_PROTOCOL_HELP)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("generate", help="text-to-image with directions added")
@@ -364,11 +382,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        # SIGTERM (Slurm, Kubernetes, timeout) is handled like Ctrl-C: checkpoints are written.
+        with terminate_as_interrupt():
+            return int(args.func(args) or 0)
     except NoiseCLRError as exc:
         print(f"noiseclr: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        # Discovery inside demo/bench reports SIGTERM on its own exception.
+        if isinstance(stop, Terminated) or getattr(stop, "terminated", False):
+            print("noiseclr: terminated (SIGTERM); finished parts are saved, rerun to continue", file=sys.stderr)
+            return Terminated.exit_code
         print("noiseclr: interrupted", file=sys.stderr)
         return 130
 

@@ -259,9 +259,10 @@ def _explanation(
         "  train-images/, test-images/   the rendered images; run/: the discovery run (loss.csv, checkpoints)",
         "Try next:",
         f"  noiseclr edit{model_flag} --image {out / 'test-images' / (subject[:-1] + '-000.png')} "
-        f"--direction {out / 'directions.safetensors'}:{first} --out {out / 'edited'}   (uses the direction's stored scale)",
+        f"--direction {out / 'directions.safetensors'}:{first} --out {out / 'edited'}   (uses the stored scale, "
+        f"{settings.inversion.upper()} inversion and {settings.edit_steps} steps: what the table measured)",
         f"  noiseclr explore{model_flag} --directions {out / 'directions.safetensors'} --images {out / 'test-images'} "
-        f"--out {out / 'explore'} --scales -{2 * settings.scale:g} -{scale} 0 {scale} {2 * settings.scale:g}",
+        f"--out {out / 'explore'}   (0, ±1 and ±2 times the stored scale; {settings.inversion.upper()}, {settings.edit_steps} steps, as stored)",
         f"  noiseclr demo{model_flag} --out {out} --steps {settings.steps * 2}   (continues this discovery run for longer)",
         f"  noiseclr bench{model_flag} --domain {settings.domain} --out bench-{settings.domain}   "
         "(the measured benchmark; hours on a CPU)",
@@ -319,7 +320,7 @@ def run_demo(
         say(f"[3/4] naming each direction: +/-{settings.scale:g} on {settings.naming_images} test {settings.domain}, read by the factor reader")
         rows = name_directions(model, directions, reader, settings, progress=progress)
         annotated = annotate_directions(
-            model, directions, rows, domain=settings.domain, source="noiseclr demo",
+            model, directions, rows, domain=settings.domain, source="noiseclr demo", protocol=settings.protocol(),
             extra={"reader": "shipped" if reader_dir is None else str(reader_dir), "images": settings.naming_images,
                    "steps": settings.edit_steps, "inversion": settings.inversion},
         )  # fmt: skip
@@ -327,7 +328,9 @@ def run_demo(
         say("[3/4] naming skipped (no factor reader)")
         rows = [DirectionRecord(index=k, name=f"direction {k}").set_edit(settings.scale) for k in range(directions.count)]
         annotated = directions
-        annotated.edit_defaults = [{"scale": settings.scale, "start": 0.0, "end": 1.0}] * directions.count
+        protocol = settings.protocol()
+        annotated.edit_defaults = [{"scale": settings.scale, "start": 0.0, "end": 1.0,
+                                    "inversion": protocol.inversion, "steps": protocol.steps}] * directions.count  # fmt: skip
     clock = stage("naming", clock)
     directions_path = annotated.save(out / "directions.safetensors")
     named_file = Directions.load(directions_path)

@@ -19,7 +19,8 @@ stored as one row ``[d_1 | d_2]`` of width ``W1 + W2``. Files are safetensors: t
 ``names``          JSON list of K names (optional; e.g. the factor a direction moves)
 ``domain``         free-text label of the image domain (faces, cats, ...)
 ``settings``       JSON: the discovery settings that produced them
-``edit_defaults``  JSON list of K ``{"scale", "start", "end"}`` suggestions (optional)
+``edit_defaults``  JSON list of K ``{"scale", "start", "end", "inversion", "steps"}``: how to apply
+                   each direction, as it was measured (optional; the last two may be absent)
 =================  ===========================================================================
 
 Files written before SDXL support have no ``model_kind``/``token_widths``; they are SD files
@@ -84,7 +85,7 @@ class Directions:
     names: list[str] | None = None
     domain: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
-    edit_defaults: list[dict[str, float]] | None = None
+    edit_defaults: list[dict[str, Any]] | None = None
     source: str = "noiseclr"
     """``noiseclr`` for our files, ``textual-inversion`` for imported ones."""
     path: Path | None = None

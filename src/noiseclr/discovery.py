@@ -46,7 +46,6 @@ start avoids K identical rows and needs no word.)
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -54,10 +53,8 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,6 +67,7 @@ from .directions import Directions
 from .errors import NoiseCLRError, TrainingDiverged
 from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
 from .images import ImageSet, load_image_folder
+from .interrupts import Terminated, hold_interrupts, terminate_as_interrupt
 from .model import DiffusionModel, fingerprints_match
 from .processes import Processes
 from .runtime import RuntimeSettings
@@ -202,12 +200,14 @@ class DiscoveryResult:
 
 
 class DiscoveryInterrupted(KeyboardInterrupt):
-    """Ctrl-C during discovery: a checkpoint was written; ``resume=True`` continues from it."""
+    """Ctrl-C or SIGTERM during discovery: a checkpoint was written; ``resume=True`` continues from it."""
 
-    def __init__(self, message: str, checkpoint: Path | None, step: int):
+    def __init__(self, message: str, checkpoint: Path | None, step: int, terminated: bool = False):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.step = step
+        self.terminated = terminated
+        """True for SIGTERM (a scheduler or ``timeout``), False for Ctrl-C."""
 
 
 # --------------------------------------------------------------------------- sampling
@@ -331,26 +331,6 @@ def micro_batch_loss(
 
 
 # ----------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _hold_interrupts() -> Iterator[None]:
-    """Defer Ctrl-C until the block ends, so an optimizer step is never half-applied."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[tuple[int, Any]] = []
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            if callable(previous):
-                previous(*received[0])
-            else:
-                raise KeyboardInterrupt
-
-
 def _loss_csv(rows: list[dict[str, float]]) -> str:
     out = io.StringIO()
     columns = ["step", "loss", "seconds", "delta_abs_cos", "vector_abs_cos"]
@@ -685,7 +665,7 @@ class _Trainer:
         from tqdm.auto import tqdm
 
         settings = self.settings
-        rng_at_step = self.sampler.state()
+        self.rng_at_step = self.sampler.state()
         bar = tqdm(
             total=settings.steps,
             initial=min(self.step, settings.steps),
@@ -695,37 +675,8 @@ class _Trainer:
             dynamic_ncols=True,
         )
         try:
-            while self.step < settings.steps:
-                started = time.perf_counter()
-                outcome = self.one_step()
-                if "diverged" in outcome:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.write_loss_csv()
-                    raise self.diverged(outcome["diverged"])
-                with _hold_interrupts():
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.step += 1
-                    self.seconds += time.perf_counter() - started
-                    row = {
-                        "step": self.step,
-                        "loss": outcome["loss"],
-                        "seconds": round(self.seconds, 3),
-                        "delta_abs_cos": outcome["delta_abs_cos"],
-                        "vector_abs_cos": mean_vector_abs_cos(self.vectors),
-                    }
-                    self.loss_log.append(row)
-                    rng_at_step = self.sampler.state()
-                bar.update(1)
-                bar.set_postfix(loss=f"{outcome['loss']:.4f}")
-                if callback is not None:
-                    callback({**row, "anchors": outcome["anchors"], "vectors": self.vectors.detach()})
-                every = settings.checkpoint_every
-                if self.step < settings.steps and every and self.step % every == 0:
-                    with _hold_interrupts():
-                        self.save_checkpoint(rng_at_step)
-                elif self.step % max(1, settings.log_every) == 0:
-                    self.write_loss_csv()
+            with terminate_as_interrupt():
+                self._loop(bar, callback)
         except KeyboardInterrupt as interrupt:
             if isinstance(interrupt, DiscoveryInterrupted):
                 raise
@@ -733,18 +684,54 @@ class _Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             path = self.last_checkpoint
             if self.step > 0 and (path is None or path.name != self._checkpoint_name()):
-                path = self.save_checkpoint(rng_at_step)
+                path = self.save_checkpoint(self.rng_at_step)
+            terminated = isinstance(interrupt, Terminated)
+            what = "terminated (SIGTERM)" if terminated else "interrupted"
             message = (
-                f"interrupted after step {self.step}; checkpoint {path}; continue with --resume."
+                f"{what} after step {self.step}; checkpoint {path}; continue with --resume."
                 if path is not None
-                else f"interrupted after step {self.step}; nothing to save yet."
+                else f"{what} after step {self.step}; nothing to save yet."
             )
             if self.procs.is_main:
                 log.warning(message)
-            raise DiscoveryInterrupted(message, path, self.step) from None
+            raise DiscoveryInterrupted(message, path, self.step, terminated) from None
         finally:
             bar.close()
-        return self.finish(rng_at_step)
+        return self.finish(self.rng_at_step)
+
+    def _loop(self, bar: Any, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        settings = self.settings
+        while self.step < settings.steps:
+            started = time.perf_counter()
+            outcome = self.one_step()
+            if "diverged" in outcome:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.write_loss_csv()
+                raise self.diverged(outcome["diverged"])
+            with hold_interrupts():
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.seconds += time.perf_counter() - started
+                row = {
+                    "step": self.step,
+                    "loss": outcome["loss"],
+                    "seconds": round(self.seconds, 3),
+                    "delta_abs_cos": outcome["delta_abs_cos"],
+                    "vector_abs_cos": mean_vector_abs_cos(self.vectors),
+                }
+                self.loss_log.append(row)
+                self.rng_at_step = self.sampler.state()
+            bar.update(1)
+            bar.set_postfix(loss=f"{outcome['loss']:.4f}")
+            if callback is not None:
+                callback({**row, "anchors": outcome["anchors"], "vectors": self.vectors.detach()})
+            every = settings.checkpoint_every
+            if self.step < settings.steps and every and self.step % every == 0:
+                with hold_interrupts():
+                    self.save_checkpoint(self.rng_at_step)
+            elif self.step % max(1, settings.log_every) == 0:
+                self.write_loss_csv()
 
     def finish(self, rng: dict[str, torch.Tensor]) -> DiscoveryResult:
         settings = self.settings

@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -237,6 +237,31 @@ def _finite(text: str, what: str, fail: Callable[[str], NoiseCLRError]) -> float
     return value
 
 
+EDIT_PROTOCOL_KEYS = ("inversion", "steps")
+"""Per-direction ``edit_defaults`` entries that say how the direction was measured (beside its
+scale and window): an edit made the same way reproduces what the demo or the bench reported."""
+
+
+def stored_edit_protocol(terms: Sequence[EditTerm]) -> dict[str, Any]:
+    """The inversion method and step count stored with the terms' directions (``{}`` if none).
+
+    The first term that has them decides; a later term measured differently gets a warning.
+    """
+    found: dict[str, Any] = {}
+    source = ""
+    for term in terms:
+        if not isinstance(term, DirectionTerm) or not term.directions.edit_defaults:
+            continue
+        stored = term.directions.edit_defaults[term.index] or {}
+        picked = {key: stored[key] for key in EDIT_PROTOCOL_KEYS if stored.get(key) is not None}
+        if picked and not found:
+            found, source = picked, term.describe()
+        elif picked and picked != found:
+            log.warning("%s was measured with %s, %s with %s; using the first (pass --inversion/--steps to choose)",
+                        term.describe(), picked, source, found)  # fmt: skip
+    return found
+
+
 def check_terms(model: DiffusionModel, terms: Sequence[EditTerm]) -> None:
     """Every term's file belongs to ``model`` and its index exists (NoiseCLRError otherwise)."""
     checked: set[int] = set()
@@ -366,6 +391,7 @@ def denoise(
             max_batch,
         ).to(state.dtype)
         guided = combine_eps(eps[:count], eps[count:], pair_trajectory.to(device), pair_weight.to(device))
+        _check_finite(guided, step, schedule.steps)
         level_from, level_to = schedule.levels(step)
         if noise_maps is None:
             state = ddim_step(state, guided, level_from, level_to)
@@ -375,6 +401,16 @@ def denoise(
         if callback is not None:
             callback(step, state)
     return state
+
+
+def _check_finite(eps: torch.Tensor, step: int, steps: int) -> None:
+    # A NaN noise prediction would decode to a black image and pass silently (one sync per step).
+    bad = ~torch.isfinite(eps.flatten(1)).all(dim=1)
+    if bool(bad.any()):
+        raise NoiseCLRError(
+            f"denoising step {step + 1}/{steps}: the model's guided noise prediction is NaN or infinite for "
+            f"{int(bad.sum())} of {eps.shape[0]} trajectories; lower the direction scales, or use --dtype float32."
+        )
 
 
 def _warn_empty_windows(terms: Sequence[EditTerm], steps: int) -> None:
@@ -718,6 +754,7 @@ __all__ = [
     "GenerateSettings",
     "PromptTerm",
     "check_terms",
+    "stored_edit_protocol",
     "combine_eps",
     "denoise",
     "edit",

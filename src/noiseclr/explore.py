@@ -9,6 +9,8 @@ is the plain reconstruction) and one static ``index.html`` gallery that opens in
 from __future__ import annotations
 
 import html
+import os
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +32,12 @@ from .options import check_count, check_inversion, check_max_batch, option, posi
 class ExploreSettings:
     """What :func:`explore` renders."""
 
-    scales: tuple[float, ...] = option((-6.0, -3.0, 0.0, 3.0, 6.0), flag="--scales", help="edit scales", type=float, nargs="+")
-    """Edit strengths, one column each; 0 shows the reconstruction."""
+    scales: tuple[float, ...] | None = option(
+        None, flag="--scales", help="edit scales", type=float, nargs="+",
+        default_text="-2, -1, 0, 1 and 2 times each direction's stored scale, else -6 -3 0 3 6",
+    )  # fmt: skip
+    """Edit strengths, one column each; 0 shows the reconstruction. None: multiples of each
+    direction's stored scale (:data:`STORED_MULTIPLES`), or :data:`FALLBACK_SCALES`."""
     num_images: int = option(4, flag="--num-images", help="images per strip", type=positive_int)
     """Images per strip (the first ones of the folder, by name)."""
     indices: list[int] | None = option(None, flag="--indices", help="only these directions", type=int, nargs="+", default_text="")
@@ -41,8 +47,10 @@ class ExploreSettings:
         default_text="stored per direction, else 0:1",
     )  # fmt: skip
     """Active part of the schedule; None uses each direction's stored default, else 0:1."""
-    steps: int = option(50, flag="--steps", help="inversion and denoising steps", type=positive_int)
-    inversion: str = option("ddim", flag="--inversion", help="ddim or ddpm", choices=list(INVERSION_METHODS))
+    steps: int | None = option(None, flag="--steps", help="inversion and denoising steps", type=positive_int,
+                               default_text="as stored with the directions, else 50")  # fmt: skip
+    inversion: str | None = option(None, flag="--inversion", help="ddim or ddpm", choices=list(INVERSION_METHODS),
+                                   default_text="as stored with the directions (how they were measured), else ddim")  # fmt: skip
     seed: int = option(0, flag="--seed", help="seed of the DDPM inversion's noise", default_text="")
     directions_per_pass: int = option(8, flag="--directions-per-pass", help="directions rendered together (memory)",
                                       type=positive_int)  # fmt: skip
@@ -51,12 +59,21 @@ class ExploreSettings:
                                    default_text="")  # fmt: skip
 
     def __post_init__(self) -> None:
-        if not self.scales:
+        if self.scales is not None and not self.scales:
             raise NoiseCLRError("--scales: give at least one scale, e.g. --scales -6 -3 0 3 6.")
         check_count(self.num_images, "--num-images", why="must be at least 1.")
-        check_inversion(self.inversion)
+        if self.inversion is not None:
+            check_inversion(self.inversion)
+        if self.steps is not None:
+            check_count(self.steps, "--steps", why="must be a whole number of at least 1; 50 is typical.")
         check_count(self.directions_per_pass, "--directions-per-pass", why="must be at least 1.")
         check_max_batch(self.max_batch)
+
+
+FALLBACK_SCALES = (-6.0, -3.0, 0.0, 3.0, 6.0)
+"""Columns when neither ``--scales`` nor a stored scale is there."""
+STORED_MULTIPLES = (-2.0, -1.0, 0.0, 1.0, 2.0)
+"""Columns as multiples of a direction's stored scale (the scale it was measured at)."""
 
 
 @dataclass
@@ -67,6 +84,16 @@ class ExploreResult:
     seconds: float = 0.0
 
 
+def _scales_for(directions: Directions, index: int, settings: ExploreSettings) -> tuple[float, ...]:
+    if settings.scales is not None:
+        return tuple(float(s) for s in settings.scales)
+    stored = (directions.edit_defaults or [None] * directions.count)[index] or {}
+    if stored.get("scale"):
+        magnitude = abs(float(stored["scale"]))
+        return tuple(m * magnitude for m in STORED_MULTIPLES)
+    return FALLBACK_SCALES
+
+
 def _window_for(directions: Directions, index: int, settings: ExploreSettings) -> tuple[float, float]:
     if settings.window is not None:
         return settings.window
@@ -74,6 +101,19 @@ def _window_for(directions: Directions, index: int, settings: ExploreSettings) -
         default = directions.edit_defaults[index]
         return float(default.get("start", 0.0)), float(default.get("end", 1.0))
     return 0.0, 1.0
+
+
+def _stored_protocol(directions: Directions, indices: Sequence[int], settings: ExploreSettings) -> tuple[str, int]:
+    """Inversion and steps: as given, else as stored with the directions (how they were measured)."""
+    stored: dict = {}
+    for index in indices:
+        stored = {k: v for k, v in ((directions.edit_defaults or [None] * directions.count)[index] or {}).items()
+                  if k in ("inversion", "steps") and v is not None}  # fmt: skip
+        if stored:
+            break
+    inversion = settings.inversion or stored.get("inversion", "ddim")
+    steps = settings.steps or int(stored.get("steps", 50))
+    return inversion, steps
 
 
 def explore(
@@ -94,76 +134,104 @@ def explore(
     indices = list(range(directions.count)) if settings.indices is None else list(settings.indices)
     for index in indices:
         directions.check_index(index)
-    check_steps(model, settings.steps)
+    inversion_method, steps = _stored_protocol(directions, indices, settings)
+    check_steps(model, steps)
     out = ensure_output_dir(out)
     if not isinstance(images, ImageSet):
         images = load_image_folder(images, model.resolution, min_count=1)
     count = min(settings.num_images, len(images))
     pixels = images.pixels[:count]
     names = [p.name for p in images.paths[:count]]
+    scales = {index: _scales_for(directions, index, settings) for index in indices}
 
     latents = model.encode_images(pixels)
     inversion = invert(
-        model, latents, settings.inversion, settings.steps, generator=torch.Generator().manual_seed(settings.seed), progress=progress
+        model, latents, inversion_method, steps, generator=torch.Generator().manual_seed(settings.seed), progress=progress
     )
-    nonzero = [s for s in settings.scales if s != 0]
-    reconstruction = render_edits(model, inversion, [[]], progress=False)[0] if len(nonzero) < len(settings.scales) else None
+    needs_reconstruction = any(0.0 in column_scales for column_scales in scales.values())
+    reconstruction = render_edits(model, inversion, [[]], progress=False)[0] if needs_reconstruction else None
 
     strips: list[Path] = []
     cards: list[str] = []
     chunks = [indices[i : i + settings.directions_per_pass] for i in range(0, len(indices), settings.directions_per_pass)]
     for chunk in chunks:
-        edits = [
-            [DirectionTerm(directions, index, scale, *_window_for(directions, index, settings))]
-            for index in chunk
-            for scale in nonzero
-        ]
+        pairs = [(index, scale) for index in chunk for scale in scales[index] if scale != 0]
+        edits = [[DirectionTerm(directions, index, scale, *_window_for(directions, index, settings))] for index, scale in pairs]
         rendered = render_edits(model, inversion, edits, max_batch=settings.max_batch, progress=progress) if edits else None
-        for position, index in enumerate(chunk):
+        for index in chunk:
             columns: list[torch.Tensor] = [pixels]
-            cursor = position * len(nonzero)
-            for scale in settings.scales:
-                if scale == 0:
-                    columns.append(reconstruction)
-                else:
-                    columns.append(rendered[cursor])
-                    cursor += 1
+            for scale in scales[index]:
+                columns.append(reconstruction if scale == 0 else rendered[pairs.index((index, scale))])
             rows = [[tensor_to_pil(column[b]) for column in columns] for b in range(count)]
             start, end = _window_for(directions, index, settings)
-            title = f"{directions.label(index)}   (window {start:g}:{end:g}, {settings.inversion} inversion)"
+            title = f"{directions.label(index)}   (window {start:g}:{end:g}, {inversion_method} inversion)"
             grid = make_grid(
                 rows,
-                column_labels=["input"] + [f"{s:+g}" if s else "0 (recon)" for s in settings.scales],
+                column_labels=["input"] + [f"{s:+g}" if s else "0 (recon)" for s in scales[index]],
                 title=title,
             )
             path = save_image(grid, out / f"direction-{index:03d}.png")
             strips.append(path)
-            cards.append(_card(directions, index, path.name, start, end, settings))
-    index_html = atomic_write_text(out / "index.html", _page(directions, model, names, cards, settings))
+            command = edit_command(model, directions, index, images.paths[0] if images.paths else None, out,
+                                   scales[index], (start, end), inversion_method, steps, settings.scales is None)  # fmt: skip
+            cards.append(_card(directions, index, path.name, command))
+    page = _page(directions, model, names, cards, inversion_method, steps, settings.scales is None)
+    index_html = atomic_write_text(out / "index.html", page)
     return ExploreResult(out=out, index_html=index_html, strips=strips, seconds=time.monotonic() - started)
 
 
-def _card(directions: Directions, index: int, image: str, start: float, end: float, settings: ExploreSettings) -> str:
-    source = directions.path.name if directions.path else "directions.safetensors"
-    strongest = max(settings.scales, key=abs)
-    spec = f"{source}:{index}={strongest:g}" + (f"@{start:g}:{end:g}" if (start, end) != (0.0, 1.0) else "")
+def edit_command(
+    model: DiffusionModel,
+    directions: Directions,
+    index: int,
+    image: Path | None,
+    gallery: Path,
+    scales: Sequence[float],
+    window: tuple[float, float],
+    inversion: str,
+    steps: int,
+    stored_scale: bool,
+) -> str:
+    """A ``noiseclr edit`` command that applies direction ``index`` as its strip does, runnable from
+    the gallery folder (paths relative to it)."""
+    def here(path: Path) -> str:
+        return os.path.relpath(Path(path).resolve(), Path(gallery).resolve())
+
+    source = here(directions.path) if directions.path else "directions.safetensors"
+    strongest = max(scales, key=abs)
+    has_stored = bool((directions.edit_defaults or [None] * directions.count)[index])
+    spec = f"{source}:{index}" if (stored_scale and has_stored) else f"{source}:{index}={strongest:g}"
+    if (window != (0.0, 1.0)) and not (stored_scale and has_stored):
+        spec += f"@{window[0]:g}:{window[1]:g}"
+    parts = ["noiseclr edit"]
+    if model.name != "noiseclr/embedded-base":
+        parts.append(f"--model {shlex.quote(model.name)}")
+    parts += [f"--image {shlex.quote(here(image)) if image else 'IMAGE.png'}", f"--direction {shlex.quote(spec)}",
+              f"--inversion {inversion}", f"--steps {steps}", "--out edited"]  # fmt: skip
+    return " ".join(parts)
+
+
+def _card(directions: Directions, index: int, image: str, command: str) -> str:
     return (
-        f'<figure id="d{index}"><figcaption><b>{html.escape(directions.label(index))}</b> '
-        f"<code>--direction {html.escape(spec)}</code></figcaption>"
+        f'<figure id="d{index}"><figcaption><b>{html.escape(directions.label(index))}</b><br>'
+        f"<code>{html.escape(command)}</code></figcaption>"
         f'<a href="{html.escape(image)}"><img src="{html.escape(image)}" loading="lazy" alt="direction {index}"></a></figure>'
     )
 
 
-def _page(directions: Directions, model: DiffusionModel, names: Sequence[str], cards: list[str], settings: ExploreSettings) -> str:
+def _page(
+    directions: Directions, model: DiffusionModel, names: Sequence[str], cards: list[str], inversion: str, steps: int,
+    stored: bool,
+) -> str:
     title = f"NoiseCLR directions: {directions.path.name if directions.path else 'directions'}"
-    scales = ", ".join(f"{s:g}" for s in settings.scales)
+    columns = "-2, -1, 0, +1 and +2 times each direction's stored scale" if stored else "the edit scales in the column heads"
     intro = (
         f"{directions.count} directions{f' for {html.escape(directions.domain)}' if directions.domain else ''}, "
         f"model <code>{html.escape(model.name)}</code>. Each strip: one row per image "
-        f"({html.escape(', '.join(names))}); columns are the input, then edit scales {scales} "
+        f"({html.escape(', '.join(names))}); columns are the input, then {columns} "
         "(0 = the image inverted and regenerated without any direction, so differences from it are the edit). "
-        f"{settings.steps} steps, {settings.inversion.upper()} inversion. "
-        "Copy a <code>--direction</code> spec into <code>noiseclr edit</code> to apply one."
+        f"{steps} steps, {inversion.upper()} inversion. "
+        "Each command below applies the direction as its strip does; run it from this folder."
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

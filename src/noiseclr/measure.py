@@ -386,9 +386,11 @@ def annotate_directions(
     *,
     domain: str,
     source: str,
+    protocol: EditProtocol | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Directions:
-    """A copy of ``directions`` named after what each moves, with the chosen ``edit_defaults`` and the
+    """A copy of ``directions`` named after what each moves, with the chosen ``edit_defaults`` (the
+    scale and window, and the ``protocol``'s inversion and steps: how it was measured) and the
     per-direction measurements under ``settings['factor_annotations']``."""
     keep = ("index", "name", "main_factor", "target_value", "minus_value", "strength", "purity", "preservation", "scale", "start", "end")
     annotations = {
@@ -405,7 +407,11 @@ def annotate_directions(
         max_length=directions.max_length or model.max_length,
         names=[str(record.name) for record in records],
         domain=directions.domain or domain,
-        edit_defaults=[{"scale": float(r.scale), "start": float(r.start), "end": float(r.end)} for r in records],
+        edit_defaults=[
+            {"scale": float(r.scale), "start": float(r.start), "end": float(r.end),
+             **({"inversion": protocol.inversion, "steps": protocol.steps} if protocol is not None else {})}
+            for r in records
+        ],  # fmt: skip
         settings={**directions.settings, ANNOTATIONS_KEY: annotations},
         path=None,
     )

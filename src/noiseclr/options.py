@@ -71,6 +71,11 @@ def format_default(value: Any) -> str:
     return str(value)
 
 
+def field_default(cls: type, name: str) -> Any:
+    """The default of settings field ``name``."""
+    return _default(next(f for f in dataclasses.fields(cls) if f.name == name))
+
+
 def flag(cls: type, name: str) -> str:
     """The command-line flag of settings field ``name`` (for error messages)."""
     for field, meta in _options(cls):
@@ -91,14 +96,17 @@ def add_options(
     only: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     defaults: dict[str, Any] | None = None,
+    default_texts: dict[str, str] | None = None,
 ) -> None:
     """Add an option per flagged field of ``cls`` (``only``/``exclude`` pick fields by name).
 
-    ``defaults`` overrides a field's default for this command (shown in its help too).
+    ``defaults`` overrides a field's default for this command (``None`` for "decided later", with
+    ``default_texts`` saying how in the help).
     """
     wanted = None if only is None else set(only)
     skipped = set(exclude)
     overrides = defaults or {}
+    texts = default_texts or {}
     for field, meta in _options(cls):
         if (wanted is not None and field.name not in wanted) or field.name in skipped:
             continue
@@ -112,7 +120,9 @@ def add_options(
             kwargs.setdefault("type", type(default) if isinstance(default, (int, float, str)) and not isinstance(default, bool) else None)
             if kwargs["type"] is None:
                 del kwargs["type"]
-            shown = meta["default_text"] if meta["default_text"] is not None else (format_default(default) if default is not None else "")
+            shown = texts.get(field.name, meta["default_text"])
+            if shown is None:
+                shown = format_default(default) if default is not None else ""
             if shown:
                 text = f"{text} (default {shown})"
         parser.add_argument(meta["flag"], dest=field.name, default=default, help=text, **kwargs)
