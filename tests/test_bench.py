@@ -416,7 +416,9 @@ def test_bench_writes_table_json_html_and_annotated_directions(faces_run):
     # The annotated copy carries names and the validation picks as edit defaults.
     records = results["methods"]["noiseclr-single"]["directions"]
     assert noiseclr.names == [r["name"] for r in records]
-    assert noiseclr.edit_defaults == [{"scale": r["scale"], "start": r["start"], "end": r["end"]} for r in records]
+    # ... and how they were measured (inversion, steps), which edit and explore then use.
+    assert noiseclr.edit_defaults == [{"scale": r["scale"], "start": r["start"], "end": r["end"], "inversion": "ddpm",
+                                       "steps": results["settings"]["steps"]} for r in records]  # fmt: skip
     noiseclr.check_compatible(model)
     report = (out / "report.html").read_text()
     for needle in ("noiseclr-single", "random", "prompt", "strips/direction-000.png", "coverage", 'style="width:'):

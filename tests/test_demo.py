@@ -68,7 +68,9 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     assert directions.names == [row["name"] for row in summary["directions"]]
     for row, defaults in zip(summary["directions"], directions.edit_defaults):
         assert row["main_factor"] in factor_names("faces")
-        assert abs(defaults["scale"]) == DemoSettings().scale and defaults["scale"] == row["scale"]
+        # One shared calibrated strength, and how it was measured.
+        assert defaults["strength"] == DemoSettings().strength == row["edit_strength"] and "scale" not in defaults
+        assert defaults["inversion"] == "ddpm" and defaults["steps"] == int(TINY[TINY.index("--edit-steps") + 1])
         assert row["name"] in printed and row["strip"] in printed
         assert {"target_value", "minus_value", "plus_change", "minus_change"} <= set(row)
     assert directions.settings["factor_annotations"]["domain"] == "faces"
@@ -96,7 +98,7 @@ def test_demo_without_reader_still_shows_directions(capsys, tiny_model_dir, tmp_
     assert code == 0, err
     assert "unnamed" in printed and "naming skipped" in printed
     assert (tmp_path / "d" / "gallery" / "index.html").is_file()
-    assert Directions.load(tmp_path / "d" / "directions.safetensors").edit_defaults[0]["scale"] == DemoSettings().scale
+    assert Directions.load(tmp_path / "d" / "directions.safetensors").edit_defaults[0]["strength"] == DemoSettings().strength
 
 
 def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
@@ -107,8 +109,9 @@ def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
 
 
 def test_summary_table_formats():
-    rows = [DirectionRecord(index=0, name="glasses (+yes -no)", scale=4.0, strength=0.5, purity=1.0, main_factor="glasses",
-                            changes={"glasses": 0.5, "mouth": 0.0}, strip="gallery/direction-000.png")]  # fmt: skip
+    rows = [DirectionRecord(index=0, name="glasses (+yes -no)", edit_strength=15.0, strength=0.5, purity=1.0, main_factor="glasses",
+                            changes={"glasses": 0.5, "mouth": 0.0}, strip="gallery/direction-000.png"),
+            DirectionRecord(index=1, name="mouth +smile", scale=4.0, strength=0.25, purity=0.5, main_factor="mouth")]  # fmt: skip
     text = summary_table(rows)
-    assert "glasses (+yes -no)" in text and "±4" in text and "0.50" in text
+    assert "glasses (+yes -no)" in text and "±15%" in text and "0.50" in text and "±4" in text
     assert summary_table(rows, markdown=True).startswith("| # |")

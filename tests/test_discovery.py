@@ -165,13 +165,17 @@ def test_run_folder_layout(tiny_model, tmp_path):
     assert [step for step, _ in list_checkpoints(run)] == [6, 7]
     assert result.checkpoint_path == run / "checkpoints" / "step-000007.safetensors"
     lines = (run / "loss.csv").read_text().splitlines()
-    assert lines[0] == "step,loss,seconds,delta_abs_cos,vector_abs_cos" and len(lines) == 8
+    assert lines[0] == "step,loss,seconds,delta_abs_cos,vector_abs_cos,response_mean,response_min" and len(lines) == 8
+    # Per direction and log step (every 10 steps and the last): response and conditioning change.
+    responses = (run / "responses.csv").read_text().splitlines()
+    assert responses[0] == "step,direction,response,conditioning_change" and len(responses) == 1 + 5
     saved = json.loads((run / "settings.json").read_text())
     assert saved["settings"]["num_directions"] == 5 and saved["images"]["count"] == 7 and saved["world_size"] == 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 7 and summary["final_loss"] == pytest.approx(result.final_loss)
     directions = Directions.load(run / "directions.safetensors")
     assert directions.names == list("abcde") and directions.domain == "noise"
+    assert len(directions.calibration["response"]) == 5 and min(directions.calibration["response"]) > 0
     assert directions.settings["batch_size"] == 3 and directions.settings["steps_done"] == 7
     assert torch.equal(directions.vectors, result.directions.vectors)
     ckpt = DiscoveryCheckpoint.load(run / "checkpoints" / "step-000007.safetensors")

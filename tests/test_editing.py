@@ -10,6 +10,7 @@ import torch
 
 from noiseclr.directions import Directions
 from noiseclr.editing import (
+    SPEC_FORM,
     DirectionTerm,
     EditSettings,
     GenerateSettings,
@@ -125,7 +126,8 @@ def test_parse_uses_edit_defaults_when_scale_is_omitted(tiny_model, tmp_path):
         (":1=2@0:1.5", "0 <= START < END <= 1"),
         (":1=2@0.5", "not START:END"),
         (":1=2@a:1", "START 'a' is not a number"),
-        (":1", "no =SCALE given"),
+        (":1", "no =SCALE or =STRENGTH% given"),
+        (":1=abc%", "STRENGTH 'abc' is not a number"),
         (":7=1", "out of range"),
         (":-1=1", "out of range"),
     ],
@@ -138,7 +140,7 @@ def test_parse_malformed_specs_are_one_line_errors(faces_file, tail, problem):
     assert message.startswith(f"--direction {spec}:") and "\n" not in message
     assert problem in message
     if "out of range" not in problem:
-        assert "FILE:INDEX=SCALE[@START:END]" in message
+        assert SPEC_FORM in message
 
 
 def test_parse_missing_file_and_missing_file_name(tmp_path):

@@ -126,6 +126,7 @@ from .metrics import (
     summarize_changes,
 )
 from .model import DiffusionModel
+from .strength import BENCH_STRENGTHS, CALIBRATION_IMAGES, calibration_timesteps, direction_response, noise_response
 from .options import (
     check_choice,
     check_count,
@@ -170,9 +171,13 @@ class BenchSettings:
     steps: int = option(25, flag="--steps", help="inversion and denoising steps per edit", type=positive_int)
     """Inversion and denoising steps of every edit."""
     inversion: str = option("ddpm", flag="--inversion", help="ddpm (exact reconstruction) or ddim (the paper's)")
-    scales: tuple[float, ...] = option((3.0, 6.0), flag="--scales", help="scale magnitudes, each tried with both signs",
-                                       type=float, nargs="+")  # fmt: skip
-    """Scale magnitudes; each is tried with both signs."""
+    strengths: tuple[float, ...] = option(BENCH_STRENGTHS, flag="--strengths", metavar="PERCENT",
+                                          help="calibrated strengths (percent change of the noise prediction), each tried with both signs",
+                                          type=float, nargs="+")  # fmt: skip
+    """Strength magnitudes (:mod:`noiseclr.strength`); each is tried with both signs."""
+    scales: tuple[float, ...] | None = option(None, flag="--scales", help="raw scale magnitudes (lambda) instead of --strengths",
+                                              type=float, nargs="+", default_text="")  # fmt: skip
+    """Raw lambda magnitudes; when set they replace ``strengths`` (the grid the paper's users hand-tune)."""
     windows: tuple[tuple[float, float], ...] = option(
         ((0.0, 1.0), (0.0, 0.5), (0.3, 1.0)), flag="--windows", help="windows tried per direction",
         type=window, nargs="+", metavar="START:END",
@@ -204,7 +209,9 @@ class BenchSettings:
         return max(1, min(9, self.num_directions - 1))
 
     def grid(self) -> list[EditConfig]:
-        return edit_grid(self.scales, self.windows)
+        if self.scales is not None:
+            return edit_grid(self.scales, self.windows)
+        return edit_grid(self.strengths, self.windows, unit="strength")
 
     def protocol(self) -> EditProtocol:
         """How every image set of the run is inverted and edited."""
@@ -243,8 +250,11 @@ class BenchSettings:
                     f"{self.discovery_batch}; render more images or lower the batch."
                 )
         check_inversion(self.inversion, flag["inversion"])
-        if not self.scales or not all(isinstance(s, (int, float)) and float(s) != 0.0 and abs(float(s)) < float("inf") for s in self.scales):
-            raise NoiseCLRError(f"{flag['scales']}: give one or more nonzero finite scale magnitudes, e.g. --scales 3 6.")
+        for name, values in (("strengths", self.strengths), ("scales", self.scales)):
+            if values is None and name == "scales":
+                continue
+            if not values or not all(isinstance(v, (int, float)) and float(v) != 0.0 and abs(float(v)) < float("inf") for v in values):
+                raise NoiseCLRError(f"{flag[name]}: give one or more nonzero finite magnitudes, e.g. {flag[name]} 5 10.")
         if not self.windows:
             raise NoiseCLRError(f"{flag['windows']}: give at least one START:END window, e.g. --windows 0:1 0:0.5.")
         for start, end in self.windows:
@@ -265,7 +275,8 @@ class BenchSettings:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["methods"] = list(self.methods)
-        data["scales"] = [float(s) for s in self.scales]
+        data["scales"] = None if self.scales is None else [float(s) for s in self.scales]
+        data["strengths"] = [float(s) for s in self.strengths]
         data["windows"] = [[float(a), float(b)] for a, b in self.windows]
         return data
 
@@ -292,17 +303,27 @@ class MethodDirections:
     directions: Directions | None = None
     prompts: list[tuple[str, str, str]] | None = None
     """(factor, value, caption) per prompt direction."""
+    responses: list[float] | None = None
+    """Each direction's (or prompt's) response on the run's calibration images (:mod:`noiseclr.strength`):
+    what a strength grid entry means for it. Every method is calibrated on the same images."""
 
     @property
     def count(self) -> int:
         return self.directions.count if self.directions is not None else len(self.prompts or [])
 
     def term(self, index: int, config: EditConfig, sign: float = 1.0) -> EditTerm:
-        scale = sign * abs(config.scale)
+        amount = sign * abs(config.scale)
+        by_strength = config.unit == "strength"
+        scale, strength = (None, amount) if by_strength else (amount, None)
         if self.directions is not None:
-            return DirectionTerm(self.directions, index, scale, config.start, config.end)
-        assert self.prompts is not None
-        return PromptTerm(self.prompts[index][2], scale, config.start, config.end)
+            term: EditTerm = DirectionTerm(self.directions, index, scale, config.start, config.end, strength=strength)
+        else:
+            assert self.prompts is not None
+            term = PromptTerm(self.prompts[index][2], scale, config.start, config.end, strength=strength)
+        if by_strength:
+            assert self.responses is not None, "calibrate the method before a strength grid"
+            term.resolve(self.responses[index])
+        return term
 
     def label(self, index: int) -> str:
         if self.directions is not None:
@@ -311,6 +332,16 @@ class MethodDirections:
         factor, value, caption = self.prompts[index]
         return f"prompt {factor}={value}"
 
+
+
+def calibrate_method(model: DiffusionModel, method: MethodDirections, latents: torch.Tensor) -> list[float]:
+    """Every direction's (or prompt's) response on ``latents``, measured the same way for every method."""
+    timesteps = calibration_timesteps(model)
+    if method.directions is not None:
+        return [float(r) for r in direction_response(model, method.directions, latents, timesteps=timesteps)]
+    assert method.prompts is not None
+    conditionings = model.encode_prompts([caption for _, _, caption in method.prompts])
+    return [float(r) for r in noise_response(model, conditionings, latents, timesteps)]
 
 
 # ---------------------------------------------------------------------------- one method
@@ -389,10 +420,10 @@ def evaluate_method(
         if kept is not None and heldout.recon_kept is not None:
             keep = kept.shape[1]
             title = f"{k}: {record.name} ({selection.config.describe()})"
-            magnitude = abs(selection.config.scale)
+            magnitude = f"{abs(selection.config.scale):g}{'%' if selection.config.unit == 'strength' else ''}"
             grid_image = strip_image(
                 heldout.pixels[:keep], heldout.recon_kept[:keep], [kept[2 * k + 1], kept[2 * k]], title,
-                labels=(f"-{magnitude:g}", f"+{magnitude:g}"),
+                labels=(f"-{magnitude}", f"+{magnitude}"),
             )
             path = save_image(grid_image, folder / "strips" / f"direction-{k:03d}.png")
             record.strip = str(path.relative_to(out))
@@ -486,8 +517,12 @@ def run_cross_domain(
         directions, records, _ = loaded[part]
         record = records[index]
         defaults = (directions.edit_defaults or [None] * directions.count)[index] or record
-        scale = sign * abs(float(defaults["scale"]))
-        return DirectionTerm(directions, index, scale, float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0)))
+        window = (float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0)))
+        if defaults.get("strength") is not None and defaults is not record:  # an edit strength (edit_defaults)
+            return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["strength"])))
+        if defaults.get("edit_strength") is not None:
+            return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["edit_strength"])))
+        return DirectionTerm(directions, index, sign * abs(float(defaults["scale"])), *window)
 
     faces, cats = loaded["face"][2], loaded["cat"][2]
     pairs = [(faces[i % len(faces)], cats[i % len(cats)]) for i in range(max(len(faces), len(cats)))]
@@ -733,6 +768,7 @@ def run_bench(
                          if k not in ("methods", "trajectories_per_pass", "max_batch", "decode_batch", "cross_images", "cross_per_domain")},
         }  # fmt: skip
         discovery_pixels: torch.Tensor | None = None
+        calibration_latents: torch.Tensor | None = None  # the first discovery renders: the same for every method
         token_sets: dict[str, Directions] = {}
         for name in methods:
             # Each method's directions.
@@ -763,6 +799,10 @@ def run_bench(
                 method = MethodDirections(name, "captions of each factor value (supervised reference)", prompts=prompt_captions(domain))
             if method.directions is not None and name != "random":
                 token_sets[name] = method.directions
+            if calibration_latents is None:
+                calibration_latents = model.encode_images(render_pixels(
+                    domain, seeds_for("discovery", CALIBRATION_IMAGES, settings.seed), model.resolution)[0])  # fmt: skip
+            method.responses = calibrate_method(model, method, calibration_latents)
             fingerprint = _fingerprint({**base_fingerprint, "method": name, "source": method.source,
                                         "vectors": hashlib.sha256(method.directions.vectors.numpy().tobytes()).hexdigest()
                                         if method.directions is not None else None})  # fmt: skip

@@ -14,6 +14,13 @@ from typing import Any
 from .fileio import atomic_write_text
 
 
+def _amount(record: Mapping[str, Any]) -> str:
+    """The edit setting a record was measured at: a calibrated strength or a raw scale."""
+    if record.get("edit_strength") is not None:
+        return f"strength ±{abs(record['edit_strength']):g}%"
+    return f"scale {record['scale']:+g}"
+
+
 def _num(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
 
@@ -84,7 +91,7 @@ def _direction_card(record: Mapping[str, Any]) -> str:
     return (
         f'<div class="card"><div class="title">{html.escape(str(record.get("label", record["index"])))}: '
         f'<b>{html.escape(str(record["name"]))}</b> {" ".join(flags)}</div>{prompt}'
-        f'<div class="muted">scale {record["scale"]:+g}, window {record["start"]:g}:{record["end"]:g} '
+        f'<div class="muted">{_amount(record)}, window {record["start"]:g}:{record["end"]:g} '
         f'(validation score {_num(validation.get("score"))}); strength {_num(record["strength"])}, purity '
         f'{_num(record["purity"])}, preservation {_num(record["preservation"])}</div>'
         f'<div class="body">{strip}{_bars(record["changes"], record["main_factor"])}</div></div>'

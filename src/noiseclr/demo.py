@@ -7,11 +7,12 @@
 2. discovers K directions on them with NoiseCLR (``run/``: a normal ``noiseclr discover`` run
    folder, resumable);
 3. names each direction by what it does: the test faces are inverted once and regenerated with
-   the direction at ``+scale`` and ``-scale``; the shipped factor reader reads every factor of
+   the direction at ``+S%`` and ``-S%`` (one calibrated strength for all, :mod:`noiseclr.strength`;
+   ``--scale`` for a raw lambda); the shipped factor reader reads every factor of
    every result and of the unedited reconstruction; a direction is named after the factor it
    changes most under either sign, and the values it moves it to under + and -
    (:func:`noiseclr.measure.direction_records`, the benchmark's own measurement);
-4. writes ``directions.safetensors`` (names, the scale as ``edit_defaults``, the
+4. writes ``directions.safetensors`` (names, the strength as ``edit_defaults``, the
    measurements), a gallery (``gallery/``: one PNG strip per direction and ``index.html``, by
    :func:`noiseclr.explore.explore`) and the summary (``summary.md``, ``summary.json``, printed).
 
@@ -52,6 +53,7 @@ from .measure import (
 )
 from .metrics import SIGNS, axis_changed, change_fractions, changed_mask
 from .model import DiffusionModel
+from .strength import DEMO_STRENGTH
 from .options import check_choice, check_count, check_inversion, check_positive, flags, option, positive_int
 
 log = logging.getLogger("noiseclr")
@@ -76,8 +78,12 @@ class DemoSettings:
     lr: float = 1e-3
     edit_steps: int = option(20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int)
     """Inversion and denoising steps for naming and the gallery."""
-    scale: float = option(12.0, flag="--scale", help="each direction is tried at +/- this scale (the embedded model needs larger scales than SD)")
-    """Each direction is tried at +scale and -scale."""
+    strength: float = option(DEMO_STRENGTH, flag="--strength", metavar="PERCENT",
+                             help="each direction is tried at +/- this calibrated strength: the percent its term changes "
+                                  "the noise prediction by, the same for every direction")  # fmt: skip
+    """One shared calibrated strength (:mod:`noiseclr.strength`); each direction is tried at +S% and -S%."""
+    scale: float | None = option(None, flag="--scale", help="a raw lambda for every direction instead of --strength",
+                                 default_text="")  # fmt: skip
     naming_images: int = option(6, flag="--naming-images", help="new images each direction is measured on", type=positive_int)
     """New faces each direction is applied to for naming (and the first --gallery-images of them are shown)."""
     gallery_images: int = option(4, flag="--gallery-images", help="images per gallery strip", type=positive_int)
@@ -94,10 +100,25 @@ class DemoSettings:
         check_count(self.batch, flag["batch"], 2, "the contrast needs at least 2 images per micro-batch.")
         if self.images < self.batch:
             raise NoiseCLRError(f"{flag['images']} {self.images}: fewer than {flag['batch']} {self.batch}; render more faces.")
-        check_positive(self.scale, flag["scale"], "each direction is tried at +/- it.")
+        check_positive(self.strength, flag["strength"], "each direction is tried at +/- it, e.g. 15.")
+        if self.scale is not None:
+            check_positive(self.scale, flag["scale"], "each direction is tried at +/- it.")
         check_inversion(self.inversion)
         check_choice(self.domain, ("faces", "cats"), flag["domain"], "the demo runs on faces or cats")
         return self
+
+    def amount(self) -> str:
+        """``15%`` or a raw ``12``: how each direction is applied (with both signs)."""
+        return f"{self.scale:g}" if self.scale is not None else f"{self.strength:g}%"
+
+    def edit(self) -> dict[str, float]:
+        """The edit setting, as :meth:`DirectionRecord.set_edit` takes it."""
+        return {"scale": self.scale} if self.scale is not None else {"edit_strength": self.strength}
+
+    def term(self, directions: Directions, index: int, sign: float) -> DirectionTerm:
+        if self.scale is not None:
+            return DirectionTerm(directions, index, sign * self.scale)
+        return DirectionTerm(directions, index, strength=sign * self.strength)
 
     def protocol(self) -> EditProtocol:
         """How the test images are inverted and edited for naming and the gallery."""
@@ -160,7 +181,7 @@ def name_directions(
     Returns one record per direction, measured as an axis like the benchmark does (a factor
     counts as changed on an image if either sign changed it): ``name``, ``main_factor``, the
     values it moves to under + and - (``target_value``, ``minus_value``), ``strength``,
-    ``purity``, ``changes``, ``scale``, ``start``, ``end``.
+    ``purity``, ``changes``, ``edit_strength`` (or ``scale``), ``start``, ``end``.
     """
     from .world.factors import domain_factors
 
@@ -168,13 +189,13 @@ def name_directions(
     factor_names = reader_factor_names(reader, settings.domain)
     values = [factor.values for factor in domain_factors(settings.domain)]
     test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress)
-    edits = [[DirectionTerm(directions, k, sign * settings.scale)] for k in range(directions.count) for sign in SIGNS]
+    edits = [[settings.term(directions, k, sign)] for k in range(directions.count) for sign in SIGNS]
     edited, _ = render_and_read(model, test.inversion, reader, edits, protocol.passes, desc="naming directions", progress=progress)
     edited = edited.view(directions.count, len(SIGNS), *edited.shape[1:])
     changed = changed_mask(edited, test.recon_indices)
     records = direction_records(change_fractions(axis_changed(changed)), edited, changed, factor_names, values)
     for record in records:
-        record.set_edit(settings.scale)
+        record.set_edit(**settings.edit())
         record.images = test.count
     return records
 
@@ -189,12 +210,12 @@ def _also(record: DirectionRecord, limit: int = 2) -> str:
 
 def summary_table(rows: Sequence[DirectionRecord], *, markdown: bool = False) -> str:
     """The per-direction table (plain text or markdown)."""
-    header = ["#", "name (what it changes)", "scale", "changed", "purity", "also changes", "strip"]
+    header = ["#", "name (what it changes)", "strength", "changed", "purity", "also changes", "strip"]
     body = [
         [
             str(row.index),
             str(row.name),
-            f"±{abs(row.scale):g}",
+            row.amount_text(),
             f"{row.strength:.2f}" if row.strength is not None else "-",
             f"{row.purity:.2f}" if row.purity is not None else "-",
             _also(row) if row.changes else "-",
@@ -216,7 +237,7 @@ def _explanation(
 ) -> tuple[str, str]:
     """(intro, next steps) text around the table."""
     subject = "faces" if settings.domain == "faces" else "cats"
-    scale = f"{settings.scale:g}"
+    scale = settings.amount()
     embedded = model.name == EMBEDDED_NAME
     what = (
         "the embedded base model, a small Stable-Diffusion-architecture model trained from scratch on a procedural world "
@@ -239,9 +260,12 @@ def _explanation(
             "moved it to."
         )
         intro.append(
-            "Columns: name = factor (+value: what +scale moves it to, -value: what -scale moves it to; '(mixed)': no "
-            "single value); scale = the strength, tried with both signs (+scale is stored as the direction's default); "
-            "changed = fraction of the test images where that factor changed, under either sign, vs. the unedited "
+            "Columns: name = factor (+value: what + moves it to, -value: what - moves it to; '(mixed)': no single value); "
+            + ("strength = the calibrated strength, the same for every direction: its term changes the model's noise "
+               "prediction by that percent of its norm, tried with both signs (stored as the direction's default); "
+               if settings.scale is None else
+               "scale = the raw lambda, tried with both signs (stored as the direction's default); ")
+            + "changed = fraction of the test images where that factor changed, under either sign, vs. the unedited "
             "reconstruction; purity = that change over all changes (1.00 = nothing else changed); also changes = other "
             "factors it moved; strip = its gallery image."
         )
@@ -317,7 +341,7 @@ def run_demo(
             why_unnamed = str(exc)
             log.warning("cannot name the directions: %s", exc)
     if reader is not None:
-        say(f"[3/4] naming each direction: +/-{settings.scale:g} on {settings.naming_images} test {settings.domain}, read by the factor reader")
+        say(f"[3/4] naming each direction: +/-{settings.amount()} on {settings.naming_images} test {settings.domain}, read by the factor reader")
         rows = name_directions(model, directions, reader, settings, progress=progress)
         annotated = annotate_directions(
             model, directions, rows, domain=settings.domain, source="noiseclr demo", protocol=settings.protocol(),
@@ -326,16 +350,15 @@ def run_demo(
         )  # fmt: skip
     else:
         say("[3/4] naming skipped (no factor reader)")
-        rows = [DirectionRecord(index=k, name=f"direction {k}").set_edit(settings.scale) for k in range(directions.count)]
+        rows = [DirectionRecord(index=k, name=f"direction {k}").set_edit(**settings.edit()) for k in range(directions.count)]
         annotated = directions
         protocol = settings.protocol()
-        annotated.edit_defaults = [{"scale": settings.scale, "start": 0.0, "end": 1.0,
-                                    "inversion": protocol.inversion, "steps": protocol.steps}] * directions.count  # fmt: skip
+        annotated.edit_defaults = [{**row.edit_default(), "inversion": protocol.inversion, "steps": protocol.steps} for row in rows]
     clock = stage("naming", clock)
     directions_path = annotated.save(out / "directions.safetensors")
     named_file = Directions.load(directions_path)
 
-    say(f"[4/4] drawing the gallery ({settings.gallery_images} test {settings.domain} x scales -{settings.scale:g}, 0, +{settings.scale:g})")
+    say(f"[4/4] drawing the gallery ({settings.gallery_images} test {settings.domain} x -{settings.amount()}, 0, +{settings.amount()})")
     count = min(settings.gallery_images, settings.naming_images)
     gallery = explore(
         model,
@@ -343,7 +366,8 @@ def run_demo(
         ImageSet(test_pixels[:count], test_paths[:count]),
         out / "gallery",
         ExploreSettings(
-            scales=(-settings.scale, 0.0, settings.scale),
+            scales=(-settings.scale, 0.0, settings.scale) if settings.scale is not None else None,
+            strengths=(-settings.strength, 0.0, settings.strength) if settings.scale is None else None,
             num_images=count,
             window=(0.0, 1.0),
             steps=settings.edit_steps,

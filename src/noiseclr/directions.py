@@ -19,8 +19,11 @@ stored as one row ``[d_1 | d_2]`` of width ``W1 + W2``. Files are safetensors: t
 ``names``          JSON list of K names (optional; e.g. the factor a direction moves)
 ``domain``         free-text label of the image domain (faces, cats, ...)
 ``settings``       JSON: the discovery settings that produced them
-``edit_defaults``  JSON list of K ``{"scale", "start", "end", "inversion", "steps"}``: how to apply
-                   each direction, as it was measured (optional; the last two may be absent)
+``edit_defaults``  JSON list of K ``{"scale" or "strength", "start", "end", "inversion", "steps"}``:
+                   how to apply each direction, as it was measured (optional; the last two may be absent)
+``calibration``    JSON: each direction's response (``{"response": [K], "definition", "timesteps",
+                   "images", "seed", "source"}``, :mod:`noiseclr.strength`): a strength of S% is the
+                   scale ``S / (100 * response[k])`` (optional; measured at the end of discovery)
 =================  ===========================================================================
 
 Files written before SDXL support have no ``model_kind``/``token_widths``; they are SD files
@@ -95,6 +98,9 @@ class Directions:
     """Each encoder's part of a row: [W] (SD), [W1, W2] (SDXL); None if unknown (imported vectors)."""
     fingerprint_2: dict[str, Any] | None = None
     """SDXL: the second text encoder's fingerprint."""
+    calibration: dict[str, Any] | None = None
+    """Each direction's response (:mod:`noiseclr.strength`): ``{"response": [K floats], "definition",
+    "timesteps", "images", ...}``; what turns a strength (percent) into a scale. None if unmeasured."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.vectors, torch.Tensor) or self.vectors.ndim != 2:
@@ -116,6 +122,8 @@ class Directions:
             raise ValueError(f"{len(self.names)} names for {self.count} directions")
         if self.edit_defaults is not None and len(self.edit_defaults) != self.count:
             raise ValueError(f"{len(self.edit_defaults)} edit defaults for {self.count} directions")
+        if self.calibration is not None and len(self.calibration.get("response", ())) != self.count:
+            raise ValueError(f"calibration of {len(self.calibration.get('response', ()))} directions for {self.count}")
 
     # ----------------------------------------------------------------- basics
     @property
@@ -177,7 +185,13 @@ class Directions:
             vectors=self.vectors[indices],
             names=[self.names[i] for i in indices] if self.names else None,
             edit_defaults=[self.edit_defaults[i] for i in indices] if self.edit_defaults else None,
+            calibration={**self.calibration, "response": [self.calibration["response"][i] for i in indices]}
+            if self.calibration else None,
         )
+
+    def response(self, index: int) -> float | None:
+        """Direction ``index``'s stored response (None when uncalibrated)."""
+        return float(self.calibration["response"][index]) if self.calibration else None
 
     def check_index(self, index: int, what: str = "direction") -> None:
         if not 0 <= index < self.count:
@@ -248,6 +262,8 @@ class Directions:
             meta["names"] = json.dumps(self.names)
         if self.edit_defaults is not None:
             meta["edit_defaults"] = json.dumps(self.edit_defaults)
+        if self.calibration is not None:
+            meta["calibration"] = json.dumps(self.calibration)
         return meta
 
     def save(self, path: str | Path) -> Path:
@@ -310,6 +326,7 @@ class Directions:
                 domain=meta.get("domain", ""),
                 settings=json.loads(meta.get("settings") or "{}"),
                 edit_defaults=json.loads(meta["edit_defaults"]) if meta.get("edit_defaults") else None,
+                calibration=json.loads(meta["calibration"]) if meta.get("calibration") else None,
                 source=meta.get("source", "noiseclr"),
                 path=path,
             )

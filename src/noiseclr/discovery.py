@@ -85,6 +85,8 @@ log = logging.getLogger("noiseclr")
 DEFAULT_VARIANT = "all-anchors"
 """Chosen by measurement, see ``docs/loss_variants.md``."""
 
+INITS = ("random", "tokens")
+"""How direction rows start (:func:`initial_directions`)."""
 RNG_STREAMS = ("directions", "timesteps", "images", "noise")
 
 # --------------------------------------------------------------------------- settings
@@ -120,6 +122,13 @@ class DiscoverySettings:
     seed: int = option(0, flag="--seed", help="seed of every random draw", default_text="")
     domain: str = option("", flag="--domain", help="label stored with the directions (faces, cats, ...)", default_text="")
     """Free-text label of the image domain, stored with the directions."""
+    magnitude_floor: float = option(0.0, flag="--magnitude-floor", metavar="R",
+                                    help="keep every direction's noise response ||eps_k - eps_0|| / ||eps_0|| above R with a "
+                                         "hinge penalty (0: the paper's objective)")  # fmt: skip
+    """Remedy for collapsed directions (``magnitude_hinge``); 0 is the paper's objective."""
+    floor_weight: float = option(10.0, flag="--floor-weight", help="weight of the magnitude floor's hinge")
+    init: str = option("random", flag="--init", help="start rows: random (Gaussian at the typical token norm) or "
+                       "tokens (real token embeddings)", choices=list(INITS))  # fmt: skip
     checkpoint_every: int = option(200, flag="--checkpoint-every", help="steps between checkpoints")
     """Optimizer steps between checkpoints (0: only at the end and on Ctrl-C)."""
     keep_checkpoints: int = 2
@@ -150,6 +159,11 @@ class DiscoverySettings:
         check_positive(self.temperature, flag["temperature"])
         check_choice(self.loss_variant, VARIANTS, flag["loss_variant"])
         check_window(*self.timestep_range, flag["timestep_range"], of="the training timesteps")
+        if not (isinstance(self.magnitude_floor, (int, float)) and 0.0 <= self.magnitude_floor < float("inf")):
+            raise NoiseCLRError(f"{flag['magnitude_floor']} {self.magnitude_floor}: must be 0 (off) or a positive number, e.g. 0.05.")
+        if not (isinstance(self.floor_weight, (int, float)) and 0.0 <= self.floor_weight < float("inf")):
+            raise NoiseCLRError(f"{flag['floor_weight']} {self.floor_weight}: must be 0 or a positive number.")
+        check_choice(self.init, INITS, flag["init"])
         check_count(self.checkpoint_every, flag["checkpoint_every"], 0, "must be 0 (off) or positive.")
         check_count(self.keep_checkpoints, "keep_checkpoints", why="must be at least 1.")
         if self.names is not None and len(self.names) != self.num_directions:
@@ -271,19 +285,60 @@ def timestep_bounds(model: DiffusionModel, timestep_range: tuple[float, float]) 
     return low, high
 
 
-def initial_directions(model: DiffusionModel, count: int, seed: int) -> torch.Tensor:
-    """[count, width] Gaussian rows, each rescaled to the typical token-embedding norm (SDXL: per encoder part)."""
+def initial_directions(model: DiffusionModel, count: int, seed: int, init: str = "random") -> torch.Tensor:
+    """[count, width] starting rows.
+
+    ``random``: Gaussian rows rescaled to the typical token-embedding norm (SDXL: per encoder part).
+    ``tokens``: the embeddings of ``count`` distinct random real tokens of the vocabulary (specials
+    excluded; SDXL: the same token id in both encoders), so every direction starts as a word the
+    model knows and already moves the noise prediction.
+    """
     generator = torch.Generator().manual_seed(_stream_seed(seed, "init"))
-    rows = torch.randn((count, model.token_width), generator=generator, dtype=torch.float32)
-    return model.scale_to_token_norms(rows)
+    if init == "random":
+        rows = torch.randn((count, model.token_width), generator=generator, dtype=torch.float32)
+        return model.scale_to_token_norms(rows)
+    if init != "tokens":
+        raise ValueError(f"unknown init {init!r}; one of {INITS}")
+    tables = [encoder.get_input_embeddings().weight.detach().float().cpu() for encoder, _ in model.encoders]
+    vocab = min(table.shape[0] for table in tables)
+    special = {model.tokenizer.bos_token_id, model.tokenizer.eos_token_id, model.tokenizer.pad_token_id}
+    candidates = torch.tensor([i for i in range(vocab) if i not in special])
+    if count > len(candidates):
+        raise NoiseCLRError(f"--init tokens: {count} directions but only {len(candidates)} real tokens; use --init random.")
+    ids = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+    return torch.cat([table[ids] for table in tables], dim=1)
 
 
 # ------------------------------------------------------------------- the objective
 class MicroBatchLoss(NamedTuple):
     loss: torch.Tensor
-    """Scalar float32 loss (mean-normalised), with grad to ``direction_vectors``."""
+    """Scalar float32 loss (mean-normalised, plus the magnitude floor's hinge if set), with grad to ``direction_vectors``."""
     features: torch.Tensor
     """[J, N_global, F] unit-length deltas (the local slice carries grad)."""
+    response: torch.Tensor
+    """[J] this process's ``mean_n ||delta|| / ||eps(c_0)||`` per drawn direction (detached)."""
+
+
+def delta_and_response(
+    model: DiffusionModel,
+    direction_vectors: torch.Tensor,
+    latents: torch.Tensor,
+    timestep: int | torch.Tensor,
+    noise: torch.Tensor,
+    drawn: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-length deltas [J, N, C*h*w] (as :func:`delta_features`) and each drawn direction's
+    response on these images, ``mean_n ||delta|| / ||eps(c_0)||`` [J], both with grad."""
+    noisy = model.add_noise(latents, noise, timestep)
+    with torch.no_grad():
+        null = model.null_conditioning().expand(noisy.shape[0], -1, -1)
+        eps_null = model.predict_eps(noisy, timestep, null)
+    conditionings = model.encode_directions(direction_vectors[drawn.to(direction_vectors.device)])
+    eps_directions = model.predict_eps_grid(noisy, timestep, conditionings)  # [J, N, C, h, w]
+    deltas = eps_directions - eps_null.unsqueeze(0)
+    null_norm = eps_null.flatten(1).float().norm(dim=1).clamp_min(1e-30)
+    response = (deltas.flatten(2).float().norm(dim=2) / null_norm).mean(dim=1)
+    return normalize_features(deltas), response
 
 
 def delta_features(
@@ -299,13 +354,14 @@ def delta_features(
     The null pass runs without grad as its own call; the J*N direction passes are ONE UNet call
     with grad, which reaches only ``direction_vectors[drawn]``.
     """
-    noisy = model.add_noise(latents, noise, timestep)
-    with torch.no_grad():
-        null = model.null_conditioning().expand(noisy.shape[0], -1, -1)
-        eps_null = model.predict_eps(noisy, timestep, null)
-    conditionings = model.encode_directions(direction_vectors[drawn.to(direction_vectors.device)])
-    eps_directions = model.predict_eps_grid(noisy, timestep, conditionings)  # [J, N, C, h, w]
-    return normalize_features(eps_directions - eps_null.unsqueeze(0))
+    return delta_and_response(model, direction_vectors, latents, timestep, noise, drawn)[0]
+
+
+def magnitude_hinge(response: torch.Tensor, floor: float) -> torch.Tensor:
+    """``mean_j max(0, floor - response_j)``: zero once every drawn direction changes the noise
+    prediction by at least ``floor`` (relative), so the contrastive loss cannot buy its
+    normalised separation with directions that barely act."""
+    return torch.relu(floor - response).mean()
 
 
 def micro_batch_loss(
@@ -318,26 +374,43 @@ def micro_batch_loss(
     variant: str = DEFAULT_VARIANT,
     temperature: float = 0.5,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    magnitude_floor: float = 0.0,
+    floor_weight: float = 0.0,
 ) -> MicroBatchLoss:
     """The loss of one micro-batch: N local images, J drawn directions, one timestep.
 
     ``latents`` and ``noise`` are this process's [N, C, h, w]; ``gather`` turns the local
     [J, N, F] features into the global batch (see :class:`Processes`), identity by default.
+    With ``magnitude_floor > 0`` the loss adds ``floor_weight * magnitude_hinge`` (this process's
+    images; the paper's objective has none).
     """
-    features = delta_features(model, direction_vectors, latents, timestep, noise, drawn)
+    features, response = delta_and_response(model, direction_vectors, latents, timestep, noise, drawn)
     if gather is not None:
         features = gather(features)
-    return MicroBatchLoss(contrastive_loss(features, temperature, variant), features)
+    loss = contrastive_loss(features, temperature, variant)
+    if magnitude_floor > 0 and floor_weight > 0:
+        loss = loss + floor_weight * magnitude_hinge(response, magnitude_floor)
+    return MicroBatchLoss(loss, features, response.detach())
 
 
 # ----------------------------------------------------------------- helpers
 def _loss_csv(rows: list[dict[str, float]]) -> str:
     out = io.StringIO()
-    columns = ["step", "loss", "seconds", "delta_abs_cos", "vector_abs_cos"]
+    columns = ["step", "loss", "seconds", "delta_abs_cos", "vector_abs_cos", "response_mean", "response_min"]
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in columns if k in row})
+    return out.getvalue()
+
+
+def _responses_csv(rows: list[dict[str, Any]]) -> str:
+    """step, direction, response (last time drawn), conditioning_change: one row per direction and log step."""
+    out = io.StringIO()
+    out.write("step,direction,response,conditioning_change\n")
+    for row in rows:
+        for k, (response, change) in enumerate(zip(row["response"], row["conditioning_change"])):
+            out.write(f"{row['step']},{k},{response:.6g},{change:.6g}\n")
     return out.getvalue()
 
 
@@ -540,7 +613,7 @@ class _Trainer:
         self.bounds = timestep_bounds(model, settings.timestep_range)
         self.sampler = Sampler(settings.seed)
         # Master weights in float32 whatever the model's dtype.
-        init = initial_directions(model, settings.num_directions, settings.seed)
+        init = initial_directions(model, settings.num_directions, settings.seed, settings.init)
         self.vectors = torch.nn.Parameter(init.to(model.device))
         self.optimizer = torch.optim.AdamW(
             [self.vectors], lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay
@@ -549,6 +622,10 @@ class _Trainer:
         self.seconds = 0.0
         self.loss_log: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
+        # Each direction's response the last time it was drawn (NaN until then) and its conditioning
+        # change, logged every log_every steps to RUN/responses.csv: how collapse shows.
+        self.last_response = torch.full((settings.num_directions,), float("nan"))
+        self.response_log: list[dict[str, Any]] = []
 
     # -------------------------------------------------------------- state
     def restore(self, ckpt: DiscoveryCheckpoint) -> None:
@@ -560,6 +637,10 @@ class _Trainer:
         self.step = ckpt.step
         self.seconds = ckpt.seconds
         self.loss_log = list(ckpt.loss_log)[: ckpt.step]
+        responses = json.loads(ckpt.meta.get("response_log") or "[]")
+        self.response_log = [row for row in responses if row["step"] <= ckpt.step]
+        if self.response_log:
+            self.last_response = torch.tensor(self.response_log[-1]["response"], dtype=torch.float32)
         self.last_checkpoint = ckpt.path
         log.info("resuming %s at step %d", ckpt.path, ckpt.step)
 
@@ -571,6 +652,7 @@ class _Trainer:
             "world_size": str(self.procs.size),
             "global_batch": str(self.global_batch),
             "settings": self.settings.to_json(),
+            "response_log": self.response_log,
         }
 
     def _checkpoint_name(self) -> str:
@@ -599,6 +681,19 @@ class _Trainer:
     def write_loss_csv(self) -> None:
         if self.procs.is_main:
             atomic_write_text(self.run_dir / "loss.csv", _loss_csv(self.loss_log))
+            atomic_write_text(self.run_dir / "responses.csv", _responses_csv(self.response_log))
+
+    @torch.no_grad()
+    def log_responses(self) -> None:
+        """Per direction: last seen noise response, and the conditioning change ``||c_k - c_0|| / ||c_0||``."""
+        null = self.model.null_conditioning().float()
+        conditionings = self.model.encode_directions(self.vectors.detach()).float()
+        change = (conditionings - null).flatten(1).norm(dim=1) / null.flatten().norm().clamp_min(1e-30)
+        self.response_log.append({
+            "step": self.step,
+            "response": [round(float(v), 6) for v in self.last_response],
+            "conditioning_change": [round(float(v), 6) for v in change.cpu()],
+        })  # fmt: skip
 
     # --------------------------------------------------------------- loop
     def one_step(self) -> dict[str, Any]:
@@ -607,7 +702,7 @@ class _Trainer:
         assert self.latents is not None
         latent_shape = tuple(self.latents.shape[2:])
         rank_slice = slice(procs.rank * settings.batch_size, (procs.rank + 1) * settings.batch_size)
-        losses, diversity, anchors = [], [], set()
+        losses, diversity, anchors, responses = [], [], set(), []
         for _ in range(settings.micro_batches):
             draw = self.sampler.draw(
                 num_directions=settings.num_directions,
@@ -631,7 +726,11 @@ class _Trainer:
                 variant=settings.loss_variant,
                 temperature=settings.temperature,
                 gather=procs.gather_features,
+                magnitude_floor=settings.magnitude_floor,
+                floor_weight=settings.floor_weight,
             )
+            responses.append(result.response)
+            self.last_response[draw.drawn] = result.response.to(self.last_response)
             # NaN/inf is checked once per step (one device sync); a NaN loss only poisons the grad.
             (result.loss / settings.micro_batches).backward()
             losses.append(result.loss.detach())
@@ -647,9 +746,12 @@ class _Trainer:
         if not bool(finite):
             bad = [float(v) for v in loss_values.tolist() if not math.isfinite(v)]
             return {"diverged": f"the loss became {bad[0]}" if bad else "the gradient became nan or inf"}
+        drawn_response = torch.cat(responses)
         return {
             "loss": float(loss_values.double().mean()),
             "delta_abs_cos": float(torch.stack(diversity).mean()),
+            "response_mean": float(drawn_response.mean()),
+            "response_min": float(drawn_response.min()),
             "anchors": sorted(anchors),
         }
 
@@ -719,6 +821,8 @@ class _Trainer:
                     "seconds": round(self.seconds, 3),
                     "delta_abs_cos": outcome["delta_abs_cos"],
                     "vector_abs_cos": mean_vector_abs_cos(self.vectors),
+                    "response_mean": outcome["response_mean"],
+                    "response_min": outcome["response_min"],
                 }
                 self.loss_log.append(row)
                 self.rng_at_step = self.sampler.state()
@@ -727,6 +831,8 @@ class _Trainer:
             if callback is not None:
                 callback({**row, "anchors": outcome["anchors"], "vectors": self.vectors.detach()})
             every = settings.checkpoint_every
+            if self.step % max(1, settings.log_every) == 0 or self.step == settings.steps:
+                self.log_responses()
             if self.step < settings.steps and every and self.step % every == 0:
                 with hold_interrupts():
                     self.save_checkpoint(self.rng_at_step)
@@ -734,7 +840,17 @@ class _Trainer:
                 self.write_loss_csv()
 
     def finish(self, rng: dict[str, torch.Tensor]) -> DiscoveryResult:
+        from .strength import calibrate
+
         settings = self.settings
+        calibration = None
+        if self.procs.is_main:
+            # Each direction's response on the discovery images: what makes strengths comparable.
+            assert self.latents is not None
+            calibration = calibrate(
+                self.model, Directions(vectors=self.vectors.detach()), self.latents[0],
+                timestep_range=settings.timestep_range, seed=settings.seed, source="end of discovery",
+            )  # fmt: skip
         directions = Directions.for_model(
             self.model,
             self.vectors.detach(),
@@ -747,6 +863,7 @@ class _Trainer:
                 "world_size": self.procs.size,
                 "global_batch": self.global_batch,
             },
+            calibration=calibration,
         )
         directions_path = self.run_dir / "directions.safetensors"
         final_loss = float(self.loss_log[-1]["loss"]) if self.loss_log else float("nan")

@@ -54,6 +54,7 @@ from .inversion import (
     make_schedule,
     work_dtype,
 )
+from .strength import resolve_strengths
 from .options import check_count, check_inversion, check_max_batch, is_whole, option, positive_int
 
 if TYPE_CHECKING:
@@ -63,16 +64,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("noiseclr")
 
-SPEC_FORM = "FILE:INDEX=SCALE[@START:END], e.g. runs/faces/directions.safetensors:3=4.5@0:0.6"
+SPEC_FORM = "FILE:INDEX[=SCALE|=STRENGTH%][@START:END], e.g. runs/faces/directions.safetensors:3=15%@0:0.6"
 _WINDOW_TOLERANCE = 1e-9  # so 0.6 * 50 steps is exactly 30 steps, not 31
 
 
 # ------------------------------------------------------------------------------------ terms
 def _check_scale_and_window(term: DirectionTerm | PromptTerm) -> None:
-    """Normalise a term's scale and window to floats; a one-line error if they cannot work."""
-    term.scale = float(term.scale)
-    if not math.isfinite(term.scale):
-        raise NoiseCLRError(f"{term.describe()}: scale {term.scale} is not a finite number; pass e.g. 3 or -2.5.")
+    """Normalise a term's scale (or strength) and window to floats; a one-line error if they cannot work."""
+    if (term.scale is None) == (term.strength is None):
+        raise NoiseCLRError(f"{term.describe()}: give a scale or a strength (percent), not {'both' if term.scale is not None else 'neither'}.")
+    for name in ("scale", "strength"):
+        value = getattr(term, name)
+        if value is not None:
+            value = float(value)
+            setattr(term, name, value)
+            if not math.isfinite(value):
+                raise NoiseCLRError(f"{term.describe()}: {name} {value} is not a finite number; pass e.g. 3 or -2.5.")
     term.start, term.end = float(term.start), float(term.end)
     if not 0.0 <= term.start < term.end <= 1.0:
         raise NoiseCLRError(
@@ -80,30 +87,62 @@ def _check_scale_and_window(term: DirectionTerm | PromptTerm) -> None:
         )
 
 
+def _amount(term: DirectionTerm | PromptTerm) -> str:
+    if term.strength is None:
+        return f"x{term.scale:g}" if isinstance(term.scale, (int, float)) else "x?"
+    resolved = f" (x{term.scale:.3g})" if term.scale is not None else ""
+    return f"{term.strength:g}%{resolved}"
+
+
+class _Strength:
+    """Shared by both term kinds: a term is given a scale (lambda) or a strength (percent)."""
+
+    scale: float | None
+    strength: float | None
+    response: float | None
+
+    def resolve(self, response: float) -> None:
+        """Set the scale from the strength and the direction's response (:mod:`noiseclr.strength`)."""
+        from .strength import scale_for
+
+        self.response = float(response)
+        self.scale = scale_for(self.strength, response) if self.strength is not None else self.scale
+
+    @property
+    def amount(self) -> float:
+        """The signed size as given (strength if given, else scale): what "nonzero" and signs read."""
+        return float(self.strength if self.strength is not None else self.scale)
+
+
 @dataclass(eq=False)
-class DirectionTerm:
-    """One direction applied with a scale over a window of the denoising steps."""
+class DirectionTerm(_Strength):
+    """One direction applied with a scale (or a calibrated strength) over a window of the denoising steps."""
 
     directions: Directions
     index: int
-    scale: float
+    scale: float | None = None
+    """lambda in ``lambda * (eps(c_k) - eps(c_0))``; None when the term is given a ``strength``."""
     start: float = 0.0
     """Fraction of the denoising steps where the term switches on (0 = first, noisiest step)."""
     end: float = 1.0
     """Fraction where it switches off (1 = after the last step)."""
+    strength: float | None = None
+    """Percent change of the noise prediction (:mod:`noiseclr.strength`); sets ``scale`` when resolved."""
+    response: float | None = None
+    """The direction's response the scale was derived from (set by :meth:`resolve`)."""
 
     def __post_init__(self) -> None:
         self.directions.check_index(self.index)
         _check_scale_and_window(self)
 
     def describe(self) -> str:
-        """Short label, e.g. ``faces.safetensors 3: smile x4.5 @0-0.6``."""
+        """Short label, e.g. ``faces.safetensors 3: smile x4.5 @0-0.6`` or ``... 15% (x4.5)``."""
         where = self.directions.path.name if self.directions.path else (self.directions.domain or "directions")
         label = (
             self.directions.label(self.index) if 0 <= self.index < self.directions.count else f"direction {self.index}"
         )
         window = "" if (self.start, self.end) == (0.0, 1.0) else f" @{self.start:g}-{self.end:g}"
-        return f"{where} {label} x{self.scale:g}{window}"
+        return f"{where} {label} {_amount(self)}{window}"
 
     def active_steps(self, steps: int) -> torch.Tensor:
         """[steps] bool: whether the term acts at each denoising step."""
@@ -116,7 +155,7 @@ class DirectionTerm:
 
 
 @dataclass(eq=False)
-class PromptTerm:
+class PromptTerm(_Strength):
     """A text prompt used exactly like a direction: ``scale * (eps(x_t, c_prompt) - eps(x_t, c_0))``.
 
     Accepted wherever a :class:`DirectionTerm` is (``regenerate``, ``render_edits``, ``edit``,
@@ -125,9 +164,11 @@ class PromptTerm:
     """
 
     prompt: str
-    scale: float
+    scale: float | None = None
     start: float = 0.0
     end: float = 1.0
+    strength: float | None = None
+    response: float | None = None
 
     def __post_init__(self) -> None:
         self.prompt = str(self.prompt)
@@ -135,7 +176,7 @@ class PromptTerm:
 
     def describe(self) -> str:
         window = "" if (self.start, self.end) == (0.0, 1.0) else f" @{self.start:g}-{self.end:g}"
-        return f"prompt {self.prompt!r} x{self.scale:g}{window}"
+        return f"prompt {self.prompt!r} {_amount(self)}{window}"
 
     def active_steps(self, steps: int) -> torch.Tensor:
         return window_mask(self.start, self.end, steps)
@@ -161,11 +202,12 @@ _SPEC_TAIL = re.compile(r":(?P<index>[^:=@/\\]*)(?:=(?P<scale>[^:=@/\\]*))?(?:@(
 
 
 def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None) -> DirectionTerm:
-    """Parse the CLI syntax ``FILE:INDEX=SCALE[@START:END]`` into a :class:`DirectionTerm`.
+    """Parse the CLI syntax ``FILE:INDEX[=SCALE|=STRENGTH%][@START:END]`` into a :class:`DirectionTerm`.
 
-    ``FILE`` may itself contain ``:``. ``SCALE`` may be negative. Without ``=SCALE`` the file's
-    ``edit_defaults`` for that index supply the scale (and the window, unless one is given).
-    ``loaded`` caches files by name, so a file named in several specs is read once.
+    ``FILE`` may itself contain ``:``. ``=SCALE`` is the raw lambda; ``=STRENGTH%`` a calibrated
+    strength (percent change of the noise prediction, :mod:`noiseclr.strength`); both may be
+    negative. Without either, the file's ``edit_defaults`` for that index supply it (and the
+    window, unless one is given). ``loaded`` caches files by name, so a file is read once.
     """
 
     def fail(problem: str) -> NoiseCLRError:
@@ -189,8 +231,13 @@ def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None)
         raise fail(f"INDEX {index_text!r} is not a whole number") from None
 
     scale: float | None = None
+    strength: float | None = None
     if scale_text is not None:
-        scale = _finite(scale_text.strip(), "SCALE", fail)
+        scale_text = scale_text.strip()
+        if scale_text.endswith("%"):
+            strength = _finite(scale_text[:-1].strip(), "STRENGTH", fail)
+        else:
+            scale = _finite(scale_text, "SCALE", fail)
     window: tuple[float, float] | None = None
     if window_text is not None:
         parts = window_text.split(":")
@@ -214,15 +261,18 @@ def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None)
         raise NoiseCLRError(f"--direction {spec}: {exc}") from None
 
     start, end = window if window is not None else (0.0, 1.0)
-    if scale is None:
+    if scale is None and strength is None:
         defaults = (directions.edit_defaults or [None] * directions.count)[index]
-        if not isinstance(defaults, dict) or defaults.get("scale") is None:
-            raise fail(f"no =SCALE given and {file_part} has no edit defaults for direction {index}")
-        scale = float(defaults["scale"])
+        if not isinstance(defaults, dict) or (defaults.get("scale") is None and defaults.get("strength") is None):
+            raise fail(f"no =SCALE or =STRENGTH% given and {file_part} has no edit defaults for direction {index}")
+        if defaults.get("strength") is not None:
+            strength = float(defaults["strength"])
+        else:
+            scale = float(defaults["scale"])
         if window is None:
             start, end = float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0))
     try:
-        return DirectionTerm(directions, index, scale, start, end)
+        return DirectionTerm(directions, index, scale, start, end, strength=strength)
     except NoiseCLRError as exc:
         raise NoiseCLRError(f"--direction {spec}: {exc}") from None
 
@@ -316,6 +366,8 @@ def edit_weights(
     weights = torch.zeros(len(edits), columns, steps, dtype=torch.float64)
     for e, terms in enumerate(edits):
         for term in terms:
+            if term.scale is None:
+                raise ValueError(f"{term.describe()}: strength not resolved to a scale (noiseclr.strength.resolve_strengths)")
             column = offset + rows[term.key]
             weights[e, column] += term.scale * term.active_steps(steps).to(torch.float64)
     return weights
@@ -415,7 +467,7 @@ def _check_finite(eps: torch.Tensor, step: int, steps: int) -> None:
 
 def _warn_empty_windows(terms: Sequence[EditTerm], steps: int) -> None:
     for term in terms:
-        if term.scale != 0 and not bool(term.active_steps(steps).any()):
+        if term.amount != 0 and not bool(term.active_steps(steps).any()):
             log.warning(
                 "%s: its window covers none of the %d steps; it has no effect (widen it or use more steps)",
                 term.describe(),
@@ -450,6 +502,7 @@ def regenerate(
     images = list(range(inversion.batch)) if image_indices is None else [int(i) for i in image_indices]
     check_max_batch(max_batch)
 
+    resolve_strengths(model, [term for terms in edits for term in terms], inversion.source_latents)
     tensors, rows = direction_conditionings(model, edits)
     conditionings = torch.cat([model.null_conditioning(), *tensors])
     per_edit = edit_weights(edits, rows, conditionings.shape[0], inversion.steps, offset=1)
@@ -637,6 +690,8 @@ def generate_latents(
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must be {list(shape)}, got {list(noise.shape)}")
 
+    # Strengths of uncalibrated files are measured on the initial noise taken as clean latents.
+    resolve_strengths(model, [term for terms in edits for term in terms], noise)
     tensors, rows = direction_conditionings(model, edits)
     prompt_conditionings = model.encode_prompts(prompts)
     conditionings = torch.cat([model.null_conditioning(), prompt_conditionings, *tensors])

@@ -36,8 +36,13 @@ class ExploreSettings:
         None, flag="--scales", help="edit scales", type=float, nargs="+",
         default_text="-2, -1, 0, 1 and 2 times each direction's stored scale, else -6 -3 0 3 6",
     )  # fmt: skip
-    """Edit strengths, one column each; 0 shows the reconstruction. None: multiples of each
-    direction's stored scale (:data:`STORED_MULTIPLES`), or :data:`FALLBACK_SCALES`."""
+    """Raw lambdas, one column each; 0 shows the reconstruction. None (and no ``strengths``): multiples
+    of each direction's stored strength or scale (:data:`STORED_MULTIPLES`), or :data:`FALLBACK_SCALES`."""
+    strengths: tuple[float, ...] | None = option(
+        None, flag="--strengths", help="calibrated strengths (percent) instead of --scales", type=float, nargs="+",
+        metavar="PERCENT", default_text="",
+    )  # fmt: skip
+    """Calibrated strengths (percent, :mod:`noiseclr.strength`), one column each, the same for every direction."""
     num_images: int = option(4, flag="--num-images", help="images per strip", type=positive_int)
     """Images per strip (the first ones of the folder, by name)."""
     indices: list[int] | None = option(None, flag="--indices", help="only these directions", type=int, nargs="+", default_text="")
@@ -61,6 +66,10 @@ class ExploreSettings:
     def __post_init__(self) -> None:
         if self.scales is not None and not self.scales:
             raise NoiseCLRError("--scales: give at least one scale, e.g. --scales -6 -3 0 3 6.")
+        if self.strengths is not None and not self.strengths:
+            raise NoiseCLRError("--strengths: give at least one strength, e.g. --strengths -15 0 15.")
+        if self.scales is not None and self.strengths is not None:
+            raise NoiseCLRError("--scales and --strengths: give one of them (raw lambdas or calibrated percents).")
         check_count(self.num_images, "--num-images", why="must be at least 1.")
         if self.inversion is not None:
             check_inversion(self.inversion)
@@ -84,14 +93,35 @@ class ExploreResult:
     seconds: float = 0.0
 
 
-def _scales_for(directions: Directions, index: int, settings: ExploreSettings) -> tuple[float, ...]:
+Column = tuple[float, str]
+"""One strip column: an amount and its unit (``scale`` = raw lambda, ``strength`` = percent)."""
+
+
+def _columns_for(directions: Directions, index: int, settings: ExploreSettings) -> list[Column]:
+    if settings.strengths is not None:
+        return [(float(v), "strength") for v in settings.strengths]
     if settings.scales is not None:
-        return tuple(float(s) for s in settings.scales)
+        return [(float(v), "scale") for v in settings.scales]
     stored = (directions.edit_defaults or [None] * directions.count)[index] or {}
-    if stored.get("scale"):
-        magnitude = abs(float(stored["scale"]))
-        return tuple(m * magnitude for m in STORED_MULTIPLES)
-    return FALLBACK_SCALES
+    for unit in ("strength", "scale"):
+        if stored.get(unit):
+            magnitude = abs(float(stored[unit]))
+            return [(m * magnitude, unit) for m in STORED_MULTIPLES]
+    return [(v, "scale") for v in FALLBACK_SCALES]
+
+
+def _label(column: Column) -> str:
+    amount, unit = column
+    if amount == 0:
+        return "0 (recon)"
+    return f"{amount:+g}%" if unit == "strength" else f"{amount:+g}"
+
+
+def _term(directions: Directions, index: int, column: Column, window: tuple[float, float]) -> DirectionTerm:
+    amount, unit = column
+    if unit == "strength":
+        return DirectionTerm(directions, index, None, *window, strength=amount)
+    return DirectionTerm(directions, index, amount, *window)
 
 
 def _window_for(directions: Directions, index: int, settings: ExploreSettings) -> tuple[float, float]:
@@ -142,40 +172,37 @@ def explore(
     count = min(settings.num_images, len(images))
     pixels = images.pixels[:count]
     names = [p.name for p in images.paths[:count]]
-    scales = {index: _scales_for(directions, index, settings) for index in indices}
+    columns_of = {index: _columns_for(directions, index, settings) for index in indices}
 
     latents = model.encode_images(pixels)
     inversion = invert(
         model, latents, inversion_method, steps, generator=torch.Generator().manual_seed(settings.seed), progress=progress
     )
-    needs_reconstruction = any(0.0 in column_scales for column_scales in scales.values())
+    needs_reconstruction = any(amount == 0 for columns in columns_of.values() for amount, _ in columns)
     reconstruction = render_edits(model, inversion, [[]], progress=False)[0] if needs_reconstruction else None
 
     strips: list[Path] = []
     cards: list[str] = []
     chunks = [indices[i : i + settings.directions_per_pass] for i in range(0, len(indices), settings.directions_per_pass)]
     for chunk in chunks:
-        pairs = [(index, scale) for index in chunk for scale in scales[index] if scale != 0]
-        edits = [[DirectionTerm(directions, index, scale, *_window_for(directions, index, settings))] for index, scale in pairs]
+        pairs = [(index, column) for index in chunk for column in columns_of[index] if column[0] != 0]
+        edits = [[_term(directions, index, column, _window_for(directions, index, settings))] for index, column in pairs]
         rendered = render_edits(model, inversion, edits, max_batch=settings.max_batch, progress=progress) if edits else None
         for index in chunk:
             columns: list[torch.Tensor] = [pixels]
-            for scale in scales[index]:
-                columns.append(reconstruction if scale == 0 else rendered[pairs.index((index, scale))])
+            for column in columns_of[index]:
+                columns.append(reconstruction if column[0] == 0 else rendered[pairs.index((index, column))])
             rows = [[tensor_to_pil(column[b]) for column in columns] for b in range(count)]
             start, end = _window_for(directions, index, settings)
             title = f"{directions.label(index)}   (window {start:g}:{end:g}, {inversion_method} inversion)"
-            grid = make_grid(
-                rows,
-                column_labels=["input"] + [f"{s:+g}" if s else "0 (recon)" for s in scales[index]],
-                title=title,
-            )
+            grid = make_grid(rows, column_labels=["input"] + [_label(c) for c in columns_of[index]], title=title)
             path = save_image(grid, out / f"direction-{index:03d}.png")
             strips.append(path)
+            stored = settings.scales is None and settings.strengths is None
             command = edit_command(model, directions, index, images.paths[0] if images.paths else None, out,
-                                   scales[index], (start, end), inversion_method, steps, settings.scales is None)  # fmt: skip
+                                   columns_of[index], (start, end), inversion_method, steps, stored)  # fmt: skip
             cards.append(_card(directions, index, path.name, command))
-    page = _page(directions, model, names, cards, inversion_method, steps, settings.scales is None)
+    page = _page(directions, model, names, cards, inversion_method, steps, settings.scales is None and settings.strengths is None)
     index_html = atomic_write_text(out / "index.html", page)
     return ExploreResult(out=out, index_html=index_html, strips=strips, seconds=time.monotonic() - started)
 
@@ -186,23 +213,27 @@ def edit_command(
     index: int,
     image: Path | None,
     gallery: Path,
-    scales: Sequence[float],
+    columns: Sequence[Column],
     window: tuple[float, float],
     inversion: str,
     steps: int,
-    stored_scale: bool,
+    stored_setting: bool,
 ) -> str:
-    """A ``noiseclr edit`` command that applies direction ``index`` as its strip does, runnable from
-    the gallery folder (paths relative to it)."""
+    """A ``noiseclr edit`` command that applies direction ``index`` as its strip does (its strongest
+    column, or the stored setting), runnable from the gallery folder (paths relative to it)."""
+
     def here(path: Path) -> str:
         return os.path.relpath(Path(path).resolve(), Path(gallery).resolve())
 
     source = here(directions.path) if directions.path else "directions.safetensors"
-    strongest = max(scales, key=abs)
     has_stored = bool((directions.edit_defaults or [None] * directions.count)[index])
-    spec = f"{source}:{index}" if (stored_scale and has_stored) else f"{source}:{index}={strongest:g}"
-    if (window != (0.0, 1.0)) and not (stored_scale and has_stored):
-        spec += f"@{window[0]:g}:{window[1]:g}"
+    if stored_setting and has_stored:
+        spec = f"{source}:{index}"
+    else:
+        amount, unit = max(columns, key=lambda column: abs(column[0]))
+        spec = f"{source}:{index}={amount:g}{'%' if unit == 'strength' else ''}"
+        if window != (0.0, 1.0):
+            spec += f"@{window[0]:g}:{window[1]:g}"
     parts = ["noiseclr edit"]
     if model.name != "noiseclr/embedded-base":
         parts.append(f"--model {shlex.quote(model.name)}")
@@ -224,7 +255,8 @@ def _page(
     stored: bool,
 ) -> str:
     title = f"NoiseCLR directions: {directions.path.name if directions.path else 'directions'}"
-    columns = "-2, -1, 0, +1 and +2 times each direction's stored scale" if stored else "the edit scales in the column heads"
+    columns = ("-2, -1, 0, +1 and +2 times each direction's stored strength (or scale)" if stored
+               else "the edits in the column heads (a % is a calibrated strength, a plain number a raw scale)")  # fmt: skip
     intro = (
         f"{directions.count} directions{f' for {html.escape(directions.domain)}' if directions.domain else ''}, "
         f"model <code>{html.escape(model.name)}</code>. Each strip: one row per image "

@@ -305,6 +305,10 @@ class DirectionRecord:
     changes: dict[str, float] | None = None
     # -- the edit setting and context
     scale: float | None = None
+    """The raw lambda it was measured at (None when measured at a ``strength``)."""
+    edit_strength: float | None = None
+    """The calibrated edit strength (percent, :mod:`noiseclr.strength`) it was measured at; not to be
+    confused with ``strength``, the fraction of images whose main factor it changed."""
     start: float | None = None
     end: float | None = None
     images: int | None = None
@@ -319,9 +323,22 @@ class DirectionRecord:
     _MEASURED = ("main_factor", "target_value", "minus_value", "plus_change", "minus_change", "target_share",
                  "strength", "purity", "preservation", "effective", "discovers", "changes")  # fmt: skip
 
-    def set_edit(self, scale: float, start: float = 0.0, end: float = 1.0) -> DirectionRecord:
-        self.scale, self.start, self.end = float(scale), float(start), float(end)
+    def set_edit(
+        self, scale: float | None = None, start: float = 0.0, end: float = 1.0, edit_strength: float | None = None
+    ) -> DirectionRecord:
+        self.scale = None if scale is None else float(scale)
+        self.edit_strength = None if edit_strength is None else float(edit_strength)
+        self.start, self.end = float(start), float(end)
         return self
+
+    def edit_default(self) -> dict[str, float]:
+        """The setting as a directions file's ``edit_defaults`` entry (``strength`` there is the edit strength)."""
+        amount = {"strength": self.edit_strength} if self.edit_strength is not None else {"scale": self.scale}
+        return {**amount, "start": float(self.start), "end": float(self.end)}
+
+    def amount_text(self) -> str:
+        """``±10%`` (a calibrated strength) or ``±12`` (a raw lambda)."""
+        return f"±{abs(self.edit_strength):g}%" if self.edit_strength is not None else f"±{abs(self.scale):g}"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON dict: the measurement (when measured, None values kept) and whatever else is set."""
@@ -392,7 +409,8 @@ def annotate_directions(
     """A copy of ``directions`` named after what each moves, with the chosen ``edit_defaults`` (the
     scale and window, and the ``protocol``'s inversion and steps: how it was measured) and the
     per-direction measurements under ``settings['factor_annotations']``."""
-    keep = ("index", "name", "main_factor", "target_value", "minus_value", "strength", "purity", "preservation", "scale", "start", "end")
+    keep = ("index", "name", "main_factor", "target_value", "minus_value", "strength", "purity", "preservation", "scale",
+            "edit_strength", "start", "end")  # fmt: skip
     annotations = {
         "domain": domain,
         "source": source,
@@ -408,10 +426,9 @@ def annotate_directions(
         names=[str(record.name) for record in records],
         domain=directions.domain or domain,
         edit_defaults=[
-            {"scale": float(r.scale), "start": float(r.start), "end": float(r.end),
-             **({"inversion": protocol.inversion, "steps": protocol.steps} if protocol is not None else {})}
+            {**r.edit_default(), **({"inversion": protocol.inversion, "steps": protocol.steps} if protocol is not None else {})}
             for r in records
-        ],  # fmt: skip
+        ],
         settings={**directions.settings, ANNOTATIONS_KEY: annotations},
         path=None,
     )

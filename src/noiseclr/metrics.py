@@ -51,23 +51,30 @@ SIGNS = (1.0, -1.0)
 
 @dataclass(frozen=True)
 class EditConfig:
-    """One edit setting: a scale magnitude (applied with both signs) and a window."""
+    """One edit setting: a magnitude (applied with both signs) and a window.
+
+    ``unit`` says what the magnitude ``scale`` is: a raw lambda (``"scale"``) or a calibrated
+    strength in percent (``"strength"``, :mod:`noiseclr.strength`).
+    """
 
     scale: float
     start: float = 0.0
     end: float = 1.0
+    unit: str = "scale"
 
     def to_json(self) -> dict[str, float]:
-        return {"scale": float(self.scale), "start": float(self.start), "end": float(self.end)}
+        key = "edit_strength" if self.unit == "strength" else "scale"
+        return {key: float(self.scale), "start": float(self.start), "end": float(self.end)}
 
     def describe(self) -> str:
-        return f"±{abs(self.scale):g} @{self.start:g}:{self.end:g}"
+        percent = "%" if self.unit == "strength" else ""
+        return f"±{abs(self.scale):g}{percent} @{self.start:g}:{self.end:g}"
 
 
-def edit_grid(scales: Sequence[float], windows: Sequence[tuple[float, float]]) -> list[EditConfig]:
-    """Every scale magnitude (ascending; each later applied at + and -) times every window."""
+def edit_grid(scales: Sequence[float], windows: Sequence[tuple[float, float]], unit: str = "scale") -> list[EditConfig]:
+    """Every magnitude (ascending; each later applied at + and -) times every window."""
     magnitudes = sorted({abs(float(s)) for s in scales if float(s) != 0.0})
-    return [EditConfig(magnitude, float(start), float(end)) for magnitude in magnitudes for start, end in windows]
+    return [EditConfig(magnitude, float(start), float(end), unit) for magnitude in magnitudes for start, end in windows]
 
 
 # ----------------------------------------------------------------------------- metric math
