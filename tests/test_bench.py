@@ -238,10 +238,10 @@ def test_selection_uses_only_validation_images(tiny_model, tmp_path, monkeypatch
     """By construction: the rule sees only the validation change table, and the held-out images are
     regenerated with edits only after every direction's setting is chosen."""
     events: list[tuple[str, int]] = []
-    real_render, real_select = bench.render_and_read, bench.select_configs
+    real_render, real_select = bench.render_and_read, bench.select_edit
 
     def spy_render(model, inversion, reader, edits, settings, **kwargs):
-        events.append(("render", id(inversion), len(edits)))
+        events.append(("render", inversion.source_latents.clone(), len(edits)))
         return real_render(model, inversion, reader, edits, settings, **kwargs)
 
     def spy_select(validation_changes, grid, min_preservation):
@@ -253,26 +253,35 @@ def test_selection_uses_only_validation_images(tiny_model, tmp_path, monkeypatch
 
     def spy_prepare(model, reader, domain, role, count, settings, **kwargs):
         split = real_prepare(model, reader, domain, role, count, settings, **kwargs)
-        splits[id(split.inversion)] = role
+        splits[role] = split.inversion.source_latents.clone()
         return split
 
+    def role_of(latents):
+        # The bench renders slices of a split (Inversion.select): recognise them by their images.
+        roles = {r for r, whole in splits.items() if all(any(torch.equal(row, w) for w in whole) for row in latents)}
+        assert len(roles) == 1, roles
+        return roles.pop()
+
     monkeypatch.setattr(bench, "render_and_read", spy_render)
-    monkeypatch.setattr(bench, "select_configs", spy_select)
+    monkeypatch.setattr(bench, "select_edit", spy_select)
     monkeypatch.setattr(bench, "prepare_split", spy_prepare)
     settings = tiny_settings(methods=("random",))
     result = run_bench(tiny_model, "faces", tmp_path / "b", settings, readers=doubles("faces"), progress=False)
     edit_events = [e for e in events if e[0] == "select" or e[2] > 1]  # reconstructions are single [] edits
-    (select_at,) = [i for i, e in enumerate(edit_events) if e[0] == "select"]
-    assert edit_events[select_at][1] == (3, 2, len(factor_names("faces")))  # K x (1 magnitude x 2 windows) x F; signs fold into the axis
-    assert all(splits.get(e[1]) == "validation" for e in edit_events[:select_at])
-    assert all(splits.get(e[1]) == "heldout" for e in edit_events[select_at + 1 :])
+    selects = [i for i, e in enumerate(edit_events) if e[0] == "select"]
+    assert selects == list(range(selects[0], selects[0] + 3))  # one per direction, all at once
+    assert all(edit_events[i][1] == (2, len(factor_names("faces"))) for i in selects)  # (1 magnitude x 2 windows) x F
+    assert selects[0] > 0 and selects[-1] < len(edit_events) - 1
+    assert all(role_of(e[1]) == "validation" for e in edit_events[: selects[0]])
+    assert all(role_of(e[1]) == "heldout" for e in edit_events[selects[-1] + 1 :])
     method = result.results["methods"]["random"]
     held, val = method["heldout_seeds"], method["validation_seeds"]
     assert held[1] < val[0] or val[1] < held[0]  # disjoint seed ranges
     # The stored validation table is exactly what the picks came from.
     table = torch.tensor(method["validation_changes"], dtype=torch.float64)
     for k, record in enumerate(method["directions"]):
-        pick = select_edit(table[k], settings.grid(), settings.min_preservation)
+        kept = method["validation_survivors"][k]
+        pick = select_edit(table[k, kept], [settings.grid()[g] for g in kept], settings.min_preservation)
         assert (pick.config.scale, pick.config.start, pick.config.end) == (record["scale"], record["start"], record["end"])
 
 
@@ -537,3 +546,36 @@ def test_bench_cli_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     assert code == 0, err
     assert "cats benchmark" in out and "random" in out and "report.html" in out
     assert json.loads((tmp_path / "c" / "results.json").read_text())["methods"]["random"]["summary"]["num_factors"] == 5
+
+
+# ------------------------------------------------------------------- fewer rows, same power
+def test_wilson_interval_and_early_stop_rule():
+    from noiseclr.metrics import clearly_ineffective, wilson_interval
+
+    low, high = wilson_interval(100, 200)
+    assert low < 0.5 < high and high - low == pytest.approx(2 * 0.0689, abs=2e-3)  # +-7 points at n = 200
+    assert wilson_interval(0, 50)[0] == 0.0 and wilson_interval(0, 50)[1] == pytest.approx(0.0714, abs=1e-3)
+    # 1 of 50 changed: cannot reach 0.25; 6 of 50 (upper bound 0.24) neither; 8 of 50 might.
+    changes = torch.tensor([[0.02, 0.0], [0.12, 0.1], [0.16, 0.0]], dtype=torch.float64)
+    assert clearly_ineffective(changes, 50).tolist() == [True, True, False]
+
+
+def test_screening_keeps_the_best_settings_per_direction():
+    from noiseclr.metrics import screen_settings
+
+    # 1 direction, 4 settings, 2 factors: setting 2 is best, 0 second, 3 violates preservation.
+    table = torch.tensor([[[[0.5, 0.0], [0.1, 0.0], [0.9, 0.1], [1.0, 0.9]]]], dtype=torch.float64)[0]
+    assert screen_settings(table, 2, 0.8) == [[0, 2]]
+    assert screen_settings(table, 1, 0.8) == [[2]]
+
+
+def test_bench_screens_validation_and_stops_hopeless_directions_early(tiny_model, tmp_path):
+    settings = tiny_settings(methods=("random",), validation=8, heldout=24, screen_fraction=0.5, keep_settings=1)
+    result = run_bench(tiny_model, "faces", tmp_path / "s", settings, readers=doubles("faces"), progress=False)
+    method = result.results["methods"]["random"]
+    assert method["screening"]["validation_images"] == 4 and method["screening"]["heldout_head"] == 20
+    assert all(len(kept) == 1 for kept in method["validation_survivors"])
+    for k, record in enumerate(method["directions"]):
+        assert record["images"] == (20 if k in method["screening"]["stopped_early"] else 24)
+        low, high = record["strength_ci"]
+        assert low <= record["strength"] <= high

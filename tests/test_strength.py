@@ -110,3 +110,16 @@ def test_a_term_takes_a_scale_or_a_strength(model64):
         DirectionTerm(directions, 0)
     with pytest.raises(NoiseCLRError, match="finite"):
         DirectionTerm(directions, 0, strength=float("inf"))
+
+
+def test_change_similarity_finds_one_axis_twice(model64):
+    from noiseclr.strength import change_similarity, duplicate_pairs
+
+    directions = some_directions(model64)
+    # Row 2 is a copy of row 0: the same change twice.
+    directions.vectors[2] = directions.vectors[0] * 1.0
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    similarity = change_similarity(model64, directions, latents, 500)
+    assert similarity.shape == (3, 3) and torch.allclose(similarity.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert similarity[0, 2] == pytest.approx(1.0) and abs(float(similarity[0, 1])) < 0.99
+    assert duplicate_pairs(similarity, 0.99) == [[0, 2, pytest.approx(1.0)]]

@@ -75,10 +75,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,11 @@ from .metrics import (
     pair_interference,
     part_changes,
     random_directions,
-    select_configs,
+    clearly_ineffective,
+    screen_settings,
+    select_edit,
     summarize_changes,
+    wilson_interval,
 )
 from .model import DiffusionModel
 from .strength import BENCH_STRENGTHS, CALIBRATION_IMAGES, calibration_timesteps, direction_response, noise_response
@@ -184,6 +188,15 @@ class BenchSettings:
     )  # fmt: skip
     """Active parts of the schedule tried per direction (0 = first, noisiest step)."""
     min_preservation: float = option(0.8, flag="--min-preservation", help="selection constraint on preservation")
+    screen_fraction: float = option(0.25, flag="--screen-fraction",
+                                    help="fraction of validation images every grid setting is tried on first (1: no screening)")  # fmt: skip
+    """Every grid setting is tried on this first share of the validation images; only the best
+    ``keep_settings`` per direction are tried on the rest (successive halving)."""
+    keep_settings: int = option(2, flag="--keep-settings", help="grid settings per direction kept after the screening",
+                                type=positive_int)  # fmt: skip
+    early_stop: bool = option(True, flag="--no-early-stop", help="measure every direction on all held-out images")
+    """Directions that cannot be effective (95% upper bound of every factor's change below the effective
+    strength on the first quarter of the held-out images) are reported on that quarter only."""
     """Selection constraint on a setting's preservation (validation)."""
     strip_images: int = option(4, flag="--strip-images", help="held-out images per direction strip in the report")
     """Held-out images shown per direction in the report."""
@@ -263,6 +276,8 @@ class BenchSettings:
             raise NoiseCLRError(f"--seed {self.seed}: use 0..4 (each picks fresh image sets inside the evaluation seed range).")
         check_positive(self.discovery_lr, flag["discovery_lr"])
         check_fraction(self.min_preservation, flag["min_preservation"])
+        if not (isinstance(self.screen_fraction, (int, float)) and 0.0 < self.screen_fraction <= 1.0):
+            raise NoiseCLRError(f"{flag['screen_fraction']} {self.screen_fraction}: must be in (0, 1]; 1 tries every setting on every image.")
         check_count(self.strip_images, flag["strip_images"], 0, "must be 0 or more.")
         check_max_batch(self.max_batch)
         if self.discovery_negatives is not None and not 1 <= self.discovery_negatives < self.num_directions:
@@ -382,34 +397,65 @@ def evaluate_method(
     folder = ensure_output_dir(out / method_dirname(method.name))
     log.info("%s: %d directions x %d edit settings on %d validation images", method.name, count, len(grid), validation.count)
 
-    # 1. the grid, at both signs, on validation images only
-    edits = [[method.term(k, config, sign)] for k in range(count) for config in grid for sign in SIGNS]
     passes = settings.protocol().passes
-    edited, _ = render_and_read(
-        model, validation.inversion, reader, edits, passes, desc=f"{method.name}: validation grid", progress=progress
-    )
-    by_sign = changed_mask(edited, validation.recon_indices).view(count, len(grid), len(SIGNS), *edited.shape[1:])
-    validation_changes = change_fractions(axis_changed(by_sign))
-    selections = select_configs(validation_changes, grid, settings.min_preservation)
 
-    # 2. the picks, at both signs, on held-out images
+    def axis_changes(split: Split, edits: list[list[EditTerm]], images: list[int], desc: str, keep: int = 0):
+        """Read every edit (both signs adjacent) on ``images`` of ``split``: changes [E/2, F], edited, changed, kept."""
+        inversion = split.inversion.select(images)
+        edited, kept = render_and_read(model, inversion, reader, edits, passes, keep_images=keep, desc=desc, progress=progress)
+        edited = edited.view(len(edits) // len(SIGNS), len(SIGNS), *edited.shape[1:])
+        changed = changed_mask(edited, split.recon_indices[images])
+        return change_fractions(axis_changed(changed)), edited, changed, kept
+
+    # 1. the grid, at both signs, on validation images only: every setting on a first slice
+    #    (screening), the best keep_settings per direction on the rest.
+    screened = min(validation.count, max(4, math.ceil(settings.screen_fraction * validation.count)))
+    first, rest = list(range(screened)), list(range(screened, validation.count))
+    edits = [[method.term(k, config, sign)] for k in range(count) for config in grid for sign in SIGNS]
+    screen, _, _, _ = axis_changes(validation, edits, first, f"{method.name}: validation grid")
+    screen = screen.view(count, len(grid), -1)
+    survivors = screen_settings(screen, settings.keep_settings, settings.min_preservation) if rest else [list(range(len(grid)))] * count
+    validation_changes = screen.clone()
+    if rest:
+        edits = [[method.term(k, grid[g], sign)] for k in range(count) for g in survivors[k] for sign in SIGNS]
+        more, _, _, _ = axis_changes(validation, edits, rest, f"{method.name}: validation, kept settings")
+        cursor = 0
+        for k in range(count):
+            for g in survivors[k]:
+                validation_changes[k, g] = (screen[k, g] * len(first) + more[cursor] * len(rest)) / validation.count
+                cursor += 1
+    selections = []
+    for k in range(count):
+        pick = select_edit(validation_changes[k, survivors[k]], [grid[g] for g in survivors[k]], settings.min_preservation)
+        selections.append(replace(pick, index=survivors[k][pick.index]))
+
+    # 2. the picks, at both signs, on held-out images: a first slice for every direction; the rest
+    #    only for directions that could still be effective (95% upper bound of every factor's
+    #    change at or above the effective strength).
+    head_count = heldout.count if not settings.early_stop else min(heldout.count, max(20, math.ceil(heldout.count / 4)))
+    head, tail = list(range(head_count)), list(range(head_count, heldout.count))
     edits = [[method.term(k, selection.config, sign)] for k, selection in enumerate(selections) for sign in SIGNS]
-    edited, kept = render_and_read(
-        model,
-        heldout.inversion,
-        reader,
-        edits,
-        passes,
-        keep_images=settings.strip_images,
-        desc=f"{method.name}: held-out",
-        progress=progress,
-    )
-    edited = edited.view(count, len(SIGNS), *edited.shape[1:])
-    changed = changed_mask(edited, heldout.recon_indices)
-    changes = change_fractions(axis_changed(changed))
+    changes, edited_head, changed_head, kept = axis_changes(heldout, edits, head, f"{method.name}: held-out",
+                                                            keep=settings.strip_images)  # fmt: skip
+    stopped = clearly_ineffective(changes, head_count) if tail else torch.zeros(count, dtype=torch.bool)
+    going = [k for k in range(count) if not bool(stopped[k])]
+    edited: list[torch.Tensor] = list(edited_head)
+    changed: list[torch.Tensor] = list(changed_head)
+    if tail and going:
+        edits = [[method.term(k, selections[k].config, sign)] for k in going for sign in SIGNS]
+        _, edited_tail, changed_tail, _ = axis_changes(heldout, edits, tail, f"{method.name}: held-out, rest")
+        for position, k in enumerate(going):
+            edited[k] = torch.cat([edited_head[k], edited_tail[position]], dim=1)
+            changed[k] = torch.cat([changed_head[k], changed_tail[position]], dim=1)
+            changes[k] = change_fractions(axis_changed(changed[k]))
     values = [factor.values for factor in domain_factors(heldout.domain)]
     records = direction_records(changes, edited, changed, factor_names, values)
     for k, (record, selection) in enumerate(zip(records, selections)):
+        images = int(changed[k].shape[1])
+        main = factor_names.index(record.main_factor)
+        record.images = images
+        record.strength_ci = [round(v, 4) for v in wilson_interval(float(changes[k, main]) * images, images)]
+        record.stopped_early = bool(stopped[k])
         record.set_edit(**selection.config.to_json())
         record.label = method.label(k)
         record.validation = selection.to_json(factor_names)
@@ -448,6 +494,9 @@ def evaluate_method(
         "validation_seeds": [validation.seeds[0], validation.seeds[-1]],
         "heldout_seeds": [heldout.seeds[0], heldout.seeds[-1]],
         "validation_changes": [[[round(float(v), 4) for v in row] for row in table] for table in validation_changes],
+        "validation_survivors": survivors,
+        "screening": {"validation_images": screened, "heldout_head": head_count,
+                      "stopped_early": [k for k in range(count) if bool(stopped[k])]},  # fmt: skip
         "directions": [record.to_json() for record in records],
         "seconds": round(time.monotonic() - started, 1),
     }

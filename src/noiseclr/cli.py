@@ -37,7 +37,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default="embedded",
-        help="Stable Diffusion 1.x/2.x pipeline: 'embedded' (the shipped base model), a diffusers folder, or a hub id",
+        help="Stable Diffusion 1.x/2.x or XL pipeline: 'embedded' (the shipped base model), a diffusers folder, or a hub id",
     )
     add_options(group, RuntimeSettings, only=("device", "dtype", "threads"))
 
@@ -72,6 +72,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "source": directions.source,
         "count": directions.count,
         "token_width": directions.width,
+        "kind": {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "Stable Diffusion XL"}.get(directions.kind or "", "unknown"),
+        "token_widths": directions.token_widths,
+        "calibrated": "yes (strengths in % apply)" if directions.calibration else "no (a % strength is measured on the images edited)",
         "model": directions.model_id or "unknown",
         "domain": directions.domain or "",
         "max_length": directions.max_length,
@@ -82,6 +85,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         info["names"] = directions.names
         info["edit_defaults"] = directions.edit_defaults
+        info["calibration"] = directions.calibration
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
@@ -105,7 +109,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         line = f"  [{index:3d}] {directions.names[index] if directions.names else ''}"
         if directions.edit_defaults:
             d = directions.edit_defaults[index]
-            line += f"  scale {d.get('scale')} window {d.get('start', 0)}:{d.get('end', 1)}"
+            amount = f"strength {d['strength']:g}%" if d.get("strength") is not None else f"scale {d.get('scale')}"
+            line += f"  {amount} window {d.get('start', 0)}:{d.get('end', 1)}"
+            if d.get("inversion"):
+                line += f" ({d['inversion']}, {d.get('steps')} steps)"
+        if directions.calibration:
+            line += f"  response {directions.response(index):.4g}"
         print(line.rstrip())
     return 0
 

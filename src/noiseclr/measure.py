@@ -303,6 +303,10 @@ class DirectionRecord:
     effective: bool | None = None
     discovers: bool | None = None
     changes: dict[str, float] | None = None
+    strength_ci: list[float] | None = None
+    """95% Wilson interval of ``strength`` over the images it was measured on."""
+    stopped_early: bool | None = None
+    """Measured on the first held-out images only: it could not be effective (bench early stop)."""
     # -- the edit setting and context
     scale: float | None = None
     """The raw lambda it was measured at (None when measured at a ``strength``)."""
@@ -366,14 +370,15 @@ def direction_records(
 ) -> list[DirectionRecord]:
     """One record per direction: main factor, the values it moves to under + and -, strength,
     purity, preservation. ``changes`` [K, F] is the axis change table; ``edited`` and ``changed``
-    are per sign, [K, 2, B, F] (sign order :data:`noiseclr.metrics.SIGNS`)."""
+    are per sign, [K, 2, B, F] (sign order :data:`noiseclr.metrics.SIGNS`), or K tensors [2, B_k, F]
+    when directions were measured on different numbers of images."""
     metrics = direction_metrics(changes)
     winners = set(discovered_factors(changes).values())
     records = []
     for k in range(changes.shape[0]):
         main = int(metrics.main[k])
-        plus, plus_share, plus_change = _target(edited[k, 0], changed[k, 0], main, factor_values[main])
-        minus, minus_share, minus_change = _target(edited[k, 1], changed[k, 1], main, factor_values[main])
+        plus, plus_share, plus_change = _target(edited[k][0], changed[k][0], main, factor_values[main])
+        minus, minus_share, minus_change = _target(edited[k][1], changed[k][1], main, factor_values[main])
         strength = float(metrics.strength[k])
         records.append(
             DirectionRecord(

@@ -40,6 +40,8 @@ DEMO_STRENGTH = 15.0
 """The demo's one shared strength (percent). Measured on the embedded model: see README, "Strength"."""
 BENCH_STRENGTHS = (7.5, 15.0)
 """The benchmark's strength grid (percent), each tried with both signs."""
+DUPLICATE_COSINE = 0.8
+"""Directions whose noise changes have |cos| at least this on the same images are one axis twice."""
 
 
 def calibration_timesteps(model: DiffusionModel, timestep_range: tuple[float, float] = (0.0, 1.0)) -> list[int]:
@@ -105,6 +107,40 @@ def direction_response(
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
+@torch.no_grad()
+def change_similarity(
+    model: DiffusionModel, directions: Directions, latents: torch.Tensor, timestep: int, *, seed: int = 0, rows_per_call: int = 256
+) -> torch.Tensor:
+    """Signed cosine [K, K] between directions' noise changes ``eps(c_k) - eps(c_0)`` on the same
+    images and noise at one ``timestep``, each direction's changes over the images as one vector.
+
+    Near +-1 means two directions make the same change (or its opposite: one axis twice).
+    """
+    generator = torch.Generator().manual_seed(int(seed) + 1)
+    latents = latents.to(model.device, torch.float32)
+    batch = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    noisy = model.add_noise(latents, noise, int(timestep))
+    eps_null = model.predict_eps(noisy, int(timestep), model.null_conditioning().expand(batch, -1, -1))
+    rows = []
+    per_call = max(1, rows_per_call // batch)
+    for first in range(0, directions.count, per_call):
+        conditionings = model.encode_directions(directions.vectors[first : first + per_call].to(model.device))
+        eps = model.predict_eps_grid(noisy, int(timestep), conditionings)
+        rows.append((eps - eps_null.unsqueeze(0)).flatten(1).double().cpu())
+    changes = torch.cat(rows)
+    unit = changes / changes.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return unit @ unit.T
+
+
+def duplicate_pairs(similarity: torch.Tensor, threshold: float = DUPLICATE_COSINE) -> list[list[float]]:
+    """``[i, j, cos]`` for i < j with ``|cos| >= threshold`` (most similar first)."""
+    count = similarity.shape[0]
+    pairs = [[i, j, round(float(similarity[i, j]), 4)] for i in range(count) for j in range(i + 1, count)
+             if abs(float(similarity[i, j])) >= threshold]  # fmt: skip
+    return sorted(pairs, key=lambda pair: -abs(pair[2]))
+
+
 def calibrate(
     model: DiffusionModel,
     directions: Directions,
@@ -118,8 +154,12 @@ def calibrate(
     latents = latents[:CALIBRATION_IMAGES]
     timesteps = calibration_timesteps(model, timestep_range)
     response = direction_response(model, directions, latents, timesteps=timesteps, seed=seed)
+    similarity = change_similarity(model, directions, latents, timesteps[len(timesteps) // 2], seed=seed)
+    off_diagonal = similarity.abs()[~torch.eye(directions.count, dtype=torch.bool)]
     return {
         "response": [float(r) for r in response],
+        "duplicates": duplicate_pairs(similarity),
+        "mean_abs_cos": float(off_diagonal.mean()) if off_diagonal.numel() else 0.0,
         "definition": DEFINITION,
         "timesteps": timesteps,
         "images": int(latents.shape[0]),
