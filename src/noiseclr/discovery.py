@@ -477,15 +477,32 @@ def _check_resume(ckpt: DiscoveryCheckpoint, model: DiffusionModel, settings: Di
             "resume with the same images or pick another --out folder."
         )
     before = DiscoverySettings.from_json(json.loads(ckpt.meta.get("settings") or "{}"))
-    trajectory = (
-        "num_negatives", "micro_batches", "temperature", "loss_variant", "seed",
-        "hflip", "timestep_range", "lr", "betas", "weight_decay",
-    )  # fmt: skip
-    changed = [name for name in trajectory if getattr(before, name) != getattr(settings, name)]
+    changed = changed_trajectory(before, settings)
     if int(ckpt.meta.get("global_batch", global_batch)) != global_batch:
         changed.append("batch size x processes")
     if changed:
         log.warning("resuming %s with changed settings (%s); the run will not match an uninterrupted one", where, ", ".join(changed))
+
+
+TRAJECTORY = (
+    "num_negatives", "micro_batches", "temperature", "loss_variant", "seed", "hflip", "timestep_range", "lr", "betas",
+    "weight_decay", "magnitude_floor", "floor_weight", "init",
+)  # fmt: skip
+"""Settings that change what a run learns (besides K, N and the step count)."""
+
+
+def changed_trajectory(before: DiscoverySettings, now: DiscoverySettings) -> list[str]:
+    """The :data:`TRAJECTORY` settings that differ between two runs."""
+    return [name for name in TRAJECTORY if getattr(before, name) != getattr(now, name)]
+
+
+def run_settings(run: str | Path) -> DiscoverySettings | None:
+    """The settings a run folder was made with (None if it holds no run)."""
+    path = Path(run) / "settings.json"
+    try:
+        return DiscoverySettings.from_json(json.loads(path.read_text())["settings"])
+    except (OSError, KeyError, json.JSONDecodeError, TypeError):
+        return None
 
 
 def finished_run(run: str | Path, settings: DiscoverySettings) -> Directions | None:
@@ -501,6 +518,9 @@ def finished_run(run: str | Path, settings: DiscoverySettings) -> Directions | N
     except (OSError, json.JSONDecodeError):
         return None
     if int(done.get("steps", -1)) != settings.steps or int(done.get("num_directions", -1)) != settings.num_directions:
+        return None
+    before = run_settings(run)
+    if before is None or changed_trajectory(before, settings):
         return None
     log.info("reusing the finished discovery run %s", run)
     return Directions.load(path)
