@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import NoiseCLRError
 from .options import add_options, flags, from_args
 from .runtime import RuntimeSettings
+from .version import __version__
 
 log = logging.getLogger("noiseclr")
 
@@ -134,10 +135,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     settings = from_args(DiscoverySettings, args).validate()
     try:
         result = discover(args.model, args.images, args.out, settings, runtime=_runtime(args), resume=args.resume)
-    except DiscoveryInterrupted as stop:
-        if stop.checkpoint is not None:
-            print(f"noiseclr: interrupted at step {stop.step}; checkpoint {stop.checkpoint}; add --resume to continue", file=sys.stderr)
-        return 130
+    except DiscoveryInterrupted:
+        return 130  # discovery has logged the one line: where the checkpoint is, and --resume
     if not result.is_main_process:
         return 0
     print(f"discovered {result.directions.count} directions in {_seconds(result.seconds)} ({result.steps} steps, final loss {result.final_loss:.4f})")
@@ -157,16 +156,18 @@ def _terms(specs: Sequence[str]):
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import EditSettings, edit
-    from .fileio import ensure_output_dir
-    from .images import load_image_files, save_image
+    from .fileio import check_output_dir, ensure_output_dir
+    from .images import check_image_files, load_image_files, save_image
 
     started = time.monotonic()
     settings = from_args(EditSettings, args)
     terms = _terms(args.direction)
-    out = ensure_output_dir(args.out)
+    check_image_files(args.image)  # before the model load; --out is created once there is a result
+    out = check_output_dir(args.out)
     model = _load_model(args)
     images = load_image_files(args.image, model.resolution)
     result = edit(model, images, terms, settings)
+    ensure_output_dir(out)
     for index, path in enumerate(images.paths):
         save_image(result.edited[index], out / f"{path.stem}-edited.png")
         save_image(result.reconstruction[index], out / f"{path.stem}-reconstruction.png")
@@ -180,15 +181,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .editing import GenerateSettings, generate
-    from .fileio import ensure_output_dir
+    from .fileio import check_output_dir, ensure_output_dir
     from .images import save_image
 
     started = time.monotonic()
     settings = from_args(GenerateSettings, args)
     terms = _terms(args.direction)
-    out = ensure_output_dir(args.out)
+    out = check_output_dir(args.out)
     model = _load_model(args)
     result = generate(model, args.prompt, terms, settings, compare=bool(terms))
+    ensure_output_dir(out)
     for p in range(len(result)):
         save_image(result.images[p], out / f"{p:03d}.png")
         if result.plain is not None:
@@ -201,8 +203,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ explore
 def cmd_explore(args: argparse.Namespace) -> int:
     from .explore import ExploreSettings, explore
+    from .images import check_image_folder
 
     settings = from_args(ExploreSettings, args)
+    check_image_folder(args.images)  # before the model load
     model = _load_model(args)
     result = explore(model, args.directions, args.images, args.out, settings)
     print(f"rendered {len(result.strips)} direction strip(s) in {_seconds(result.seconds)}")
@@ -275,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Discover edit directions in Stable Diffusion models from unlabeled images (NoiseCLR), and edit images with them.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument("--version", action="version", version=f"noiseclr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("discover", help="learn K edit directions from a folder of unlabeled images")
@@ -368,8 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoiseCLRError as exc:
         print(f"noiseclr: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("noiseclr: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        if not getattr(stop, "logged", False):  # DiscoveryInterrupted has said where its checkpoint is
+            print("noiseclr: interrupted", file=sys.stderr)
         return 130
 
 

@@ -141,7 +141,7 @@ def _discovery(
     model: DiffusionModel, pixels: torch.Tensor, run: Path, settings: DemoSettings, progress: bool
 ) -> Directions:
     discovery = settings.discovery()
-    done = finished_run(run, discovery)
+    done = finished_run(run, discovery, pixels)
     if done is not None:
         return done
     return discover(model, pixels, run, discovery, resume=True, progress=progress).directions
