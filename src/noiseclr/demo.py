@@ -168,7 +168,7 @@ def _discovery(
     model: DiffusionModel, pixels: torch.Tensor, run: Path, settings: DemoSettings, progress: bool
 ) -> Directions:
     discovery = settings.discovery()
-    done = finished_run(run, discovery)
+    done = finished_run(run, discovery, pixels)
     if done is not None:
         return done
     before = run_settings(run)
