@@ -180,6 +180,11 @@ def strength_of(scale: float, response: float) -> float:
     return 100.0 * float(scale) * float(response)
 
 
+def _is_prompt(term: EditTerm) -> bool:
+    # Duck-typed, so this module needs nothing from editing (which imports it).
+    return getattr(term, "directions", None) is None
+
+
 def resolve_strengths(model: DiffusionModel, terms: Sequence[EditTerm], latents: torch.Tensor) -> None:
     """Give every term specified by strength its scale (in place).
 
@@ -187,8 +192,6 @@ def resolve_strengths(model: DiffusionModel, terms: Sequence[EditTerm], latents:
     prompts) the response is measured now on ``latents`` (the images being edited, or the initial
     noise of a generation), once per distinct file and prompt.
     """
-    from .editing import PromptTerm
-
     pending = [term for term in terms if term.strength is not None and term.scale is None]
     if not pending:
         return
@@ -197,7 +200,7 @@ def resolve_strengths(model: DiffusionModel, terms: Sequence[EditTerm], latents:
         key = term.key
         if key in measured:
             continue
-        if isinstance(term, PromptTerm):
+        if _is_prompt(term):
             conditioning = model.encode_prompts([term.prompt])
             measured[key] = float(noise_response(model, conditioning, latents[:CALIBRATION_IMAGES], calibration_timesteps(model))[0])
             continue
@@ -205,7 +208,7 @@ def resolve_strengths(model: DiffusionModel, terms: Sequence[EditTerm], latents:
         if stored is not None and len(stored) == term.directions.count:
             measured[key] = float(stored[term.index])
             continue
-        missing = sorted({t.index for t in pending if not isinstance(t, PromptTerm) and t.directions is term.directions})
+        missing = sorted({t.index for t in pending if not _is_prompt(t) and t.directions is term.directions})
         log.info("%s: no stored calibration; measuring the response of %d direction(s) on the images at hand",
                  term.directions.path or "directions", len(missing))  # fmt: skip
         values = direction_response(model, term.directions, latents[:CALIBRATION_IMAGES], indices=missing)
