@@ -298,6 +298,7 @@ def conditioning_stub(model: DiffusionModel):
     return predict_eps
 
 
+@pytest.mark.float64
 def test_prompt_term_is_eps_prompt_minus_eps_null(tiny_model_dir, monkeypatch):
     model = DiffusionModel.load(tiny_model_dir, device="cpu", dtype="float64")
     stub = conditioning_stub(model)

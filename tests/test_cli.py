@@ -291,3 +291,130 @@ def test_held_interrupts_arrive_after_the_block():
             finished.append("step applied")
     assert finished == ["step applied"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+
+# ------------------------------------------------------------------ first run: order of checks, messages
+def test_version(capsys):
+    from noiseclr.version import __version__
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"noiseclr {__version__}"
+
+
+def test_failed_commands_leave_no_output_folder(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
+    out = tmp_path / "out"
+    spec = f"{run_dir / 'directions.safetensors'}:0=1"
+    cases = [
+        (["edit", "--model", tiny_model_dir, "--image", tmp_path / "missing.png", "--direction", spec], "--image"),
+        (["edit", "--model", "./no/such/model", "--image", image_dir / "img0.png", "--direction", spec], "--model"),
+        (["generate", "--model", "./no/such/model", "--prompt", "x", "--direction", spec], "--model"),
+        (["discover", "--model", tiny_model_dir, "--images", tmp_path / "nowhere"], "--images"),
+        (["discover", "--model", "./no/such/model", "--images", image_dir], "--model"),
+        (["discover", "--model", tiny_model_dir, "--images", image_dir, "--batch", "7"], "--images"),
+    ]
+    for argv, needle in cases:
+        code, _, err = run_cli(capsys, *argv, "--out", out, "--device", "cpu")
+        assert_one_line_error(code, err, needle)
+        assert not out.exists(), argv
+
+
+def test_images_are_checked_before_the_model(capsys, tiny_model_dir, run_dir, image_dir, tmp_path, monkeypatch):
+    # A hub id that cannot load (offline here) must not hide a wrong --images / --image.
+    code, _, err = run_cli(capsys, "discover", "--model", "someorg/not-a-model", "--images", tmp_path / "nowhere",
+                           "--out", tmp_path / "run", "--device", "cpu")
+    assert_one_line_error(code, err, "--images", "no such folder")
+    code, _, err = run_cli(capsys, "edit", "--model", "someorg/not-a-model", "--image", tmp_path / "nope.png",
+                           "--direction", f"{run_dir / 'directions.safetensors'}:0=1", "--out", tmp_path / "e", "--device", "cpu")
+    assert_one_line_error(code, err, "--image", "no such file")
+    code, _, err = run_cli(capsys, "explore", "--model", "someorg/not-a-model", "--directions", run_dir / "directions.safetensors",
+                           "--images", tmp_path / "nowhere", "--out", tmp_path / "g", "--device", "cpu")
+    assert_one_line_error(code, err, "--images", "no such folder")
+
+
+def test_hub_id_load_error_is_self_contained(capsys, image_dir, tmp_path):
+    code, _, err = run_cli(capsys, "discover", "--model", "someorg/not-a-model", "--images", image_dir,
+                           "--out", tmp_path / "run", "--device", "cpu")
+    assert_one_line_error(code, err, "--model someorg/not-a-model", "HF_HUB_OFFLINE", "local folder")
+    line = err.strip().splitlines()[-1].lower()
+    assert "stacktrace" not in line and "stack trace" not in line and "above" not in line
+
+
+def test_load_failure_messages_say_what_happened_and_what_to_do():
+    from noiseclr.model import load_failure
+
+    def chained(*names_and_texts):
+        exc = None
+        for name, text in reversed(names_and_texts):
+            new = type(name, (Exception,), {})(text)
+            new.__cause__ = exc
+            exc = new
+        return exc
+
+    outer = ("OSError", "Cannot load model org/x: the model is not fully cached locally. Please check out the root cause in the stacktrace above.")
+    network = load_failure(chained(outer, ("ConnectError", "[Errno -2] Name or service not known")), "org/x")
+    assert "could not reach the Hugging Face hub" in network and "not in the local cache" in network
+    missing = load_failure(chained(outer, ("RepositoryNotFoundError", "404 Client Error")), "org/x")
+    assert "no model by that id" in missing and "check the id" in missing
+    other = load_failure(chained(outer, ("ValueError", "something odd")), "org/x")
+    for message in (network, missing, other):
+        assert message.startswith("--model org/x: ") and "stacktrace" not in message.lower()
+        assert "--model embedded" in message
+    local = load_failure(ValueError("no file named unet/diffusion_pytorch_model.safetensors"), "./m", hub=False)
+    assert "no file named" in local and "save_pretrained" in local and "hub" not in local
+
+
+def test_edit_image_folder_is_named_as_a_folder(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
+    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--image", image_dir,
+                           "--direction", f"{run_dir / 'directions.safetensors'}:0=1", "--out", tmp_path / "e", "--device", "cpu")
+    assert_one_line_error(code, err, f"--image {image_dir}", "is a folder", "image files")
+    assert "no such file" not in err
+
+
+def test_ctrl_c_in_discover_prints_one_line(capsys, tiny_model_dir, image_dir, tmp_path, monkeypatch):
+    from noiseclr import discovery
+
+    real, calls = discovery.micro_batch_loss, {"n": 0}
+
+    def interrupt_in_step_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(discovery, "micro_batch_loss", interrupt_in_step_two)
+    code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir, "--out", tmp_path / "r",
+                           "--directions", "3", "--batch", "2", "--micro-batches", "1", "--steps", "4", "--device", "cpu")
+    assert code == 130
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(lines) == 1, err
+    assert "step-000001" in lines[0] and "--resume" in lines[0]
+
+
+def test_ctrl_c_in_a_discovery_inside_another_command_prints_one_line(capsys, monkeypatch, run_dir):
+    # demo and bench run discovery inside them: its warning is the one line, main adds none.
+    import logging
+
+    from noiseclr import cli
+    from noiseclr.discovery import DiscoveryInterrupted
+
+    def interrupted(args):
+        message = "interrupted after step 3; checkpoint RUN/checkpoints/step-000003.safetensors; continue with --resume."
+        logging.getLogger("noiseclr").warning(message)
+        raise DiscoveryInterrupted(message, Path("RUN/checkpoints/step-000003.safetensors"), 3)
+
+    monkeypatch.setattr(cli, "cmd_info", interrupted)
+    code, _, err = run_cli(capsys, "info", run_dir / "directions.safetensors")
+    assert code == 130
+    assert len([line for line in err.splitlines() if "interrupted" in line]) == 1, err
+
+
+def test_float64_is_refused_where_transformers_cannot_run_it(capsys, tiny_model_dir, image_dir, tmp_path, monkeypatch):
+    # transformers 4 (CI's oldest-dependencies run) cannot run CLIP in float64: one line, not a traceback.
+    from noiseclr import model as model_module
+
+    monkeypatch.setattr(model_module, "float64_text_encoder_supported", lambda: False)
+    code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir,
+                           "--out", tmp_path / "run", "--device", "cpu", "--dtype", "float64")
+    assert_one_line_error(code, err, "--dtype float64", "--dtype float32")
+    assert not (tmp_path / "run").exists()

@@ -87,6 +87,9 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(demo_module, "discover", no_discovery)
     code, printed, err = run_demo_cli(capsys, tiny_model_dir, out)
     assert code == 0, err
+    # ... but not one made with other discovery settings: that is a different experiment.
+    code, printed, err = run_demo_cli(capsys, tiny_model_dir, out, "--magnitude-floor", "0.05")
+    assert code == 2 and "other settings (magnitude_floor)" in err and err.count("noiseclr: error:") == 1
 
 
 def test_demo_without_reader_still_shows_directions(capsys, tiny_model_dir, tmp_path, monkeypatch):

@@ -388,3 +388,115 @@ def test_nan_gradient_also_stops(tiny_model, tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="step 1: the gradient became nan or inf .*no checkpoint was written yet"):
         discover(tiny_model, make_pixels(6), tmp_path / "run", small(), progress=False)
     assert list_checkpoints(tmp_path / "run") == []
+
+
+# ------------------------------------------------------------------------- resume edge cases
+def _damage(path: Path) -> bytes:
+    garbage = b"not a checkpoint: damaged on purpose"
+    path.write_bytes(garbage)
+    return garbage
+
+
+def test_resume_refuses_when_every_checkpoint_is_unreadable(tiny_model, tmp_path):
+    pixels = make_pixels(8)
+    run = tmp_path / "run"
+    discover(tiny_model, pixels, run, small(steps=4, checkpoint_every=2), progress=False)
+    paths = [path for _, path in list_checkpoints(run)]
+    assert [p.name for p in paths] == ["step-000002.safetensors", "step-000004.safetensors"]
+    garbage = {path: _damage(path) for path in paths}
+    with pytest.raises(NoiseCLRError) as caught:
+        discover(tiny_model, pixels, run, small(steps=6, checkpoint_every=2), resume=True, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "--resume" in message
+    assert "step-000002.safetensors" in message and "step-000004.safetensors" in message
+    assert "move" in message and "start" in message
+    # Nothing was trained and nothing was deleted.
+    assert {path: path.read_bytes() for path in paths} == garbage
+
+
+def test_rotation_never_deletes_a_checkpoint_it_could_not_read(tiny_model, tmp_path, caplog):
+    pixels = make_pixels(8)
+    run = tmp_path / "run"
+    discover(tiny_model, pixels, run, small(steps=4, checkpoint_every=2), progress=False)
+    old = run / "checkpoints" / "step-000002.safetensors"
+    garbage = _damage(old)
+    # Resumes from step 4; rotation at steps 6 and 8 removes only what it could read or wrote.
+    result = discover(tiny_model, pixels, run, small(steps=8, checkpoint_every=2), resume=True, progress=False)
+    assert result.steps == 8
+    assert old.read_bytes() == garbage
+    assert [step for step, _ in list_checkpoints(run)] == [2, 6, 8]
+    assert "step-000002.safetensors" in caplog.text
+
+    # A damaged NEWER checkpoint: resume falls back to the older one and keeps the damaged file aside.
+    run2 = tmp_path / "run2"
+    discover(tiny_model, pixels, run2, small(steps=4, checkpoint_every=2), progress=False)
+    newer = run2 / "checkpoints" / "step-000004.safetensors"
+    garbage = _damage(newer)
+    result = discover(tiny_model, pixels, run2, small(steps=6, checkpoint_every=2), resume=True, progress=False)
+    assert result.steps == 6
+    kept = [p for p in (run2 / "checkpoints").iterdir() if p.read_bytes() == garbage]
+    assert len(kept) == 1 and kept[0].name.startswith("step-000004.safetensors")
+    straight = discover(tiny_model, pixels, tmp_path / "straight", small(steps=6, checkpoint_every=2), progress=False)
+    assert torch.equal(result.directions.vectors, straight.directions.vectors)
+
+
+def test_resume_refuses_other_images_of_the_same_count(tiny_model, tmp_path, caplog):
+    run = tmp_path / "run"
+    pixels = make_pixels(8, seed=0)
+    discover(tiny_model, pixels, run, small(steps=2), progress=False)
+    recorded = json.loads((run / "settings.json").read_text())["images"]
+    assert len(recorded["sha256"]) == 64 and recorded["count"] == 8
+    with pytest.raises(NoiseCLRError, match=r"--images.*not the images the run .* was trained on") as caught:
+        discover(tiny_model, make_pixels(8, seed=1), run, small(steps=4), resume=True, progress=False)
+    assert "\n" not in str(caught.value)
+    assert [step for step, _ in list_checkpoints(run)] == [2]
+    # The same images in another order are the same set: resumed, with a warning that the
+    # trajectory (which image each draw picks) differs from an uninterrupted run.
+    result = discover(tiny_model, pixels.flip(0), run, small(steps=4), resume=True, progress=False)
+    assert result.steps == 4
+    assert "image order" in caplog.text
+    # Folders are fingerprinted by their pixels as the model sees them, not by file names.
+    folder = write_pngs(tmp_path / "imgs", 4)
+    discover(tiny_model, folder, tmp_path / "run2", small(steps=1), progress=False)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for path in sorted(folder.iterdir()):
+        (renamed / f"x-{path.name}").write_bytes(path.read_bytes())
+    assert discover(tiny_model, renamed, tmp_path / "run2", small(steps=2), resume=True, progress=False).steps == 2
+    array = (torch.rand(72, 64, 3) * 255).byte().numpy()
+    Image.fromarray(array).save(renamed / "x-img0.png")
+    with pytest.raises(NoiseCLRError, match=r"--images .*renamed"):
+        discover(tiny_model, renamed, tmp_path / "run2", small(steps=3), resume=True, progress=False)
+
+
+def test_resume_with_fewer_steps_keeps_the_longer_run_and_says_so(tiny_model, tmp_path, caplog):
+    pixels = make_pixels(8)
+    run = tmp_path / "run"
+    longer = discover(tiny_model, pixels, run, small(steps=6), progress=False)
+    caplog.clear()
+    result = discover(tiny_model, pixels, run, small(steps=3), resume=True, progress=False)
+    assert "--steps 3" in caplog.text and "already has 6 steps" in caplog.text
+    assert result.steps == 6 and torch.equal(result.directions.vectors, longer.directions.vectors)
+    saved = Directions.load(run / "directions.safetensors")
+    assert saved.settings["steps"] == 6 and saved.settings["steps_done"] == 6
+    assert json.loads((run / "settings.json").read_text())["settings"]["steps"] == 6
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_images_are_checked_before_the_model_is_loaded(tiny_model_dir, tmp_path, monkeypatch):
+    from noiseclr.model import DiffusionModel
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --images was checked")
+
+    monkeypatch.setattr(DiffusionModel, "load", no_model)
+    run = tmp_path / "run"
+    with pytest.raises(NoiseCLRError, match="--images .*no such folder"):
+        discover(str(tiny_model_dir), tmp_path / "nowhere", run, small(), progress=False)
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("not an image")
+    write_pngs(folder, 2)
+    with pytest.raises(NoiseCLRError, match=r"--images .*notes: only 2 usable image\(s\) \(skipped 1\), need at least 3"):
+        discover(str(tiny_model_dir), folder, run, small(batch_size=3), progress=False)
+    assert not run.exists()

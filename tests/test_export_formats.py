@@ -68,6 +68,7 @@ def test_sd_a1111_layout_round_trips(sd_directions, tiny_model, tmp_path):
     assert "embedding:000-glasses-yes-no" in readme and "TOKEN" in readme
 
 
+@pytest.mark.float64
 def test_sd_diffusers_layout_round_trips_and_loads_into_the_pipeline(sd_directions, tiny_model_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 

@@ -925,7 +925,7 @@ def _discovered(
 ) -> Directions:
     run = out / "discovery" / method
     discovery = settings.discovery(method, domain)
-    done = finished_run(run, discovery) if resume else None
+    done = finished_run(run, discovery, pixels) if resume else None
     if done is not None:
         return done
     log.info("%s: discovering %d directions (%s loss, %d steps) on %d unlabeled renders",

@@ -191,9 +191,33 @@ class DiscoveryCheckpoint:
 
 def load_latest_checkpoint(run_dir: Path) -> DiscoveryCheckpoint | None:
     """The newest readable checkpoint of the run (an unreadable newest one is skipped with a warning)."""
+    return latest_checkpoint(run_dir)[0]
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[DiscoveryCheckpoint | None, list[tuple[Path, str]]]:
+    """The newest readable checkpoint of the run, and ``(path, problem)`` of each newer one that
+    could not be read (all of them when the first is None), newest first."""
+    unreadable: list[tuple[Path, str]] = []
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
-            return DiscoveryCheckpoint.load(path)
+            return DiscoveryCheckpoint.load(path), unreadable
         except NoiseCLRError as exc:
             log.warning("skipping checkpoint %s: %s", path, exc)
-    return None
+            unreadable.append((path, _problem(path, str(exc))))
+    return None, unreadable
+
+
+def is_readable_checkpoint(path: Path) -> bool:
+    """Whether ``path`` loads as a discovery checkpoint (rotation deletes nothing else)."""
+    try:
+        DiscoveryCheckpoint.load(path)
+    except NoiseCLRError:
+        return False
+    return True
+
+
+def _problem(path: Path, message: str) -> str:
+    # "<path>: <problem>; <what to do>" -> "<problem>": the caller says what to do.
+    head = f"{path}: "
+    text = message[len(head) :] if message.startswith(head) else message
+    return text.split("; ")[0]

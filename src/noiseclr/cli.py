@@ -19,6 +19,7 @@ from .errors import NoiseCLRError
 from .interrupts import Terminated, terminate_as_interrupt
 from .options import add_options, field_default, flags, from_args
 from .runtime import RuntimeSettings
+from .version import __version__
 
 log = logging.getLogger("noiseclr")
 
@@ -151,9 +152,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     try:
         result = discover(args.model, args.images, args.out, settings, runtime=_runtime(args), resume=args.resume)
     except DiscoveryInterrupted as stop:
-        what = "terminated (SIGTERM)" if stop.terminated else "interrupted"
-        if stop.checkpoint is not None:
-            print(f"noiseclr: {what} at step {stop.step}; checkpoint {stop.checkpoint}; add --resume to continue", file=sys.stderr)
+        # Discovery has logged the one line: what stopped it, where the checkpoint is, --resume.
         return Terminated.exit_code if stop.terminated else 130
     if not result.is_main_process:
         return 0
@@ -208,17 +207,19 @@ def _check_masks(specs: Sequence[str], terms: Sequence, images: Sequence[Path]) 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import EditSettings, edit
-    from .fileio import ensure_output_dir
-    from .images import load_image_files, save_image
+    from .fileio import check_output_dir, ensure_output_dir
+    from .images import check_image_files, load_image_files, save_image
 
     started = time.monotonic()
     terms = _terms(args.direction)
     settings = from_args(EditSettings, args, **_edit_protocol(args, terms, EditSettings), auto_region=_auto_region(args))
+    check_image_files(args.image)  # before the model load; --out is created once there is a result
     _check_masks(args.direction, terms, args.image)
-    out = ensure_output_dir(args.out)
+    out = check_output_dir(args.out)
     model = _load_model(args)
     images = load_image_files(args.image, model.resolution)
     result = edit(model, images, terms, settings)
+    ensure_output_dir(out)
     regions = result.region_images()
     for index, path in enumerate(images.paths):
         save_image(result.edited[index], out / f"{path.stem}-edited.png")
@@ -242,15 +243,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .editing import GenerateSettings, generate
-    from .fileio import ensure_output_dir
+    from .fileio import check_output_dir, ensure_output_dir
     from .images import save_image
 
     started = time.monotonic()
     settings = from_args(GenerateSettings, args, auto_region=_auto_region(args))
     terms = _terms(args.direction)
-    out = ensure_output_dir(args.out)
+    out = check_output_dir(args.out)
     model = _load_model(args)
     result = generate(model, args.prompt, terms, settings, compare=bool(terms))
+    ensure_output_dir(out)
     for p in range(len(result)):
         save_image(result.images[p], out / f"{p:03d}.png")
         if result.plain is not None:
@@ -263,8 +265,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ explore
 def cmd_explore(args: argparse.Namespace) -> int:
     from .explore import ExploreSettings, explore
+    from .images import check_image_folder
 
     settings = from_args(ExploreSettings, args, auto_region=_auto_region(args))
+    check_image_folder(args.images)  # before the model load
     model = _load_model(args)
     result = explore(model, args.directions, args.images, args.out, settings)
     print(f"rendered {len(result.strips)} direction strip(s) in {_seconds(result.seconds)}")
@@ -338,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Discover edit directions in Stable Diffusion models from unlabeled images (NoiseCLR), and edit images with them.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument("--version", action="version", version=f"noiseclr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("discover", help="learn K edit directions from a folder of unlabeled images")
@@ -439,12 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"noiseclr: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
-        # Discovery inside demo/bench reports SIGTERM on its own exception.
-        if isinstance(stop, Terminated) or getattr(stop, "terminated", False):
-            print("noiseclr: terminated (SIGTERM); finished parts are saved, rerun to continue", file=sys.stderr)
-            return Terminated.exit_code
-        print("noiseclr: interrupted", file=sys.stderr)
-        return 130
+        # Discovery (also inside demo/bench) reports SIGTERM on its own exception, and has logged its line.
+        terminated = isinstance(stop, Terminated) or getattr(stop, "terminated", False)
+        if not getattr(stop, "logged", False):
+            what = "terminated (SIGTERM); finished parts are saved, rerun to continue" if terminated else "interrupted"
+            print(f"noiseclr: {what}", file=sys.stderr)
+        return Terminated.exit_code if terminated else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .directions import Directions
-from .discovery import DiscoverySettings, discover, finished_run
+from .discovery import DiscoverySettings, changed_trajectory, discover, finished_run, run_settings
 from .editing import DirectionTerm
 from .errors import NoiseCLRError
 from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
@@ -54,7 +54,7 @@ from .measure import (
 from .metrics import SIGNS, axis_changed, change_fractions, changed_mask
 from .model import DiffusionModel
 from .strength import DEMO_STRENGTH
-from .options import check_choice, check_count, check_inversion, check_positive, flags, option, positive_int
+from .options import check_choice, check_count, check_inversion, check_positive, field_default, flags, option, positive_int
 
 log = logging.getLogger("noiseclr")
 
@@ -75,7 +75,11 @@ class DemoSettings:
     """Images per discovery micro-batch."""
     negatives: int = 7
     """Other directions per micro-batch (capped at K - 1)."""
-    lr: float = 1e-3
+    lr: float = field_default(DiscoverySettings, "lr")
+    magnitude_floor: float = option(field_default(DiscoverySettings, "magnitude_floor"), flag="--magnitude-floor", metavar="R",
+                                    help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)")  # fmt: skip
+    init: str = option(field_default(DiscoverySettings, "init"), flag="--init", choices=["random", "tokens"],
+                       help="how discovery's rows start (see noiseclr discover)")  # fmt: skip
     edit_steps: int = option(20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int)
     """Inversion and denoising steps for naming and the gallery."""
     strength: float = option(DEMO_STRENGTH, flag="--strength", metavar="PERCENT",
@@ -132,6 +136,8 @@ class DemoSettings:
             micro_batches=1,
             steps=self.steps,
             lr=self.lr,
+            magnitude_floor=self.magnitude_floor,
+            init=self.init,
             seed=self.seed,
             domain=self.domain,
             checkpoint_every=50,
@@ -162,9 +168,16 @@ def _discovery(
     model: DiffusionModel, pixels: torch.Tensor, run: Path, settings: DemoSettings, progress: bool
 ) -> Directions:
     discovery = settings.discovery()
-    done = finished_run(run, discovery)
+    done = finished_run(run, discovery, pixels)
     if done is not None:
         return done
+    before = run_settings(run)
+    changed = changed_trajectory(before, discovery) if before is not None else []
+    if changed:
+        raise NoiseCLRError(
+            f"--out {run.parent}: its discovery run was made with other settings ({', '.join(changed)}); "
+            "pick another --out folder or delete that one to start over."
+        )
     return discover(model, pixels, run, discovery, resume=True, progress=progress).directions
 
 

@@ -33,9 +33,23 @@ mid-write never damages the previous one. Tensors: ``directions`` [K, W] float32
 ``adam.exp_avg``, ``adam.exp_avg_sq``, ``adam.step``, ``rng.<stream>`` (uint8 generator states
 for the ``directions``, ``timesteps``, ``images`` and ``noise`` streams). String metadata:
 ``format`` (``noiseclr.discovery-checkpoint``), ``format_version``, ``step``, ``seconds``,
-``model``, ``fingerprint``, ``num_images``, ``world_size``, ``global_batch``, ``settings``
-and ``loss_log`` (JSON). On CPU, resuming from it gives bit-identical directions to an
-uninterrupted run with the same settings.
+``model``, ``fingerprint``, ``num_images``, ``images_sha256``, ``images_order_sha256``,
+``world_size``, ``global_batch``, ``settings`` and ``loss_log`` (JSON). On CPU, resuming from it
+gives bit-identical directions to an uninterrupted run with the same settings.
+
+Resuming (``resume=True``) takes the newest checkpoint that can be read and refuses a run it
+cannot continue faithfully, each with a one-line error:
+
+* no checkpoint can be read (all damaged): nothing is started and nothing deleted; move the files
+  away to start over. Unreadable checkpoints newer than the resumed one are renamed
+  ``*.unreadable``; rotation deletes only checkpoints it wrote or could read.
+* other images: the image set is fingerprinted (:func:`noiseclr.images.image_fingerprint`:
+  sha256 over each image's 8-bit pixels at the model's resolution, so file names and formats do
+  not count) and a different set is refused. The same set in another order resumes, with a
+  warning: order decides which image each draw picks, so the run then differs from an
+  uninterrupted one.
+* ``--steps`` below the steps already done: training is not undone; the run's directions after
+  its steps are returned with a warning, and every file records the steps actually done.
 
 Direction initialisation: Gaussian rows rescaled to the model's typical token-embedding norm
 (:meth:`DiffusionModel.typical_token_norm`, the mean L2 norm of the real token table), so
@@ -55,18 +69,18 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from .checkpoint import DiscoveryCheckpoint, checkpoint_dir, list_checkpoints, load_latest_checkpoint
+from .checkpoint import DiscoveryCheckpoint, checkpoint_dir, is_readable_checkpoint, latest_checkpoint, list_checkpoints
 from .directions import Directions
 from .errors import NoiseCLRError, TrainingDiverged
-from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
-from .images import ImageSet, load_image_folder
+from .fileio import atomic_write_json, atomic_write_text, check_output_dir, ensure_output_dir
+from .images import ImageSet, check_image_folder, image_fingerprint, load_image_folder
 from .interrupts import Terminated, hold_interrupts, terminate_as_interrupt
 from .model import DiffusionModel, fingerprints_match
 from .processes import Processes
@@ -215,6 +229,9 @@ class DiscoveryResult:
 
 class DiscoveryInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during discovery: a checkpoint was written; ``resume=True`` continues from it."""
+
+    logged = True
+    """The loop has logged the message (the command line prints nothing more)."""
 
     def __init__(self, message: str, checkpoint: Path | None, step: int, terminated: bool = False):
         super().__init__(message)
@@ -455,7 +472,15 @@ def _encode_latent_cache(model: DiffusionModel, pixels: torch.Tensor, hflip: boo
     return latents.view(len(variants), pixels.shape[0], *latents.shape[1:])
 
 
-def _check_resume(ckpt: DiscoveryCheckpoint, model: DiffusionModel, settings: DiscoverySettings, num_images: int, global_batch: int) -> None:
+def _check_resume(
+    ckpt: DiscoveryCheckpoint,
+    model: DiffusionModel,
+    settings: DiscoverySettings,
+    num_images: int,
+    global_batch: int,
+    images: dict[str, str] | None = None,
+    image_source: str = "",
+) -> None:
     where = ckpt.path
     count = int(ckpt.directions.shape[0])
     if count != settings.num_directions:
@@ -476,22 +501,53 @@ def _check_resume(ckpt: DiscoveryCheckpoint, model: DiffusionModel, settings: Di
             f"{where}: the run used {used} images but --images now has {num_images}; "
             "resume with the same images or pick another --out folder."
         )
+    changed = []
+    if images is not None:
+        recorded = ckpt.meta.get("images_sha256")
+        if recorded is None:
+            log.info("%s predates image fingerprints; cannot check that --images holds the same images", where)
+        elif recorded != images["sha256"]:
+            named = f"--images {image_source}" if image_source not in ("", "tensor") else "--images"
+            run = where.parent.parent if where is not None else "this folder"
+            raise NoiseCLRError(
+                f"{named}: not the images the run in {run} was trained on (same count, different pixels); "
+                "resume with those images or pick another --out folder."
+            )
+        elif ckpt.meta.get("images_order_sha256") != images["order_sha256"]:
+            changed.append("image order")
     before = DiscoverySettings.from_json(json.loads(ckpt.meta.get("settings") or "{}"))
-    trajectory = (
-        "num_negatives", "micro_batches", "temperature", "loss_variant", "seed",
-        "hflip", "timestep_range", "lr", "betas", "weight_decay",
-    )  # fmt: skip
-    changed = [name for name in trajectory if getattr(before, name) != getattr(settings, name)]
+    changed += changed_trajectory(before, settings)
     if int(ckpt.meta.get("global_batch", global_batch)) != global_batch:
         changed.append("batch size x processes")
     if changed:
         log.warning("resuming %s with changed settings (%s); the run will not match an uninterrupted one", where, ", ".join(changed))
 
 
-def finished_run(run: str | Path, settings: DiscoverySettings) -> Directions | None:
+TRAJECTORY = (
+    "num_negatives", "micro_batches", "temperature", "loss_variant", "seed", "hflip", "timestep_range", "lr", "betas",
+    "weight_decay", "magnitude_floor", "floor_weight", "init",
+)  # fmt: skip
+"""Settings that change what a run learns (besides K, N and the step count)."""
+
+
+def changed_trajectory(before: DiscoverySettings, now: DiscoverySettings) -> list[str]:
+    """The :data:`TRAJECTORY` settings that differ between two runs."""
+    return [name for name in TRAJECTORY if getattr(before, name) != getattr(now, name)]
+
+
+def run_settings(run: str | Path) -> DiscoverySettings | None:
+    """The settings a run folder was made with (None if it holds no run)."""
+    path = Path(run) / "settings.json"
+    try:
+        return DiscoverySettings.from_json(json.loads(path.read_text())["settings"])
+    except (OSError, KeyError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def finished_run(run: str | Path, settings: DiscoverySettings, images: torch.Tensor | None = None) -> Directions | None:
     """The directions of a finished run in ``run`` if it ran exactly ``settings.steps`` steps with
-    ``settings.num_directions`` directions; None otherwise (then :func:`discover` with ``resume``
-    continues or extends it)."""
+    ``settings.num_directions`` directions (and, given ``images`` [M, 3, S, S], on those images);
+    None otherwise (then :func:`discover` with ``resume`` continues or extends it, or refuses it)."""
     run = Path(run)
     summary, path = run / "summary.json", run / "directions.safetensors"
     if not (summary.is_file() and path.is_file()):
@@ -501,6 +557,11 @@ def finished_run(run: str | Path, settings: DiscoverySettings) -> Directions | N
     except (OSError, json.JSONDecodeError):
         return None
     if int(done.get("steps", -1)) != settings.steps or int(done.get("num_directions", -1)) != settings.num_directions:
+        return None
+    before = run_settings(run)
+    if before is None or changed_trajectory(before, settings):
+        return None
+    if images is not None and done.get("images_sha256") not in (None, image_fingerprint(images)["sha256"]):
         return None
     log.info("reusing the finished discovery run %s", run)
     return Directions.load(path)
@@ -535,13 +596,21 @@ def discover(
     runtime = (runtime or RuntimeSettings()).validate()
     procs = Processes.detect(runtime.device)
     run_dir = Path(out)
-    ensure_output_dir(run_dir, "--out")
+    # Everything the user can get wrong is checked before the model loads, and --out is created
+    # only after every check: a failed command leaves no empty folder behind.
+    check_output_dir(run_dir, "--out")
     existing = list_checkpoints(run_dir)
     if existing and not resume:
         raise NoiseCLRError(
             f"--out {run_dir}: already holds a discovery run (checkpoint {existing[-1][1].name}); "
             "pass --resume to continue it or pick another folder."
         )
+    global_batch = settings.batch_size * procs.size
+    if isinstance(images, (str, Path)):
+        check_image_folder(images, min_count=global_batch, flag="--images")
+    checkpoint, unreadable = latest_checkpoint(run_dir) if resume else (None, [])
+    if checkpoint is None and unreadable:
+        _refuse_unreadable(run_dir, unreadable)
 
     if isinstance(model, (str, os.PathLike)):
         device: Any = runtime.device
@@ -554,7 +623,6 @@ def discover(
         model = DiffusionModel.load(str(model), device=device, dtype=dtype)
     runtime.apply(model)
 
-    global_batch = settings.batch_size * procs.size
     if global_batch > settings.batch_size:
         log.info(
             "%d processes x %s %d = %d images per micro-batch",
@@ -562,14 +630,26 @@ def discover(
         )  # fmt: skip
     pixels, image_source = _prepare_pixels(images, model, global_batch, "--images")
     num_images = int(pixels.shape[0])
+    fingerprint = image_fingerprint(pixels)
 
-    checkpoint = load_latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         log.info("--resume: no checkpoint in %s; starting a new run", run_dir)
     if checkpoint is not None:
-        _check_resume(checkpoint, model, settings, num_images, global_batch)
+        _check_resume(checkpoint, model, settings, num_images, global_batch, fingerprint, image_source)
+        if checkpoint.step > settings.steps:
+            # Training cannot be undone: keep the longer run, and record what it is.
+            log.warning(
+                "%s %d: the run in %s already has %d steps; nothing to train, returning its directions after "
+                "%d steps (for a %d-step run, start one in another --out folder)",
+                flag(DiscoverySettings, "steps"), settings.steps, run_dir, checkpoint.step,
+                checkpoint.step, settings.steps,
+            )  # fmt: skip
+            settings = replace(settings, steps=checkpoint.step)
 
-    trainer = _Trainer(model, settings, procs, run_dir, num_images, global_batch)
+    ensure_output_dir(run_dir, "--out")
+    if procs.is_main:
+        _set_aside(unreadable)
+    trainer = _Trainer(model, settings, procs, run_dir, num_images, global_batch, fingerprint)
     if procs.is_main:
         atomic_write_json(
             run_dir / "settings.json",
@@ -577,7 +657,7 @@ def discover(
                 "settings": settings.to_json(),
                 "runtime": asdict(runtime),
                 "model": model.describe(),
-                "images": {"source": image_source, "count": num_images},
+                "images": {"source": image_source, "count": num_images, **fingerprint},
                 "world_size": procs.size,
                 "global_batch": global_batch,
                 "resumed_from": str(checkpoint.path) if checkpoint is not None else None,
@@ -591,6 +671,31 @@ def discover(
     return trainer.run(progress=progress, callback=callback)
 
 
+def _refuse_unreadable(run_dir: Path, unreadable: list[tuple[Path, str]]) -> None:
+    """--resume with no readable checkpoint: stop rather than silently start over (and later rotate
+    the user's files away)."""
+    folder = checkpoint_dir(run_dir)
+    names = ", ".join(path.name for path, _ in unreadable)
+    newer = any("newer noiseclr" in problem for _, problem in unreadable)
+    raise NoiseCLRError(
+        f"--resume: no checkpoint in {folder} can be read ({names}: {unreadable[0][1]}); "
+        + ("upgrade noiseclr to resume the run, or " if newer else "")
+        + f"move those files out of {folder} to start the run over, or pick another --out folder."
+    )
+
+
+def _set_aside(unreadable: list[tuple[Path, str]]) -> None:
+    """Rename unreadable checkpoints newer than the resumed one, which the resumed run would
+    overwrite when it reaches their step: they are kept, never deleted."""
+    for path, problem in unreadable:
+        kept = path.with_name(path.name + ".unreadable")
+        suffix = 1
+        while kept.exists():
+            kept, suffix = path.with_name(f"{path.name}.unreadable-{suffix}"), suffix + 1
+        path.replace(kept)
+        log.warning("kept the unreadable checkpoint %s as %s (%s)", path, kept.name, problem)
+
+
 class _Trainer:
     """The state of one discovery run and its loop (internal; use :func:`discover`)."""
 
@@ -602,6 +707,7 @@ class _Trainer:
         run_dir: Path,
         num_images: int,
         global_batch: int,
+        images: dict[str, str] | None = None,
     ):
         self.model = model
         self.settings = settings
@@ -609,6 +715,8 @@ class _Trainer:
         self.run_dir = run_dir
         self.num_images = num_images
         self.global_batch = global_batch
+        self.images = images or {}
+        """:func:`noiseclr.images.image_fingerprint` of the training images."""
         self.latents: torch.Tensor | None = None
         self.bounds = timestep_bounds(model, settings.timestep_range)
         self.sampler = Sampler(settings.seed)
@@ -626,6 +734,9 @@ class _Trainer:
         # change, logged every log_every steps to RUN/responses.csv: how collapse shows.
         self.last_response = torch.full((settings.num_directions,), float("nan"))
         self.response_log: list[dict[str, Any]] = []
+        self.removable: set[Path] = set()
+        """Checkpoints rotation may delete: written by this run, or read by it."""
+        self.kept_unreadable: set[Path] = set()
 
     # -------------------------------------------------------------- state
     def restore(self, ckpt: DiscoveryCheckpoint) -> None:
@@ -642,10 +753,12 @@ class _Trainer:
         if self.response_log:
             self.last_response = torch.tensor(self.response_log[-1]["response"], dtype=torch.float32)
         self.last_checkpoint = ckpt.path
+        if ckpt.path is not None:
+            self.removable.add(ckpt.path)
         log.info("resuming %s at step %d", ckpt.path, ckpt.step)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {
+        meta = {
             "model": self.model.name,
             "fingerprint": self.model.fingerprint(),
             "num_images": str(self.num_images),
@@ -654,6 +767,9 @@ class _Trainer:
             "settings": self.settings.to_json(),
             "response_log": self.response_log,
         }
+        if self.images:
+            meta.update(images_sha256=self.images["sha256"], images_order_sha256=self.images["order_sha256"])
+        return meta
 
     def _checkpoint_name(self) -> str:
         return f"step-{self.step:06d}.safetensors"
@@ -673,10 +789,21 @@ class _Trainer:
             loss_log=self.loss_log,
             meta=self.checkpoint_meta(),
         ).save(path)
-        for _, old in list_checkpoints(self.run_dir)[: -self.settings.keep_checkpoints]:
-            old.unlink(missing_ok=True)
+        self.removable.add(path)
+        self.rotate()
         self.write_loss_csv()
         return path
+
+    def rotate(self) -> None:
+        """Delete all but the latest ``keep_checkpoints``, but only files this run wrote or could
+        read: a checkpoint that cannot be read may still be someone's only copy of a run."""
+        for _, old in list_checkpoints(self.run_dir)[: -self.settings.keep_checkpoints]:
+            if old in self.removable or (old not in self.kept_unreadable and is_readable_checkpoint(old)):
+                old.unlink(missing_ok=True)
+                self.removable.discard(old)
+            elif old not in self.kept_unreadable:
+                self.kept_unreadable.add(old)
+                log.warning("kept the unreadable checkpoint %s (rotation deletes only checkpoints it can read)", old)
 
     def write_loss_csv(self) -> None:
         if self.procs.is_main:
@@ -884,6 +1011,7 @@ class _Trainer:
                     "final_loss": final_loss,
                     "num_directions": settings.num_directions,
                     "num_images": self.num_images,
+                    "images_sha256": self.images.get("sha256"),
                     "world_size": self.procs.size,
                     "model": self.model.name,
                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -78,6 +78,23 @@ def read_safetensors(path: str | os.PathLike, fix: str, what: str = "") -> tuple
     return tensors, metadata
 
 
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """What :func:`ensure_output_dir` checks, creating nothing: commands call it before their
+    inputs are validated and create the folder only when there is something to write, so a
+    failed command leaves no empty folder behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NoiseCLRError(f"{flag} {path}: exists and is not a folder; pass a folder path.")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NoiseCLRError(f"{flag} {path}: cannot write there ({existing} is a file); choose a writable folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NoiseCLRError(f"{flag} {path}: cannot write there (permission denied on {existing}); choose a writable folder.")
+    return path
+
+
 def ensure_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Create ``path`` if needed and check that it is a writable folder."""
     path = Path(path)

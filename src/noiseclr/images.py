@@ -4,11 +4,17 @@ Any file Pillow can open is accepted: grayscale, palette, RGBA/LA (composited on
 CMYK, 16-bit and 32-bit integer or float images are converted to 8-bit RGB; EXIF rotation is
 applied; each image is resized so its short side matches the model's resolution (Lanczos) and
 centre-cropped. Files that are not images or are damaged are skipped with one warning that
-lists them. Tensors are float32 in [-1, 1], shape [3, S, S].
+lists them; images whose short side is under a quarter of the model's resolution (upscaled more
+than 4x, so mostly blur) load with one warning that names them. Tensors are float32 in [-1, 1],
+shape [3, S, S].
+
+:func:`check_image_folder` and :func:`check_image_files` check the same inputs from the files'
+headers alone, before a model is loaded (they need no resolution), so a typo costs no model load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -26,6 +32,10 @@ log = logging.getLogger("noiseclr")
 
 MAX_PIXELS = 1_000_000_000
 """Largest image accepted (Pillow's own default bomb limit is ~179 MP)."""
+
+SMALL_IMAGE_FACTOR = 4
+"""An image whose short side is below ``resolution / SMALL_IMAGE_FACTOR`` is upscaled more than
+that much: it loads, with a warning (the model then sees mostly interpolation blur)."""
 
 
 @dataclass
@@ -100,20 +110,60 @@ def open_image(path: Path, min_side: int = 1024) -> Image.Image:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """One image -> [3, size, size] tensor in [-1, 1]."""
-    return pil_to_tensor(fit_square(to_rgb(open_image(Path(path), min_side=size)), size))
+    return _load_sized(Path(path), size)[0]
 
 
-def _try_load(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
+def _load_sized(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    image = to_rgb(open_image(path, min_side=size))
+    return pil_to_tensor(fit_square(image, size)), image.size
+
+
+def _try_load(path: Path, size: int) -> tuple[torch.Tensor | None, str, tuple[int, int]]:
     try:
-        return load_image(path, size), ""
+        tensor, original = _load_sized(path, size)
+        return tensor, "", original
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
         reason = "not an image" if isinstance(exc, Image.UnidentifiedImageError) else (str(exc) or "unreadable")
-        return None, reason.splitlines()[0][:120]
+        return None, reason.splitlines()[0][:120], (0, 0)
 
 
-def load_image_folder(folder: str | Path, size: int, *, min_count: int = 1, flag: str = "--images") -> ImageSet:
-    """All readable images directly in ``folder`` (sorted by name; hidden files ignored)."""
-    folder = Path(folder)
+def _warn_small(small: list[tuple[Path, tuple[int, int]]], size: int, flag: str) -> None:
+    if not small:
+        return
+    least = max(1, size // SMALL_IMAGE_FACTOR)
+    listing = ", ".join(f"{p.name} ({w}x{h})" for p, (w, h) in small[:20])
+    more = f" and {len(small) - 20} more" if len(small) > 20 else ""
+    log.warning(
+        "%s: %d image(s) much smaller than the model's %d px, upscaled into blur: %s%s; "
+        "use images with a short side of at least %d px (ideally %d)",
+        flag, len(small), size, listing, more, least, size,
+    )  # fmt: skip
+
+
+def _is_small(original: tuple[int, int], size: int) -> bool:
+    return min(original) * SMALL_IMAGE_FACTOR < size
+
+
+def _image_header(path: Path) -> str:
+    """'' when Pillow recognises ``path`` as an image from its header (no decoding), else why not."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path):
+                return ""
+    except Image.UnidentifiedImageError:
+        return "not an image"
+    except Image.DecompressionBombError:
+        return f"larger than {MAX_PIXELS // 1_000_000} megapixels"
+    except (OSError, ValueError, SyntaxError) as exc:
+        return (str(exc) or "unreadable").splitlines()[0][:120]
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _folder_candidates(folder: Path, min_count: int, flag: str) -> list[Path]:
     if not folder.exists():
         raise NoiseCLRError(f"{flag} {folder}: no such folder; pass a folder of images.")
     if not folder.is_dir():
@@ -121,47 +171,108 @@ def load_image_folder(folder: str | Path, size: int, *, min_count: int = 1, flag
     candidates = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not candidates:
         raise NoiseCLRError(f"{flag} {folder}: the folder is empty; put at least {min_count} images in it.")
+    return candidates
+
+
+def _too_few(flag: str, kept: int, skipped: int, min_count: int) -> NoiseCLRError:
+    return NoiseCLRError(
+        f"{flag}: only {kept} usable image(s) (skipped {skipped}), need at least {min_count}; "
+        "add images or lower --batch."
+    )
+
+
+def check_image_folder(folder: str | Path, *, min_count: int = 1, flag: str = "--images") -> int:
+    """What :func:`load_image_folder` checks, from the files' headers alone (cheap, before any model
+    is loaded): the folder exists and holds at least ``min_count`` files Pillow recognises as images.
+    Returns that count. A file whose header is fine but whose pixels are damaged is found later."""
+    folder = Path(folder)
+    candidates = _folder_candidates(folder, min_count, flag)
+    usable = sum(not _image_header(path) for path in candidates)
+    if usable < min_count:
+        raise _too_few(f"{flag} {folder}", usable, len(candidates) - usable, min_count)
+    return usable
+
+
+def _check_file(path: Path, flag: str) -> None:
+    if path.is_dir():
+        raise NoiseCLRError(f"{flag} {path}: is a folder; pass image files, e.g. {path / '*.png'}.")
+    if not path.is_file():
+        raise NoiseCLRError(f"{flag} {path}: no such file; check the path.")
+
+
+def check_image_files(paths: Sequence[str | Path], *, flag: str = "--image") -> None:
+    """What :func:`load_image_files` checks, from the files' headers alone (before any model is loaded)."""
+    if not paths:
+        raise NoiseCLRError(f"{flag}: no images given; pass at least one image file.")
+    for raw in paths:
+        path = Path(raw)
+        _check_file(path, flag)
+        reason = _image_header(path)
+        if reason:
+            raise NoiseCLRError(f"{flag} {path}: cannot read it as an image ({reason}); pass a PNG, JPEG or similar.")
+
+
+def load_image_folder(folder: str | Path, size: int, *, min_count: int = 1, flag: str = "--images") -> ImageSet:
+    """All readable images directly in ``folder`` (sorted by name; hidden files ignored)."""
+    folder = Path(folder)
+    candidates = _folder_candidates(folder, min_count, flag)
     return _load_many(candidates, size, min_count=min_count, flag=f"{flag} {folder}")
 
 
 def load_image_files(paths: Sequence[str | Path], size: int, *, flag: str = "--image") -> ImageSet:
-    """Explicitly named images: a missing or unreadable one is an error, not a warning."""
+    """Explicitly named images: a missing or unreadable one is an error, not a warning. A folder is
+    refused too (name its files): the edit outputs are named after each input file."""
     if not paths:
         raise NoiseCLRError(f"{flag}: no images given; pass at least one image file.")
-    tensors, kept = [], []
+    tensors, kept, small = [], [], []
     for raw in paths:
         path = Path(raw)
-        if not path.is_file():
-            raise NoiseCLRError(f"{flag} {path}: no such file; check the path.")
-        tensor, reason = _try_load(path, size)
+        _check_file(path, flag)
+        tensor, reason, original = _try_load(path, size)
         if tensor is None:
             raise NoiseCLRError(f"{flag} {path}: cannot read it as an image ({reason}); pass a PNG, JPEG or similar.")
         tensors.append(tensor)
         kept.append(path)
+        if _is_small(original, size):
+            small.append((path, original))
+    _warn_small(small, size, flag)
     return ImageSet(torch.stack(tensors), kept)
 
 
 def _load_many(candidates: list[Path], size: int, *, min_count: int, flag: str) -> ImageSet:
     from tqdm.auto import tqdm
 
-    tensors, kept, skipped = [], [], []
+    tensors, kept, skipped, small = [], [], [], []
     for path in tqdm(candidates, desc="reading images", unit="img", leave=False, disable=len(candidates) < 50):
-        tensor, reason = _try_load(path, size)
+        tensor, reason, original = _try_load(path, size)
         if tensor is None:
             skipped.append((path, reason))
         else:
             tensors.append(tensor)
             kept.append(path)
+            if _is_small(original, size):
+                small.append((path, original))
     if skipped:
         listing = "; ".join(f"{p.name} ({why})" for p, why in skipped[:20])
         more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
         log.warning("skipped %d unreadable file(s) in %s: %s%s", len(skipped), flag, listing, more)
     if len(kept) < min_count:
-        raise NoiseCLRError(
-            f"{flag}: only {len(kept)} usable image(s) (skipped {len(skipped)}), need at least {min_count}; "
-            "add images or lower --batch."
-        )
+        raise _too_few(flag, len(kept), len(skipped), min_count)
+    _warn_small(small, size, flag)
     return ImageSet(torch.stack(tensors), kept, skipped)
+
+
+def image_fingerprint(pixels: torch.Tensor) -> dict[str, str]:
+    """sha256 digests of an image set [M, 3, S, S] as the model sees it (after resizing), each image
+    quantised to 8 bits so float noise never matters: ``sha256`` of the SET (sorted per-image
+    digests: file names and order do not count) and ``order_sha256`` of the sequence (order counts:
+    it decides which image each random draw picks)."""
+    quantised = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    digests = [hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest() for image in quantised]
+    return {
+        "sha256": hashlib.sha256("".join(sorted(digests)).encode()).hexdigest(),
+        "order_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(),
+    }
 
 
 # --------------------------------------------------------------------- writing

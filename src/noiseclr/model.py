@@ -102,6 +102,29 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise NoiseCLRError(f"--dtype {dtype}: unknown; use one of {names}.") from None
 
 
+def float64_text_encoder_supported() -> bool:
+    """Whether the installed transformers' CLIP text encoder runs in float64.
+
+    transformers 4 builds CLIP's causal mask with ``torch.full(..., finfo(float64).min)`` in the
+    default float32, which torch refuses ("value cannot be converted to type float without
+    overflow"): seen with 4.40 on torch 2.13, and the same line is in every 4.x release up to
+    4.57. transformers 5 builds the mask another way.
+    """
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) >= 5
+
+
+def _check_float64(dtype: torch.dtype) -> None:
+    if dtype == torch.float64 and not float64_text_encoder_supported():
+        import transformers
+
+        raise NoiseCLRError(
+            f"--dtype float64: the CLIP text encoder of transformers {transformers.__version__} cannot run in float64 "
+            "(its attention mask overflows); use --dtype float32, or transformers 5 or newer for float64."
+        )
+
+
 def _quiet_transformers() -> None:
     # transformers warns about an optional torchvision backend on every CLIP import.
     try:
@@ -168,6 +191,7 @@ class DiffusionModel:
             raise NoiseCLRError(f"model {name}: text_encoder_2 and tokenizer_2 come together; pass both or neither.")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        _check_float64(self.dtype)
         self.name = name
         self.vae = vae
         self.text_encoder = text_encoder
@@ -323,6 +347,7 @@ class DiffusionModel:
 
         device_ = resolve_device(device)
         dtype_ = resolve_dtype(dtype, device_)
+        _check_float64(dtype_)
         sdxl = _is_sdxl_index(_model_index(source, name, revision, local_files_only))
         if sdxl:
             pipeline_class, extra = StableDiffusionXLPipeline, {"add_watermarker": False}
@@ -343,12 +368,8 @@ class DiffusionModel:
         except NoiseCLRError:
             raise
         except (OSError, ValueError, EnvironmentError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             what = "an SDXL" if sdxl else "a Stable Diffusion"
-            raise NoiseCLRError(
-                f"--model {name}: could not load {what} pipeline ({first}); "
-                "check the folder or hub id, and your network or HF_HUB_OFFLINE setting."
-            ) from None
+            raise NoiseCLRError(load_failure(exc, name, what, hub=not isinstance(source, Path))) from None
         display = "noiseclr/embedded-base" if name == EMBEDDED else name
         return cls.from_pipeline(pipe, name=display, device=device_, dtype=dtype_)
 
@@ -758,6 +779,51 @@ def _model_index(source: str | Path, name: str, revision: str | None, local_file
             return dict(DiffusionPipeline.load_config(name, revision=revision, local_files_only=bool(local_files_only)))
     except Exception:  # noqa: BLE001 - from_pretrained gives the user-facing error
         return {}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _without_traceback_pointers(text: str) -> str:
+    # diffusers ends with "Please check out the root cause in the stacktrace above.", which the
+    # one-line error does not show: drop such sentences.
+    sentences = [part for part in text.replace("\n", " ").split(". ") if not any(
+        word in part.lower() for word in ("stacktrace", "stack trace", "traceback"))]  # fmt: skip
+    return ". ".join(sentences).strip().rstrip(".") or text.strip()
+
+
+def load_failure(exc: BaseException, name: str, what: str = "a Stable Diffusion", *, hub: bool = True) -> str:
+    """The one-line message for a pipeline that failed to load: what went wrong and what to do,
+    self-contained (the exception chain is read here, never shown)."""
+    chain = _chain(exc)
+    kinds = " ".join(type(e).__name__ for e in chain)
+    text = " ".join(str(e) for e in chain).lower()
+    local = "pass --model with a local folder saved with save_pretrained, or --model embedded"
+    if hub and ("OfflineModeIsEnabled" in kinds or "offline mode is enabled" in text):
+        return (
+            f"--model {name}: not in the local Hugging Face cache, and downloads are off (HF_HUB_OFFLINE is set); "
+            f"unset HF_HUB_OFFLINE to download it, or {local}."
+        )
+    if hub and any(k in kinds for k in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError")):
+        return (
+            f"--model {name}: the Hugging Face hub has no model by that id that you may read (misspelt, private "
+            f"or gated); check the id (org/name), log in to the hub (hf auth login) for a gated one, or {local}."
+        )
+    network = ("ConnectError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "gaierror", "MaxRetryError")
+    if hub and (any(k in kinds for k in network) or "name or service not known" in text or "network is unreachable" in text):
+        return (
+            f"--model {name}: could not reach the Hugging Face hub, and the model is not in the local cache; "
+            f"connect to the network and retry, or download it elsewhere and {local}."
+        )
+    reason = next((_without_traceback_pointers(str(e)) for e in chain if str(e).strip()), type(exc).__name__)
+    reason = reason.splitlines()[0][:300]
+    fix = "check the hub id, your network and HF_HUB_OFFLINE, or " + local if hub else "re-save the pipeline with save_pretrained"
+    return f"--model {name}: could not load {what} pipeline ({reason}); {fix}."
 
 
 def _is_sdxl_index(index: dict[str, Any]) -> bool:

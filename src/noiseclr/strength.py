@@ -36,9 +36,11 @@ CALIBRATION_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 CALIBRATION_IMAGES = 8
 """Clean latents the response is averaged over (more changes it by a few percent at most)."""
 DEFINITION = "mean over images and timesteps of ||eps(c_k) - eps(c_0)|| / ||eps(c_0)||"
-DEMO_STRENGTH = 15.0
-"""The demo's one shared strength (percent). Measured on the embedded model: see README, "Strength"."""
-BENCH_STRENGTHS = (7.5, 15.0)
+DEMO_STRENGTH = 3.0
+"""The demo's one shared strength (percent). On the embedded model's 10 demo directions (6 test faces,
+20 DDPM steps): 1% moved 1 of 10, 2% 8 (mean purity 0.80), 3% 10 (0.65), 4% 10 (0.52), 8% 10 but
+overdriven (0.25) -- benchmarks/strength.md."""
+BENCH_STRENGTHS = (2.0, 4.0)
 """The benchmark's strength grid (percent), each tried with both signs."""
 DUPLICATE_COSINE = 0.8
 """Directions whose noise changes have |cos| at least this on the same images are one axis twice."""
