@@ -505,7 +505,8 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
     from noiseclr.bench import BenchSettings, run_bench
     from noiseclr.measure import DirectionRecord, annotate_directions
 
-    settings = BenchSettings(methods=("random", "prompt"), num_directions=2, heldout=4, validation=3, steps=3, scales=(4.0,),
+    # The default kind of grid (calibrated strengths), as the measurement runs it.
+    settings = BenchSettings(methods=("random", "prompt"), num_directions=2, heldout=4, validation=3, steps=3, strengths=(20.0,),
                              windows=((0.0, 1.0),), strip_images=2, cross_images=3, cross_per_domain=1, region="auto",
                              early_stop=False, auto_region=AutoRegion(top=0.3))  # fmt: skip
     result = run_bench(tiny_model, "cats", tmp_path / "cats", settings, readers={"cats": BandReader("cats")}, progress=False)
@@ -548,3 +549,12 @@ def test_bench_default_stays_global(tiny_model):
     with pytest.raises(NoiseCLRError, match="--region everywhere"):
         BenchSettings(region="everywhere").validate()
     assert Region.auto().label() == "auto"
+
+
+def test_report_renders_a_strength_grid():
+    # The default grid is --strengths (settings["scales"] is None); the report used to fail on it.
+    from noiseclr.bench_report import render_report
+
+    page = render_report({"settings": {"scales": None, "strengths": [2.0, 4.0], "windows": [[0.0, 1.0]]}, "methods": {}})
+    assert "strengths &plusmn;2%, &plusmn;4%" in page
+    assert "scales &plusmn;3" in render_report({"settings": {"scales": [3.0], "windows": [[0.0, 1.0]]}, "methods": {}})

@@ -318,11 +318,15 @@ def render_report(results: Mapping[str, Any]) -> str:
             f"picked on validation images. Bars: fraction of held-out images whose factor changed (main factor dark).{file_note}</p>"
             + cards
         )
-    scales = ", ".join(f"&plusmn;{s:g}" for s in settings.get("scales", []))
+    # A strength grid stores scales None: the report names whichever grid was run.
+    if settings.get("scales"):
+        amounts = "scales " + ", ".join(f"&plusmn;{s:g}" for s in settings["scales"])
+    else:
+        amounts = "strengths " + ", ".join(f"&plusmn;{s:g}%" for s in settings.get("strengths") or [])
     windows = ", ".join(f"{a:g}:{b:g}" for a, b in settings.get("windows", []))
     intro = (
         f"<p>Model <code>{html.escape(str(results.get('model', {}).get('name')))}</code>; {settings.get('steps')} "
-        f"{html.escape(str(settings.get('inversion')))} steps; edit grid: scales {scales} &times; windows {windows}; "
+        f"{html.escape(str(settings.get('inversion')))} steps; edit grid: {amounts} &times; windows {windows}; "
         f"selection on {settings.get('validation')} validation images, all numbers on {settings.get('heldout')} held-out "
         f"images. Every change is counted against the unedited reconstruction of the same inversion.</p>"
     )
