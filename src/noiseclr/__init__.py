@@ -34,12 +34,14 @@ from .editing import (  # noqa: E402
 from .errors import NoiseCLRError  # noqa: E402
 from .explore import ExploreResult, ExploreSettings, explore  # noqa: E402
 from .inversion import invert  # noqa: E402
+from .regions import AutoRegion, Region  # noqa: E402
 from .runtime import RuntimeSettings  # noqa: E402
 from .model import EMBEDDED, DiffusionModel  # noqa: E402
 from .version import __version__  # noqa: E402
 
 __all__ = [
     "EMBEDDED",
+    "AutoRegion",
     "BenchResult",
     "BenchSettings",
     "DemoResult",
@@ -57,6 +59,7 @@ __all__ = [
     "GenerateSettings",
     "NoiseCLRError",
     "PromptTerm",
+    "Region",
     "RuntimeSettings",
     "__version__",
     "discover",

@@ -52,6 +52,15 @@ scene reader and mapped to each object's factors with
 own object; interference: fraction of images where some factor of the OTHER object changed
 (apart from what the other direction of the pair is meant to change).
 
+Localized (``region="auto"``, ``--region auto``; default ``none``): every held-out pick is ALSO
+applied with an auto region (:mod:`noiseclr.regions`; same direction, scale, window and images, the
+selection stays global) and reported beside the global numbers under ``localized``: the change of
+the target factor (the global edit's main factor) in both, preservation of the other factors in
+both, and the pixels: PSNR against the reconstruction outside the localized edit's final region,
+for the localized edit and for the global edit on the same pixels, and the region's share of the
+latent grid. The cross-domain run does the same for its alone and pair edits (interference global
+vs localized).
+
 Inversion default: ``ddpm`` (edit-friendly). Its reconstruction is exact, so the baseline every
 change is counted against is the held-out image itself (up to the VAE), and "preserved" means
 preserved relative to the real image, not to a drifted DDIM reconstruction whose factors may
@@ -79,7 +88,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -96,6 +105,7 @@ from .inversion import check_steps
 from .measure import (
     EditProtocol,
     PassSizes,
+    PixelComparison,
     Split,
     annotate_directions,
     annotations_of,
@@ -127,9 +137,11 @@ from .metrics import (
     screen_settings,
     select_edit,
     summarize_changes,
+    target_comparison,
     wilson_interval,
 )
 from .model import DiffusionModel
+from .regions import AutoRegion, region_overlay
 from .strength import BENCH_STRENGTHS, CALIBRATION_IMAGES, calibration_timesteps, direction_response, noise_response
 from .options import (
     check_choice,
@@ -148,6 +160,8 @@ from .options import (
 log = logging.getLogger("noiseclr")
 
 BENCH_DOMAINS = ("faces", "cats")
+REGION_MODES = ("none", "auto")
+"""``--region``: none (global edits only) or auto (each pick also measured localized)."""
 METHODS = ("noiseclr-all", "noiseclr-single", "random", "prompt")
 DISCOVERY_METHODS = {"noiseclr-all": "all-anchors", "noiseclr-single": "single-anchor"}
 
@@ -214,6 +228,15 @@ class BenchSettings:
                                    default_text="")  # fmt: skip
     """Most UNet rows per call (memory; results do not depend on it)."""
     decode_batch: int = 16
+    region: str = option("none", flag="--region", choices=list(REGION_MODES),
+                         help="auto: also measure every pick localized (auto regions), global vs localized side by side")  # fmt: skip
+    """``none``: global edits only; ``auto``: every held-out and cross-domain edit also with an auto region."""
+    auto_region: AutoRegion = field(default_factory=AutoRegion)
+    """Parameters of the auto regions (``--region-top``, ``--region-smoothing``)."""
+
+    @property
+    def localized(self) -> bool:
+        return self.region != "none"
 
     @property
     def negatives(self) -> int:
@@ -280,6 +303,8 @@ class BenchSettings:
             raise NoiseCLRError(f"{flag['screen_fraction']} {self.screen_fraction}: must be in (0, 1]; 1 tries every setting on every image.")
         check_count(self.strip_images, flag["strip_images"], 0, "must be 0 or more.")
         check_max_batch(self.max_batch)
+        check_choice(self.region, REGION_MODES, flag["region"], "unknown region mode")
+        self.auto_region.validate()
         if self.discovery_negatives is not None and not 1 <= self.discovery_negatives < self.num_directions:
             raise NoiseCLRError(
                 f"{flag['discovery_negatives']} {self.discovery_negatives}: must be between 1 and "
@@ -326,15 +351,16 @@ class MethodDirections:
     def count(self) -> int:
         return self.directions.count if self.directions is not None else len(self.prompts or [])
 
-    def term(self, index: int, config: EditConfig, sign: float = 1.0) -> EditTerm:
+    def term(self, index: int, config: EditConfig, sign: float = 1.0, region: str | None = None) -> EditTerm:
         amount = sign * abs(config.scale)
         by_strength = config.unit == "strength"
         scale, strength = (None, amount) if by_strength else (amount, None)
         if self.directions is not None:
-            term: EditTerm = DirectionTerm(self.directions, index, scale, config.start, config.end, strength=strength)
+            term: EditTerm = DirectionTerm(self.directions, index, scale, config.start, config.end, strength=strength,
+                                           region=region)  # fmt: skip
         else:
             assert self.prompts is not None
-            term = PromptTerm(self.prompts[index][2], scale, config.start, config.end, strength=strength)
+            term = PromptTerm(self.prompts[index][2], scale, config.start, config.end, strength=strength, region=region)
         if by_strength:
             assert self.responses is not None, "calibrate the method before a strength grid"
             term.resolve(self.responses[index])
@@ -375,6 +401,129 @@ def strip_image(inputs: torch.Tensor, recon: torch.Tensor, edited: Sequence[torc
     return make_grid(rows, row_labels=["input", "recon", *labels], title=title)
 
 
+def overlays(pixels: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """[n, 3, S, S] edits dimmed outside their regions [n, h, w] (the strips' "region" row)."""
+    return torch.stack([region_overlay(pixels[i], inside[i].float()) for i in range(pixels.shape[0])])
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    """Mean of the finite entries (None if there are none), rounded for JSON."""
+    finite = values[torch.isfinite(values)]
+    return round(float(finite.mean()), 4) if finite.numel() else None
+
+
+PIXEL_KEYS = ("region_fraction", "psnr_outside_global", "psnr_outside_local", "psnr_global", "psnr_local")
+"""Per (edit, image) pixel measures of localized twins (:class:`Twins`)."""
+
+
+@dataclass
+class Twins:
+    """Edits rendered globally and with regions on the same images: the localized side of them."""
+
+    edited: torch.Tensor
+    """[E, B, F] read factor values of the localized edits."""
+    kept: torch.Tensor | None
+    """[E, keep, 3, S, S] the first localized images (strips)."""
+    inside: torch.Tensor
+    """[E, B, h, w] bool: each localized edit's final region."""
+    pixels: dict[str, torch.Tensor]
+    """:data:`PIXEL_KEYS` -> [E, B] float64 (NaN where undefined): the region's share of the latent grid,
+    PSNR against the reconstruction outside the localized region (global and localized edit on the
+    same pixels) and over the whole image."""
+
+
+def render_twins(
+    model: DiffusionModel,
+    reader: Any,
+    split: Split,
+    edits: Sequence[Sequence[EditTerm]],
+    local_edits: Sequence[Sequence[EditTerm]],
+    images: Sequence[int],
+    settings: BenchSettings,
+    *,
+    keep: int,
+    desc: str,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, Twins]:
+    """``edits`` and their localized twins on ``images`` of ``split``: (global reads [E, B, F], global kept,
+    :class:`Twins`). The localized ones go first: their regions are where the global edits' pixels are
+    compared too."""
+    assert split.recon_small is not None, "prepare the split with keep_recon_pixels"
+    passes = settings.protocol().passes
+    inversion = split.inversion.select(list(images))
+    recon = split.recon_small[torch.as_tensor(list(images), dtype=torch.long)]
+    local = PixelComparison(recon, len(local_edits), len(images))
+    local_read, local_kept = render_and_read(model, inversion, reader, local_edits, passes, keep_images=keep,
+                                             desc=f"{desc} (localized)", progress=progress, auto_region=settings.auto_region,
+                                             on_chunk=local)  # fmt: skip
+    assert local.inside is not None
+    other = PixelComparison(recon, len(edits), len(images), inside=local.inside)
+    edited, kept = render_and_read(model, inversion, reader, edits, passes, keep_images=keep, desc=desc, progress=progress,
+                                   on_chunk=other)  # fmt: skip
+    pixels = {"region_fraction": local.region, "psnr_outside_global": other.psnr_outside, "psnr_outside_local": local.psnr_outside,
+              "psnr_global": other.psnr, "psnr_local": local.psnr}  # fmt: skip
+    return edited, kept, Twins(local_read, local_kept, local.inside, pixels)
+
+
+def pixel_means(pixels: Mapping[str, torch.Tensor]) -> dict[str, float | None]:
+    """Mean of each pixel measure over its finite entries."""
+    return {key: _mean(values) for key, values in pixels.items()}
+
+
+def localized_result(
+    changes: torch.Tensor,
+    local_edited: Sequence[torch.Tensor],
+    local_pixels: Sequence[Mapping[str, torch.Tensor]],
+    heldout: Split,
+    settings: BenchSettings,
+    factor_names: Sequence[str],
+    values: Sequence[Sequence[str]],
+) -> dict[str, Any]:
+    """The ``localized`` block of a method. ``local_edited[k]`` [2, B_k, F] and ``local_pixels[k]``
+    (measures [2, B_k]) are direction k's localized twins on the first B_k held-out images (as its
+    global measurement). Reports their own summary and, per direction and on average over the
+    effective global directions, target strength, preservation and pixels, global vs localized."""
+    local_changed = [changed_mask(read, heldout.recon_indices[: read.shape[1]]) for read in local_edited]
+    local_changes = torch.stack([change_fractions(axis_changed(changed)) for changed in local_changed])
+    records = direction_records(local_changes, local_edited, local_changed, factor_names, values)
+    compared = target_comparison(changes, local_changes)
+    directions = []
+    for k, record in enumerate(records):
+        row = {key: value for key, value in record.to_json().items()
+               if key in ("index", "name", "main_factor", "strength", "purity", "preservation", "changes")}  # fmt: skip
+        row["target_factor"] = factor_names[int(compared["target"][k])]
+        row["target_strength_global"] = round(float(compared["strength_global"][k]), 4)
+        row["target_strength_local"] = round(float(compared["strength_local"][k]), 4)
+        row["preservation_global"] = round(float(compared["preservation_global"][k]), 4)
+        row["preservation_local"] = round(float(compared["preservation_local"][k]), 4)
+        row["images"] = int(local_edited[k].shape[1])
+        row.update(pixel_means(local_pixels[k]))
+        directions.append(row)
+    effective = [k for k in range(changes.shape[0]) if float(compared["strength_global"][k]) >= EFFECTIVE_STRENGTH - 1e-9]
+    picked = torch.as_tensor(effective, dtype=torch.long)
+
+    def mean(key: str) -> float | None:
+        return _mean(compared[key][picked].to(torch.float64)) if effective else None
+
+    comparison: dict[str, Any] = {
+        "directions": len(effective),
+        "target_strength_global": mean("strength_global"),
+        "target_strength_local": mean("strength_local"),
+        "preservation_global": mean("preservation_global"),
+        "preservation_local": mean("preservation_local"),
+    }
+    if effective:
+        comparison.update(pixel_means({key: torch.cat([local_pixels[k][key].flatten() for k in effective]) for key in PIXEL_KEYS}))
+        comparison["target_strength_drop"] = round(comparison["target_strength_global"] - comparison["target_strength_local"], 4)
+    return {
+        "region": settings.region,
+        "auto_region": asdict(settings.auto_region),
+        "comparison": comparison,
+        "summary": summarize_changes(local_changes, factor_names),
+        "directions": directions,
+    }
+
+
 def evaluate_method(
     model: DiffusionModel,
     reader: Any,
@@ -399,26 +548,39 @@ def evaluate_method(
 
     passes = settings.protocol().passes
 
-    def axis_changes(split: Split, edits: list[list[EditTerm]], images: list[int], desc: str, keep: int = 0):
-        """Read every edit (both signs adjacent) on ``images`` of ``split``: changes [E/2, F], edited, changed, kept."""
-        inversion = split.inversion.select(images)
-        edited, kept = render_and_read(model, inversion, reader, edits, passes, keep_images=keep, desc=desc, progress=progress)
+    def axis_changes(split: Split, edits: list[list[EditTerm]], images: list[int], desc: str, keep: int = 0,
+                     local_edits: list[list[EditTerm]] | None = None):  # fmt: skip
+        """Read every edit (both signs adjacent) on ``images`` of ``split``: changes [E/2, F], edited, changed, kept,
+        and with ``local_edits`` (their localized twins) the :class:`Twins` (else None)."""
+        twins = None
+        if local_edits is None:
+            inversion = split.inversion.select(images)
+            edited, kept = render_and_read(model, inversion, reader, edits, passes, keep_images=keep, desc=desc, progress=progress)
+        else:
+            edited, kept, twins = render_twins(model, reader, split, edits, local_edits, images, settings, keep=keep,
+                                               desc=desc, progress=progress)  # fmt: skip
         edited = edited.view(len(edits) // len(SIGNS), len(SIGNS), *edited.shape[1:])
         changed = changed_mask(edited, split.recon_indices[images])
-        return change_fractions(axis_changed(changed)), edited, changed, kept
+        return change_fractions(axis_changed(changed)), edited, changed, kept, twins
+
+    def localized_edits(directions: Sequence[int]) -> list[list[EditTerm]] | None:
+        """The held-out picks of ``directions`` with regions (--region), or None when not localized."""
+        if not settings.localized:
+            return None
+        return [[method.term(k, selections[k].config, sign, region=settings.region)] for k in directions for sign in SIGNS]
 
     # 1. the grid, at both signs, on validation images only: every setting on a first slice
     #    (screening), the best keep_settings per direction on the rest.
     screened = min(validation.count, max(4, math.ceil(settings.screen_fraction * validation.count)))
     first, rest = list(range(screened)), list(range(screened, validation.count))
     edits = [[method.term(k, config, sign)] for k in range(count) for config in grid for sign in SIGNS]
-    screen, _, _, _ = axis_changes(validation, edits, first, f"{method.name}: validation grid")
+    screen, *_ = axis_changes(validation, edits, first, f"{method.name}: validation grid")
     screen = screen.view(count, len(grid), -1)
     survivors = screen_settings(screen, settings.keep_settings, settings.min_preservation) if rest else [list(range(len(grid)))] * count
     validation_changes = screen.clone()
     if rest:
         edits = [[method.term(k, grid[g], sign)] for k in range(count) for g in survivors[k] for sign in SIGNS]
-        more, _, _, _ = axis_changes(validation, edits, rest, f"{method.name}: validation, kept settings")
+        more, *_ = axis_changes(validation, edits, rest, f"{method.name}: validation, kept settings")
         cursor = 0
         for k in range(count):
             for g in survivors[k]:
@@ -431,23 +593,31 @@ def evaluate_method(
 
     # 2. the picks, at both signs, on held-out images: a first slice for every direction; the rest
     #    only for directions that could still be effective (95% upper bound of every factor's
-    #    change at or above the effective strength).
+    #    change at or above the effective strength). With --region, each also localized, on the
+    #    same images.
     head_count = heldout.count if not settings.early_stop else min(heldout.count, max(20, math.ceil(heldout.count / 4)))
     head, tail = list(range(head_count)), list(range(head_count, heldout.count))
     edits = [[method.term(k, selection.config, sign)] for k, selection in enumerate(selections) for sign in SIGNS]
-    changes, edited_head, changed_head, kept = axis_changes(heldout, edits, head, f"{method.name}: held-out",
-                                                            keep=settings.strip_images)  # fmt: skip
+    changes, edited_head, changed_head, kept, twins = axis_changes(heldout, edits, head, f"{method.name}: held-out",
+                                                                   keep=settings.strip_images, local_edits=localized_edits(range(count)))  # fmt: skip
+    local_edited = None if twins is None else [twins.edited[2 * k : 2 * k + 2] for k in range(count)]
+    local_pixels = None if twins is None else [{key: v[2 * k : 2 * k + 2] for key, v in twins.pixels.items()} for k in range(count)]
     stopped = clearly_ineffective(changes, head_count) if tail else torch.zeros(count, dtype=torch.bool)
     going = [k for k in range(count) if not bool(stopped[k])]
     edited: list[torch.Tensor] = list(edited_head)
     changed: list[torch.Tensor] = list(changed_head)
     if tail and going:
         edits = [[method.term(k, selections[k].config, sign)] for k in going for sign in SIGNS]
-        _, edited_tail, changed_tail, _ = axis_changes(heldout, edits, tail, f"{method.name}: held-out, rest")
+        _, edited_tail, changed_tail, _, twins_tail = axis_changes(heldout, edits, tail, f"{method.name}: held-out, rest",
+                                                                   local_edits=localized_edits(going))  # fmt: skip
         for position, k in enumerate(going):
             edited[k] = torch.cat([edited_head[k], edited_tail[position]], dim=1)
             changed[k] = torch.cat([changed_head[k], changed_tail[position]], dim=1)
             changes[k] = change_fractions(axis_changed(changed[k]))
+            if local_edited is not None and local_pixels is not None and twins_tail is not None:
+                rows = slice(2 * position, 2 * position + 2)
+                local_edited[k] = torch.cat([local_edited[k], twins_tail.edited[rows]], dim=1)
+                local_pixels[k] = {key: torch.cat([v, twins_tail.pixels[key][rows]], dim=1) for key, v in local_pixels[k].items()}
     values = [factor.values for factor in domain_factors(heldout.domain)]
     records = direction_records(changes, edited, changed, factor_names, values)
     for k, (record, selection) in enumerate(zip(records, selections)):
@@ -467,10 +637,11 @@ def evaluate_method(
             keep = kept.shape[1]
             title = f"{k}: {record.name} ({selection.config.describe()})"
             magnitude = f"{abs(selection.config.scale):g}{'%' if selection.config.unit == 'strength' else ''}"
-            grid_image = strip_image(
-                heldout.pixels[:keep], heldout.recon_kept[:keep], [kept[2 * k + 1], kept[2 * k]], title,
-                labels=(f"-{magnitude}", f"+{magnitude}"),
-            )
+            rows, labels = [kept[2 * k + 1], kept[2 * k]], [f"-{magnitude}", f"+{magnitude}"]
+            if twins is not None and twins.kept is not None:
+                rows += [twins.kept[2 * k + 1], twins.kept[2 * k], overlays(twins.kept[2 * k], twins.inside[2 * k, :keep])]
+                labels += [f"local -{magnitude}", f"local +{magnitude}", "region +"]
+            grid_image = strip_image(heldout.pixels[:keep], heldout.recon_kept[:keep], rows, title, labels=labels)
             path = save_image(grid_image, folder / "strips" / f"direction-{k:03d}.png")
             record.strip = str(path.relative_to(out))
     summary = summarize_changes(changes, factor_names)
@@ -500,6 +671,8 @@ def evaluate_method(
         "directions": [record.to_json() for record in records],
         "seconds": round(time.monotonic() - started, 1),
     }
+    if local_edited is not None and local_pixels is not None:
+        result["localized"] = localized_result(changes, local_edited, local_pixels, heldout, settings, factor_names, values)
     atomic_write_json(folder / "result.json", result)
     return result
 
@@ -559,66 +732,115 @@ def run_cross_domain(
         loaded[part] = (directions, records, picked)
     reader_names = reader_factor_names(reader, "scenes")
     scenes = prepare_split(model, reader, "scenes", "scenes", settings.cross_images, settings.protocol(),
-                           keep_images=settings.strip_images, progress=progress)  # fmt: skip
+                           keep_images=settings.strip_images, keep_recon_pixels=settings.localized, progress=progress)  # fmt: skip
     recon_labels = _decode_labels("scenes", scenes.recon_indices)
 
-    def term(part: str, index: int, sign: float) -> DirectionTerm:
+    def term(part: str, index: int, sign: float, region: str | None = None) -> DirectionTerm:
         directions, records, _ = loaded[part]
         record = records[index]
         defaults = (directions.edit_defaults or [None] * directions.count)[index] or record
         window = (float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0)))
         if defaults.get("strength") is not None and defaults is not record:  # an edit strength (edit_defaults)
-            return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["strength"])))
+            return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["strength"])), region=region)
         if defaults.get("edit_strength") is not None:
-            return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["edit_strength"])))
-        return DirectionTerm(directions, index, sign * abs(float(defaults["scale"])), *window)
+            return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["edit_strength"])),
+                                 region=region)  # fmt: skip
+        return DirectionTerm(directions, index, sign * abs(float(defaults["scale"])), *window, region=region)
 
     faces, cats = loaded["face"][2], loaded["cat"][2]
     pairs = [(faces[i % len(faces)], cats[i % len(cats)]) for i in range(max(len(faces), len(cats)))]
     alone = [("face", k) for k in faces] + [("cat", k) for k in cats]
-    # Every edit at both signs (pairs share the sign), as in the per-domain benchmark.
-    edits = [[term(part, k, sign)] for part, k in alone for sign in SIGNS]
-    edits += [[term("face", f, sign), term("cat", c, sign)] for f, c in pairs for sign in SIGNS]
-    edited, kept = render_and_read(model, scenes.inversion, reader, edits, settings.protocol().passes,
-                                   keep_images=settings.strip_images, desc="cross-domain", progress=progress)  # fmt: skip
 
-    def per_part(e: int) -> dict[str, tuple[list[str], torch.Tensor]]:
-        """Changes of edit ``e`` under either sign, per scene object."""
-        result = {}
-        for part in ("face", "cat"):
-            signed = [part_changes(_decode_labels("scenes", edited[len(SIGNS) * e + s]), recon_labels, part) for s in range(len(SIGNS))]
-            result[part] = (signed[0][0], torch.stack([changed for _, changed in signed]).any(dim=0))
-        return result
+    def edits_with(region: str | None) -> list[list[EditTerm]]:
+        # Every edit at both signs (pairs share the sign), as in the per-domain benchmark; in a
+        # localized pair each direction has its own auto region.
+        edits: list[list[EditTerm]] = [[term(part, k, sign, region)] for part, k in alone for sign in SIGNS]
+        edits += [[term("face", f, sign, region), term("cat", c, sign, region)] for f, c in pairs for sign in SIGNS]
+        return edits
+
+    twins: Twins | None = None
+    if settings.localized:
+        edited, kept, twins = render_twins(model, reader, scenes, edits_with(None), edits_with(settings.region),
+                                           range(scenes.count), settings, keep=settings.strip_images, desc="cross-domain",
+                                           progress=progress)  # fmt: skip
+    else:
+        edited, kept = render_and_read(model, scenes.inversion, reader, edits_with(None), settings.protocol().passes,
+                                       keep_images=settings.strip_images, desc="cross-domain", progress=progress)  # fmt: skip
 
     def main_of(part: str, k: int) -> str:
         return str(loaded[part][1][k]["main_factor"])
 
-    alone_rows = []
-    for e, (part, k) in enumerate(alone):
-        other = "cat" if part == "face" else "face"
-        changes = per_part(e)
-        numbers = alone_interference(changes[part], changes[other], main_of(part, k))
-        alone_rows.append({"part": part, "index": k, "name": loaded[part][1][k].get("name"),
-                           "main_factor": main_of(part, k), **numbers})  # fmt: skip
-    pair_rows = []
-    for p, (f, c) in enumerate(pairs):
-        e = len(alone) + p
-        changes = per_part(e)
-        row = {
-            "face": {"index": f, "name": loaded["face"][1][f].get("name"), "main_factor": main_of("face", f)},
-            "cat": {"index": c, "name": loaded["cat"][1][c].get("name"), "main_factor": main_of("cat", c)},
-            **pair_interference(changes["face"], changes["cat"], main_of("face", f), main_of("cat", c)),
-        }
-        if kept is not None and scenes.recon_kept is not None:
-            keep = kept.shape[1]
-            title = f"face {f}: {row['face']['name']}  +  cat {c}: {row['cat']['name']}"
-            image = strip_image(scenes.pixels[:keep], scenes.recon_kept[:keep], [kept[2 * e + 1], kept[2 * e]], title,
-                                labels=("both -", "both +"))
-            row["strip"] = str(save_image(image, folder / f"pair-{p:02d}.png").relative_to(out))
-        pair_rows.append(row)
+    def rows_of(read: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The alone and pair rows of one rendering (global or localized) of every edit."""
+
+        def per_part(e: int) -> dict[str, tuple[list[str], torch.Tensor]]:
+            """Changes of edit ``e`` under either sign, per scene object."""
+            result = {}
+            for part in ("face", "cat"):
+                signed = [part_changes(_decode_labels("scenes", read[len(SIGNS) * e + s]), recon_labels, part) for s in range(len(SIGNS))]
+                result[part] = (signed[0][0], torch.stack([changed for _, changed in signed]).any(dim=0))
+            return result
+
+        alone_rows = []
+        for e, (part, k) in enumerate(alone):
+            other = "cat" if part == "face" else "face"
+            changes = per_part(e)
+            numbers = alone_interference(changes[part], changes[other], main_of(part, k))
+            alone_rows.append({"part": part, "index": k, "name": loaded[part][1][k].get("name"),
+                               "main_factor": main_of(part, k), **numbers})  # fmt: skip
+        pair_rows = []
+        for p, (f, c) in enumerate(pairs):
+            changes = per_part(len(alone) + p)
+            pair_rows.append({
+                "face": {"index": f, "name": loaded["face"][1][f].get("name"), "main_factor": main_of("face", f)},
+                "cat": {"index": c, "name": loaded["cat"][1][c].get("name"), "main_factor": main_of("cat", c)},
+                **pair_interference(changes["face"], changes["cat"], main_of("face", f), main_of("cat", c)),
+            })  # fmt: skip
+        return alone_rows, pair_rows
 
     def mean(rows: list[dict[str, Any]], key: str) -> float | None:
         return round(sum(float(r[key]) for r in rows) / len(rows), 4) if rows else None
+
+    def summary_of(alone_rows: list[dict[str, Any]], pair_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "pairs": len(pair_rows),
+            "mean_face_change": mean(pair_rows, "face_change"),
+            "mean_cat_change": mean(pair_rows, "cat_change"),
+            "mean_both_changed": mean(pair_rows, "both_changed"),
+            "interference": mean(pair_rows, "interference"),
+            "interference_alone": mean(alone_rows, "interference"),
+        }
+
+    alone_rows, pair_rows = rows_of(edited)
+    for p, row in enumerate(pair_rows):
+        e = len(alone) + p
+        if kept is not None and scenes.recon_kept is not None:
+            keep = kept.shape[1]
+            title = f"face {row['face']['index']}: {row['face']['name']}  +  cat {row['cat']['index']}: {row['cat']['name']}"
+            rows, labels = [kept[2 * e + 1], kept[2 * e]], ["both -", "both +"]
+            if twins is not None and twins.kept is not None:
+                rows += [twins.kept[2 * e + 1], twins.kept[2 * e], overlays(twins.kept[2 * e], twins.inside[2 * e, :keep])]
+                labels += ["local both -", "local both +", "regions +"]
+            image = strip_image(scenes.pixels[:keep], scenes.recon_kept[:keep], rows, title, labels=labels)
+            row["strip"] = str(save_image(image, folder / f"pair-{p:02d}.png").relative_to(out))
+
+    localized = None
+    if twins is not None:
+        local_alone, local_pairs = rows_of(twins.edited)
+
+        def pixels_of(edits: range) -> dict[str, float | None]:
+            return pixel_means({key: values[edits.start : edits.stop] for key, values in twins.pixels.items()})
+
+        for e, row in enumerate(local_alone + local_pairs):
+            row.update(pixels_of(range(len(SIGNS) * e, len(SIGNS) * (e + 1))))
+        localized = {
+            "region": settings.region,
+            "auto_region": asdict(settings.auto_region),
+            "summary": {**summary_of(local_alone, local_pairs),
+                        **pixels_of(range(len(SIGNS) * len(alone), len(SIGNS) * (len(alone) + len(pairs))))},  # fmt: skip
+            "alone": local_alone,
+            "pairs": local_pairs,
+        }
 
     result = {
         "faces_file": str(loaded["face"][0].path or ""),
@@ -627,18 +849,13 @@ def run_cross_domain(
         "seeds": [scenes.seeds[0], scenes.seeds[-1]],
         "reader_factors": reader_names,
         "baseline": split_diagnostics(scenes, reader_names),
-        "summary": {
-            "pairs": len(pair_rows),
-            "mean_face_change": mean(pair_rows, "face_change"),
-            "mean_cat_change": mean(pair_rows, "cat_change"),
-            "mean_both_changed": mean(pair_rows, "both_changed"),
-            "interference": mean(pair_rows, "interference"),
-            "interference_alone": mean(alone_rows, "interference"),
-        },
+        "summary": summary_of(alone_rows, pair_rows),
         "alone": alone_rows,
         "pairs": pair_rows,
         "seconds": round(time.monotonic() - started, 1),
     }
+    if localized is not None:
+        result["localized"] = localized
     atomic_write_json(folder / "result.json", result)
     return result
 
@@ -802,7 +1019,7 @@ def run_bench(
         protocol = settings.protocol()
         validation = prepare_split(model, reader, domain, "validation", settings.validation, protocol, progress=progress)
         heldout = prepare_split(model, reader, domain, "heldout", settings.heldout, protocol,
-                                keep_images=settings.strip_images, progress=progress)  # fmt: skip
+                                keep_images=settings.strip_images, keep_recon_pixels=settings.localized, progress=progress)  # fmt: skip
         results["baseline"] = {"heldout": split_diagnostics(heldout, factor_names),
                                "validation": split_diagnostics(validation, factor_names)}  # fmt: skip
         results["seeds"] = {
@@ -813,8 +1030,10 @@ def run_bench(
         base_fingerprint = {
             "domain": domain,
             "model": model.fingerprint().get("sha256"),
+            # The region keys only when localized: global runs keep the fingerprints of earlier runs.
             "settings": {k: v for k, v in settings.to_json().items()
-                         if k not in ("methods", "trajectories_per_pass", "max_batch", "decode_batch", "cross_images", "cross_per_domain")},
+                         if k not in ("methods", "trajectories_per_pass", "max_batch", "decode_batch", "cross_images", "cross_per_domain")
+                         and (settings.localized or k not in ("region", "auto_region"))},
         }  # fmt: skip
         discovery_pixels: torch.Tensor | None = None
         calibration_latents: torch.Tensor | None = None  # the first discovery renders: the same for every method

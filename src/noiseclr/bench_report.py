@@ -50,6 +50,11 @@ def format_table(results: Mapping[str, Any]) -> str:
             "coverage: factors some direction moves with strength >= 0.5 and purity >= 0.6; purity and preservation: "
             "mean over directions with strength >= 0.25"
         )
+        localized = [(name, result["localized"]) for name, result in methods.items() if result.get("localized")]
+        if localized:
+            lines.append(f"global -> localized ({localized[0][1]['region']} regions), same picks, effective directions:")
+            for name, block in localized:
+                lines.append(f"  {name:<16} {_comparison(block['comparison'])}")
     cross = results.get("cross_domain")
     if cross:
         summary = cross["summary"]
@@ -59,7 +64,30 @@ def format_table(results: Mapping[str, Any]) -> str:
             f"{_num(summary['mean_both_changed'])}, interference {_num(summary['interference'])} "
             f"(alone: {_num(summary['interference_alone'])})"
         )
+        if cross.get("localized"):
+            local = cross["localized"]["summary"]
+            lines.append(
+                f"  localized: face change {_num(local['mean_face_change'])}, cat change {_num(local['mean_cat_change'])}, "
+                f"both {_num(local['mean_both_changed'])}, interference {_num(local['interference'])} "
+                f"(alone: {_num(local['interference_alone'])}); pairs' PSNR outside the regions "
+                f"{_num(local.get('psnr_outside_global'), 1)} -> {_num(local.get('psnr_outside_local'), 1)} dB, "
+                f"region {_percent(local.get('region_fraction'))}"
+            )
     return "\n".join(lines)
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.0f}%"
+
+
+def _comparison(comparison: Mapping[str, Any]) -> str:
+    """One line: target strength, preservation and PSNR outside the region, global -> localized."""
+    return (
+        f"target strength {_num(comparison.get('target_strength_global'))} -> {_num(comparison.get('target_strength_local'))}, "
+        f"preservation {_num(comparison.get('preservation_global'))} -> {_num(comparison.get('preservation_local'))}, "
+        f"PSNR outside region {_num(comparison.get('psnr_outside_global'), 1)} -> {_num(comparison.get('psnr_outside_local'), 1)} dB, "
+        f"region {_percent(comparison.get('region_fraction'))} ({comparison.get('directions', 0)} directions)"
+    )
 
 
 def _bars(changes: Mapping[str, float], main: str | None) -> str:
@@ -168,6 +196,33 @@ def _summary_table(results: Mapping[str, Any]) -> str:
     )
 
 
+def _localized(results: Mapping[str, Any]) -> str:
+    methods = [(name, result["localized"]) for name, result in (results.get("methods") or {}).items() if result.get("localized")]
+    if not methods:
+        return ""
+    rows = []
+    for name, block in methods:
+        c = block["comparison"]
+        rows.append(
+            f"<tr><th>{html.escape(name)}</th><td>{c.get('directions', 0)}</td>"
+            f"<td>{_num(c.get('target_strength_global'))} &rarr; {_num(c.get('target_strength_local'))}</td>"
+            f"<td>{_num(c.get('preservation_global'))} &rarr; {_num(c.get('preservation_local'))}</td>"
+            f"<td>{_num(c.get('psnr_outside_global'), 1)} &rarr; {_num(c.get('psnr_outside_local'), 1)}</td>"
+            f"<td>{_num(c.get('psnr_global'), 1)} &rarr; {_num(c.get('psnr_local'), 1)}</td>"
+            f"<td>{_percent(c.get('region_fraction'))}</td></tr>"
+        )
+    settings = methods[0][1].get("auto_region", {})
+    return (
+        f"<h2>Global vs localized</h2><p>The same picks (direction, scale, window) on the same held-out images, "
+        f"without and with {html.escape(str(methods[0][1]['region']))} regions (top {settings.get('top')}, smoothing "
+        f"{settings.get('smoothing')}); means over effective directions (global strength &ge; 0.25). Target: the global "
+        "edit's main factor. PSNR (dB, against the reconstruction) outside the localized edit's region, for both edits on "
+        "the same pixels, and over the whole image. The strips show the localized edits and the region below the global ones.</p>"
+        "<table><tr><th>method</th><th>directions</th><th>target strength</th><th>preservation</th>"
+        "<th>PSNR outside region</th><th>PSNR whole image</th><th>region</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def _cross(results: Mapping[str, Any]) -> str:
     cross = results.get("cross_domain")
     if not cross:
@@ -197,6 +252,16 @@ def _cross(results: Mapping[str, Any]) -> str:
         f"<td>{_num(r['own_change'])}</td><td>{_num(r['interference'])}</td></tr>"
         for r in cross["alone"]
     )
+    localized = ""
+    if cross.get("localized"):
+        local = cross["localized"]["summary"]
+        localized = (
+            f"<p>Localized ({html.escape(str(cross['localized']['region']))} regions, each direction its own): face change "
+            f"{_num(local['mean_face_change'])}, cat change {_num(local['mean_cat_change'])}, both "
+            f"{_num(local['mean_both_changed'])}, interference <b>{_num(local['interference'])}</b> (alone: "
+            f"{_num(local['interference_alone'])}); PSNR outside the pairs' regions {_num(local.get('psnr_outside_global'), 1)} "
+            f"(global) &rarr; {_num(local.get('psnr_outside_local'), 1)} dB (localized), region {_percent(local.get('region_fraction'))}.</p>"
+        )
     return (
         f"<h2>Cross-domain: faces + cats on {cross['images']} scenes</h2>"
         f"<p>Files: <code>{html.escape(cross['faces_file'])}</code>, <code>{html.escape(cross['cats_file'])}</code>. "
@@ -205,7 +270,8 @@ def _cross(results: Mapping[str, Any]) -> str:
         f"meant to change). Mean over pairs: face change {_num(summary['mean_face_change'])}, cat change "
         f"{_num(summary['mean_cat_change'])}, both {_num(summary['mean_both_changed'])}, interference "
         f"<b>{_num(summary['interference'])}</b> (directions alone: {_num(summary['interference_alone'])}).</p>"
-        f"<table><tr><th>direction alone</th><th>name</th><th>own change</th><th>interference</th></tr>{alone}</table>"
+        + localized
+        + f"<table><tr><th>direction alone</th><th>name</th><th>own change</th><th>interference</th></tr>{alone}</table>"
         + "".join(cards)
     )
 
@@ -252,11 +318,15 @@ def render_report(results: Mapping[str, Any]) -> str:
             f"picked on validation images. Bars: fraction of held-out images whose factor changed (main factor dark).{file_note}</p>"
             + cards
         )
-    scales = ", ".join(f"&plusmn;{s:g}" for s in settings.get("scales", []))
+    # A strength grid stores scales None: the report names whichever grid was run.
+    if settings.get("scales"):
+        amounts = "scales " + ", ".join(f"&plusmn;{s:g}" for s in settings["scales"])
+    else:
+        amounts = "strengths " + ", ".join(f"&plusmn;{s:g}%" for s in settings.get("strengths") or [])
     windows = ", ".join(f"{a:g}:{b:g}" for a, b in settings.get("windows", []))
     intro = (
         f"<p>Model <code>{html.escape(str(results.get('model', {}).get('name')))}</code>; {settings.get('steps')} "
-        f"{html.escape(str(settings.get('inversion')))} steps; edit grid: scales {scales} &times; windows {windows}; "
+        f"{html.escape(str(settings.get('inversion')))} steps; edit grid: {amounts} &times; windows {windows}; "
         f"selection on {settings.get('validation')} validation images, all numbers on {settings.get('heldout')} held-out "
         f"images. Every change is counted against the unedited reconstruction of the same inversion.</p>"
     )
@@ -266,6 +336,7 @@ def render_report(results: Mapping[str, Any]) -> str:
 {intro}
 <pre>{html.escape(format_table(results))}</pre>
 {_summary_table(results)}
+{_localized(results)}
 {_coverage_matrix(results)}
 {_baseline(results)}
 <details><summary>Definitions</summary><ul>{definitions}</ul></details>

@@ -180,6 +180,31 @@ def _edit_protocol(args: argparse.Namespace, terms: Sequence, cls: type) -> dict
             for name in EDIT_PROTOCOL_KEYS}  # fmt: skip
 
 
+def _auto_region(args: argparse.Namespace):
+    from .regions import AutoRegion
+
+    return from_args(AutoRegion, args).validate()
+
+
+def _check_masks(specs: Sequence[str], terms: Sequence, images: Sequence[Path]) -> None:
+    """A mask file must have its images' aspect ratio: refused before the model loads."""
+    from PIL import Image
+
+    from .regions import check_mask_aspect
+
+    if not any(getattr(term.region, "size", None) for term in terms):
+        return
+    sizes = {}
+    for path in images:
+        try:
+            with Image.open(path) as handle:
+                sizes[Path(path).name] = handle.size
+        except (OSError, ValueError):
+            continue  # load_image_files names unreadable images
+    for spec, term in zip(specs, terms):
+        check_mask_aspect(term.region, sizes, f"--direction {spec}")
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import EditSettings, edit
     from .fileio import check_output_dir, ensure_output_dir
@@ -187,22 +212,32 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     terms = _terms(args.direction)
-    settings = from_args(EditSettings, args, **_edit_protocol(args, terms, EditSettings))
+    settings = from_args(EditSettings, args, **_edit_protocol(args, terms, EditSettings), auto_region=_auto_region(args))
     check_image_files(args.image)  # before the model load; --out is created once there is a result
+    _check_masks(args.direction, terms, args.image)
     out = check_output_dir(args.out)
     model = _load_model(args)
     images = load_image_files(args.image, model.resolution)
     result = edit(model, images, terms, settings)
     ensure_output_dir(out)
+    regions = result.region_images()
     for index, path in enumerate(images.paths):
         save_image(result.edited[index], out / f"{path.stem}-edited.png")
         save_image(result.reconstruction[index], out / f"{path.stem}-reconstruction.png")
+        if regions is not None:
+            save_image(regions[index], out / f"{path.stem}-region.png")
     save_image(result.grid(), out / "comparison.png")
     print(f"edited {len(images)} image(s) with {len(terms)} direction(s) in {_seconds(time.monotonic() - started)} "
           f"({settings.inversion.upper()} inversion, {settings.steps} steps)")  # fmt: skip
     for term in terms:
         print(f"  {term.describe()}")
-    print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, comparison.png: input | reconstruction | edited)")
+    if regions is not None:
+        shares = ", ".join(f"{100 * float(r.mean()):.0f}%" for r in result.region)
+        print(f"  localized: the edit changed {shares} of the latent grid; outside it the images are the reconstruction")
+        print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, *-region.png: the edit dimmed outside its region, "
+              "comparison.png: input | reconstruction | edited | region)")  # fmt: skip
+    else:
+        print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, comparison.png: input | reconstruction | edited)")
     return 0
 
 
@@ -212,7 +247,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .images import save_image
 
     started = time.monotonic()
-    settings = from_args(GenerateSettings, args)
+    settings = from_args(GenerateSettings, args, auto_region=_auto_region(args))
     terms = _terms(args.direction)
     out = check_output_dir(args.out)
     model = _load_model(args)
@@ -232,7 +267,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from .explore import ExploreSettings, explore
     from .images import check_image_folder
 
-    settings = from_args(ExploreSettings, args)
+    settings = from_args(ExploreSettings, args, auto_region=_auto_region(args))
     check_image_folder(args.images)  # before the model load
     model = _load_model(args)
     result = explore(model, args.directions, args.images, args.out, settings)
@@ -254,7 +289,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchSettings, check_bench_inputs, parse_directions_args, run_bench
 
     files = parse_directions_args(args.directions)
-    settings = from_args(BenchSettings, args, methods=_methods(args.methods, bool(files)))
+    settings = from_args(BenchSettings, args, methods=_methods(args.methods, bool(files)), auto_region=_auto_region(args))
     cross = tuple(args.cross_domain) if args.cross_domain else None
     check_bench_inputs(args.domain, settings, files, cross)
     model = _load_model(args)
@@ -300,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .discovery import DiscoverySettings
     from .editing import EditSettings, GenerateSettings
     from .explore import ExploreSettings
+    from .regions import AutoRegion
 
     parser = argparse.ArgumentParser(
         prog="noiseclr",
@@ -320,13 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(g, RuntimeSettings, only=("gradient_checkpointing", "channels_last", "compile"))
     p.set_defaults(func=cmd_discover)
 
-    direction_help = "FILE:INDEX=SCALE[@START:END] (repeatable; any mix of files, e.g. faces.safetensors:3=4@0:0.6)"
+    direction_help = ("FILE:INDEX=SCALE[@START:END][#auto|#MASK] (repeatable; any mix of files, e.g. faces.safetensors:3=4@0:0.6; "
+                      "#auto or #mask.png localizes the direction)")  # fmt: skip
     p = sub.add_parser("edit", help="edit real images with directions (inversion, then guided denoising)")
     _add_model_args(p)
     p.add_argument("--image", required=True, nargs="+", type=Path, help="image file(s)")
     p.add_argument("--direction", required=True, action="append", help=direction_help)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     add_options(p, EditSettings, defaults={"inversion": None, "steps": None}, default_texts=STORED_PROTOCOL_HELP)
+    add_options(p.add_argument_group("auto regions (#auto)"), AutoRegion)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("generate", help="text-to-image with directions added")
@@ -335,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", action="append", default=[], help=direction_help)
     p.add_argument("--out", required=True, type=Path)
     add_options(p, GenerateSettings)
+    add_options(p.add_argument_group("auto regions (#auto)"), AutoRegion)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("explore", help="render each direction over a few images and scales, with an HTML gallery")
@@ -343,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, help="folder of images (the first --num-images are used)")
     p.add_argument("--out", required=True, type=Path, help="output folder (PNG strips + index.html)")
     add_options(p, ExploreSettings)
+    add_options(p.add_argument_group("auto regions (--region auto)"), AutoRegion)
     p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("bench", help="measure what directions change, with the factor readers (ground-truth benchmark)")
@@ -362,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     discovery_fields = [f for f in flags(BenchSettings) if f.startswith("discovery_") or f == "num_directions"]
     add_options(p.add_argument_group("discovery (noiseclr-all / noiseclr-single)"), BenchSettings, only=discovery_fields)
     add_options(p.add_argument_group("evaluation"), BenchSettings, exclude=discovery_fields)
+    add_options(p.add_argument_group("auto regions (--region auto)"), AutoRegion)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: discover, name and show face-edit directions on the embedded model (~3 min on a CPU)")

@@ -26,6 +26,15 @@ or, for one edit with before/after, :func:`edit`; for prompts, :func:`generate`.
 A :class:`PromptTerm` (a text prompt's conditioning, ``scale * (eps(c_prompt) - eps(c_0))`` on a
 window) is accepted wherever a :class:`DirectionTerm` is; the benchmark's supervised reference
 uses it.
+
+Localized edits (:mod:`noiseclr.regions` has the math): a term with a ``region`` (``"auto"``, a
+mask image or tensor) contributes ``w * R * (eps_k - eps_0)`` only inside its region ``R``, and an
+edit whose acting terms all have regions is blended back onto the same image's reconstruction
+outside the union of its regions after every step. The reconstruction is then one more
+trajectory of the same batch: :func:`regenerate` and :func:`generate_latents` add the plain
+variant (``[]``) when it is not among the edits and a term has a region, so there is still ONE
+UNet call per step. Gated pairs are listed in a :class:`~noiseclr.regions.RegionPlan`
+(:func:`plan_regions`); :func:`denoise` without one is exactly the global kernel.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +65,17 @@ from .inversion import (
 )
 from .strength import resolve_strengths
 from .options import check_count, check_inversion, check_max_batch, is_whole, option, positive_int
+from .regions import (
+    AutoRegion,
+    Region,
+    RegionPlan,
+    RegionState,
+    as_region,
+    blend_latents,
+    region_overlay,
+    region_union,
+    step_gates,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -64,7 +84,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("noiseclr")
 
-SPEC_FORM = "FILE:INDEX[=SCALE|=STRENGTH%][@START:END], e.g. runs/faces/directions.safetensors:3=15%@0:0.6"
+SPEC_FORM = (
+    "FILE:INDEX[=SCALE|=STRENGTH%][@START:END][#auto|#MASK.png], e.g. runs/faces/directions.safetensors:3=15%@0:0.6#auto"
+)
 _WINDOW_TOLERANCE = 1e-9  # so 0.6 * 50 steps is exactly 30 steps, not 31
 
 
@@ -85,6 +107,25 @@ def _check_scale_and_window(term: DirectionTerm | PromptTerm) -> None:
         raise NoiseCLRError(
             f"{term.describe()}: window {term.start}:{term.end} is invalid; need 0 <= START < END <= 1, e.g. @0:0.6."
         )
+
+
+def _check_region(term: DirectionTerm | PromptTerm) -> None:
+    """Normalise ``term.region`` to None or a :class:`~noiseclr.regions.Region` (one-line errors for bad masks)."""
+    try:
+        term.region = as_region(term.region)
+    except NoiseCLRError as exc:
+        raise NoiseCLRError(f"{term.describe()}: {exc}") from None
+
+
+def _where(term: DirectionTerm | PromptTerm) -> str:
+    """`` @0-0.6`` for a window that is not the whole schedule, `` #auto`` / `` #mask.png`` for a region."""
+    window = "" if (term.start, term.end) == (0.0, 1.0) else f" @{term.start:g}-{term.end:g}"
+    region = term.region
+    if region is None:
+        return window
+    if isinstance(region, Region):
+        return f"{window} #{region.label()}"
+    return f"{window} #{Path(region).name if isinstance(region, (str, Path)) else 'mask'}"
 
 
 def _amount(term: DirectionTerm | PromptTerm) -> str:
@@ -130,19 +171,22 @@ class DirectionTerm(_Strength):
     """Percent change of the noise prediction (:mod:`noiseclr.strength`); sets ``scale`` when resolved."""
     response: float | None = None
     """The direction's response the scale was derived from (set by :meth:`resolve`)."""
+    region: Region | str | Path | torch.Tensor | None = None
+    """Where the term acts: None (everywhere), ``"auto"``, a mask image path or a [H, W] / [N, H, W]
+    tensor in [0, 1] (:mod:`noiseclr.regions`); normalised to None or a Region."""
 
     def __post_init__(self) -> None:
         self.directions.check_index(self.index)
         _check_scale_and_window(self)
+        _check_region(self)
 
     def describe(self) -> str:
-        """Short label, e.g. ``faces.safetensors 3: smile x4.5 @0-0.6`` or ``... 15% (x4.5)``."""
+        """Short label, e.g. ``faces.safetensors 3: smile x4.5 @0-0.6 #auto`` or ``... 15% (x4.5)``."""
         where = self.directions.path.name if self.directions.path else (self.directions.domain or "directions")
         label = (
             self.directions.label(self.index) if 0 <= self.index < self.directions.count else f"direction {self.index}"
         )
-        window = "" if (self.start, self.end) == (0.0, 1.0) else f" @{self.start:g}-{self.end:g}"
-        return f"{where} {label} {_amount(self)}{window}"
+        return f"{where} {label} {_amount(self)}{_where(self)}"
 
     def active_steps(self, steps: int) -> torch.Tensor:
         """[steps] bool: whether the term acts at each denoising step."""
@@ -169,14 +213,15 @@ class PromptTerm(_Strength):
     end: float = 1.0
     strength: float | None = None
     response: float | None = None
+    region: Region | str | Path | torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.prompt = str(self.prompt)
         _check_scale_and_window(self)
+        _check_region(self)
 
     def describe(self) -> str:
-        window = "" if (self.start, self.end) == (0.0, 1.0) else f" @{self.start:g}-{self.end:g}"
-        return f"prompt {self.prompt!r} {_amount(self)}{window}"
+        return f"prompt {self.prompt!r} {_amount(self)}{_where(self)}"
 
     def active_steps(self, steps: int) -> torch.Tensor:
         return window_mask(self.start, self.end, steps)
@@ -201,19 +246,38 @@ def window_mask(start: float, end: float, steps: int) -> torch.Tensor:
 _SPEC_TAIL = re.compile(r":(?P<index>[^:=@/\\]*)(?:=(?P<scale>[^:=@/\\]*))?(?:@(?P<window>[^=@/\\]*))?$")
 
 
+def _split_region(text: str) -> tuple[str, str | None]:
+    """``FILE:INDEX...#REGION`` -> (the spec before it, REGION): the region starts at the first ``#``
+    whose left side ends in a ``:INDEX[=S][@A:B]`` tail, so ``#`` may also appear in FILE or MASK."""
+    for position, char in enumerate(text):
+        if char == "#" and _SPEC_TAIL.search(text[:position]):
+            return text[:position], text[position + 1 :]
+    return text, None
+
+
 def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None) -> DirectionTerm:
-    """Parse the CLI syntax ``FILE:INDEX[=SCALE|=STRENGTH%][@START:END]`` into a :class:`DirectionTerm`.
+    """Parse the CLI syntax ``FILE:INDEX[=SCALE|=STRENGTH%][@START:END][#REGION]`` into a :class:`DirectionTerm`.
 
     ``FILE`` may itself contain ``:``. ``=SCALE`` is the raw lambda; ``=STRENGTH%`` a calibrated
     strength (percent change of the noise prediction, :mod:`noiseclr.strength`); both may be
     negative. Without either, the file's ``edit_defaults`` for that index supply it (and the
-    window, unless one is given). ``loaded`` caches files by name, so a file is read once.
+    window, unless one is given). ``#REGION`` is ``#auto``, ``#none`` or ``#MASK`` (a mask image,
+    white = where the direction acts; :mod:`noiseclr.regions`). ``loaded`` caches files by name,
+    so a file is read once.
     """
 
     def fail(problem: str) -> NoiseCLRError:
         return NoiseCLRError(f"--direction {spec}: {problem}; expected {SPEC_FORM}.")
 
-    text = str(spec).strip()
+    text, region_text = _split_region(str(spec).strip())
+    region: Region | None = None
+    if region_text is not None:
+        if not region_text.strip():
+            raise fail("no region after '#' (use #auto or #MASK.png)")
+        try:
+            region = as_region(region_text.strip())
+        except NoiseCLRError as exc:
+            raise NoiseCLRError(f"--direction {spec}: {exc}") from None
     match = _SPEC_TAIL.search(text)
     if match is None:
         raise fail("no :INDEX after the file name")
@@ -272,7 +336,7 @@ def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None)
         if window is None:
             start, end = float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0))
     try:
-        return DirectionTerm(directions, index, scale, start, end, strength=strength)
+        return DirectionTerm(directions, index, scale, start, end, strength=strength, region=region)
     except NoiseCLRError as exc:
         raise NoiseCLRError(f"--direction {spec}: {exc}") from None
 
@@ -373,21 +437,124 @@ def edit_weights(
     return weights
 
 
+def _acts(term: EditTerm, steps: int) -> bool:
+    return term.amount != 0 and bool(term.active_steps(steps).any())
+
+
+def _region_of(term: EditTerm) -> Region | None:
+    # A region assigned after construction ("auto", a path) is normalised here as well.
+    return as_region(term.region)
+
+
+def with_reconstruction(edits: Sequence[Sequence[EditTerm]]) -> tuple[list[list[EditTerm]], int | None]:
+    """The edits, plus a plain variant ``[]`` appended when a term has a region and none is there, and
+    the index of the plain variant (None if there is none)."""
+    edits = [list(terms) for terms in edits]
+    plain = next((e for e, terms in enumerate(edits) if not terms), None)
+    if plain is None and any(_region_of(term) is not None for terms in edits for term in terms):
+        return [*edits, []], len(edits)
+    return edits, plain
+
+
+def plan_regions(
+    edits: Sequence[Sequence[EditTerm]],
+    rows: dict[tuple, int],
+    columns: int,
+    offset: int,
+    batch: int,
+    steps: int,
+    latent_size: int,
+    settings: AutoRegion,
+    *,
+    reference_edit: int | None,
+    images: Sequence[int] | None = None,
+) -> RegionPlan | None:
+    """The :class:`~noiseclr.regions.RegionPlan` of a batch of trajectories ``m = e * batch + b`` (None if
+    no term has a region). ``reference_edit`` is the plain variant the localized edits blend with;
+    ``images[b]`` picks per-image masks (default ``b``). A direction repeated in one edit must repeat
+    its region (its weights add up, as without regions)."""
+    if not any(_region_of(term) is not None for terms in edits for term in terms):
+        return None
+    assert reference_edit is not None and not edits[reference_edit], "localized edits need a plain variant"
+    images = list(range(batch)) if images is None else list(images)
+    count = len(edits) * batch
+    index = torch.full((count, columns), -1, dtype=torch.long)
+    reference = torch.full((count,), -1, dtype=torch.long)
+    owner, auto, masks = [], [], []
+    for e, terms in enumerate(edits):
+        regions: dict[int, Region | None] = {}
+        for term in terms:
+            column = offset + rows[term.key]
+            region = _region_of(term)
+            if column in regions and not _same_region(regions[column], region):
+                raise NoiseCLRError(f"{term.describe()}: the same direction twice in one edit with different regions; "
+                                    "give both the same region (or one term).")  # fmt: skip
+            regions[column] = region
+        localized = any(r is not None for r in regions.values()) and all(
+            _region_of(term) is not None for term in terms if _acts(term, steps)
+        )
+        for b in range(batch):
+            m = e * batch + b
+            if localized:
+                reference[m] = reference_edit * batch + b
+            for column, region in regions.items():
+                if region is None:
+                    continue
+                index[m, column] = len(owner)
+                owner.append(m)
+                auto.append(region.kind == "auto")
+                masks.append(torch.zeros(latent_size, latent_size, dtype=torch.float64) if region.kind == "auto"
+                             else region.latent_mask(latent_size, images[b]))  # fmt: skip
+    return RegionPlan(
+        index=index,
+        owner=torch.tensor(owner, dtype=torch.long),
+        auto=torch.tensor(auto, dtype=torch.bool),
+        masks=torch.stack(masks),
+        reference=reference,
+        settings=settings,
+    )
+
+
+def _same_region(a: Region | None, b: Region | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a.same_as(b))
+
+
+def edit_regions(
+    edits: Sequence[Sequence[EditTerm]], plan: RegionPlan | None, union: torch.Tensor | None, batch: int, size: int
+) -> torch.Tensor:
+    """[E, batch, h, w] where each edit may differ from the reconstruction: its final union when it is
+    localized, ones for other edits with terms, zeros for the plain variant."""
+    maps = torch.zeros(len(edits), batch, size, size, dtype=torch.float64)
+    for e, terms in enumerate(edits):
+        if terms:
+            maps[e] = 1.0
+    if plan is not None and union is not None:
+        flat = maps.view(-1, size, size)
+        localized = (plan.reference >= 0).nonzero().flatten()
+        flat[localized] = union[localized.to(union.device)].to("cpu", torch.float64)
+    return maps
+
+
 # --------------------------------------------------------------------------- the kernel
 def combine_eps(
     eps_base: torch.Tensor, eps_pairs: torch.Tensor, pair_trajectory: torch.Tensor, pair_weight: torch.Tensor
 ) -> torch.Tensor:
-    """``eps~[m] = eps_base[m] + sum_p w_p (eps_pairs[p] - eps_base[m_p])`` over pairs p of trajectory m."""
+    """``eps~[m] = eps_base[m] + sum_p w_p (eps_pairs[p] - eps_base[m_p])`` over pairs p of trajectory m.
+
+    ``pair_weight`` is [P] (one number per pair) or [P, 1, h, w] (a weight map per pair: the scale
+    times the pair's region)."""
     guided = eps_base.clone()
     if eps_pairs.shape[0]:
-        shape = (-1,) + (1,) * (eps_base.ndim - 1)
-        delta = pair_weight.to(eps_base.dtype).view(shape) * (eps_pairs - eps_base[pair_trajectory])
+        weight = pair_weight.to(eps_base.dtype)
+        if weight.ndim == 1:
+            weight = weight.view((-1,) + (1,) * (eps_base.ndim - 1))
+        delta = weight * (eps_pairs - eps_base[pair_trajectory])
         guided.index_add_(0, pair_trajectory, delta)
     return guided
 
 
 StepCallback = Callable[[int, torch.Tensor], None]
-"""Called as ``callback(step, latents[M])`` after every denoising step."""
+"""Called as ``callback(step, latents[M])`` after every denoising step (and ``on_regions(step, union[M, h, w])``)."""
 
 
 @torch.no_grad()
@@ -405,6 +572,8 @@ def denoise(
     progress: bool = True,
     desc: str = "denoising",
     callback: StepCallback | None = None,
+    regions: RegionPlan | None = None,
+    on_regions: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run M trajectories down ``schedule`` with guided noise predictions; returns latents [M, C, h, w].
 
@@ -416,6 +585,10 @@ def denoise(
 
     Without ``noise_maps`` the step is DDIM (eta = 0). With ``noise_maps`` [N, B, C, h, w] it
     is the stochastic step with ``eta``, trajectory m using ``noise_maps[:, noise_index[m]]``.
+
+    With ``regions`` (:mod:`noiseclr.regions`) each gated pair's ``w`` becomes ``w * R`` (its region at
+    this step), and after the step every localized trajectory is blended with its reference
+    trajectory outside its union of regions; ``on_regions(step, union)`` sees the unions [M, h, w].
     """
     from tqdm.auto import tqdm
 
@@ -430,6 +603,9 @@ def denoise(
     state = latents.to(device, work_dtype(device))
     weights = weights.to(torch.float64).cpu()
     base_rows = torch.arange(count)
+    if regions is not None and regions.index.shape != (count, conditionings.shape[0]):
+        raise ValueError(f"regions.index must be [M={count}, J={conditionings.shape[0]}], got {tuple(regions.index.shape)}")
+    memory = None if regions is None else RegionState.empty(regions, tuple(state.shape[2:]), state.dtype, device)
     for step in tqdm(range(schedule.steps), desc=desc, disable=not progress, leave=False):
         steering = weights[:, 1:, step]
         pair_trajectory, pair_column = steering.nonzero(as_tuple=True)
@@ -442,7 +618,12 @@ def denoise(
             conditionings[conditioning_rows],
             max_batch,
         ).to(state.dtype)
-        guided = combine_eps(eps[:count], eps[count:], pair_trajectory.to(device), pair_weight.to(device))
+        weight = pair_weight.to(device)
+        if regions is not None:
+            # Columns 1.. of the table are conditionings 1..; the plan indexes conditionings.
+            gates, memory = step_gates(regions, pair_trajectory, pair_column + 1, eps[count:], eps[:count], memory)
+            weight = weight.to(gates.dtype).view(-1, 1, 1, 1) * gates.unsqueeze(1)
+        guided = combine_eps(eps[:count], eps[count:], pair_trajectory.to(device), weight)
         _check_finite(guided, step, schedule.steps)
         level_from, level_to = schedule.levels(step)
         if noise_maps is None:
@@ -450,6 +631,11 @@ def denoise(
         else:
             noise = noise_maps[step].to(device, state.dtype)[noise_index.to(device)]
             state = ddpm_step(state, guided, level_from, level_to, noise, eta=eta)
+        if regions is not None:
+            union = region_union(regions, memory.held, count)
+            state = blend_latents(state, regions, union)
+            if on_regions is not None:
+                on_regions(step, union)
         if callback is not None:
             callback(step, state)
     return state
@@ -486,27 +672,37 @@ def regenerate(
     max_batch: int | None = None,
     progress: bool = True,
     callback: StepCallback | None = None,
-) -> torch.Tensor:
+    auto_region: AutoRegion | None = None,
+    return_regions: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Render every edit variant of every inverted image; returns latents [E, B, C, h, w].
 
     ``edits`` holds one term list per variant (an empty list is the plain reconstruction).
     ``image_indices`` picks images of ``inversion`` (default all). All E*B trajectories run
     together: one UNet call per step. Latents are in the sampler's dtype on the model's device.
+    Terms with a region are localized (:mod:`noiseclr.regions`, ``auto_region`` for auto ones);
+    the reconstruction they blend with joins the batch if ``[]`` is not among the edits. With
+    ``return_regions`` also returns float64 [E, B, h, w]: where each edit may differ from the
+    reconstruction (:func:`edit_regions`).
     """
-    edits = [list(terms) for terms in edits]
-    if not edits:
+    requested = [list(terms) for terms in edits]
+    if not requested:
         raise ValueError("regenerate needs at least one edit (use [[]] for the reconstruction)")
-    check_terms(model, [term for terms in edits for term in terms])
-    for terms in edits:
+    check_terms(model, [term for terms in requested for term in terms])
+    for terms in requested:
         _warn_empty_windows(terms, inversion.steps)
     images = list(range(inversion.batch)) if image_indices is None else [int(i) for i in image_indices]
     check_max_batch(max_batch)
+    edits, plain = with_reconstruction(requested)
 
     resolve_strengths(model, [term for terms in edits for term in terms], inversion.source_latents)
     tensors, rows = direction_conditionings(model, edits)
     conditionings = torch.cat([model.null_conditioning(), *tensors])
     per_edit = edit_weights(edits, rows, conditionings.shape[0], inversion.steps, offset=1)
     batch = len(images)
+    plan = plan_regions(edits, rows, conditionings.shape[0], 1, batch, inversion.steps, model.latent_size,
+                        (auto_region or AutoRegion()).validate(), reference_edit=plain, images=images)  # fmt: skip
+    final: dict[str, torch.Tensor] = {}
     # Trajectory m = e * B + b: edit e of image b.
     weights = per_edit.repeat_interleave(batch, dim=0)
     image_index = torch.as_tensor(images, dtype=torch.long)
@@ -526,8 +722,14 @@ def regenerate(
         progress=progress,
         desc=f"editing ({inversion.method})",
         callback=callback,
+        regions=plan,
+        on_regions=lambda step, union: final.update(union=union),
     )
-    return latents.view(len(edits), batch, *latents.shape[1:])
+    latents = latents.view(len(edits), batch, *latents.shape[1:])[: len(requested)]
+    if not return_regions:
+        return latents
+    maps = edit_regions(edits, plan, final.get("union"), batch, model.latent_size)[: len(requested)]
+    return latents, maps
 
 
 def render_edits(
@@ -539,12 +741,17 @@ def render_edits(
     max_batch: int | None = None,
     decode_batch: int = 8,
     progress: bool = True,
-) -> torch.Tensor:
-    """:func:`regenerate` and decode: pixels [E, B, 3, S, S] in [-1, 1], float32 on the CPU."""
-    latents = regenerate(model, inversion, edits, image_indices=image_indices, max_batch=max_batch, progress=progress)
+    auto_region: AutoRegion | None = None,
+    return_regions: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """:func:`regenerate` and decode: pixels [E, B, 3, S, S] in [-1, 1], float32 on the CPU (and the
+    regions [E, B, h, w] with ``return_regions``)."""
+    latents, maps = regenerate(model, inversion, edits, image_indices=image_indices, max_batch=max_batch,
+                               progress=progress, auto_region=auto_region, return_regions=True)  # fmt: skip
     flat = latents.reshape(-1, *latents.shape[2:])
     pixels = model.decode_latents(flat, batch_size=decode_batch).cpu()
-    return pixels.view(*latents.shape[:2], *pixels.shape[1:])
+    pixels = pixels.view(*latents.shape[:2], *pixels.shape[1:])
+    return (pixels, maps) if return_regions else pixels
 
 
 @dataclass
@@ -562,6 +769,8 @@ class EditSettings:
     """Most UNet rows per call (memory cap; results are unchanged). None: one call per step."""
     decode_batch: int = 8
     """Images per VAE call when encoding and decoding."""
+    auto_region: AutoRegion = field(default_factory=AutoRegion)
+    """Parameters of ``#auto`` regions (flags ``--region-top``, ``--region-smoothing``)."""
 
     def __post_init__(self) -> None:
         check_count(self.steps, "--steps", why="must be a whole number of at least 1; 50 is typical.")
@@ -569,6 +778,7 @@ class EditSettings:
         check_max_batch(self.max_batch)
         if not is_whole(self.decode_batch) or self.decode_batch < 1:
             raise ValueError("decode_batch must be at least 1")
+        self.auto_region.validate()
 
 
 @dataclass
@@ -586,20 +796,32 @@ class EditResult:
     inversion: Inversion
     terms: list[EditTerm]
     paths: list[Path] | None = None
+    region: torch.Tensor | None = None
+    """[B, h, w] float64 on the latent grid: where the edit may differ from the reconstruction (the
+    union of its terms' regions at the last step); None when no term has a region."""
 
     def __len__(self) -> int:
         return int(self.edited.shape[0])
 
+    def region_images(self) -> torch.Tensor | None:
+        """[B, 3, S, S]: the edited images dimmed outside their region (None without regions)."""
+        if self.region is None:
+            return None
+        return torch.stack([region_overlay(self.edited[i], self.region[i]) for i in range(len(self))])
+
     def grid(self) -> Image.Image:
-        """One row per image: input | reconstruction | edited."""
+        """One row per image: input | reconstruction | edited (| region)."""
         from .images import make_grid, tensor_to_pil
 
-        rows = [
-            [tensor_to_pil(t[i]) for t in (self.source, self.reconstruction, self.edited)] for i in range(len(self))
-        ]
+        columns = [self.source, self.reconstruction, self.edited]
+        labels_top = ["input", "reconstruction", "edited"]
+        if self.region is not None:
+            columns.append(self.region_images())
+            labels_top.append("region")
+        rows = [[tensor_to_pil(t[i]) for t in columns] for i in range(len(self))]
         labels = [p.name for p in self.paths] if self.paths else None
         title = "; ".join(term.describe() for term in self.terms) or "no directions"
-        return make_grid(rows, column_labels=["input", "reconstruction", "edited"], row_labels=labels, title=title)
+        return make_grid(rows, column_labels=labels_top, row_labels=labels, title=title)
 
 
 @torch.no_grad()
@@ -635,7 +857,8 @@ def edit(
         max_batch=settings.max_batch,
         progress=progress,
     )
-    both = regenerate(model, inversion, [terms, []], max_batch=settings.max_batch, progress=progress)
+    both, maps = regenerate(model, inversion, [terms, []], max_batch=settings.max_batch, progress=progress,
+                            auto_region=settings.auto_region, return_regions=True)  # fmt: skip
     decoded = model.decode_latents(both.reshape(-1, *both.shape[2:]), batch_size=settings.decode_batch).cpu()
     decoded = decoded.view(2, -1, *decoded.shape[1:])
     return EditResult(
@@ -647,6 +870,7 @@ def edit(
         inversion=inversion,
         terms=terms,
         paths=paths,
+        region=maps[0] if any(term.region is not None for term in terms) else None,
     )
 
 
@@ -664,25 +888,30 @@ def generate_latents(
     max_batch: int | None = None,
     progress: bool = True,
     callback: StepCallback | None = None,
-) -> torch.Tensor:
+    auto_region: AutoRegion | None = None,
+    return_regions: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """DDIM (eta = 0) text-to-image with directions; returns latents [E, P, C, h, w].
 
     ``eps~ = eps_0 + g (eps_prompt - eps_0) + sum_k lambda_k (eps_k - eps_0)``. Every edit
     variant of prompt p starts from the same noise (``noise`` [P, C, h, w], or drawn on the
     CPU from ``seed``), so variants differ only by their directions. With ``g = 1`` this is the
-    unguided prompt prediction, computed from both rows.
+    unguided prompt prediction, computed from both rows. Terms with a region are localized
+    against the plain sample of the same prompt (added to the batch when ``[]`` is not among
+    the edits); ``return_regions`` as in :func:`regenerate`.
     """
     prompts = [str(p) for p in prompts]
-    edits = [list(terms) for terms in edits]
-    if not prompts or not edits:
+    requested = [list(terms) for terms in edits]
+    if not prompts or not requested:
         raise ValueError("generate needs at least one prompt and one edit (use [[]] for none)")
     if not math.isfinite(guidance_scale):
         raise NoiseCLRError(f"--guidance {guidance_scale}: not a finite number; 5 to 7.5 is typical.")
-    check_terms(model, [term for terms in edits for term in terms])
+    check_terms(model, [term for terms in requested for term in terms])
     schedule = make_schedule(model, steps)
-    for terms in edits:
+    for terms in requested:
         _warn_empty_windows(terms, steps)
     check_max_batch(max_batch)
+    edits, plain = with_reconstruction(requested)
 
     shape = (len(prompts), model.latent_channels, model.latent_size, model.latent_size)
     if noise is None:
@@ -701,7 +930,10 @@ def generate_latents(
     weights = per_edit.repeat_interleave(count, dim=0)
     trajectories = torch.arange(weights.shape[0])
     weights[trajectories, 1 + trajectories % count, :] = float(guidance_scale)
+    plan = plan_regions(edits, rows, conditionings.shape[0], 1 + count, count, steps, model.latent_size,
+                        (auto_region or AutoRegion()).validate(), reference_edit=plain)  # fmt: skip
     start = noise.repeat(len(edits), 1, 1, 1)
+    final: dict[str, torch.Tensor] = {}
     latents = denoise(
         model,
         start,
@@ -712,8 +944,13 @@ def generate_latents(
         progress=progress,
         desc="generating",
         callback=callback,
+        regions=plan,
+        on_regions=lambda step, union: final.update(union=union),
     )
-    return latents.view(len(edits), count, *latents.shape[1:])
+    latents = latents.view(len(edits), count, *latents.shape[1:])[: len(requested)]
+    if not return_regions:
+        return latents
+    return latents, edit_regions(edits, plan, final.get("union"), count, model.latent_size)[: len(requested)]
 
 
 @dataclass
@@ -727,6 +964,8 @@ class GenerateSettings:
     max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,
                                    default_text="")  # fmt: skip
     decode_batch: int = 8
+    auto_region: AutoRegion = field(default_factory=AutoRegion)
+    """Parameters of ``#auto`` regions (flags ``--region-top``, ``--region-smoothing``)."""
 
     def __post_init__(self) -> None:
         check_count(self.steps, "--steps", why="must be a whole number of at least 1; 50 is typical.")
@@ -734,6 +973,7 @@ class GenerateSettings:
             raise NoiseCLRError(f"--guidance {self.guidance_scale}: not a finite number; 5 to 7.5 is typical.")
         check_count(self.images_per_prompt, "--num-images")
         check_max_batch(self.max_batch)
+        self.auto_region.validate()
 
 
 @dataclass
@@ -747,17 +987,22 @@ class GenerateResult:
     terms: list[EditTerm]
     plain: torch.Tensor | None = None
     """[P, 3, S, S]: the same samples without the terms (None unless asked for)."""
+    region: torch.Tensor | None = None
+    """[P, h, w]: where the samples may differ from the plain ones (None when no term has a region)."""
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def grid(self) -> Image.Image:
-        """One row per sample: plain | with directions (or just the samples)."""
+        """One row per sample: plain | with directions (| region), or just the samples."""
         from .images import make_grid, tensor_to_pil
 
         columns = [self.plain, self.images] if self.plain is not None else [self.images]
-        rows = [[tensor_to_pil(column[i]) for column in columns] for i in range(len(self))]
         labels = ["plain", "with directions"] if self.plain is not None else ["generated"]
+        if self.region is not None:
+            columns.append(torch.stack([region_overlay(self.images[i], self.region[i]) for i in range(len(self))]))
+            labels.append("region")
+        rows = [[tensor_to_pil(column[i]) for column in columns] for i in range(len(self))]
         title = "; ".join(term.describe() for term in self.terms) or None
         return make_grid(rows, column_labels=labels, row_labels=[p[:24] or "(empty)" for p in self.prompts], title=title)
 
@@ -779,7 +1024,7 @@ def generate(
     settings = settings or GenerateSettings()
     prompts = [str(p) for p in prompts for _ in range(settings.images_per_prompt)]
     variants = [list(terms), []] if compare else [list(terms)]
-    latents = generate_latents(
+    latents, maps = generate_latents(
         model,
         prompts,
         variants,
@@ -788,6 +1033,8 @@ def generate(
         seed=settings.seed,
         max_batch=settings.max_batch,
         progress=progress,
+        auto_region=settings.auto_region,
+        return_regions=True,
     )
     pixels = model.decode_latents(latents.reshape(-1, *latents.shape[2:]), batch_size=settings.decode_batch).cpu()
     pixels = pixels.view(*latents.shape[:2], *pixels.shape[1:])
@@ -797,10 +1044,12 @@ def generate(
         prompts=prompts,
         terms=list(terms),
         plain=pixels[1] if compare else None,
+        region=maps[0] if any(term.region is not None for term in terms) else None,
     )
 
 
 __all__ = [
+    "AutoRegion",
     "DirectionTerm",
     "EditResult",
     "EditTerm",
@@ -816,6 +1065,7 @@ __all__ = [
     "generate",
     "generate_latents",
     "parse_direction_spec",
+    "plan_regions",
     "regenerate",
     "render_edits",
     "window_mask",

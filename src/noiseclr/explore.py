@@ -4,6 +4,11 @@ Images are inverted once; every direction's edits at every scale are then render
 passes (one UNet call per denoising step for a whole chunk of directions). The output folder
 holds one PNG grid per direction (rows: images; columns: input, then the scales, where scale 0
 is the plain reconstruction) and one static ``index.html`` gallery that opens in any browser.
+
+With ``--region auto`` (or a mask image) every edit is localized (:mod:`noiseclr.regions`) and each
+strip ends with two more columns at its strongest amount: the same edit applied globally, and the
+localized edit's region (the picture dimmed outside it) -- input, global edit, localized edit and
+region side by side.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .images import ImageSet, load_image_folder, make_grid, save_image, tensor_t
 from .inversion import INVERSION_METHODS, check_steps, invert
 from .model import DiffusionModel
 from .options import check_count, check_inversion, check_max_batch, option, positive_int, window
+from .regions import AutoRegion, Region, as_region, region_overlay
 
 
 @dataclass
@@ -62,6 +68,12 @@ class ExploreSettings:
     """Directions rendered together (memory: E*B trajectories per UNet call)."""
     max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,
                                    default_text="")  # fmt: skip
+    region: str | None = option(None, flag="--region", metavar="auto|MASK", default_text="none: global edits",
+                                help="localize every edit (auto, or a mask image: white = region); strips add the global "
+                                     "edit and the region at the strongest amount")  # fmt: skip
+    """``"auto"``, a mask image path, or None (global edits, today's strips)."""
+    auto_region: AutoRegion = field(default_factory=AutoRegion)
+    """Parameters of auto regions (``--region-top``, ``--region-smoothing``)."""
 
     def __post_init__(self) -> None:
         if self.scales is not None and not self.scales:
@@ -77,6 +89,7 @@ class ExploreSettings:
             check_count(self.steps, "--steps", why="must be a whole number of at least 1; 50 is typical.")
         check_count(self.directions_per_pass, "--directions-per-pass", why="must be at least 1.")
         check_max_batch(self.max_batch)
+        self.auto_region.validate()
 
 
 FALLBACK_SCALES = (-6.0, -3.0, 0.0, 3.0, 6.0)
@@ -117,11 +130,27 @@ def _label(column: Column) -> str:
     return f"{amount:+g}%" if unit == "strength" else f"{amount:+g}"
 
 
-def _term(directions: Directions, index: int, column: Column, window: tuple[float, float]) -> DirectionTerm:
+def _term(
+    directions: Directions, index: int, column: Column, window: tuple[float, float], region: Region | None = None
+) -> DirectionTerm:
     amount, unit = column
     if unit == "strength":
-        return DirectionTerm(directions, index, None, *window, strength=amount)
-    return DirectionTerm(directions, index, amount, *window)
+        return DirectionTerm(directions, index, None, *window, strength=amount, region=region)
+    return DirectionTerm(directions, index, amount, *window, region=region)
+
+
+def _strongest(columns: Sequence[Column]) -> Column:
+    """The column the global comparison and the region are shown at: the largest amount, + before -."""
+    return max(columns, key=lambda column: (abs(column[0]), column[0] > 0))
+
+
+def _explore_region(settings: ExploreSettings) -> Region | None:
+    if settings.region is None:
+        return None
+    try:
+        return as_region(settings.region)
+    except NoiseCLRError as exc:
+        raise NoiseCLRError(f"--region {settings.region}: {exc}") from None
 
 
 def _window_for(directions: Directions, index: int, settings: ExploreSettings) -> tuple[float, float]:
@@ -164,6 +193,7 @@ def explore(
     indices = list(range(directions.count)) if settings.indices is None else list(settings.indices)
     for index in indices:
         directions.check_index(index)
+    region = _explore_region(settings)
     inversion_method, steps = _stored_protocol(directions, indices, settings)
     check_steps(model, steps)
     out = ensure_output_dir(out)
@@ -186,23 +216,39 @@ def explore(
     chunks = [indices[i : i + settings.directions_per_pass] for i in range(0, len(indices), settings.directions_per_pass)]
     for chunk in chunks:
         pairs = [(index, column) for index in chunk for column in columns_of[index] if column[0] != 0]
-        edits = [[_term(directions, index, column, _window_for(directions, index, settings))] for index, column in pairs]
-        rendered = render_edits(model, inversion, edits, max_batch=settings.max_batch, progress=progress) if edits else None
+        edits = [[_term(directions, index, column, _window_for(directions, index, settings), region)] for index, column in pairs]
+        # Localized strips: the strongest column once more, globally, to compare with.
+        compared = [index for index in chunk if region is not None and _strongest(columns_of[index])[0] != 0]
+        edits += [[_term(directions, index, _strongest(columns_of[index]), _window_for(directions, index, settings))]
+                  for index in compared]  # fmt: skip
+        rendered, regions = (render_edits(model, inversion, edits, max_batch=settings.max_batch, progress=progress,
+                                          auto_region=settings.auto_region, return_regions=True)
+                             if edits else (None, None))  # fmt: skip
         for index in chunk:
             columns: list[torch.Tensor] = [pixels]
+            labels = ["input"] + [_label(c) for c in columns_of[index]]
             for column in columns_of[index]:
                 columns.append(reconstruction if column[0] == 0 else rendered[pairs.index((index, column))])
+            if index in compared:
+                strongest = _strongest(columns_of[index])
+                local = pairs.index((index, strongest))
+                columns.append(rendered[len(pairs) + compared.index(index)])
+                columns.append(torch.stack([region_overlay(rendered[local][b], regions[local][b]) for b in range(count)]))
+                labels += [f"{_label(strongest)} global", f"{_label(strongest)} region"]
             rows = [[tensor_to_pil(column[b]) for column in columns] for b in range(count)]
             start, end = _window_for(directions, index, settings)
-            title = f"{directions.label(index)}   (window {start:g}:{end:g}, {inversion_method} inversion)"
-            grid = make_grid(rows, column_labels=["input"] + [_label(c) for c in columns_of[index]], title=title)
+            where = f", localized: {region.label()}" if region is not None else ""
+            title = f"{directions.label(index)}   (window {start:g}:{end:g}, {inversion_method} inversion{where})"
+            grid = make_grid(rows, column_labels=labels, title=title)
             path = save_image(grid, out / f"direction-{index:03d}.png")
             strips.append(path)
             stored = settings.scales is None and settings.strengths is None
             command = edit_command(model, directions, index, images.paths[0] if images.paths else None, out,
-                                   columns_of[index], (start, end), inversion_method, steps, stored)  # fmt: skip
+                                   columns_of[index], (start, end), inversion_method, steps, stored,
+                                   region=settings.region)  # fmt: skip
             cards.append(_card(directions, index, path.name, command))
-    page = _page(directions, model, names, cards, inversion_method, steps, settings.scales is None and settings.strengths is None)
+    page = _page(directions, model, names, cards, inversion_method, steps, settings.scales is None and settings.strengths is None,
+                 region=region)
     index_html = atomic_write_text(out / "index.html", page)
     return ExploreResult(out=out, index_html=index_html, strips=strips, seconds=time.monotonic() - started)
 
@@ -218,9 +264,10 @@ def edit_command(
     inversion: str,
     steps: int,
     stored_setting: bool,
+    region: str | None = None,
 ) -> str:
     """A ``noiseclr edit`` command that applies direction ``index`` as its strip does (its strongest
-    column, or the stored setting), runnable from the gallery folder (paths relative to it)."""
+    column, or the stored setting; with its region), runnable from the gallery folder (paths relative to it)."""
 
     def here(path: Path) -> str:
         return os.path.relpath(Path(path).resolve(), Path(gallery).resolve())
@@ -234,6 +281,8 @@ def edit_command(
         spec = f"{source}:{index}={amount:g}{'%' if unit == 'strength' else ''}"
         if window != (0.0, 1.0):
             spec += f"@{window[0]:g}:{window[1]:g}"
+    if region is not None:
+        spec += "#auto" if region == "auto" else f"#{here(Path(region))}"
     parts = ["noiseclr edit"]
     if model.name != "noiseclr/embedded-base":
         parts.append(f"--model {shlex.quote(model.name)}")
@@ -252,7 +301,7 @@ def _card(directions: Directions, index: int, image: str, command: str) -> str:
 
 def _page(
     directions: Directions, model: DiffusionModel, names: Sequence[str], cards: list[str], inversion: str, steps: int,
-    stored: bool,
+    stored: bool, region: Region | None = None,
 ) -> str:
     title = f"NoiseCLR directions: {directions.path.name if directions.path else 'directions'}"
     columns = ("-2, -1, 0, +1 and +2 times each direction's stored strength (or scale)" if stored
@@ -263,8 +312,10 @@ def _page(
         f"({html.escape(', '.join(names))}); columns are the input, then {columns} "
         "(0 = the image inverted and regenerated without any direction, so differences from it are the edit). "
         f"{steps} steps, {inversion.upper()} inversion. "
-        "Each command below applies the direction as its strip does; run it from this folder."
-    )
+        + (f"Every edit is localized ({html.escape(region.label())} regions); the last two columns are the strongest "
+           "edit applied globally and the localized edit's region (dimmed outside). " if region is not None else "")
+        + "Each command below applies the direction as its strip does; run it from this folder."
+    )  # fmt: skip
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

@@ -7,7 +7,9 @@ Shared by the benchmark (:mod:`noiseclr.bench`) and the demo (:mod:`noiseclr.dem
 * :func:`prepare_split` -- render, encode and invert a set ONCE (:class:`EditProtocol`: steps,
   inversion, seed), and read its inputs and reconstructions (:class:`Split`);
 * :func:`render_and_read` -- every edit of every inverted image, in batched passes
-  (:class:`PassSizes`), decoded and read by the factor reader;
+  (:class:`PassSizes`), decoded and read by the factor reader; :class:`PixelComparison` compares
+  the decoded edits with the reconstruction pixel by pixel, in the whole image and outside the
+  edit's region (localized edits, :mod:`noiseclr.regions`);
 * :func:`direction_records` -- one :class:`DirectionRecord` per direction from the change
   tables (:mod:`noiseclr.metrics` does the arithmetic), and :func:`annotate_directions`, the
   annotated copy of a directions file that stores them (``settings[ANNOTATIONS_KEY]``).
@@ -16,7 +18,7 @@ Shared by the benchmark (:mod:`noiseclr.bench`) and the demo (:mod:`noiseclr.dem
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,9 +31,10 @@ from .directions import Directions
 from .editing import EditTerm, regenerate
 from .errors import NoiseCLRError
 from .inversion import Inversion, invert
-from .metrics import EFFECTIVE_STRENGTH, direction_metrics, discovered_factors, dominant_value
+from .metrics import EFFECTIVE_STRENGTH, direction_metrics, discovered_factors, dominant_value, masked_psnr, upsample_region
 from .model import DiffusionModel
 from .options import check_count, check_inversion, check_max_batch
+from .regions import AutoRegion
 from .world.seeds import BENCH_ROLES, EVAL_OFFSETS, EVAL_SEED_BASE, SEED_STRIDE
 
 log = logging.getLogger("noiseclr")
@@ -152,10 +155,54 @@ class Split:
     input_indices: torch.Tensor
     recon_indices: torch.Tensor
     recon_kept: torch.Tensor | None = None
+    recon_small: torch.Tensor | None = None
+    """[B, 3, 128, 128] float32: every reconstruction at the reader's size (for :class:`PixelComparison`;
+    kept only when asked)."""
 
     @property
     def count(self) -> int:
         return len(self.seeds)
+
+
+ChunkCallback = Callable[[range, list[int], torch.Tensor, torch.Tensor], None]
+"""``on_chunk(edits, images, pixels [e, b, 3, S, S], regions [e, b, h, w])``: one rendered pass of
+:func:`render_and_read` (edit numbers, image numbers, decoded pixels, :func:`noiseclr.editing.edit_regions`)."""
+
+
+class PixelComparison:
+    """Per (edit, image): PSNR against the reconstruction at the reader's size, over the whole image and
+    outside the edit's region, and the region's share of the latent grid. Pass it as ``on_chunk``.
+
+    ``inside`` [E, B, h, w] bool gives the regions to measure outside of (e.g. the localized twin's,
+    to compare a global edit on the same pixels); by default each edit's own (cells > 0)."""
+
+    def __init__(self, recon_small: torch.Tensor, edits: int, images: int, inside: torch.Tensor | None = None):
+        self.recon = recon_small
+        self.given = inside
+        nan = torch.full((edits, images), float("nan"), dtype=torch.float64)
+        self.psnr, self.psnr_outside, self.region = nan.clone(), nan.clone(), nan.clone()
+        self.inside: torch.Tensor | None = None
+        """[E, B, h, w] bool: the region of every edit (filled as passes arrive)."""
+
+    def __call__(self, edits: range, images: list[int], pixels: torch.Tensor, regions: torch.Tensor) -> None:
+        edit_index = torch.as_tensor(list(edits), dtype=torch.long)
+        image_index = torch.as_tensor(images, dtype=torch.long)
+        if self.given is not None:
+            inside = self.given[edit_index][:, image_index]
+        else:
+            inside = regions > 0
+        if self.inside is None:
+            self.inside = torch.zeros((self.psnr.shape[0], self.psnr.shape[1], *inside.shape[2:]), dtype=torch.bool)
+        self.inside[edit_index.view(-1, 1), image_index.view(1, -1)] = inside
+        small = resize_pixels(pixels.reshape(-1, *pixels.shape[2:]).float(), READER_SIZE)
+        recon = self.recon[image_index].float().repeat(len(edit_index), 1, 1, 1)
+        flat_inside = inside.reshape(-1, *inside.shape[2:])
+        outside = ~upsample_region(flat_inside, READER_SIZE)
+        shape = (len(edit_index), len(images))
+        rows, columns = edit_index.view(-1, 1), image_index.view(1, -1)
+        self.psnr[rows, columns] = masked_psnr(small, recon).view(shape)
+        self.psnr_outside[rows, columns] = masked_psnr(small, recon, outside).view(shape)
+        self.region[rows, columns] = flat_inside.flatten(1).to(torch.float64).mean(dim=1).view(shape)
 
 
 def render_and_read(
@@ -168,9 +215,12 @@ def render_and_read(
     keep_images: int = 0,
     desc: str = "editing",
     progress: bool = True,
+    auto_region: AutoRegion | None = None,
+    on_chunk: ChunkCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Regenerate every edit of every inverted image, decode and read: indices [E, B, F] and the first
-    ``keep_images`` images of every edit (pixels [E, keep, 3, S, S], or None)."""
+    ``keep_images`` images of every edit (pixels [E, keep, 3, S, S], or None). ``auto_region``
+    parameterises the terms' auto regions; ``on_chunk`` sees every pass (:data:`ChunkCallback`)."""
     from tqdm.auto import tqdm
 
     edits = [list(terms) for terms in edits]
@@ -187,10 +237,14 @@ def render_and_read(
             edits_per_pass = max(1, per_pass // len(images))
             for first_edit in range(0, count, edits_per_pass):
                 chunk = edits[first_edit : first_edit + edits_per_pass]
-                latents = regenerate(model, inversion, chunk, image_indices=images, max_batch=passes.max_batch, progress=False)
+                latents, regions = regenerate(model, inversion, chunk, image_indices=images, max_batch=passes.max_batch,
+                                              progress=False, auto_region=auto_region, return_regions=True)  # fmt: skip
                 flat = latents.reshape(-1, *latents.shape[2:])
                 pixels = model.decode_latents(flat, batch_size=passes.decode_batch).cpu()
                 indices = read_factors(reader, pixels).view(len(chunk), len(images), -1)
+                if on_chunk is not None:
+                    on_chunk(range(first_edit, first_edit + len(chunk)), images,
+                             pixels.view(len(chunk), len(images), *pixels.shape[1:]), regions)  # fmt: skip
                 if read is None:
                     read = torch.empty(count, batch, indices.shape[-1], dtype=torch.long)
                     if keep:
@@ -216,9 +270,11 @@ def prepare_split(
     protocol: EditProtocol,
     *,
     keep_images: int = 0,
+    keep_recon_pixels: bool = False,
     progress: bool = True,
 ) -> Split:
-    """Render ``count`` images of ``role``, invert them once and read inputs and reconstructions."""
+    """Render ``count`` images of ``role``, invert them once and read inputs and reconstructions
+    (with ``keep_recon_pixels``, keep every reconstruction at the reader's size: ``recon_small``)."""
     passes = protocol.passes
     seeds = seeds_for(role, count, protocol.seed)
     pixels, labels = render_pixels(domain, seeds, model.resolution)
@@ -227,9 +283,14 @@ def prepare_split(
     inversion = invert(
         model, latents, protocol.inversion, protocol.steps, generator=generator, max_batch=passes.max_batch, progress=progress
     )
-    recon, kept = render_and_read(
-        model, inversion, reader, [[]], passes, keep_images=keep_images, desc=f"{role}: reconstruction", progress=progress
-    )
+    small = torch.zeros(count, 3, READER_SIZE, READER_SIZE) if keep_recon_pixels else None
+
+    def keep_small(edits: range, images: list[int], pixels: torch.Tensor, regions: torch.Tensor) -> None:
+        small[torch.as_tensor(images)] = resize_pixels(pixels[0].float(), READER_SIZE)
+
+    recon, kept = render_and_read(model, inversion, reader, [[]], passes, keep_images=keep_images,
+                                  desc=f"{role}: reconstruction", progress=progress,
+                                  on_chunk=keep_small if keep_recon_pixels else None)  # fmt: skip
     return Split(
         role=role,
         domain=domain,
@@ -240,6 +301,7 @@ def prepare_split(
         input_indices=read_factors(reader, pixels),
         recon_indices=recon[0],
         recon_kept=None if kept is None else kept[0],
+        recon_small=small,
     )
 
 

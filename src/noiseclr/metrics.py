@@ -12,7 +12,10 @@ values read by the factor readers (:mod:`noiseclr.measure` does the reading):
 * a factor is *discovered* when some direction has it as main factor with strength >= 0.5 and
   purity >= 0.6; coverage = discovered factors / F (:func:`discovered_factors`, :func:`coverage`);
 * the selection rule (:func:`select_edit`) over an edit grid (:class:`EditConfig`);
-* cross-domain interference on scenes (:func:`alone_interference`, :func:`pair_interference`).
+* cross-domain interference on scenes (:func:`alone_interference`, :func:`pair_interference`);
+* global vs localized edits (:func:`target_comparison`: the global edit's main factor read in
+  both) and the pixel measure :func:`masked_psnr` (PSNR against the reconstruction over the
+  pixels outside a region).
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ DEFINITIONS = {
     "min_preservation, over scales (both signs) x windows; ties: smaller |scale|, then grid order",
     "interference": "fraction of scene images where some factor of the OTHER object changed vs. the reconstruction "
     "(beyond the main factor of the other direction of the pair)",
+    "localized": "the same pick (direction, scale, window) applied with an auto region (--region auto); target = "
+    "the global edit's main factor, read in both; preservation = 1 - mean change of the other factors",
+    "psnr outside region": "PSNR (dB, pixels in [-1, 1] at 128x128) against the reconstruction over the pixels outside "
+    "the localized edit's final region, for the localized edit and for the global edit on the same pixels; "
+    "capped at 100 dB (identical)",
 }
 
 
@@ -225,6 +233,47 @@ def screen_settings(validation_changes: torch.Tensor, keep: int, min_preservatio
         order = sorted(range(table.shape[0]), key=lambda g: (-round(float(score[g]), 9), g))
         survivors.append(sorted(order[: max(1, keep)]))
     return survivors
+
+
+# ------------------------------------------------------------------- localized vs global
+PSNR_CAP = 100.0
+"""PSNR of identical pixels (dB): a finite stand-in for infinity."""
+
+
+def upsample_region(region: torch.Tensor, size: int) -> torch.Tensor:
+    """bool [n, h, w] latent-grid region -> bool [n, size, size] (nearest: each cell covers its pixel block)."""
+    import torch.nn.functional as F
+
+    return F.interpolate(region.float().unsqueeze(1), size=(size, size), mode="nearest").squeeze(1) > 0.5
+
+
+def masked_psnr(edited: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 [n]: PSNR in dB of pixels [n, 3, S, S] in [-1, 1] (peak-to-peak 2) over the pixels where
+    ``keep`` [n, S, S] is True (all if None); :data:`PSNR_CAP` where they are identical, NaN where
+    ``keep`` is empty."""
+    error = (edited.to(torch.float64) - reference.to(torch.float64)).pow(2).sum(dim=1)  # [n, S, S]
+    mask = torch.ones_like(error, dtype=torch.bool) if keep is None else keep.to(torch.bool)
+    count = mask.flatten(1).sum(dim=1).to(torch.float64) * edited.shape[1]
+    mse = (error * mask).flatten(1).sum(dim=1) / count.clamp_min(1.0)
+    psnr = 10.0 * torch.log10(4.0 / mse.clamp_min(1e-300))
+    psnr = psnr.clamp(max=PSNR_CAP)
+    return torch.where(count > 0, psnr, torch.full_like(psnr, float("nan")))
+
+
+def target_comparison(global_changes: torch.Tensor, local_changes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per direction (rows of [K, F] change tables of the same picks, global and localized): the target
+    factor (the global edit's main factor), its change in each, and each one's preservation of the
+    other factors (1 - their mean change)."""
+    global_changes, local_changes = global_changes.to(torch.float64), local_changes.to(torch.float64)
+    target = global_changes.argmax(dim=1)
+    rows = torch.arange(global_changes.shape[0])
+    others = max(1, global_changes.shape[1] - 1)
+    out = {"target": target}
+    for name, changes in (("global", global_changes), ("local", local_changes)):
+        strength = changes[rows, target]
+        out[f"strength_{name}"] = strength
+        out[f"preservation_{name}"] = 1.0 - (changes.sum(dim=1) - strength) / others
+    return out
 
 
 # ------------------------------------------------------------------------------- selection

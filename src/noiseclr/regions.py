@@ -1,0 +1,351 @@
+"""Localized edits: each edit term may act only inside a region of the latent grid.
+
+A term's region is ``None`` (global, the default), ``"auto"`` (found at every step from the term's
+own noise difference, as LEDITS++'s implicit masks) or a user mask (an image or a tensor: white =
+the region, black = left alone, grey = partly). The editing kernel
+(:func:`noiseclr.editing.denoise`) applies them with two rules, per denoising step ``n``:
+
+1. **Gated guidance.** Each (trajectory m, conditioning j) pair p of weight ``w_p`` contributes
+   only inside its region ``R_p,n`` ([h, w], broadcast over channels; 1 everywhere without one)::
+
+       eps~_m = eps_0,m + sum_p w_p * R_p,n * (eps_p - eps_0,m)
+
+2. **Latent blending** (as blended latent diffusion). Every trajectory takes its sampler step; then
+   a localized edit m is pulled back onto the reconstruction trajectory r(m) of the same image
+   (in the same batch) outside the union of its regions::
+
+       z_m <- lerp(z'_r, z'_m, U_m,n) = z'_r + U_m,n * (z'_m - z'_r),   U_m,n = max_p H_p,n
+
+   ``H_p,n`` is pair p's region at the latest step <= n where p acted (0 before it first acts: a
+   term joins the union when it starts and stays after its window ends). Where ``U = 0`` the
+   edited latents ARE the reconstruction's, bit for bit (``lerp`` is exact at 0 and 1), so with DDPM
+   inversion the unedited part is exactly the inversion of the input. An edit with any acting term
+   without a region is global: its region terms are still gated but nothing is blended.
+
+**Auto regions** (:func:`auto_energy`, :func:`top_cells`, parameters :class:`AutoRegion`): at each
+step where the pair acts, ``d = mean_c |eps_p - eps_0,m|`` (the unscaled noise difference, so both
+signs of a direction find the same region) is smoothed by a normalised Gaussian of ``smoothing``
+latent cells (replicate padding, radius ``ceil(3 sigma)``) and divided by its spatial mean: ``e_p,n``.
+The region is the top ``top`` fraction of the running mean of those maps over the steps so far
+where the pair acted: 1 where ``mean_k e_p,k`` is at least its k-th largest value,
+``k = ceil(top * h * w)``, 0 elsewhere. At a term's first step that is LEDITS++'s implicit mask of
+that step; the running mean keeps the region from jumping between steps, which latent blending
+would turn into patchwork (measured on the embedded model: per-step masks left scattered cells
+and edits that blending then erased).
+
+**Mask files** (:func:`load_mask`): any image Pillow reads, converted to grey levels in [0, 1]. It
+is mapped onto the latent grid the way images are: centre-cropped to a square, then each latent cell
+takes the mean of the mask pixels it covers (area resampling). Any size is accepted; the command
+line refuses a mask whose aspect ratio differs from its image's (it would not line up).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import NoiseCLRError
+from .options import option
+
+log = logging.getLogger("noiseclr")
+
+REGION_WORDS = ("auto", "none")
+"""What a ``#REGION`` may say besides a mask file."""
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass
+class AutoRegion:
+    """Parameters of ``auto`` regions (see the module docstring)."""
+
+    top: float = option(0.25, flag="--region-top", help="auto regions: fraction of the latent grid kept at each step",
+                        type=float)  # fmt: skip
+    """Fraction of the latent cells in the region (0 < top <= 1)."""
+    smoothing: float = option(1.0, flag="--region-smoothing", type=float,
+                              help="auto regions: Gaussian sigma, in latent cells, of the noise-difference map (0 = none)")  # fmt: skip
+    """Gaussian sigma in latent cells applied to ``mean_c |eps_k - eps_0|`` before the top fraction is kept."""
+
+    def validate(self) -> AutoRegion:
+        if not (isinstance(self.top, (int, float)) and 0.0 < float(self.top) <= 1.0):
+            raise NoiseCLRError(f"--region-top {self.top}: must be a fraction in (0, 1], e.g. 0.25.")
+        if not (isinstance(self.smoothing, (int, float)) and math.isfinite(float(self.smoothing)) and float(self.smoothing) >= 0):
+            raise NoiseCLRError(f"--region-smoothing {self.smoothing}: must be 0 or a positive number of latent cells, e.g. 1.")
+        self.top, self.smoothing = float(self.top), float(self.smoothing)
+        return self
+
+
+# ------------------------------------------------------------------------------ regions
+@dataclass(frozen=True, eq=False)
+class Region:
+    """Where a term acts: ``kind`` ``"auto"`` or ``"mask"`` (``mask`` [H, W] or [N, H, W] in [0, 1],
+    any resolution; N masks are one per image of the batch being edited)."""
+
+    kind: str
+    mask: torch.Tensor | None = None
+    source: str = ""
+    """What it came from, for labels: ``auto``, a file name or ``tensor``."""
+    size: tuple[int, int] | None = None
+    """(width, height) of a mask file, for the aspect check against the images."""
+
+    @classmethod
+    def auto(cls) -> Region:
+        return cls("auto", source="auto")
+
+    def label(self) -> str:
+        return self.source or self.kind
+
+    def same_as(self, other: Region) -> bool:
+        if self.kind != other.kind:
+            return False
+        return self.kind == "auto" or (self.mask.shape == other.mask.shape and bool(torch.equal(self.mask, other.mask)))
+
+    def latent_mask(self, size: int, image: int = 0) -> torch.Tensor:
+        """The mask of image ``image`` on the ``size`` x ``size`` latent grid: float64 [size, size]."""
+        assert self.mask is not None, "auto regions have no fixed mask"
+        mask = self.mask
+        if mask.ndim == 3:
+            if not 0 <= image < mask.shape[0]:
+                raise NoiseCLRError(
+                    f"region {self.label()}: {mask.shape[0]} masks for the images, but image {image} is edited; "
+                    "give one mask [H, W] or one per image."
+                )
+            mask = mask[image]
+        return resize_mask(mask, size)
+
+
+def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """[H, W] -> [size, size] float64: centre-cropped to a square (as images are), area-resampled
+    (bilinear when growing)."""
+    height, width = mask.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = mask[top : top + side, left : left + side].to(torch.float64)[None, None]
+    if side == size:
+        return square[0, 0].clone()
+    mode = "area" if side > size else "bilinear"
+    resized = F.interpolate(square, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    return resized[0, 0].clamp(0.0, 1.0)
+
+
+def mask_from_tensor(value: torch.Tensor, what: str = "region mask tensor") -> Region:
+    """A user mask tensor [H, W] or [N, H, W] with values in [0, 1]."""
+    if value.ndim not in (2, 3) or value.shape[-1] < 1 or value.shape[-2] < 1:
+        raise NoiseCLRError(f"{what}: shape {list(value.shape)}; pass [H, W] (one mask) or [N, H, W] (one per image).")
+    mask = value.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(mask).all()) or float(mask.min()) < 0.0 or float(mask.max()) > 1.0:
+        raise NoiseCLRError(f"{what}: values must be finite and in [0, 1] (1 = the region, 0 = left alone).")
+    return Region("mask", mask=mask, source="tensor")
+
+
+def load_mask(path: str | Path) -> Region:
+    """A mask image (white = region) as a :class:`Region`; one-line errors for missing or unreadable files."""
+    import numpy as np
+    from PIL import Image
+
+    from .images import open_image, to_rgb
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NoiseCLRError(f"mask {path}: no such file; pass an image where white marks the region (or #auto).")
+    try:
+        image = open_image(path)
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        reason = "not an image" if isinstance(exc, Image.UnidentifiedImageError) else (str(exc).splitlines() or ["unreadable"])[0][:120]
+        raise NoiseCLRError(f"mask {path}: cannot read it as an image ({reason}); pass a PNG where white marks the region.") from None
+    grey = to_rgb(image).convert("L")
+    mask = torch.from_numpy(np.asarray(grey, dtype=np.float64) / 255.0)
+    if float(mask.max()) == 0.0:
+        log.warning("mask %s is black everywhere: its term will change nothing (white marks the region)", path)
+    return Region("mask", mask=mask, source=path.name, size=grey.size)
+
+
+def as_region(value: Any) -> Region | None:
+    """None, ``"auto"``, ``"none"``, a mask file path, a tensor or a :class:`Region` -> Region or None."""
+    if value is None or isinstance(value, Region):
+        return value
+    if isinstance(value, torch.Tensor):
+        return mask_from_tensor(value)
+    if isinstance(value, (str, Path)):
+        text = str(value).strip()
+        if text == "auto":
+            return Region.auto()
+        if text == "none":
+            return None
+        return load_mask(text)
+    raise NoiseCLRError(f"region {value!r}: use None, 'auto', a mask image path or a [H, W] tensor.")
+
+
+def check_mask_aspect(region: Region | None, image_sizes: dict[str, tuple[int, int]], what: str) -> None:
+    """A mask file must have its images' aspect ratio (any size is resized, but a crop would misalign)."""
+    if region is None or region.size is None:
+        return
+    width, height = region.size
+    for name, (image_width, image_height) in image_sizes.items():
+        if abs(width / height - image_width / image_height) > 0.01 * (image_width / image_height):
+            raise NoiseCLRError(
+                f"{what}: mask {region.source} is {width}x{height} but image {name} is {image_width}x{image_height}; "
+                "draw the mask on the image (same aspect ratio; any size is resized)."
+            )
+
+
+# --------------------------------------------------------------------------------- math
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[P, h, w] maps blurred by a normalised separable Gaussian (radius ceil(3 sigma), replicate padding)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-(offsets**2) / (2.0 * sigma**2))
+    kernel = kernel / kernel.sum()
+    padded = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="replicate")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1)).squeeze(1)
+
+
+def auto_energy(difference: torch.Tensor, settings: AutoRegion) -> torch.Tensor:
+    """``e`` [P, h, w]: the smoothed channel mean of ``|eps_p - eps_0|`` [P, C, h, w], divided by its spatial
+    mean (so every step weighs the same in the running mean; an all-zero map stays zero)."""
+    energy = gaussian_smooth(difference.abs().mean(dim=1), settings.smoothing)
+    return energy / energy.flatten(1).mean(dim=1).clamp_min(1e-30).view(-1, 1, 1)
+
+
+def top_cells(energy: torch.Tensor, top: float) -> torch.Tensor:
+    """{0, 1} [P, h, w]: 1 where ``energy`` is at least its k-th largest value, ``k = ceil(top * h * w)``."""
+    flat = energy.flatten(1)
+    keep = max(1, math.ceil(top * flat.shape[1] - 1e-9))
+    threshold = flat.topk(keep, dim=1).values[:, -1:]
+    return (flat >= threshold).to(energy.dtype).view_as(energy)
+
+
+def auto_masks(difference: torch.Tensor, settings: AutoRegion) -> torch.Tensor:
+    """One step's regions {0, 1} [P, h, w] from noise differences ``eps_p - eps_0`` [P, C, h, w] (the
+    first step of a term; later steps use the running mean of :func:`auto_energy`, see :func:`step_gates`)."""
+    return top_cells(auto_energy(difference, settings), settings.top)
+
+
+@dataclass
+class RegionPlan:
+    """Which (trajectory, conditioning) pairs of a :func:`~noiseclr.editing.denoise` batch are gated,
+    and which trajectory each localized edit is blended with (built by ``editing.plan_regions``)."""
+
+    index: torch.Tensor
+    """[M, J] long: gated pair number g of (m, j), -1 for pairs without a region."""
+    owner: torch.Tensor
+    """[G] long: the trajectory of gated pair g."""
+    auto: torch.Tensor
+    """[G] bool: the pair's region is auto (else its fixed ``masks[g]``)."""
+    masks: torch.Tensor
+    """[G, h, w] float64: fixed masks (zeros for auto pairs)."""
+    reference: torch.Tensor
+    """[M] long: the reconstruction trajectory a localized edit is blended with; -1: not blended."""
+    settings: AutoRegion
+
+    @property
+    def count(self) -> int:
+        return int(self.owner.shape[0])
+
+
+@dataclass(frozen=True)
+class RegionState:
+    """What the kernel carries between steps for the gated pairs."""
+
+    held: torch.Tensor
+    """[G, h, w] each pair's region at the latest step it acted (0 before)."""
+    energy: torch.Tensor
+    """[G, h, w] sum of the auto pairs' :func:`auto_energy` maps over the steps they acted."""
+    steps: torch.Tensor
+    """[G] how many steps each pair has acted."""
+
+    @classmethod
+    def empty(cls, plan: RegionPlan, size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> RegionState:
+        zeros = torch.zeros((plan.count, *size), dtype=dtype, device=device)
+        return cls(held=zeros, energy=zeros.clone(), steps=torch.zeros(plan.count, dtype=dtype, device=device))
+
+
+def step_gates(
+    plan: RegionPlan,
+    pair_trajectory: torch.Tensor,
+    pair_column: torch.Tensor,
+    eps_pairs: torch.Tensor,
+    eps_base: torch.Tensor,
+    state: RegionState,
+) -> tuple[torch.Tensor, RegionState]:
+    """This step's gates ``R_p`` [P, h, w] (1 for pairs without a region) and the state updated with the
+    gated pairs that acted (their regions held, auto pairs' energy maps added to the running sums)."""
+    gated = plan.index[pair_trajectory, pair_column]  # CPU, [P]
+    device, dtype = eps_pairs.device, eps_pairs.dtype
+    gates = torch.ones((eps_pairs.shape[0], *eps_pairs.shape[2:]), dtype=dtype, device=device)
+    chosen = (gated >= 0).nonzero().flatten()
+    if not chosen.numel():
+        return gates, state
+    number = gated[chosen].to(device)
+    values = plan.masks[gated[chosen]].to(device, dtype)
+    energy, steps = state.energy, state.steps.index_add(0, number, torch.ones_like(number, dtype=state.steps.dtype))
+    auto = plan.auto[gated[chosen]].to(device)
+    if bool(auto.any()):
+        rows = chosen.to(device)[auto]
+        difference = eps_pairs[rows] - eps_base[pair_trajectory.to(device)[rows]]
+        energy = energy.index_add(0, number[auto], auto_energy(difference, plan.settings).to(energy.dtype))
+        mean = energy[number[auto]] / steps[number[auto]].view(-1, 1, 1)
+        values[auto] = top_cells(mean, plan.settings.top).to(dtype)
+    gates[chosen.to(device)] = values
+    held = state.held.index_copy(0, number, values.to(state.held.dtype))
+    return gates, RegionState(held=held, energy=energy, steps=steps)
+
+
+def region_union(plan: RegionPlan, held: torch.Tensor, trajectories: int) -> torch.Tensor:
+    """``U_m`` [M, h, w]: elementwise max of the held regions of each trajectory's gated pairs (0 if none)."""
+    union = torch.zeros((trajectories, *held.shape[1:]), dtype=held.dtype, device=held.device)
+    owner = plan.owner.to(held.device).view(-1, *([1] * (held.ndim - 1))).expand_as(held)
+    return union.scatter_reduce_(0, owner, held, reduce="amax", include_self=True)
+
+
+def blend_latents(state: torch.Tensor, plan: RegionPlan, union: torch.Tensor) -> torch.Tensor:
+    """Localized trajectories pulled onto their reconstruction outside their union:
+    ``z_m = lerp(z_r, z_m, U_m)`` (exact at U = 0 and U = 1)."""
+    blended = (plan.reference >= 0).nonzero().flatten()
+    if not blended.numel():
+        return state
+    rows = blended.to(state.device)
+    reference = plan.reference[blended].to(state.device)
+    weight = union[rows].unsqueeze(1).to(state.dtype)
+    out = state.clone()
+    out[rows] = torch.lerp(state[reference], state[rows], weight)
+    return out
+
+
+# ---------------------------------------------------------------------------- pictures
+def region_overlay(pixels: torch.Tensor, region: torch.Tensor, dim: float = 0.3) -> torch.Tensor:
+    """An image [3, S, S] in [-1, 1] with everything outside ``region`` [h, w] dimmed (nearest upsampling):
+    how the region looks on the picture."""
+    size = pixels.shape[-1]
+    weight = F.interpolate(region.detach().float().cpu()[None, None], size=(size, size), mode="nearest")[0]
+    shown = (pixels.detach().float().cpu() + 1.0) / 2.0
+    return (shown * (dim + (1.0 - dim) * weight)) * 2.0 - 1.0
+
+
+__all__ = [
+    "AutoRegion",
+    "Region",
+    "RegionPlan",
+    "RegionState",
+    "as_region",
+    "auto_energy",
+    "auto_masks",
+    "blend_latents",
+    "check_mask_aspect",
+    "gaussian_smooth",
+    "load_mask",
+    "mask_from_tensor",
+    "region_overlay",
+    "region_union",
+    "resize_mask",
+    "step_gates",
+    "top_cells",
+]
