@@ -580,3 +580,12 @@ def test_bench_screens_validation_and_stops_hopeless_directions_early(tiny_model
         assert record["images"] == (20 if k in method["screening"]["stopped_early"] else 24)
         low, high = record["strength_ci"]
         assert low <= record["strength"] <= high
+
+
+def test_remedy_methods_discover_with_their_settings():
+    settings = BenchSettings()
+    assert settings.discovery("noiseclr-all", "faces").magnitude_floor == 0.0  # the paper's objective
+    floor = settings.discovery("noiseclr-floor", "faces")
+    assert floor.magnitude_floor == 0.01 and floor.loss_variant == "all-anchors" and floor.init == "random"
+    assert settings.discovery("noiseclr-tokens", "faces").init == "tokens"
+    assert settings.methods == ("noiseclr-all", "noiseclr-single", "random", "prompt")

@@ -162,8 +162,17 @@ log = logging.getLogger("noiseclr")
 BENCH_DOMAINS = ("faces", "cats")
 REGION_MODES = ("none", "auto")
 """``--region``: none (global edits only) or auto (each pick also measured localized)."""
-METHODS = ("noiseclr-all", "noiseclr-single", "random", "prompt")
-DISCOVERY_METHODS = {"noiseclr-all": "all-anchors", "noiseclr-single": "single-anchor"}
+DISCOVERY_METHODS: dict[str, dict[str, Any]] = {
+    "noiseclr-all": {"loss_variant": "all-anchors"},
+    "noiseclr-single": {"loss_variant": "single-anchor"},
+    # Remedies for collapsed directions (noiseclr.discovery), against the paper's objective above.
+    "noiseclr-floor": {"loss_variant": "all-anchors", "magnitude_floor": 0.01},
+    "noiseclr-tokens": {"loss_variant": "all-anchors", "init": "tokens"},
+}
+"""NoiseCLR variants the bench can discover: the paper's objective (both anchor variants) and the
+collapse remedies; each maps to the :class:`~noiseclr.discovery.DiscoverySettings` it changes."""
+METHODS = (*DISCOVERY_METHODS, "random", "prompt")
+DEFAULT_METHODS = ("noiseclr-all", "noiseclr-single", "random", "prompt")
 
 
 # ----------------------------------------------------------------------------------- settings
@@ -171,7 +180,7 @@ DISCOVERY_METHODS = {"noiseclr-all": "all-anchors", "noiseclr-single": "single-a
 class BenchSettings:
     """Everything that shapes a benchmark run. Defaults: the project's reported configuration."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     """Which methods to run (files given separately are added); the CLI's ``--methods`` is a comma list."""
     num_directions: int = option(20, flag="--num-directions", help="directions per method", type=positive_int, metavar="K")
     """K for the discovered (and random) directions."""
@@ -186,8 +195,10 @@ class BenchSettings:
     discovery_lr: float = option(1e-3, flag="--discovery-lr", help="AdamW learning rate")
     heldout: int = option(200, flag="--heldout", help="held-out renders every number is measured on", type=positive_int)
     validation: int = option(40, flag="--validation", help="validation renders that pick scale and window", type=positive_int)
-    steps: int = option(25, flag="--steps", help="inversion and denoising steps per edit", type=positive_int)
-    """Inversion and denoising steps of every edit."""
+    steps: int = option(12, flag="--steps", help="inversion and denoising steps per edit", type=positive_int)
+    """Inversion and denoising steps of every edit. Edit-friendly DDPM inversion reconstructs exactly at
+    any count; 12 and 25 steps named the same main factor for 10 of 10 demo directions (strengths
+    within 0.08, the sampling error of 12 images), 8 steps for 9 of 10 (benchmarks/quality.md)."""
     inversion: str = option("ddpm", flag="--inversion", help="ddpm (exact reconstruction) or ddim (the paper's)")
     strengths: tuple[float, ...] = option(BENCH_STRENGTHS, flag="--strengths", metavar="PERCENT",
                                           help="calibrated strengths (percent change of the noise prediction), each tried with both signs",
@@ -263,7 +274,7 @@ class BenchSettings:
             micro_batches=self.discovery_micro_batches,
             steps=self.discovery_steps,
             lr=self.discovery_lr,
-            loss_variant=DISCOVERY_METHODS[method],
+            **DISCOVERY_METHODS[method],
             seed=self.seed,
             domain=domain,
             checkpoint_every=max(25, self.discovery_steps // 5),
@@ -929,12 +940,19 @@ def _discovered(
     if done is not None:
         return done
     log.info("%s: discovering %d directions (%s loss, %d steps) on %d unlabeled renders",
-             method, settings.num_directions, DISCOVERY_METHODS[method], settings.discovery_steps, pixels.shape[0])  # fmt: skip
+             method, settings.num_directions, _variant(method), settings.discovery_steps, pixels.shape[0])  # fmt: skip
     return discover(model, pixels, run, discovery, resume=resume, progress=progress).directions
 
 
+def _variant(method: str) -> str:
+    """``all-anchors loss, magnitude_floor 0.01``: how a NoiseCLR method's discovery differs."""
+    changes = DISCOVERY_METHODS[method]
+    extra = ", ".join(f"{k} {v}" for k, v in changes.items() if k != "loss_variant")
+    return f"{changes['loss_variant']} loss" + (f", {extra}" if extra else "")
+
+
 def _method_order(methods: Sequence[str], files: Mapping[str, Path]) -> list[str]:
-    order = [m for m in ("noiseclr-all", "noiseclr-single") if m in methods or m in files]
+    order = [m for m in DISCOVERY_METHODS if m in methods or m in files]
     order += [name for name in files if name not in order]
     order += [m for m in ("random", "prompt") if m in methods]
     return order
@@ -1048,7 +1066,7 @@ def run_bench(
                     discovery_pixels = render_pixels(domain, seeds_for("discovery", settings.discovery_images, settings.seed),
                                                      model.resolution)[0]  # fmt: skip
                 directions = _discovered(model, name, discovery_pixels, out, settings, domain, resume=resume, progress=progress)
-                source = (f"discovered in this run ({DISCOVERY_METHODS[name]} loss, {settings.discovery_steps} steps, "
+                source = (f"discovered in this run ({_variant(name)}, {settings.discovery_steps} steps, "
                           f"{settings.discovery_images} unlabeled renders)")  # fmt: skip
                 method = MethodDirections(name, source, directions=directions)
             elif name == "random":

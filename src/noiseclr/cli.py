@@ -278,10 +278,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ bench/demo
 def _methods(text: str | None, has_files: bool) -> tuple[str, ...]:
-    from .bench import METHODS
+    from .bench import DEFAULT_METHODS
 
     if text is None:
-        return ("random", "prompt") if has_files else METHODS
+        return ("random", "prompt") if has_files else DEFAULT_METHODS
     return tuple(part.strip() for part in text.split(",") if part.strip() and part.strip() != "none")
 
 
@@ -392,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", nargs="+", default=[], metavar="[NAME=]FILE",
                    help="directions files to evaluate (any noiseclr or textual-inversion file); NAME=FILE with NAME "
                         "noiseclr-all or noiseclr-single replaces that discovery")  # fmt: skip
-    p.add_argument("--methods", default=None, help="comma list of noiseclr-all, noiseclr-single, random, prompt "
-                   "(default: all four; with --directions: random,prompt; 'none' for only the files)")  # fmt: skip
+    p.add_argument("--methods", default=None, help="comma list of noiseclr-all, noiseclr-single, noiseclr-floor, "
+                   "noiseclr-tokens, random, prompt (default: noiseclr-all,noiseclr-single,random,prompt; with "
+                   "--directions: random,prompt; 'none' for only the files)")  # fmt: skip
     p.add_argument("--cross-domain", nargs=2, metavar=("FACES_FILE", "CATS_FILE"), default=None,
                    help="annotated faces and cats directions (OUT/<method>/directions.safetensors of earlier bench runs) "
                         "applied together on scene renders")  # fmt: skip
