@@ -118,3 +118,12 @@ def test_summary_table_formats():
     text = summary_table(rows)
     assert "glasses (+yes -no)" in text and "±15%" in text and "0.50" in text and "±4" in text
     assert summary_table(rows, markdown=True).startswith("| # |")
+
+
+def test_duplicate_axes_are_named():
+    from noiseclr.demo import duplicate_note
+
+    directions = Directions(vectors=torch.randn(4, 8), calibration={"response": [0.1] * 4, "duplicates": [[2, 3, -0.94]]})
+    note = duplicate_note(directions)
+    assert "2 and 3 (cos -0.94)" in note and "one axis twice" in note.lower()
+    assert duplicate_note(Directions(vectors=torch.randn(4, 8))) == ""

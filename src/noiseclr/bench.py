@@ -142,7 +142,15 @@ from .metrics import (
 )
 from .model import DiffusionModel
 from .regions import AutoRegion, region_overlay
-from .strength import BENCH_STRENGTHS, CALIBRATION_IMAGES, calibration_timesteps, direction_response, noise_response
+from .strength import (
+    BENCH_STRENGTHS,
+    CALIBRATION_IMAGES,
+    calibration_timesteps,
+    change_similarity,
+    direction_response,
+    duplicate_pairs,
+    noise_response,
+)
 from .options import (
     check_choice,
     check_count,
@@ -354,6 +362,8 @@ class MethodDirections:
     directions: Directions | None = None
     prompts: list[tuple[str, str, str]] | None = None
     """(factor, value, caption) per prompt direction."""
+    duplicates: list[list[float]] | None = None
+    """``[i, j, cos]``: pairs of directions that make the same change (|cos| >= 0.8) on the calibration images."""
     responses: list[float] | None = None
     """Each direction's (or prompt's) response on the run's calibration images (:mod:`noiseclr.strength`):
     what a strength grid entry means for it. Every method is calibrated on the same images."""
@@ -387,9 +397,12 @@ class MethodDirections:
 
 
 def calibrate_method(model: DiffusionModel, method: MethodDirections, latents: torch.Tensor) -> list[float]:
-    """Every direction's (or prompt's) response on ``latents``, measured the same way for every method."""
+    """Every direction's (or prompt's) response on ``latents``, measured the same way for every method;
+    for token directions also the pairs that are one axis twice (``method.duplicates``)."""
     timesteps = calibration_timesteps(model)
     if method.directions is not None:
+        similarity = change_similarity(model, method.directions, latents, timesteps[len(timesteps) // 2])
+        method.duplicates = duplicate_pairs(similarity)
         return [float(r) for r in direction_response(model, method.directions, latents, timesteps=timesteps)]
     assert method.prompts is not None
     conditionings = model.encode_prompts([caption for _, _, caption in method.prompts])
@@ -656,6 +669,12 @@ def evaluate_method(
             path = save_image(grid_image, folder / "strips" / f"direction-{k:03d}.png")
             record.strip = str(path.relative_to(out))
     summary = summarize_changes(changes, factor_names)
+    if method.duplicates is not None:
+        involved = {int(i) for pair in method.duplicates for i in pair[:2]}
+        summary["duplicate_pairs"] = method.duplicates
+        summary["duplicate_fraction"] = len(involved) / max(1, count)
+    if method.responses is not None:
+        summary["response_median"] = float(torch.tensor(method.responses).median())
     if method.prompts is not None:
         summary["intended_hit_rate"] = sum(bool(r.hit) for r in records) / max(1, len(records))
     directions_file = None

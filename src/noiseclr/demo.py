@@ -245,6 +245,16 @@ def summary_table(rows: Sequence[DirectionRecord], *, markdown: bool = False) ->
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*cells) for cells in body])
 
 
+def duplicate_note(directions: Directions) -> str:
+    """One line naming the directions that are one axis twice (from the calibration), or ''."""
+    pairs = (directions.calibration or {}).get("duplicates") or []
+    if not pairs:
+        return ""
+    listed = "; ".join(f"{int(i)} and {int(j)} (cos {c:+.2f})" for i, j, c in pairs)
+    return (f"One axis twice: directions {listed} make the same change on the same images "
+            "(a negative cosine: with opposite signs), so one of each pair adds nothing.")  # fmt: skip
+
+
 def _explanation(
     model: DiffusionModel, settings: DemoSettings, out: Path, rows: Sequence[DirectionRecord], named: bool, why_unnamed: str
 ) -> tuple[str, str]:
@@ -395,11 +405,12 @@ def run_demo(
 
     seconds = time.monotonic() - started
     intro, files = _explanation(model, settings, out, rows, reader is not None, why_unnamed)
-    table = summary_table(rows)
+    axes = duplicate_note(named_file)
+    table = summary_table(rows) + (f"\n{axes}" if axes else "")
     text = f"{intro}\n\n{table}\n\n{files}\n\nDone in {seconds / 60:.1f} min."
     summary_md = atomic_write_text(
         out / "summary.md",
-        f"# NoiseCLR demo\n\n{intro}\n\n{summary_table(rows, markdown=True)}\n\n```\n{files}\n```\n",
+        f"# NoiseCLR demo\n\n{intro}\n\n{summary_table(rows, markdown=True)}\n\n{axes}\n\n```\n{files}\n```\n",
     )
     summary_json = atomic_write_json(
         out / "summary.json",
@@ -408,6 +419,7 @@ def run_demo(
             "settings": asdict(settings),
             "named": reader is not None,
             "directions_file": str(directions_path),
+            "duplicates": (named_file.calibration or {}).get("duplicates", []),
             "gallery": str(gallery.index_html),
             "directions": [row.to_json() for row in rows],
             "timings_seconds": timings,
