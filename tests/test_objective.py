@@ -141,3 +141,31 @@ def test_diversity_probes():
     assert float(mean_negative_abs_cos(eye)) == pytest.approx(0.0)
     assert mean_vector_abs_cos(torch.eye(3)) == pytest.approx(0.0)
     assert mean_vector_abs_cos(torch.ones(3, 5)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("count,batch", SHAPES)
+def test_axis_negatives_match_the_reference(variant, count, batch):
+    deltas = random_deltas(count, batch, seed=count * 7 + batch)
+    fast_in = deltas.clone().requires_grad_(True)
+    ref_in = deltas.clone().requires_grad_(True)
+    fast = contrastive_loss(normalize_features(fast_in), 0.5, variant, axis_negatives=True)
+    ref = reference_loss(ref_in, 0.5, variant, axis_negatives=True)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    fast.backward()
+    ref.backward()
+    torch.testing.assert_close(fast_in.grad, ref_in.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_axis_negatives_do_not_reward_an_opposite_direction():
+    # Direction 1 is direction 0 reversed on every image: the signed loss calls that ideal
+    # negatives; with |cos| it is as bad as a copy.
+    base = random_deltas(1, 4, seed=9, shape=(6,))
+    other = random_deltas(1, 4, seed=10, shape=(6,))
+    opposite, copy, unrelated = torch.cat([base, -base]), torch.cat([base, base]), torch.cat([base, other])
+    signed = {name: float(contrastive_loss(normalize_features(d), 0.5)) for name, d in
+              (("opposite", opposite), ("copy", copy), ("unrelated", unrelated))}  # fmt: skip
+    axis = {name: float(contrastive_loss(normalize_features(d), 0.5, axis_negatives=True)) for name, d in
+            (("opposite", opposite), ("copy", copy), ("unrelated", unrelated))}  # fmt: skip
+    assert signed["opposite"] < signed["unrelated"] < signed["copy"]
+    assert axis["opposite"] == pytest.approx(axis["copy"]) and axis["unrelated"] < axis["copy"]

@@ -176,6 +176,7 @@ DISCOVERY_METHODS: dict[str, dict[str, Any]] = {
     # Remedies for collapsed directions (noiseclr.discovery), against the paper's objective above.
     "noiseclr-floor": {"loss_variant": "all-anchors", "magnitude_floor": 0.01},
     "noiseclr-tokens": {"loss_variant": "all-anchors", "init": "tokens"},
+    "noiseclr-axis": {"loss_variant": "all-anchors", "axis_negatives": True},
 }
 """NoiseCLR variants the bench can discover: the paper's objective (both anchor variants) and the
 collapse remedies; each maps to the :class:`~noiseclr.discovery.DiscoverySettings` it changes."""

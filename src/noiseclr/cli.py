@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directions files to evaluate (any noiseclr or textual-inversion file); NAME=FILE with NAME "
                         "noiseclr-all or noiseclr-single replaces that discovery")  # fmt: skip
     p.add_argument("--methods", default=None, help="comma list of noiseclr-all, noiseclr-single, noiseclr-floor, "
-                   "noiseclr-tokens, random, prompt (default: noiseclr-all,noiseclr-single,random,prompt; with "
+                   "noiseclr-tokens, noiseclr-axis, random, prompt (default: noiseclr-all,noiseclr-single,random,prompt; with "
                    "--directions: random,prompt; 'none' for only the files)")  # fmt: skip
     p.add_argument("--cross-domain", nargs=2, metavar=("FACES_FILE", "CATS_FILE"), default=None,
                    help="annotated faces and cats directions (OUT/<method>/directions.safetensors of earlier bench runs) "

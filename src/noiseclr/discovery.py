@@ -141,6 +141,9 @@ class DiscoverySettings:
                                          "hinge penalty (0: the paper's objective)")  # fmt: skip
     """Remedy for collapsed directions (``magnitude_hinge``); 0 is the paper's objective."""
     floor_weight: float = option(10.0, flag="--floor-weight", help="weight of the magnitude floor's hinge")
+    axis_negatives: bool = option(False, flag="--axis-negatives",
+                                  help="negatives by |cos|: a direction and its opposite count as one axis (the paper: signed cos)")  # fmt: skip
+    """Remedy for one axis learned twice with opposite signs (:mod:`noiseclr.objective`)."""
     init: str = option("random", flag="--init", help="start rows: random (Gaussian at the typical token norm) or "
                        "tokens (real token embeddings)", choices=list(INITS))  # fmt: skip
     checkpoint_every: int = option(200, flag="--checkpoint-every", help="steps between checkpoints")
@@ -393,6 +396,7 @@ def micro_batch_loss(
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     magnitude_floor: float = 0.0,
     floor_weight: float = 0.0,
+    axis_negatives: bool = False,
 ) -> MicroBatchLoss:
     """The loss of one micro-batch: N local images, J drawn directions, one timestep.
 
@@ -404,7 +408,7 @@ def micro_batch_loss(
     features, response = delta_and_response(model, direction_vectors, latents, timestep, noise, drawn)
     if gather is not None:
         features = gather(features)
-    loss = contrastive_loss(features, temperature, variant)
+    loss = contrastive_loss(features, temperature, variant, axis_negatives)
     if magnitude_floor > 0 and floor_weight > 0:
         loss = loss + floor_weight * magnitude_hinge(response, magnitude_floor)
     return MicroBatchLoss(loss, features, response.detach())
@@ -525,7 +529,7 @@ def _check_resume(
 
 TRAJECTORY = (
     "num_negatives", "micro_batches", "temperature", "loss_variant", "seed", "hflip", "timestep_range", "lr", "betas",
-    "weight_decay", "magnitude_floor", "floor_weight", "init",
+    "weight_decay", "magnitude_floor", "floor_weight", "init", "axis_negatives",
 )  # fmt: skip
 """Settings that change what a run learns (besides K, N and the step count)."""
 
@@ -855,6 +859,7 @@ class _Trainer:
                 gather=procs.gather_features,
                 magnitude_floor=settings.magnitude_floor,
                 floor_weight=settings.floor_weight,
+                axis_negatives=settings.axis_negatives,
             )
             responses.append(result.response)
             self.last_response[draw.drawn] = result.response.to(self.last_response)

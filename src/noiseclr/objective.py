@@ -29,6 +29,13 @@ Variants (the UNet passes are the same for both):
   the J anchors, so every drawn direction gets a positive-pair gradient. See
   ``docs/loss_variants.md`` for the measurement that picked the default.
 
+Negatives, two ways (``axis_negatives``):
+
+* signed (the paper): ``exp(cos / tau)``, smallest at ``cos = -1``. A direction and its exact
+  opposite are then the *best* pair of negatives, so the objective rewards one axis learned twice
+  with opposite signs -- and an edit applies every direction with both signs anyway.
+* axis: ``exp(|cos| / tau)``: opposite changes count as the same axis, orthogonal ones are best.
+
 Everything is computed with ``logsumexp``; feature normalisation and the loss run in at least
 float32 whatever the model's dtype. :func:`reference_loss` is the plain float64 version
 (explicit loops, sums, then the log-count correction) that the tests compare against.
@@ -75,10 +82,13 @@ def _check_features(features: torch.Tensor) -> tuple[int, int]:
     return count, batch
 
 
-def anchor_losses(features: torch.Tensor, temperature: float, anchors: int | None = None) -> torch.Tensor:
+def anchor_losses(
+    features: torch.Tensor, temperature: float, anchors: int | None = None, axis_negatives: bool = False
+) -> torch.Tensor:
     """Mean-normalised ``L_k`` for anchors ``k = 0 .. anchors-1`` (all J when ``None``).
 
-    ``features`` are unit-length ``[J, N, F]`` rows (see :func:`normalize_features`).
+    ``features`` are unit-length ``[J, N, F]`` rows (see :func:`normalize_features`);
+    ``axis_negatives`` uses ``|cos|`` for the negatives.
     """
     count, batch = _check_features(features)
     anchors = count if anchors is None else anchors
@@ -93,7 +103,8 @@ def anchor_losses(features: torch.Tensor, temperature: float, anchors: int | Non
     log_positive_mean = torch.logsumexp(positive, dim=1) - math.log(batch * (batch - 1))
 
     # Negatives: same image, directions l != k.
-    negative = torch.einsum("anf,lnf->aln", anchor_rows, features) / temperature  # [A, J, N]
+    negative = torch.einsum("anf,lnf->aln", anchor_rows, features)  # [A, J, N]
+    negative = (negative.abs() if axis_negatives else negative) / temperature
     same_direction = torch.eye(anchors, count, dtype=torch.bool, device=features.device).unsqueeze(2)
     negative = negative.masked_fill(same_direction, neg_inf).flatten(start_dim=1)
     log_negative_mean = torch.logsumexp(negative, dim=1) - math.log(batch * (count - 1))
@@ -101,16 +112,19 @@ def anchor_losses(features: torch.Tensor, temperature: float, anchors: int | Non
     return log_negative_mean - log_positive_mean
 
 
-def contrastive_loss(features: torch.Tensor, temperature: float = 0.5, variant: str = "all-anchors") -> torch.Tensor:
+def contrastive_loss(
+    features: torch.Tensor, temperature: float = 0.5, variant: str = "all-anchors", axis_negatives: bool = False
+) -> torch.Tensor:
     """The NoiseCLR loss of unit-length ``[J, N, F]`` features (mean-normalised, lower is better).
 
     ``single-anchor``: ``L_0`` (direction 0 against directions 1..J-1).
     ``all-anchors``: the mean of ``L_k`` over all J directions.
+    ``axis_negatives``: negatives by ``|cos|`` (see the module docstring).
     """
     check_variant(variant)
     if variant == "single-anchor":
-        return anchor_losses(features, temperature, anchors=1)[0]
-    return anchor_losses(features, temperature).mean()
+        return anchor_losses(features, temperature, anchors=1, axis_negatives=axis_negatives)[0]
+    return anchor_losses(features, temperature, axis_negatives=axis_negatives).mean()
 
 
 def log_count_correction(num_directions: int, num_images: int) -> float:
@@ -118,7 +132,9 @@ def log_count_correction(num_directions: int, num_images: int) -> float:
     return math.log(num_images * (num_images - 1)) - math.log(num_images * (num_directions - 1))
 
 
-def reference_loss(deltas: torch.Tensor, temperature: float = 0.5, variant: str = "all-anchors") -> torch.Tensor:
+def reference_loss(
+    deltas: torch.Tensor, temperature: float = 0.5, variant: str = "all-anchors", axis_negatives: bool = False
+) -> torch.Tensor:
     """Eq. 5 literally, in float64 with Python loops (slow; for tests).
 
     Takes raw (unnormalised) ``[J, N, ...]`` differences, normalises each, sums as the paper
@@ -139,7 +155,7 @@ def reference_loss(deltas: torch.Tensor, temperature: float = 0.5, variant: str 
             if n != m
         )
         negative = sum(
-            torch.exp(cos(rows[k, n], rows[l, n]) / temperature)
+            torch.exp((cos(rows[k, n], rows[l, n]).abs() if axis_negatives else cos(rows[k, n], rows[l, n])) / temperature)
             for n in range(batch)
             for l in range(count)  # noqa: E741 - the paper's index name
             if l != k
