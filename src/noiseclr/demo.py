@@ -75,11 +75,13 @@ class DemoSettings:
     """Images per discovery micro-batch."""
     negatives: int = 7
     """Other directions per micro-batch (capped at K - 1)."""
-    lr: float = field_default(DiscoverySettings, "lr")
+    lr: float = option(field_default(DiscoverySettings, "lr"), flag="--lr", help="discovery's AdamW learning rate")
     magnitude_floor: float = option(field_default(DiscoverySettings, "magnitude_floor"), flag="--magnitude-floor", metavar="R",
                                     help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)")  # fmt: skip
     init: str = option(field_default(DiscoverySettings, "init"), flag="--init", choices=["random", "tokens"],
                        help="how discovery's rows start (see noiseclr discover)")  # fmt: skip
+    axis_negatives: bool = option(field_default(DiscoverySettings, "axis_negatives"), flag="--axis-negatives",
+                                  help="discovery's negatives by |cos| (see noiseclr discover)")  # fmt: skip
     edit_steps: int = option(20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int)
     """Inversion and denoising steps for naming and the gallery."""
     strength: float = option(DEMO_STRENGTH, flag="--strength", metavar="PERCENT",
@@ -104,7 +106,8 @@ class DemoSettings:
         check_count(self.batch, flag["batch"], 2, "the contrast needs at least 2 images per micro-batch.")
         if self.images < self.batch:
             raise NoiseCLRError(f"{flag['images']} {self.images}: fewer than {flag['batch']} {self.batch}; render more faces.")
-        check_positive(self.strength, flag["strength"], "each direction is tried at +/- it, e.g. 15.")
+        check_positive(self.strength, flag["strength"], "each direction is tried at +/- it, e.g. 3.")
+        check_positive(self.lr, flag["lr"])
         if self.scale is not None:
             check_positive(self.scale, flag["scale"], "each direction is tried at +/- it.")
         check_inversion(self.inversion)
@@ -138,6 +141,7 @@ class DemoSettings:
             lr=self.lr,
             magnitude_floor=self.magnitude_floor,
             init=self.init,
+            axis_negatives=self.axis_negatives,
             seed=self.seed,
             domain=self.domain,
             checkpoint_every=50,
