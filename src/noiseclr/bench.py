@@ -7,6 +7,8 @@ edit direction does can be *measured*: edit images, read their factors, count wh
 Protocol (one domain, ``faces`` or ``cats``; all methods in one run, same model, same images, same
 inversions, same edit grid):
 
+* every method's directions (and prompts) calibrated on the same 8 discovery renders, so a strength
+  means the same for all;
 * three disjoint sets of renders, from the evaluation seed range (never seen by the base model or
   the readers): ``discovery`` (about 100, unlabeled: only pixels reach the method), ``validation``
   (picks each direction's scale and window) and ``heldout`` (every reported number);
@@ -31,14 +33,21 @@ the rendering, inversion and reading protocol is :mod:`noiseclr.measure`):
   preserves everything, which is why the headline number leaves those out).
 
 Selection rule (validation images only; :func:`select_edit` receives nothing else): every
-direction is tried at every scale in ``+-scales`` (both signs) and every window of ``windows``;
-the pick maximises ``strength * purity`` among the settings whose preservation is at least
+direction is tried at every strength of ``+-strengths`` (calibrated, :mod:`noiseclr.strength`; or
+every raw scale of ``+-scales``), both signs, and every window of ``windows`` -- all settings on
+the first ``screen_fraction`` of the validation images, the best ``keep_settings`` per direction
+on the rest. The pick maximises ``strength * purity`` among the settings whose preservation is at least
 ``min_preservation`` (if none qualifies: ``strength * purity * preservation`` over all, flagged
 ``constraint_met: false``); ties go to the smaller ``|scale|``, then to the earlier grid entry.
 The picks are stored as ``edit_defaults`` in the annotated copy of each directions file.
+Held-out: every pick on the first quarter of the held-out images; a direction whose every factor
+change has its 95% Wilson upper bound below the effective strength stops there (``stopped_early``;
+it cannot be effective), the others go on to all of them. Each strength carries its interval.
 
-Methods: ``noiseclr-all`` and ``noiseclr-single`` (discovery with each loss variant, run inside
-the bench on the discovery renders unless a file is given), ``random`` (Gaussian directions, same
+Methods: ``noiseclr-all`` and ``noiseclr-single`` (discovery with each loss variant of the paper's
+objective, run inside the bench on the discovery renders unless a file is given), the collapse
+remedies ``noiseclr-floor`` (magnitude floor), ``noiseclr-tokens`` (rows start at real tokens) and
+``noiseclr-axis`` (negatives by |cos|), all on the all-anchors loss, ``random`` (Gaussian directions, same
 count and the same per-row norms as the NoiseCLR set), ``prompt`` (supervised reference: the
 caption of each factor value, :func:`noiseclr.world.captions.caption_for_value`, applied as
 ``scale * (eps(c_prompt) - eps(c_0))`` through :class:`noiseclr.editing.PromptTerm`), and any
