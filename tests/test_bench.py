@@ -211,6 +211,14 @@ def test_direction_records_name_both_signs():
     assert record.plus_change == 0.5 and record.minus_change == 0.5
 
 
+def test_direction_name_when_both_signs_reach_one_value():
+    # eye colour blue/green/brown: + moves brown eyes to green, - moves blue eyes to green
+    assert measure.direction_name("eye_color", "green", "green", 1.0) == "eye_color ±green"
+    assert measure.direction_name("eye_color", "green", "blue", 1.0) == "eye_color (+green -blue)"
+    assert measure.direction_name("eye_color", None, None, 0.5) == "eye_color (mixed)"
+    assert measure.direction_name("eye_color", "green", "green", 0.0) == "no visible effect"
+
+
 def test_select_edit_maximises_strength_times_purity_under_preservation():
     grid = [EditConfig(3.0), EditConfig(-3.0), EditConfig(6.0), EditConfig(-6.0)]
     changes = torch.tensor(

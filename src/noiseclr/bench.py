@@ -231,6 +231,7 @@ class BenchSettings:
     )  # fmt: skip
     """Active parts of the schedule tried per direction (0 = first, noisiest step)."""
     min_preservation: float = option(0.8, flag="--min-preservation", help="selection constraint on preservation")
+    """Selection constraint on a setting's preservation (validation)."""
     screen_fraction: float = option(0.25, flag="--screen-fraction",
                                     help="fraction of validation images every grid setting is tried on first (1: no screening)")  # fmt: skip
     """Every grid setting is tried on this first share of the validation images; only the best
@@ -240,7 +241,6 @@ class BenchSettings:
     early_stop: bool = option(True, flag="--no-early-stop", help="measure every direction on all held-out images")
     """Directions that cannot be effective (95% upper bound of every factor's change below the effective
     strength on the first quarter of the held-out images) are reported on that quarter only."""
-    """Selection constraint on a setting's preservation (validation)."""
     strip_images: int = option(4, flag="--strip-images", help="held-out images per direction strip in the report")
     """Held-out images shown per direction in the report."""
     seed: int = option(0, flag="--seed", help="0..4: fresh image sets and seeds for discovery/random/inversion", default_text="")

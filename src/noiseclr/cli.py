@@ -317,7 +317,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
     settings = from_args(DemoSettings, args).validate()
-    print(f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them (default sizes: about 3 min on a 2-core CPU)")
+    print(f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them (default sizes: about 6 min on a 2-core CPU)")
     model = _load_model(args)
     print(f"  model {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}), writing to {args.out}/", flush=True)
     result = run_demo(model, args.out, settings, reader_dir=args.readers, say=lambda text: print(text, flush=True))
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p.add_argument_group("auto regions (--region auto)"), AutoRegion)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="the main job: discover, name and show face-edit directions on the embedded model (~3 min on a CPU)")
+    p = sub.add_parser("demo", help="the main job: discover, name and show face-edit directions on the embedded model (~6 min on a 2-core CPU)")
     _add_model_args(p)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     add_options(p, DemoSettings)

@@ -16,7 +16,7 @@
    measurements), a gallery (``gallery/``: one PNG strip per direction and ``index.html``, by
    :func:`noiseclr.explore.explore`) and the summary (``summary.md``, ``summary.json``, printed).
 
-Defaults take about 3 minutes on a 2-core CPU with the embedded model (a discovery step of 6
+Defaults take about 6 minutes on a 2-core CPU with the embedded model (a discovery step of 6
 images x 8 directions with backward costs about 0.5-1.5 s there); a GPU is used when present.
 Running it again in the same folder reuses the finished discovery run.
 """
@@ -287,7 +287,7 @@ def _explanation(
             "moved it to."
         )
         intro.append(
-            "Columns: name = factor (+value: what + moves it to, -value: what - moves it to; '(mixed)': no single value); "
+            "Columns: name = factor (+value: what + moves it to, -value: what - moves it to; ±value: both signs move it there; '(mixed)': no single value); "
             + ("strength = the calibrated strength, the same for every direction: its term changes the model's noise "
                "prediction by that percent of its norm, tried with both signs (stored as the direction's default); "
                if settings.scale is None else

@@ -324,9 +324,12 @@ def split_diagnostics(split: Split, factor_names: Sequence[str]) -> dict[str, An
 def direction_name(factor: str, plus: str | None, minus: str | None, strength: float) -> str:
     """Human name of what a direction does, e.g. ``glasses (+yes -no)``, ``mouth +smile`` or
     ``hair_color (mixed)``; ``plus``/``minus`` are the values the factor mostly moves to under
-    each sign (None where that sign has no clear target)."""
+    each sign (None where that sign has no clear target); ``eye_color ±green`` when both signs move
+    it to the same value (from different starting values)."""
     if strength <= 0.0:
         return "no visible effect"
+    if plus is not None and plus == minus:
+        return f"{factor} ±{plus}"
     targets = " ".join(f"{sign}{value}" for sign, value in (("+", plus), ("-", minus)) if value is not None)
     if not targets:
         return f"{factor} (mixed)"
