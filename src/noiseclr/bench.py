@@ -968,7 +968,7 @@ def _discovered(
     done = finished_run(run, discovery, pixels) if resume else None
     if done is not None:
         return done
-    log.info("%s: discovering %d directions (%s loss, %d steps) on %d unlabeled renders",
+    log.info("%s: discovering %d directions (%s, %d steps) on %d unlabeled renders",
              method, settings.num_directions, _variant(method), settings.discovery_steps, pixels.shape[0])  # fmt: skip
     return discover(model, pixels, run, discovery, resume=resume, progress=progress).directions
 
