@@ -109,6 +109,9 @@ def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
     assert code == 2 and err.count("noiseclr: error:") == 1 and "--images 2" in err
     code, _, err = run_demo_cli(capsys, tiny_model_dir, tmp_path / "e", "--scale", "-1")
     assert code == 2 and "--scale" in err
+    for flag in ("--lr", "--strength"):
+        code, _, err = run_demo_cli(capsys, tiny_model_dir, tmp_path / "e", flag, "0")
+        assert code == 2 and err.count("noiseclr: error:") == 1 and flag in err
 
 
 def test_summary_table_formats():

@@ -330,7 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line. Every option of a settings class comes from that class's fields
     (:func:`noiseclr.options.add_options`): flags, defaults and help live in one place."""
-    from .bench import BenchSettings
+    from .bench import DEFAULT_METHODS, METHODS, BenchSettings
     from .demo import DemoSettings
     from .discovery import DiscoverySettings
     from .editing import EditSettings, GenerateSettings
@@ -392,9 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", nargs="+", default=[], metavar="[NAME=]FILE",
                    help="directions files to evaluate (any noiseclr or textual-inversion file); NAME=FILE with NAME "
                         "noiseclr-all or noiseclr-single replaces that discovery")  # fmt: skip
-    p.add_argument("--methods", default=None, help="comma list of noiseclr-all, noiseclr-single, noiseclr-floor, "
-                   "noiseclr-tokens, noiseclr-axis, random, prompt (default: noiseclr-all,noiseclr-single,random,prompt; with "
-                   "--directions: random,prompt; 'none' for only the files)")  # fmt: skip
+    p.add_argument("--methods", default=None, help=f"comma list of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)}; "
+                   "with --directions: random,prompt; 'none' for only the files)")  # fmt: skip
     p.add_argument("--cross-domain", nargs=2, metavar=("FACES_FILE", "CATS_FILE"), default=None,
                    help="annotated faces and cats directions (OUT/<method>/directions.safetensors of earlier bench runs) "
                         "applied together on scene renders")  # fmt: skip

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .directions import Directions
-from .discovery import DiscoverySettings, changed_trajectory, discover, finished_run, run_settings
+from .discovery import INITS, DiscoverySettings, changed_trajectory, discover, finished_run, run_settings
 from .editing import DirectionTerm
 from .errors import NoiseCLRError
 from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
@@ -78,7 +78,7 @@ class DemoSettings:
     lr: float = option(field_default(DiscoverySettings, "lr"), flag="--lr", help="discovery's AdamW learning rate")
     magnitude_floor: float = option(field_default(DiscoverySettings, "magnitude_floor"), flag="--magnitude-floor", metavar="R",
                                     help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)")  # fmt: skip
-    init: str = option(field_default(DiscoverySettings, "init"), flag="--init", choices=["random", "tokens"],
+    init: str = option(field_default(DiscoverySettings, "init"), flag="--init", choices=list(INITS),
                        help="how discovery's rows start (see noiseclr discover)")  # fmt: skip
     axis_negatives: bool = option(field_default(DiscoverySettings, "axis_negatives"), flag="--axis-negatives",
                                   help="discovery's negatives by |cos| (see noiseclr discover)")  # fmt: skip
