@@ -83,14 +83,17 @@ def test_info_and_json(capsys, run_dir):
 
 
 def test_export_textual_inversion_roundtrip(capsys, run_dir, tmp_path):
-    code, out, _ = run_cli(capsys, "export", run_dir / "directions.safetensors", "--format", "textual-inversion", "--out", tmp_path / "ti")
-    assert code == 0
+    code, out, _ = run_cli(capsys, "export", run_dir / "directions.safetensors", "--out", tmp_path / "ti")  # the default format
+    assert code == 0 and "one file per direction" in out
     original = Directions.load(run_dir / "directions.safetensors")
-    imported = Directions.load(tmp_path / "ti" / "learned_embeds.bin")
-    assert torch.equal(imported.vectors, original.vectors)
-    assert len(list((tmp_path / "ti" / "diffusers").glob("*.safetensors"))) == 4
-    # An imported textual-inversion file is accepted by info too.
-    code, out, _ = run_cli(capsys, "info", tmp_path / "ti" / "learned_embeds.safetensors")
+    files = sorted((tmp_path / "ti").glob("*.safetensors"))
+    assert len(files) == 4 and not list((tmp_path / "ti").rglob("*.bin"))
+    assert torch.equal(torch.cat([Directions.load(f).vectors for f in files]), original.vectors)
+    # The published code's all-in-one file only under its own format; info accepts it too.
+    code, out, _ = run_cli(capsys, "export", run_dir / "directions.safetensors", "--format", "noiseclr-published",
+                           "--out", tmp_path / "pub")  # fmt: skip
+    assert code == 0 and torch.equal(Directions.load(tmp_path / "pub" / "learned_embeds.bin").vectors, original.vectors)
+    code, out, _ = run_cli(capsys, "info", tmp_path / "pub" / "learned_embeds.safetensors")
     assert code == 0 and "textual-inversion" in out
 
 

@@ -91,12 +91,21 @@ def test_sd_diffusers_layout_round_trips_and_loads_into_the_pipeline(sd_directio
     assert out.shape == (1, 4, 8, 8) and bool(torch.isfinite(out).all())
 
 
-def test_sd_textual_inversion_export_is_unchanged(sd_directions, tmp_path):
+def test_sd_textual_inversion_export_is_one_token_file_per_direction(sd_directions, tmp_path):
     sd_directions.export(tmp_path / "ti")  # the default format
-    tokens = load_file(str(tmp_path / "ti" / "learned_embeds.safetensors"))
-    assert list(tokens) == ["<faces-0>", "<faces-1>", "<faces-2>"]
-    assert torch.equal(Directions.load(tmp_path / "ti" / "learned_embeds.bin").vectors, sd_directions.vectors)
-    assert torch.equal(stacked((tmp_path / "ti" / "diffusers").glob("*.safetensors")), sd_directions.vectors)
+    files = sorted((tmp_path / "ti").glob("*.safetensors"))
+    assert [list(load_file(str(f))) for f in files] == [["<000-glasses-yes-no>"], ["<001-faces>"], ["<002-smile>"]]
+    assert torch.equal(stacked(files), sd_directions.vectors)
+    assert not list((tmp_path / "ti").rglob("*.bin")) and not list((tmp_path / "ti").rglob("*/*.safetensors"))
+
+
+def test_published_layout_holds_all_tokens_under_one_name_per_direction(sd_directions, tmp_path):
+    sd_directions.export(tmp_path / "pub", "noiseclr-published")
+    tokens = load_file(str(tmp_path / "pub" / "learned_embeds.safetensors"))
+    # The same names as every other format's files: one direction, one name.
+    assert list(tokens) == [f"<{sd_directions.file_stem(i)}>" for i in range(3)]
+    assert torch.equal(Directions.load(tmp_path / "pub" / "learned_embeds.bin").vectors, sd_directions.vectors)
+    assert "Do not copy these files" in (tmp_path / "pub" / "README.txt").read_text()
 
 
 # ---------------------------------------------------------------------------------- SDXL
@@ -123,7 +132,10 @@ def test_sdxl_diffusers_layout_round_trips_and_loads_into_the_pipeline(sdxl_dire
     sdxl_directions.export(tmp_path / "d", "diffusers")
     first = sorted((tmp_path / "d" / "text_encoder").glob("*.safetensors"))
     second = sorted((tmp_path / "d" / "text_encoder_2").glob("*.safetensors"))
-    assert [f.name for f in first] == [f.name for f in second] and len(first) == 3
+    # Names differ per encoder (ComfyUI finds embeddings by file name across subfolders).
+    assert [f.name for f in first] == ["000-glasses-yes-no-clip_l.safetensors", "001-faces-clip_l.safetensors",
+                                       "002-smile-clip_l.safetensors"]  # fmt: skip
+    assert [f.name for f in second] == [f.name.replace("clip_l", "clip_g") for f in first]
     assert load_file(str(second[0]))["<000-glasses-yes-no>"].shape == (48,)
     # Either file of a pair names the whole direction.
     for files in (first, second):
@@ -155,12 +167,15 @@ def test_sdxl_a1111_file_loads_into_diffusers_as_the_readme_says(sdxl_directions
 
 def test_sdxl_textual_inversion_export_round_trips(sdxl_directions, sdxl_model, tmp_path):
     sdxl_directions.export(tmp_path / "ti", "textual-inversion")
-    whole = Directions.load(tmp_path / "ti" / "learned_embeds.bin")
+    files = sorted((tmp_path / "ti").glob("*.safetensors"))
+    assert len(files) == 3 and all(set(load_file(str(f))) == {"clip_l", "clip_g"} for f in files)
+    assert torch.equal(stacked(files), sdxl_directions.vectors)
+    Directions.load(files[0]).check_compatible(sdxl_model)
+    whole = sdxl_directions.export(tmp_path / "pub", "noiseclr-published")
+    whole = Directions.load(tmp_path / "pub" / "learned_embeds.bin")
     assert torch.equal(whole.vectors, sdxl_directions.vectors)
     whole.check_compatible(sdxl_model)  # whole rows: only the total width is known, and it fits
-    pairs = sorted((tmp_path / "ti" / "diffusers" / "text_encoder").glob("*.safetensors"))
-    assert torch.equal(stacked(pairs), sdxl_directions.vectors)
-    assert "text_encoder_2" in (tmp_path / "ti" / "README.txt").read_text()
+    assert "state['clip_g']" in (tmp_path / "ti" / "README.txt").read_text()
 
 
 def test_export_cli_writes_each_format(capsys, sdxl_directions, tmp_path):
@@ -222,5 +237,5 @@ def test_damaged_width_metadata_is_a_one_line_error(sd_directions, tmp_path):
     meta = dict(sd_directions.metadata(), token_widths="[16, 8]", model_kind="sdxl")
     path = tmp_path / "bad.safetensors"
     save_file({"directions": sd_directions.vectors}, str(path), metadata=meta)
-    with pytest.raises(NoiseCLRError, match="bad.safetensors: damaged metadata"):
+    with pytest.raises(NoiseCLRError, match="bad.safetensors: metadata field 'token_widths'"):
         Directions.load(path)

@@ -132,15 +132,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     kind = f"{directions.kind} " if directions.kind else ""
     print(f"wrote {len(written)} files to {out}/ ({directions.count} {kind}directions, format {fmt}; see {out / 'README.txt'})")
     sdxl = directions.kind == "sdxl"
-    if fmt == "textual-inversion":
-        print(f"  tokens {directions.token(0)} .. {directions.token(directions.count - 1)}")
-        where = f"{out}/diffusers/text_encoder*/" if sdxl else f"{out}/diffusers/"
-        print(f"  diffusers: pipe.load_textual_inversion(...) on {where}*.safetensors (README.txt has the lines)")
-    elif fmt == "a1111":
-        print(f"  trigger words are the file names, e.g. {directions.file_stem(0)}; copy the files into the tool's embeddings folder")
-    else:
+    stem = directions.file_stem(0)
+    if fmt in ("textual-inversion", "a1111"):
+        print(f"  one file per direction; the trigger word is the file name, e.g. {stem}: copy the files into the "
+              "tool's embeddings folder (README.txt says how to load them in diffusers)")  # fmt: skip
+    elif fmt == "diffusers":
         where = f"{out}/text_encoder/ and {out}/text_encoder_2/" if sdxl else f"{out}/"
-        print(f"  diffusers: pipe.load_textual_inversion(...) on {where}*.safetensors; token <{directions.file_stem(0)}>")
+        print(f"  diffusers: pipe.load_textual_inversion(...) on {where}*.safetensors; token <{stem}>")
+    else:
+        print(f"  tokens {directions.token(0)} .. {directions.token(directions.count - 1)} in one file, for the published "
+              "NoiseCLR code; for A1111/ComfyUI export with --format textual-inversion")  # fmt: skip
     return 0
 
 
@@ -211,13 +212,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .images import check_image_files, load_image_files, save_image
 
     started = time.monotonic()
+    runtime = _runtime(args)
     terms = _terms(args.direction)
     settings = from_args(EditSettings, args, **_edit_protocol(args, terms, EditSettings), auto_region=_auto_region(args))
-    check_image_files(args.image)  # before the model load; --out is created once there is a result
+    check_image_files(args.image, max_pixels=runtime.max_pixels)  # before the model load; --out is created once there is a result
     _check_masks(args.direction, terms, args.image)
     out = check_output_dir(args.out)
-    model = _load_model(args)
-    images = load_image_files(args.image, model.resolution)
+    model = runtime.load(args.model)
+    images = load_image_files(args.image, model.resolution, max_pixels=runtime.max_pixels)
     result = edit(model, images, terms, settings)
     ensure_output_dir(out)
     regions = result.region_images()
@@ -231,6 +233,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
           f"({settings.inversion.upper()} inversion, {settings.steps} steps)")  # fmt: skip
     for term in terms:
         print(f"  {term.describe()}")
+    if any(term.strength is not None and term.scale is not None for term in terms):
+        print("  (x...) after a strength: the raw guidance scale lambda that gives this direction that strength "
+              "(from its calibrated response; directions respond differently, so equal strengths need different lambdas)")  # fmt: skip
     if regions is not None:
         shares = ", ".join(f"{100 * float(r.mean()):.0f}%" for r in result.region)
         print(f"  localized: the edit changed {shares} of the latent grid; outside it the images are the reconstruction")
@@ -265,12 +270,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ explore
 def cmd_explore(args: argparse.Namespace) -> int:
     from .explore import ExploreSettings, explore
-    from .images import check_image_folder
+    from .images import check_image_folder, load_image_folder
 
+    runtime = _runtime(args)
     settings = from_args(ExploreSettings, args, auto_region=_auto_region(args))
-    check_image_folder(args.images)  # before the model load
-    model = _load_model(args)
-    result = explore(model, args.directions, args.images, args.out, settings)
+    check_image_folder(args.images, max_pixels=runtime.max_pixels)  # before the model load
+    model = runtime.load(args.model)
+    images = load_image_folder(args.images, model.resolution, min_count=1, max_pixels=runtime.max_pixels)
+    result = explore(model, args.directions, images, args.out, settings)
     print(f"rendered {len(result.strips)} direction strip(s) in {_seconds(result.seconds)}")
     print(f"  gallery: {result.index_html}")
     return 0
@@ -317,7 +324,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
     settings = from_args(DemoSettings, args).validate()
-    print(f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them (default sizes: about 6 min on a 2-core CPU)")
+    print(f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them "
+          "(default sizes: about 6 min on a 2-core CPU)", flush=True)  # before the libraries' loading bars
     model = _load_model(args)
     print(f"  model {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}), writing to {args.out}/", flush=True)
     result = run_demo(model, args.out, settings, reader_dir=args.readers, say=lambda text: print(text, flush=True))
@@ -353,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     add_options(g, DiscoverySettings, only=("checkpoint_every",))
-    add_options(g, RuntimeSettings, only=("gradient_checkpointing", "channels_last", "compile"))
+    add_options(g, RuntimeSettings, only=("gradient_checkpointing", "channels_last", "compile", "max_megapixels"))
     p.set_defaults(func=cmd_discover)
 
     direction_help = ("FILE:INDEX=SCALE[@START:END][#auto|#MASK] (repeatable; any mix of files, e.g. faces.safetensors:3=4@0:0.6; "
@@ -364,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", required=True, action="append", help=direction_help)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     add_options(p, EditSettings, defaults={"inversion": None, "steps": None}, default_texts=STORED_PROTOCOL_HELP)
+    add_options(p, RuntimeSettings, only=("max_megapixels",))
     add_options(p.add_argument_group("auto regions (#auto)"), AutoRegion)
     p.set_defaults(func=cmd_edit)
 
@@ -382,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, help="folder of images (the first --num-images are used)")
     p.add_argument("--out", required=True, type=Path, help="output folder (PNG strips + index.html)")
     add_options(p, ExploreSettings)
+    add_options(p, RuntimeSettings, only=("max_megapixels",))
     add_options(p.add_argument_group("auto regions (--region auto)"), AutoRegion)
     p.set_defaults(func=cmd_explore)
 
@@ -421,11 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="directions .safetensors (or any file 'info' accepts)")
     p.add_argument(
         "--format",
-        choices=["textual-inversion", "a1111", "diffusers"],  # noiseclr.directions.EXPORT_FORMATS (kept lazy: no torch import)
+        choices=["textual-inversion", "a1111", "diffusers", "noiseclr-published"],  # directions.EXPORT_FORMATS (no torch import here)
         default="textual-inversion",
-        help="textual-inversion (default): learned_embeds.bin/.safetensors with all tokens + diffusers files; "
-        "a1111: one embedding per direction for AUTOMATIC1111, ComfyUI, InvokeAI (emb_params, or clip_l/clip_g for SDXL); "
-        "diffusers: one {token: vector} file per direction (and per text encoder for SDXL) for pipe.load_textual_inversion",
+        help="textual-inversion (default): one embedding file per direction that AUTOMATIC1111, ComfyUI and diffusers "
+        "all read; a1111: one per direction in kohya's layout (emb_params, or clip_l/clip_g for SDXL) for A1111, ComfyUI, "
+        "InvokeAI; diffusers: one {token: vector} file per direction (and per text encoder for SDXL) for "
+        "pipe.load_textual_inversion; noiseclr-published: all directions in one learned_embeds.bin/.safetensors, the "
+        "published NoiseCLR code's layout (not for an embeddings folder: tools read only its first direction)",
     )
     p.add_argument("--out", type=Path, help="output folder (default: FILE-FORMAT/ beside FILE)")
     p.set_defaults(func=cmd_export)

@@ -24,6 +24,8 @@ Running it again in the same folder reuses the finished discovery run.
 from __future__ import annotations
 
 import logging
+import math
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +48,7 @@ from .measure import (
     direction_records,
     load_reader,
     prepare_split,
+    read_factors,
     reader_factor_names,
     render_and_read,
     render_pixels,
@@ -182,7 +185,9 @@ def _discovery(
             f"--out {run.parent}: its discovery run was made with other settings ({', '.join(changed)}); "
             "pick another --out folder or delete that one to start over."
         )
-    return discover(model, pixels, run, discovery, resume=True, progress=progress).directions
+    # Resume only a run that exists: a first run is not a resume (and says nothing about one).
+    resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
+    return discover(model, pixels, run, discovery, resume=resume, progress=progress).directions
 
 
 def name_directions(
@@ -192,13 +197,15 @@ def name_directions(
     settings: DemoSettings,
     *,
     progress: bool = True,
-) -> list[DirectionRecord]:
+    return_changes: bool = False,
+) -> list[DirectionRecord] | tuple[list[DirectionRecord], torch.Tensor]:
     """Apply every direction at +scale and -scale to the test faces, read them, and describe each.
 
     Returns one record per direction, measured as an axis like the benchmark does (a factor
     counts as changed on an image if either sign changed it): ``name``, ``main_factor``, the
     values it moves to under + and - (``target_value``, ``minus_value``), ``strength``,
-    ``purity``, ``changes``, ``edit_strength`` (or ``scale``), ``start``, ``end``.
+    ``purity``, ``changes``, ``edit_strength`` (or ``scale``), ``start``, ``end``. With
+    ``return_changes`` also the bool [K, 2, B, F] table: factor f of test image b changed under sign s.
     """
     from .world.factors import domain_factors
 
@@ -214,7 +221,90 @@ def name_directions(
     for record in records:
         record.set_edit(**settings.edit())
         record.images = test.count
-    return records
+    return (records, changed) if return_changes else records
+
+
+VISIBLE_LEVELS = 10
+"""A pixel counts as visibly changed when a channel moved by more than this many of 255 levels."""
+
+
+@dataclass
+class TryEdit:
+    """The first edit the demo suggests, as measured by running it the way ``noiseclr edit`` does."""
+
+    image: Path
+    index: int
+    sign: float
+    factor: str
+    before: str
+    after: str
+    visible: float
+    """Fraction of the image's pixels that changed by more than :data:`VISIBLE_LEVELS` of 255."""
+
+    def amount(self, settings: DemoSettings) -> str:
+        return f"{self.sign * settings.scale:g}" if settings.scale is not None else f"{self.sign * settings.strength:g}%"
+
+
+def pick_try_edit(
+    model: DiffusionModel,
+    directions: Directions,
+    reader: Any,
+    rows: Sequence[DirectionRecord],
+    changes: torch.Tensor,
+    images: Sequence[Path],
+    settings: DemoSettings,
+    candidates: int = 3,
+) -> TryEdit | None:
+    """An image, direction and sign whose edit a user will see, chosen from the naming table and
+    checked by running that very edit (stored protocol, ``--seed 0``, the saved PNG) and reading it.
+
+    Candidates are the clearest directions (changed x purity) on an image where naming saw their
+    factor change under that sign; the first whose checked edit changes the factor wins, else the
+    one that moved the most pixels. None when nothing moved at all."""
+    from .editing import EditSettings, edit
+    from .images import load_image_files
+    from .world.factors import domain_factors
+
+    factors = domain_factors(settings.domain)
+    names = [factor.name for factor in factors]
+    ranked = sorted((row for row in rows if row.main_factor in names),
+                    key=lambda row: -(row.strength or 0.0) * (row.purity or 0.0))[:candidates]  # fmt: skip
+    tried: list[TryEdit] = []
+    for row in ranked:
+        f = names.index(row.main_factor)
+        sign_index, image_index = _first_change(changes[row.index, :, : len(images), f])
+        sign = SIGNS[sign_index]
+        pixels = load_image_files([images[image_index]], model.resolution)
+        protocol = EditSettings(steps=settings.edit_steps, inversion=settings.inversion, seed=0)
+        result = edit(model, pixels, [settings.term(directions, row.index, sign)], protocol, progress=False)
+        before, after = (read_factor_values(reader, t, factors)[0][f] for t in (result.reconstruction, result.edited))
+        moved = (result.edited - result.reconstruction).abs().amax(dim=1) * 127.5 > VISIBLE_LEVELS
+        tried.append(TryEdit(images[image_index], row.index, sign, row.main_factor, before, after, float(moved.float().mean())))
+        if before != after:
+            return tried[-1]
+    best = max(tried, key=lambda t: t.visible, default=None)
+    return best if best is not None and best.visible > 0 else None
+
+
+def _first_change(changed: torch.Tensor) -> tuple[int, int]:
+    """(sign, image) of the first True in [2, B] (image-major: an image the user sees first), else (0, 0)."""
+    hits = changed.t().nonzero()
+    return (int(hits[0, 1]), int(hits[0, 0])) if len(hits) else (0, 0)
+
+
+def read_factor_values(reader: Any, pixels: torch.Tensor, factors: Sequence[Any]) -> list[list[str]]:
+    """The reader's value names per image and factor, for pixels [B, 3, S, S] in [-1, 1]."""
+    indices = read_factors(reader, pixels)
+    return [[factor.values[int(i)] for factor, i in zip(factors, row)] for row in indices]
+
+
+def vae_round_trip_psnr(model: DiffusionModel, pixels: torch.Tensor) -> float:
+    """PSNR (dB) of images against their VAE round trip decode(encode(x)): what every edit's
+    "unedited reconstruction" costs even when the inversion is exact in the latents."""
+    with torch.no_grad():
+        recon = model.decode_latents(model.encode_images(pixels)).float().cpu().clamp(-1, 1)
+    mse = float(((recon - pixels.float()) / 2).square().mean())
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
 
 
 def _also(record: DirectionRecord, limit: int = 2) -> str:
@@ -259,8 +349,36 @@ def duplicate_note(directions: Directions) -> str:
             "(a negative cosine: with opposite signs), so one of each pair adds nothing.")  # fmt: skip
 
 
+def _columns(settings: DemoSettings) -> str:
+    """What the table's columns mean, one short line each (a terminal is about 100 characters wide)."""
+    amount = ("the calibrated strength, the same for every direction: its term changes the model's noise prediction by "
+              "that percent of its norm, tried with both signs (stored as the direction's default)"
+              if settings.scale is None else "the raw lambda, tried with both signs (stored as the direction's default)")  # fmt: skip
+    entries = [
+        ("name", "the factor it changes; +value: what + moves it to, -value: what - moves it to; ±value: both signs "
+                 "move it there; '(mixed)': no single value"),
+        ("strength" if settings.scale is None else "scale", amount),
+        ("changed", "fraction of the test images where that factor changed, under either sign, vs. the unedited "
+                    "reconstruction"),
+        ("purity", "that change over all changes (1.00 = nothing else changed)"),
+        ("also changes", "other factors it moved"),
+        ("strip", "its gallery image"),
+    ]  # fmt: skip
+    lines = ["Columns:"]
+    for name, meaning in entries:
+        lines += textwrap.wrap(meaning, width=98, initial_indent=f"  {name:<13} ", subsequent_indent=" " * 16)
+    return "\n".join(lines)
+
+
 def _explanation(
-    model: DiffusionModel, settings: DemoSettings, out: Path, rows: Sequence[DirectionRecord], named: bool, why_unnamed: str
+    model: DiffusionModel,
+    settings: DemoSettings,
+    out: Path,
+    rows: Sequence[DirectionRecord],
+    named: bool,
+    why_unnamed: str,
+    try_edit: TryEdit | None = None,
+    vae_psnr: float | None = None,
 ) -> tuple[str, str]:
     """(intro, next steps) text around the table."""
     subject = "faces" if settings.domain == "faces" else "cats"
@@ -286,21 +404,25 @@ def _explanation(
             "smile, ...) before and after, and each direction is named after the factor it changed most and the values it "
             "moved it to."
         )
-        intro.append(
-            "Columns: name = factor (+value: what + moves it to, -value: what - moves it to; ±value: both signs move it there; '(mixed)': no single value); "
-            + ("strength = the calibrated strength, the same for every direction: its term changes the model's noise "
-               "prediction by that percent of its norm, tried with both signs (stored as the direction's default); "
-               if settings.scale is None else
-               "scale = the raw lambda, tried with both signs (stored as the direction's default); ")
-            + "changed = fraction of the test images where that factor changed, under either sign, vs. the unedited "
-            "reconstruction; purity = that change over all changes (1.00 = nothing else changed); also changes = other "
-            "factors it moved; strip = its gallery image."
-        )
+        intro.append(_columns(settings))
     else:
         intro.append(f"The directions are unnamed: {why_unnamed}")
-    # Suggest the clearest direction, not index 0 (which may have no visible effect).
-    best = max(rows, key=lambda row: (row.strength or 0.0) * (row.purity or 0.0), default=None)
-    first = best.index if best else 0
+    if vae_psnr is not None:
+        intro.append(
+            f"The '0' column is the unedited reconstruction: DDPM inversion gives back the image's latents exactly, but "
+            f"the VAE's round trip costs detail (PSNR {vae_psnr:.1f} dB against the test {subject}: small features such "
+            "as open mouths and curls come back softer)."
+        )
+    if try_edit is not None:
+        image, first, amount = try_edit.image, try_edit.index, f"={try_edit.amount(settings)}"
+        if try_edit.before != try_edit.after:
+            seen = f"{try_edit.factor} {try_edit.before} -> {try_edit.after}"
+        else:
+            seen = f"{try_edit.factor} looks unchanged to the reader"
+        measured = f"measured: {seen}, {100 * try_edit.visible:.0f}% of the pixels change visibly"
+    else:
+        # Unnamed: the clearest guess is the first direction and image with the stored setting.
+        image, first, amount, measured = out / "test-images" / (subject[:-1] + "-000.png"), 0, "", "not measured"
     files = [
         f"Files in {out}/:",
         f"  gallery/index.html       open in a browser: one strip per direction (rows: test {subject}; columns: input, "
@@ -309,9 +431,9 @@ def _explanation(
         "  summary.md, summary.json this table",
         "  train-images/, test-images/   the rendered images; run/: the discovery run (loss.csv, checkpoints)",
         "Try next:",
-        f"  noiseclr edit{model_flag} --image {out / 'test-images' / (subject[:-1] + '-000.png')} "
-        f"--direction {out / 'directions.safetensors'}:{first} --out {out / 'edited'}   (uses the stored scale, "
-        f"{settings.inversion.upper()} inversion and {settings.edit_steps} steps: what the table measured)",
+        f"  noiseclr edit{model_flag} --image {image} --direction {out / 'directions.safetensors'}:{first}{amount} "
+        f"--out {out / 'edited'}",
+        f"      ({measured}; {settings.inversion.upper()} inversion and {settings.edit_steps} steps as stored: what the table measured)",
         f"  noiseclr explore{model_flag} --directions {out / 'directions.safetensors'} --images {out / 'test-images'} "
         f"--out {out / 'explore'}   (0, ±1 and ±2 times the stored scale; {settings.inversion.upper()}, {settings.edit_steps} steps, as stored)",
         f"  noiseclr demo{model_flag} --out {out} --steps {settings.steps * 2}   (continues this discovery run for longer)",
@@ -369,7 +491,7 @@ def run_demo(
             log.warning("cannot name the directions: %s", exc)
     if reader is not None:
         say(f"[3/4] naming each direction: +/-{settings.amount()} on {settings.naming_images} test {settings.domain}, read by the factor reader")
-        rows = name_directions(model, directions, reader, settings, progress=progress)
+        rows, changes = name_directions(model, directions, reader, settings, progress=progress, return_changes=True)
         annotated = annotate_directions(
             model, directions, rows, domain=settings.domain, source="noiseclr demo", protocol=settings.protocol(),
             extra={"reader": "shipped" if reader_dir is None else str(reader_dir), "images": settings.naming_images,
@@ -405,10 +527,12 @@ def run_demo(
     )
     for row, strip in zip(rows, gallery.strips):
         row.strip = str(strip.relative_to(out))
+    try_edit = pick_try_edit(model, named_file, reader, rows, changes, test_paths, settings) if reader is not None else None
+    vae_psnr = vae_round_trip_psnr(model, test_pixels)
     stage("gallery", clock)
 
     seconds = time.monotonic() - started
-    intro, files = _explanation(model, settings, out, rows, reader is not None, why_unnamed)
+    intro, files = _explanation(model, settings, out, rows, reader is not None, why_unnamed, try_edit, vae_psnr)
     axes = duplicate_note(named_file)
     table = summary_table(rows) + (f"\n{axes}" if axes else "")
     text = f"{intro}\n\n{table}\n\n{files}\n\nDone in {seconds / 60:.1f} min."
@@ -424,6 +548,8 @@ def run_demo(
             "named": reader is not None,
             "directions_file": str(directions_path),
             "duplicates": (named_file.calibration or {}).get("duplicates", []),
+            "vae_round_trip_psnr_db": round(vae_psnr, 2),
+            "try_edit": None if try_edit is None else {**asdict(try_edit), "image": str(try_edit.image)},
             "gallery": str(gallery.index_html),
             "directions": [row.to_json() for row in rows],
             "timings_seconds": timings,

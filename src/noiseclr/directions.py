@@ -46,7 +46,9 @@ so only their widths are checked against a model):
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,10 +66,12 @@ FORMAT = "noiseclr.directions"
 FORMAT_VERSION = 1
 TENSOR_KEY = "directions"
 
-EXPORT_FORMATS = ("textual-inversion", "a1111", "diffusers")
-"""``textual-inversion``: all tokens in learned_embeds.bin/.safetensors plus diffusers files;
-``a1111``: one file per direction for AUTOMATIC1111, ComfyUI, InvokeAI (``emb_params`` or
-``clip_l``/``clip_g``); ``diffusers``: one ``{token: vector}`` file per direction and encoder."""
+EXPORT_FORMATS = ("textual-inversion", "a1111", "diffusers", "noiseclr-published")
+"""``textual-inversion``: one file per direction that A1111, ComfyUI and diffusers all read;
+``a1111``: one file per direction in kohya's layout (``emb_params`` or ``clip_l``/``clip_g``) for
+AUTOMATIC1111, ComfyUI, InvokeAI; ``diffusers``: one ``{token: vector}`` file per direction and
+encoder; ``noiseclr-published``: all K in one learned_embeds.bin/.safetensors (the published code's
+layout, for that code only)."""
 
 SDXL_KEYS = ("clip_l", "clip_g")
 """kohya's keys for SDXL's two encoders (CLIP ViT-L, OpenCLIP ViT-bigG)."""
@@ -153,9 +157,9 @@ class Directions:
         return f"direction {index}"
 
     def token(self, index: int) -> str:
-        """Token string used when exporting to textual inversion, e.g. ``<faces-3>``."""
-        prefix = re.sub(r"[^a-z0-9]+", "-", (self.domain or "noiseclr").lower()).strip("-") or "noiseclr"
-        return f"<{prefix}-{index}>"
+        """Direction ``index``'s prompt token in every export, e.g. ``<003-glasses-yes-no>``: its file stem
+        in angle brackets, so one direction has one name whichever format a user picked."""
+        return f"<{self.file_stem(index)}>"
 
     def file_stem(self, index: int) -> str:
         """File name (without suffix) of direction ``index`` in per-direction exports, e.g.
@@ -281,6 +285,10 @@ class Directions:
     def load(cls, path: str | Path) -> Directions:
         """Read a noiseclr directions file or a textual-inversion file (.safetensors/.bin/.pt)."""
         path = Path(path)
+        if path.is_dir():
+            inside = sorted(p.name for p in path.glob("*.safetensors"))[:3]
+            hint = f" such as {path / inside[0]}" if inside else ""
+            raise NoiseCLRError(f"{path}: is a folder; pass a directions file inside it{hint}.")
         if not path.is_file():
             raise NoiseCLRError(f"{path}: no such directions file; check the path.")
         if path.suffix == ".safetensors":
@@ -289,49 +297,50 @@ class Directions:
                 return cls._from_noiseclr(path, tensors, meta)
             return cls._from_textual_inversion(path, tensors)
         if path.suffix in (".bin", ".pt", ".pth"):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same user error
-                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
-                raise NoiseCLRError(
-                    f"{path}: not a readable textual-inversion file ({first}); only plain tensor dicts load safely."
-                ) from None
-            return cls._from_textual_inversion(path, state)
+            return cls._from_textual_inversion(path, load_tensor_file(path))
         raise NoiseCLRError(f"{path}: unknown directions file type; expected .safetensors, .bin or .pt.")
 
     @classmethod
     def _from_noiseclr(cls, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Directions:
-        version = int(meta.get("format_version", "0") or 0)
+        field = _MetadataReader(path, meta)
+        version = field.integer("format_version", default=0, least=0)
         if version > FORMAT_VERSION:
             raise NoiseCLRError(
                 f"{path}: format version {version} is newer than this noiseclr understands ({FORMAT_VERSION}); upgrade noiseclr."
             )
-        if TENSOR_KEY not in tensors:
+        vectors = tensors.get(TENSOR_KEY)
+        if vectors is None:
             raise NoiseCLRError(f"{path}: has noiseclr metadata but no '{TENSOR_KEY}' tensor; the file is damaged.")
-        try:
-            vectors = tensors[TENSOR_KEY]
-            # Files from before SDXL support are SD files: one encoder, the whole row.
-            widths = json.loads(meta["token_widths"]) if meta.get("token_widths") else [int(vectors.shape[-1])]
-            kind = meta.get("model_kind")
-            if kind is not None and KINDS.get(len(widths)) != kind:
-                raise ValueError(f"model_kind {kind!r} does not match token_widths {widths}")
-            return cls(
-                vectors=vectors,
-                model_id=meta.get("model", ""),
-                fingerprint=json.loads(meta["fingerprint"]) if meta.get("fingerprint") else None,
-                token_widths=widths,
-                fingerprint_2=json.loads(meta["fingerprint_2"]) if meta.get("fingerprint_2") else None,
-                max_length=int(meta["max_length"]) if meta.get("max_length") else None,
-                names=json.loads(meta["names"]) if meta.get("names") else None,
-                domain=meta.get("domain", ""),
-                settings=json.loads(meta.get("settings") or "{}"),
-                edit_defaults=json.loads(meta["edit_defaults"]) if meta.get("edit_defaults") else None,
-                calibration=json.loads(meta["calibration"]) if meta.get("calibration") else None,
-                source=meta.get("source", "noiseclr"),
-                path=path,
+        if vectors.ndim != 2 or not vectors.is_floating_point():
+            raise NoiseCLRError(
+                f"{path}: tensor '{TENSOR_KEY}' is {vectors.dtype} of shape {list(vectors.shape)}; expected a float "
+                "[K, width] matrix -- the file is damaged, re-export the directions."
             )
-        except (ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise NoiseCLRError(f"{path}: damaged metadata ({exc}); re-export the directions.") from None
+        count, width = int(vectors.shape[0]), int(vectors.shape[1])
+        if count == 0:
+            raise NoiseCLRError(f"{path}: holds no directions (0 rows); discover or export directions into it first.")
+        # Files from before SDXL support are SD files: one encoder, the whole row.
+        widths = field.json("token_widths", list, default=[width])
+        if not (len(widths) in KINDS and all(_is_int(w) and w > 0 for w in widths) and sum(widths) == width):
+            raise field.bad("token_widths", widths, f"1 or 2 positive widths that add up to the row width {width}")
+        kind = field.choice("model_kind", tuple(KINDS.values()), default=None)
+        if kind is not None and KINDS[len(widths)] != kind:
+            raise field.bad("model_kind", kind, f"{KINDS[len(widths)]!r}, as token_widths {widths} say")
+        return cls(
+            vectors=vectors,
+            model_id=meta.get("model", ""),
+            fingerprint=field.json("fingerprint", dict, default=None),
+            token_widths=widths,
+            fingerprint_2=field.json("fingerprint_2", dict, default=None),
+            max_length=field.integer("max_length", default=None, least=1),
+            names=field.names(count),
+            domain=meta.get("domain", ""),
+            settings=field.json("settings", dict, default={}),
+            edit_defaults=field.edit_defaults(count),
+            calibration=field.calibration(count),
+            source=meta.get("source", "noiseclr"),
+            path=path,
+        )
 
     @classmethod
     def _from_textual_inversion(cls, path: Path, state: Any) -> Directions:
@@ -350,47 +359,68 @@ class Directions:
         return {self.token(i): self.vectors[i].clone() for i in range(self.count)}
 
     def export(self, folder: str | Path, format: str = "textual-inversion") -> list[Path]:
-        """Write ``format`` (one of :data:`EXPORT_FORMATS`) to ``folder``; returns the files written."""
+        """Write ``format`` (one of :data:`EXPORT_FORMATS`) to ``folder``; returns the files written.
+
+        Every format but ``noiseclr-published`` writes one direction per file: embeddings folders
+        (ComfyUI searches their subfolders too) must never hold a file whose first term a tool
+        takes silently while it drops the rest."""
         writers = {
             "textual-inversion": self.export_textual_inversion,
             "a1111": self.export_a1111,
             "diffusers": self.export_diffusers,
+            "noiseclr-published": self.export_published,
         }
         if format not in writers:
             raise NoiseCLRError(f"--format {format}: unknown export format; use one of {', '.join(EXPORT_FORMATS)}.")
+        if self.count == 0:
+            raise NoiseCLRError(f"{self.path or 'directions'}: holds no directions; there is nothing to export.")
         return writers[format](folder)
 
     def export_textual_inversion(self, folder: str | Path) -> list[Path]:
-        """Write textual-inversion files to ``folder``.
+        """One embedding file per direction, ``<file_stem>.safetensors``, in the layout that
+        AUTOMATIC1111, ComfyUI and diffusers all read: ``{"<file_stem>": [W]}`` (SD) or
+        ``{"clip_l": [1, W1], "clip_g": [1, W2]}`` (SDXL)."""
+        if self.kind == "sdxl":
+            return self.export_a1111(folder, title="textual-inversion")
+        folder = Path(folder)
+        stems = [self.file_stem(i) for i in range(self.count)]
+        written = self._write_diffusers(folder, stems)
+        stem = stems[0]
+        readme = (
+            f"{self.count} NoiseCLR directions as textual-inversion embeddings (model: {self.model_id or 'unknown'}),\n"
+            f'one file per direction, layout {{"<{stem}>": [{self.width}]}}. The trigger word is the file name.\n\n'
+            + _a1111_comfy_howto(stem)
+            + "diffusers:\n"
+            + _diffusers_howto(".", f"<{stem}>", sdxl=False)
+            + f"\nFiles:\n{self._listing()}\n\n{_TOKEN_NOTE}"
+        )
+        written.append(atomic_write_text(folder / "README.txt", readme))
+        return written
 
-        * ``learned_embeds.bin`` / ``learned_embeds.safetensors``: all tokens in one dict, as
-          the published NoiseCLR code writes them (SDXL: whole ``[d_1 | d_2]`` rows, which only
-          noiseclr reads back);
-        * ``diffusers/<token>.safetensors``: one token per file, the layout
-          ``StableDiffusionPipeline.load_textual_inversion`` reads (SDXL: ``diffusers/text_encoder/``
-          and ``diffusers/text_encoder_2/``, see :meth:`export_diffusers`).
-        """
+    def export_published(self, folder: str | Path) -> list[Path]:
+        """``learned_embeds.bin`` / ``learned_embeds.safetensors``: all K tokens in one dict, as the
+        published NoiseCLR code writes them (SDXL: whole ``[d_1 | d_2]`` rows, which only noiseclr
+        reads back). Not for an embeddings folder: A1111 refuses such a file and ComfyUI quietly
+        uses its first token only."""
         folder = Path(folder)
         tokens = self.to_textual_inversion()
         written = [
             atomic_save_safetensors(folder / "learned_embeds.safetensors", tokens),
             atomic_write(folder / "learned_embeds.bin", lambda tmp: torch.save(tokens, tmp)),
         ]
-        stems = [token.strip("<>") for token in tokens]
-        written += self._write_diffusers(folder / "diffusers", stems, list(tokens))
-        listing = "\n".join(f"  {t}  {self.names[i] if self.names else ''}" for i, t in enumerate(tokens))
-        first = next(iter(tokens))
+        sdxl_note = " (SDXL: each vector is [clip_l | clip_g]; noiseclr reads it back)" if self.kind == "sdxl" else ""
         readme = (
-            f"Textual-inversion export of {self.count} NoiseCLR directions (model: {self.model_id or 'unknown'}).\n\n"
-            "learned_embeds.bin / learned_embeds.safetensors: all tokens in one {token: vector} dict, the\n"
-            "published NoiseCLR layout" + (" (SDXL: each vector is [clip_l | clip_g]; noiseclr reads it back)" if self.kind == "sdxl" else "") + ".\n\n"
-            "diffusers:\n" + _diffusers_howto("diffusers", first, self.kind == "sdxl") + "\n"
-            f"Tokens:\n{listing}\n\n{_TOKEN_NOTE}"
+            f"The published NoiseCLR code's layout: {self.count} directions (model: {self.model_id or 'unknown'}) as\n"
+            f"one {{token: vector}} dict in learned_embeds.bin / learned_embeds.safetensors{sdxl_note}.\n\n"
+            "Do not copy these files into an AUTOMATIC1111 or ComfyUI embeddings folder: A1111 refuses a file\n"
+            "with several terms and ComfyUI uses only the first. For those tools export with\n"
+            "--format textual-inversion (one file per direction).\n\n"
+            f"Tokens:\n{self._listing(tokens=True)}\n"
         )
         written.append(atomic_write_text(folder / "README.txt", readme))
         return written
 
-    def export_a1111(self, folder: str | Path) -> list[Path]:
+    def export_a1111(self, folder: str | Path, title: str = "a1111") -> list[Path]:
         """One embedding file per direction, ``<file_stem>.safetensors``, for AUTOMATIC1111, ComfyUI
         and InvokeAI: ``{"emb_params": [1, W]}`` (SD) or ``{"clip_l": [1, W1], "clip_g": [1, W2]}`` (SDXL)."""
         folder = Path(folder)
@@ -410,12 +440,12 @@ class Directions:
         readme = (
             f"{self.count} NoiseCLR directions as textual-inversion embeddings (model: {self.model_id or 'unknown'}),\n"
             f"one file per direction, layout {layout}. The trigger word is the file name.\n\n"
-            f"AUTOMATIC1111 / Forge: copy the files into stable-diffusion-webui/embeddings/ and write the name in a\n"
-            f"    prompt: 'a portrait, {stem}'; strength by prompt weighting: '({stem}:1.3)'.\n"
-            f"ComfyUI: copy them into ComfyUI/models/embeddings/ and write 'embedding:{stem}' in the prompt.\n"
-            f"InvokeAI: install the files (Model Manager, or the autoimport folder) and write '<{stem}>'.\n"
-            "diffusers:\n"
+            + _a1111_comfy_howto(stem)
+            + f"InvokeAI: install the files (Model Manager, or the autoimport folder) and write '<{stem}>'.\n"
+            + "diffusers:\n"
             + (
+                "    # An SDXL file holds one tensor per text encoder: pass each to its encoder (passing the\n"
+                "    # file path itself fails, as diffusers expects one tensor per file).\n"
                 "    from safetensors.torch import load_file\n"
                 f"    state = load_file('{stem}.safetensors')\n"
                 f"    pipe.load_textual_inversion(state['clip_l'], token='<{stem}>', text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)\n"
@@ -430,10 +460,10 @@ class Directions:
 
     def export_diffusers(self, folder: str | Path) -> list[Path]:
         """One ``{"<file_stem>": vector}`` file per direction, as ``pipe.load_textual_inversion`` reads;
-        SDXL: one per encoder, in ``text_encoder/`` and ``text_encoder_2/``."""
+        SDXL: one per encoder, ``text_encoder/<stem>-clip_l`` and ``text_encoder_2/<stem>-clip_g``."""
         folder = Path(folder)
         stems = [self.file_stem(i) for i in range(self.count)]
-        written = self._write_diffusers(folder, stems, [f"<{stem}>" for stem in stems])
+        written = self._write_diffusers(folder, stems)
         readme = (
             f"{self.count} NoiseCLR directions in the diffusers textual-inversion layout "
             f"(model: {self.model_id or 'unknown'}).\n\n"
@@ -443,19 +473,26 @@ class Directions:
         written.append(atomic_write_text(folder / "README.txt", readme))
         return written
 
-    def _write_diffusers(self, folder: Path, stems: list[str], tokens: list[str]) -> list[Path]:
+    def _write_diffusers(self, folder: Path, stems: list[str]) -> list[Path]:
         written = []
-        for index, (stem, token) in enumerate(zip(stems, tokens)):
+        for index, stem in enumerate(stems):
+            token = f"<{stem}>"
             if self.kind == "sdxl":
-                for sub, part in zip(DIFFUSERS_SDXL_FOLDERS, self.parts(index)):
-                    written.append(atomic_save_safetensors(folder / sub / f"{stem}.safetensors", {token: part.clone()}))
+                # Distinct file names per encoder: ComfyUI looks embeddings up by file name across
+                # subfolders, so two equal names would make its pick depend on directory order.
+                for sub, key, part in zip(DIFFUSERS_SDXL_FOLDERS, SDXL_KEYS, self.parts(index)):
+                    path = folder / sub / f"{stem}-{key}.safetensors"
+                    written.append(atomic_save_safetensors(path, {token: part.clone()}))
             else:
                 written.append(atomic_save_safetensors(folder / f"{stem}.safetensors", {token: self.vectors[index].clone()}))
         return written
 
-    def _listing(self) -> str:
+    def _listing(self, tokens: bool = False) -> str:
+        def name(i: int) -> str:
+            return self.token(i) if tokens else self.file_stem(i)
+
         return "\n".join(
-            f"  {self.file_stem(i)}  {self.names[i] if self.names and self.names[i] else ''}".rstrip() for i in range(self.count)
+            f"  {name(i)}  {self.names[i] if self.names and self.names[i] else ''}".rstrip() for i in range(self.count)
         )
 
 
@@ -465,6 +502,14 @@ _TOKEN_NOTE = (
     "guidance term eps(c_0) + scale * (eps(c_k) - eps(c_0)) with a scale and a window of steps. Expect\n"
     "related but different (often weaker or mixed) effects; noiseclr edit/generate give the paper's edits.\n"
 )
+
+
+def _a1111_comfy_howto(stem: str) -> str:
+    return (
+        "AUTOMATIC1111 / Forge: copy the files into stable-diffusion-webui/embeddings/ and write the name in a\n"
+        f"    prompt: 'a portrait, {stem}'; strength by prompt weighting: '({stem}:1.3)'.\n"
+        f"ComfyUI: copy them into ComfyUI/models/embeddings/ and write 'embedding:{stem}' in the prompt.\n"
+    )
 
 
 def _diffusers_howto(where: str, token: str, sdxl: bool) -> str:
@@ -482,6 +527,137 @@ def _diffusers_howto(where: str, token: str, sdxl: bool) -> str:
         f"    pipe.load_textual_inversion(sorted(glob.glob('{where}/*.safetensors')))\n"
         f"    image = pipe('a photo, {token}').images[0]\n"
     )
+
+
+def load_tensor_file(path: Path) -> Any:
+    """A ``.bin``/``.pt`` file read with ``torch.load(weights_only=True)``: plain tensors and
+    containers only, so a pickle that would run code is refused, never executed."""
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the Python object a pickle asked for ("unsupported GLOBAL ..."); anything else
+        # it could not unpickle is simply not a tensor file.
+        if "global" in str(exc).lower():
+            raise NoiseCLRError(
+                f"{path}: refused: it holds Python objects besides tensors, and noiseclr loads only plain tensor files "
+                "(unpickling can run code). If you trust its source, convert it to safetensors once: "
+                f"python -c \"import torch; from safetensors.torch import save_file; "
+                f"save_file({{k: v.contiguous() for k, v in torch.load('{path}', weights_only=False).items()}}, "
+                f"'{path.with_suffix('.safetensors')}')\""
+            ) from None
+        raise NoiseCLRError(f"{path}: not a readable tensor file (not a torch.save file); check the path or re-export it.") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError):
+        raise NoiseCLRError(f"{path}: not a readable tensor file (damaged or of another type); check the path or re-export it.") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+EDIT_DEFAULT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "scale": (lambda v: v is None or _is_number(v), "a number"),
+    "strength": (lambda v: v is None or _is_number(v), "a number (percent)"),
+    "start": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
+    "end": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
+    "inversion": (lambda v: v is None or v in ("ddim", "ddpm"), "'ddim' or 'ddpm'"),
+    "steps": (lambda v: v is None or (_is_int(v) and v >= 1), "a whole number of at least 1"),
+}
+"""What each known key of an ``edit_defaults`` entry must hold (other keys are kept, unread)."""
+
+
+class _MetadataReader:
+    """Reads a directions file's string metadata field by field; a bad value is one line naming the
+    file, the field and what was expected (files can come from anywhere, edited by hand or hostile)."""
+
+    def __init__(self, path: Path, meta: dict[str, str]):
+        self.path, self.meta = path, meta
+
+    def bad(self, name: str, value: Any, expected: str) -> NoiseCLRError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return NoiseCLRError(
+            f"{self.path}: metadata field '{name}' is {shown}; expected {expected} -- the file is damaged or was "
+            "edited by hand: re-export the directions."
+        )
+
+    def integer(self, name: str, default: Any, least: int) -> Any:
+        text = self.meta.get(name)
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise self.bad(name, text, f"a whole number of at least {least}") from None
+        if value < least:
+            raise self.bad(name, text, f"a whole number of at least {least}")
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], default: Any) -> Any:
+        text = self.meta.get(name)
+        if text is None:
+            return default
+        if text not in options:
+            raise self.bad(name, text, " or ".join(repr(o) for o in options))
+        return text
+
+    def json(self, name: str, kind: type, default: Any) -> Any:
+        text = self.meta.get(name)
+        if not text:
+            return default
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            raise self.bad(name, text, f"JSON (a {kind.__name__})") from None
+        if not isinstance(value, kind):
+            raise self.bad(name, value, f"a JSON {'object' if kind is dict else kind.__name__}")
+        return value
+
+    def names(self, count: int) -> list[str] | None:
+        names = self.json("names", list, default=None)
+        if names is not None and (len(names) != count or not all(n is None or isinstance(n, str) for n in names)):
+            raise self.bad("names", names, f"a list of {count} names (strings)")
+        return None if names is None else [n or "" for n in names]
+
+    def edit_defaults(self, count: int) -> list[dict[str, Any] | None] | None:
+        entries = self.json("edit_defaults", list, default=None)
+        if entries is None:
+            return None
+        if len(entries) != count:
+            raise self.bad("edit_defaults", f"{len(entries)} entries", f"one entry per direction ({count})")
+        for index, entry in enumerate(entries):
+            if entry is None:
+                continue
+            where = f"edit_defaults[{index}]"
+            if not isinstance(entry, dict):
+                raise self.bad(where, entry, "a JSON object such as {\"strength\": 3, \"start\": 0, \"end\": 1}")
+            for key, (ok, expected) in EDIT_DEFAULT_FIELDS.items():
+                if key in entry and not ok(entry[key]):
+                    raise self.bad(f"{where}.{key}", entry[key], expected)
+            if entry.get("start", 0.0) > entry.get("end", 1.0):
+                raise self.bad(f"{where}.start", entry["start"], f"at most its end ({entry.get('end', 1.0)})")
+        return entries
+
+    def calibration(self, count: int) -> dict[str, Any] | None:
+        record = self.json("calibration", dict, default=None)
+        if record is None:
+            return None
+        response = record.get("response")
+        if not (isinstance(response, list) and len(response) == count and all(_is_number(r) and r >= 0 for r in response)):
+            raise self.bad("calibration.response", response, f"a list of {count} non-negative numbers (one per direction)")
+        pairs = record.get("duplicates", [])
+        if not (isinstance(pairs, list) and all(
+            isinstance(p, list) and len(p) == 3 and _is_int(p[0]) and _is_int(p[1]) and _is_number(p[2])
+            and 0 <= p[0] < count and 0 <= p[1] < count for p in pairs
+        )):  # fmt: skip
+            raise self.bad("calibration.duplicates", pairs, f"a list of [i, j, cos] with direction indices below {count}")
+        return record
 
 
 def _slug(text: str) -> str:
@@ -546,21 +722,29 @@ def sdxl_pair_vectors(state: Any, path: Path | str = "file") -> tuple[list[str],
     return names, torch.cat(parts, dim=1), [int(parts[0].shape[1]), int(parts[1].shape[1])]
 
 
+def _sdxl_partner_paths(path: Path) -> tuple[Path, Path]:
+    """Both files of the diffusers SDXL pair that ``path`` belongs to (they may not exist)."""
+    root, suffix = path.parent.parent, path.suffix
+    own_key = SDXL_KEYS[DIFFUSERS_SDXL_FOLDERS.index(path.parent.name)]
+    if path.stem.endswith(f"-{own_key}"):
+        stem = path.stem[: -len(own_key) - 1]
+        return tuple(root / sub / f"{stem}-{key}{suffix}" for sub, key in zip(DIFFUSERS_SDXL_FOLDERS, SDXL_KEYS))
+    return tuple(root / sub / path.name for sub in DIFFUSERS_SDXL_FOLDERS)
+
+
 def _diffusers_sdxl_pair(path: Path, state: Any) -> tuple[list[str], torch.Tensor, list[int]] | None:
-    """The diffusers SDXL layout: ``text_encoder/NAME`` + ``text_encoder_2/NAME``, named by either file."""
+    """The diffusers SDXL layout: ``text_encoder/STEM-clip_l`` + ``text_encoder_2/STEM-clip_g`` (or,
+    as noiseclr 0.1.0 wrote them, the same NAME in both folders), named by either file."""
     if path.parent.name not in DIFFUSERS_SDXL_FOLDERS:
         return None
-    first, second = (path.parent.parent / sub / path.name for sub in DIFFUSERS_SDXL_FOLDERS)
+    first, second = _sdxl_partner_paths(path)
     other = second if path.parent.name == DIFFUSERS_SDXL_FOLDERS[0] else first
     if not other.is_file():
         return None  # a lone file: imported as plain vectors, checked by width
     if path.suffix == ".safetensors":
         other_state, _ = read_safetensors(other, "the file is damaged or of another type.")
     else:
-        try:
-            other_state = torch.load(other, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001
-            raise NoiseCLRError(f"{other}: not a readable textual-inversion file; re-export the directions.") from None
+        other_state = load_tensor_file(other)
     states = (state, other_state) if other == second else (other_state, state)
     (names, part_1), (_, part_2) = (textual_inversion_vectors(st, p) for st, p in zip(states, (first, second)))
     if len(part_1) != len(part_2):

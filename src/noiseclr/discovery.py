@@ -436,11 +436,11 @@ def _responses_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _prepare_pixels(
-    images: str | Path | ImageSet | torch.Tensor, model: DiffusionModel, needed: int, flag: str
+    images: str | Path | ImageSet | torch.Tensor, model: DiffusionModel, needed: int, flag: str, max_pixels: int
 ) -> tuple[torch.Tensor, str]:
     """Pixels [M, 3, S, S] in [-1, 1] and a description of where they came from."""
     if isinstance(images, (str, Path)):
-        image_set = load_image_folder(images, model.resolution, min_count=needed, flag=flag)
+        image_set = load_image_folder(images, model.resolution, min_count=needed, flag=flag, max_pixels=max_pixels)
         return image_set.pixels, str(images)
     if isinstance(images, ImageSet):
         pixels, source = images.pixels, f"{len(images)} images"
@@ -611,7 +611,7 @@ def discover(
         )
     global_batch = settings.batch_size * procs.size
     if isinstance(images, (str, Path)):
-        check_image_folder(images, min_count=global_batch, flag="--images")
+        check_image_folder(images, min_count=global_batch, flag="--images", max_pixels=runtime.max_pixels)
     checkpoint, unreadable = latest_checkpoint(run_dir) if resume else (None, [])
     if checkpoint is None and unreadable:
         _refuse_unreadable(run_dir, unreadable)
@@ -632,7 +632,7 @@ def discover(
             "%d processes x %s %d = %d images per micro-batch",
             procs.size, flag(DiscoverySettings, "batch_size"), settings.batch_size, global_batch,
         )  # fmt: skip
-    pixels, image_source = _prepare_pixels(images, model, global_batch, "--images")
+    pixels, image_source = _prepare_pixels(images, model, global_batch, "--images", runtime.max_pixels)
     num_images = int(pixels.shape[0])
     fingerprint = image_fingerprint(pixels)
 

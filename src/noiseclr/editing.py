@@ -674,6 +674,7 @@ def regenerate(
     callback: StepCallback | None = None,
     auto_region: AutoRegion | None = None,
     return_regions: bool = False,
+    desc: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Render every edit variant of every inverted image; returns latents [E, B, C, h, w].
 
@@ -720,7 +721,7 @@ def regenerate(
         eta=inversion.eta,
         max_batch=max_batch,
         progress=progress,
-        desc=f"editing ({inversion.method})",
+        desc=desc or f"editing ({inversion.method})",
         callback=callback,
         regions=plan,
         on_regions=lambda step, union: final.update(union=union),
@@ -743,11 +744,12 @@ def render_edits(
     progress: bool = True,
     auto_region: AutoRegion | None = None,
     return_regions: bool = False,
+    desc: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`regenerate` and decode: pixels [E, B, 3, S, S] in [-1, 1], float32 on the CPU (and the
-    regions [E, B, h, w] with ``return_regions``)."""
+    regions [E, B, h, w] with ``return_regions``). ``desc`` labels the progress bar."""
     latents, maps = regenerate(model, inversion, edits, image_indices=image_indices, max_batch=max_batch,
-                               progress=progress, auto_region=auto_region, return_regions=True)  # fmt: skip
+                               progress=progress, auto_region=auto_region, return_regions=True, desc=desc)  # fmt: skip
     flat = latents.reshape(-1, *latents.shape[2:])
     pixels = model.decode_latents(flat, batch_size=decode_batch).cpu()
     pixels = pixels.view(*latents.shape[:2], *pixels.shape[1:])
@@ -759,9 +761,10 @@ class EditSettings:
     """How :func:`edit` inverts and denoises."""
 
     steps: int = option(50, flag="--steps", help="inversion and denoising steps", type=positive_int)
-    inversion: str = option("ddim", flag="--inversion", help="ddim or ddpm (edit-friendly, exact reconstruction)",
+    inversion: str = option("ddim", flag="--inversion", help="ddim or ddpm (edit-friendly: reconstructs the latents exactly; "
+                            "the VAE round trip still softens fine detail)",
                             choices=list(INVERSION_METHODS))  # fmt: skip
-    """``"ddim"`` (deterministic, approximate reconstruction) or ``"ddpm"`` (edit-friendly, exact)."""
+    """``"ddim"`` (deterministic, approximate reconstruction) or ``"ddpm"`` (edit-friendly, exact in the latents)."""
     seed: int = option(0, flag="--seed", help="seed of the DDPM inversion's noise", default_text="")
     """Seeds the DDPM inversion's noise draws."""
     max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,

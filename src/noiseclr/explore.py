@@ -221,8 +221,10 @@ def explore(
         compared = [index for index in chunk if region is not None and _strongest(columns_of[index])[0] != 0]
         edits += [[_term(directions, index, _strongest(columns_of[index]), _window_for(directions, index, settings))]
                   for index in compared]  # fmt: skip
+        shown = ", ".join(str(index) for index in chunk)
         rendered, regions = (render_edits(model, inversion, edits, max_batch=settings.max_batch, progress=progress,
-                                          auto_region=settings.auto_region, return_regions=True)
+                                          auto_region=settings.auto_region, return_regions=True,
+                                          desc=f"strips of direction{'s' if len(chunk) > 1 else ''} {shown}")
                              if edits else (None, None))  # fmt: skip
         for index in chunk:
             columns: list[torch.Tensor] = [pixels]
@@ -243,10 +245,10 @@ def explore(
             path = save_image(grid, out / f"direction-{index:03d}.png")
             strips.append(path)
             stored = settings.scales is None and settings.strengths is None
-            command = edit_command(model, directions, index, images.paths[0] if images.paths else None, out,
+            commands = edit_command(model, directions, index, images.paths[0] if images.paths else None, out,
                                    columns_of[index], (start, end), inversion_method, steps, stored,
                                    region=settings.region)  # fmt: skip
-            cards.append(_card(directions, index, path.name, command))
+            cards.append(_card(directions, index, path.name, commands))
     page = _page(directions, model, names, cards, inversion_method, steps, settings.scales is None and settings.strengths is None,
                  region=region)
     index_html = atomic_write_text(out / "index.html", page)
@@ -265,36 +267,43 @@ def edit_command(
     steps: int,
     stored_setting: bool,
     region: str | None = None,
-) -> str:
-    """A ``noiseclr edit`` command that applies direction ``index`` as its strip does (its strongest
-    column, or the stored setting; with its region), runnable from the gallery folder (paths relative to it)."""
+) -> list[str]:
+    """``noiseclr edit`` commands that apply direction ``index`` as its strip does (its strongest
+    column, or the stored setting; with its region), with + and with -, runnable from the gallery
+    folder (paths relative to it)."""
 
     def here(path: Path) -> str:
         return os.path.relpath(Path(path).resolve(), Path(gallery).resolve())
 
     source = here(directions.path) if directions.path else "directions.safetensors"
     has_stored = bool((directions.edit_defaults or [None] * directions.count)[index])
+    window_part = f"@{window[0]:g}:{window[1]:g}" if window != (0.0, 1.0) else ""
     if stored_setting and has_stored:
-        spec = f"{source}:{index}"
+        stored = directions.edit_defaults[index]
+        amount, unit = (stored["strength"], "strength") if stored.get("strength") is not None else (stored.get("scale"), "scale")
+        specs = [f"{source}:{index}"]  # the stored setting itself; its opposite below (an amount drops the stored window)
+        if amount is not None:
+            specs.append(f"{source}:{index}={-float(amount):g}{'%' if unit == 'strength' else ''}{window_part}")
     else:
         amount, unit = max(columns, key=lambda column: abs(column[0]))
-        spec = f"{source}:{index}={amount:g}{'%' if unit == 'strength' else ''}"
-        if window != (0.0, 1.0):
-            spec += f"@{window[0]:g}:{window[1]:g}"
+        specs = [f"{source}:{index}={sign * abs(amount):g}{'%' if unit == 'strength' else ''}{window_part}" for sign in (1, -1)]
     if region is not None:
-        spec += "#auto" if region == "auto" else f"#{here(Path(region))}"
+        mark = "#auto" if region == "auto" else f"#{here(Path(region))}"
+        specs = [spec + mark for spec in specs]
     parts = ["noiseclr edit"]
     if model.name != "noiseclr/embedded-base":
         parts.append(f"--model {shlex.quote(model.name)}")
-    parts += [f"--image {shlex.quote(here(image)) if image else 'IMAGE.png'}", f"--direction {shlex.quote(spec)}",
-              f"--inversion {inversion}", f"--steps {steps}", "--out edited"]  # fmt: skip
-    return " ".join(parts)
+    parts.append(f"--image {shlex.quote(here(image)) if image else 'IMAGE.png'}")
+    tail = [f"--inversion {inversion}", f"--steps {steps}", "--out edited"]
+    # Both signs: a direction is an axis, and one sign may already be where an image is.
+    return [" ".join([*parts, f"--direction {shlex.quote(spec)}", *tail]) for spec in specs]
 
 
-def _card(directions: Directions, index: int, image: str, command: str) -> str:
+def _card(directions: Directions, index: int, image: str, commands: Sequence[str]) -> str:
+    shown = "<br>".join(f"<code>{html.escape(command)}</code>" for command in commands)
     return (
         f'<figure id="d{index}"><figcaption><b>{html.escape(directions.label(index))}</b><br>'
-        f"<code>{html.escape(command)}</code></figcaption>"
+        f"{shown}</figcaption>"
         f'<a href="{html.escape(image)}"><img src="{html.escape(image)}" loading="lazy" alt="direction {index}"></a></figure>'
     )
 

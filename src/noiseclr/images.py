@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,10 @@ from .fileio import atomic_write
 
 log = logging.getLogger("noiseclr")
 
-MAX_PIXELS = 1_000_000_000
-"""Largest image accepted (Pillow's own default bomb limit is ~179 MP)."""
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Largest image accepted (``--max-megapixels`` raises it): checked from the header, before any
+pixel is decoded, so a small file that declares a huge canvas costs no memory. The models here
+work at 128 to 1024 px, so 64 MP (8000 x 8000) is already far more than any edit uses."""
 
 SMALL_IMAGE_FACTOR = 4
 """An image whose short side is below ``resolution / SMALL_IMAGE_FACTOR`` is upscaled more than
@@ -88,24 +89,44 @@ def tensor_to_pil(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
 
 
-def open_image(path: Path, min_side: int = 1024) -> Image.Image:
-    """Open and fully decode ``path``; raises ``OSError``/``ValueError`` for non-images.
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than the limit."""
+
+
+def _check_size(handle: Image.Image, max_pixels: int) -> None:
+    width, height = handle.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{width}x{height} pixels = {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:g} MP limit; "
+            "shrink it, or pass --max-megapixels to allow it"
+        )
+
+
+class _header_only:
+    """Pillow with our size check instead of its bomb check (which only refuses above twice its
+    limit, and warns below): ``Image.open`` reads headers only, so the check runs before decoding."""
+
+    def __enter__(self):
+        self.previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        return self
+
+    def __exit__(self, *exc):
+        Image.MAX_IMAGE_PIXELS = self.previous
+        return False
+
+
+def open_image(path: Path, min_side: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and fully decode ``path``; raises ``OSError``/``ValueError`` for non-images and
+    :class:`ImageTooLarge` (a ``ValueError``) for images over ``max_pixels``, before decoding.
 
     Huge JPEGs are decoded at a reduced scale that still keeps both sides >= ``min_side``.
     """
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as handle:
-                handle.draft("RGB", (min_side, min_side))
-                handle.load()
-                return handle.copy()
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"larger than {MAX_PIXELS // 1_000_000} megapixels") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    with _header_only(), Image.open(path) as handle:
+        _check_size(handle, max_pixels)
+        handle.draft("RGB", (min_side, min_side))
+        handle.load()
+        return handle.copy()
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
@@ -113,18 +134,18 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     return _load_sized(Path(path), size)[0]
 
 
-def _load_sized(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    image = to_rgb(open_image(path, min_side=size))
+def _load_sized(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, tuple[int, int]]:
+    image = to_rgb(open_image(path, min_side=size, max_pixels=max_pixels))
     return pil_to_tensor(fit_square(image, size)), image.size
 
 
-def _try_load(path: Path, size: int) -> tuple[torch.Tensor | None, str, tuple[int, int]]:
+def _try_load(path: Path, size: int, max_pixels: int) -> tuple[torch.Tensor | None, str, tuple[int, int]]:
     try:
-        tensor, original = _load_sized(path, size)
+        tensor, original = _load_sized(path, size, max_pixels)
         return tensor, "", original
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
         reason = "not an image" if isinstance(exc, Image.UnidentifiedImageError) else (str(exc) or "unreadable")
-        return None, reason.splitlines()[0][:120], (0, 0)
+        return None, reason.splitlines()[0][:160], (0, 0)
 
 
 def _warn_small(small: list[tuple[Path, tuple[int, int]]], size: int, flag: str) -> None:
@@ -144,23 +165,17 @@ def _is_small(original: tuple[int, int], size: int) -> bool:
     return min(original) * SMALL_IMAGE_FACTOR < size
 
 
-def _image_header(path: Path) -> str:
-    """'' when Pillow recognises ``path`` as an image from its header (no decoding), else why not."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+def _image_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """'' when Pillow recognises ``path`` as an image of at most ``max_pixels`` from its header (no
+    decoding), else why not."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path):
-                return ""
+        with _header_only(), Image.open(path) as handle:
+            _check_size(handle, max_pixels)
+            return ""
     except Image.UnidentifiedImageError:
         return "not an image"
-    except Image.DecompressionBombError:
-        return f"larger than {MAX_PIXELS // 1_000_000} megapixels"
     except (OSError, ValueError, SyntaxError) as exc:
-        return (str(exc) or "unreadable").splitlines()[0][:120]
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        return (str(exc) or "unreadable").splitlines()[0][:160]
 
 
 def _folder_candidates(folder: Path, min_count: int, flag: str) -> list[Path]:
@@ -168,9 +183,16 @@ def _folder_candidates(folder: Path, min_count: int, flag: str) -> list[Path]:
         raise NoiseCLRError(f"{flag} {folder}: no such folder; pass a folder of images.")
     if not folder.is_dir():
         raise NoiseCLRError(f"{flag} {folder}: not a folder; pass a folder of images.")
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not candidates:
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    candidates = [p for p in entries if p.is_file()]  # follows links; a broken or looping one is not a file
+    if not entries:
         raise NoiseCLRError(f"{flag} {folder}: the folder is empty; put at least {min_count} images in it.")
+    if not candidates:
+        shown = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise NoiseCLRError(
+            f"{flag} {folder}: holds no files, only {len(entries)} folder(s) or broken/looping link(s) ({shown}); "
+            f"put at least {min_count} images directly in it."
+        )
     return candidates
 
 
@@ -181,13 +203,15 @@ def _too_few(flag: str, kept: int, skipped: int, min_count: int) -> NoiseCLRErro
     )
 
 
-def check_image_folder(folder: str | Path, *, min_count: int = 1, flag: str = "--images") -> int:
+def check_image_folder(
+    folder: str | Path, *, min_count: int = 1, flag: str = "--images", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> int:
     """What :func:`load_image_folder` checks, from the files' headers alone (cheap, before any model
     is loaded): the folder exists and holds at least ``min_count`` files Pillow recognises as images.
     Returns that count. A file whose header is fine but whose pixels are damaged is found later."""
     folder = Path(folder)
     candidates = _folder_candidates(folder, min_count, flag)
-    usable = sum(not _image_header(path) for path in candidates)
+    usable = sum(not _image_header(path, max_pixels) for path in candidates)
     if usable < min_count:
         raise _too_few(f"{flag} {folder}", usable, len(candidates) - usable, min_count)
     return usable
@@ -200,26 +224,36 @@ def _check_file(path: Path, flag: str) -> None:
         raise NoiseCLRError(f"{flag} {path}: no such file; check the path.")
 
 
-def check_image_files(paths: Sequence[str | Path], *, flag: str = "--image") -> None:
+def _unusable(flag: str, path: Path, reason: str) -> NoiseCLRError:
+    if "MP limit" in reason:  # _check_size's message already says what to do
+        return NoiseCLRError(f"{flag} {path}: {reason}.")
+    return NoiseCLRError(f"{flag} {path}: cannot read it as an image ({reason}); pass a PNG, JPEG or similar.")
+
+
+def check_image_files(paths: Sequence[str | Path], *, flag: str = "--image", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """What :func:`load_image_files` checks, from the files' headers alone (before any model is loaded)."""
     if not paths:
         raise NoiseCLRError(f"{flag}: no images given; pass at least one image file.")
     for raw in paths:
         path = Path(raw)
         _check_file(path, flag)
-        reason = _image_header(path)
+        reason = _image_header(path, max_pixels)
         if reason:
-            raise NoiseCLRError(f"{flag} {path}: cannot read it as an image ({reason}); pass a PNG, JPEG or similar.")
+            raise _unusable(flag, path, reason)
 
 
-def load_image_folder(folder: str | Path, size: int, *, min_count: int = 1, flag: str = "--images") -> ImageSet:
+def load_image_folder(
+    folder: str | Path, size: int, *, min_count: int = 1, flag: str = "--images", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageSet:
     """All readable images directly in ``folder`` (sorted by name; hidden files ignored)."""
     folder = Path(folder)
     candidates = _folder_candidates(folder, min_count, flag)
-    return _load_many(candidates, size, min_count=min_count, flag=f"{flag} {folder}")
+    return _load_many(candidates, size, min_count=min_count, flag=f"{flag} {folder}", max_pixels=max_pixels)
 
 
-def load_image_files(paths: Sequence[str | Path], size: int, *, flag: str = "--image") -> ImageSet:
+def load_image_files(
+    paths: Sequence[str | Path], size: int, *, flag: str = "--image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageSet:
     """Explicitly named images: a missing or unreadable one is an error, not a warning. A folder is
     refused too (name its files): the edit outputs are named after each input file."""
     if not paths:
@@ -228,9 +262,9 @@ def load_image_files(paths: Sequence[str | Path], size: int, *, flag: str = "--i
     for raw in paths:
         path = Path(raw)
         _check_file(path, flag)
-        tensor, reason, original = _try_load(path, size)
+        tensor, reason, original = _try_load(path, size, max_pixels)
         if tensor is None:
-            raise NoiseCLRError(f"{flag} {path}: cannot read it as an image ({reason}); pass a PNG, JPEG or similar.")
+            raise _unusable(flag, path, reason)
         tensors.append(tensor)
         kept.append(path)
         if _is_small(original, size):
@@ -239,12 +273,12 @@ def load_image_files(paths: Sequence[str | Path], size: int, *, flag: str = "--i
     return ImageSet(torch.stack(tensors), kept)
 
 
-def _load_many(candidates: list[Path], size: int, *, min_count: int, flag: str) -> ImageSet:
+def _load_many(candidates: list[Path], size: int, *, min_count: int, flag: str, max_pixels: int) -> ImageSet:
     from tqdm.auto import tqdm
 
     tensors, kept, skipped, small = [], [], [], []
     for path in tqdm(candidates, desc="reading images", unit="img", leave=False, disable=len(candidates) < 50):
-        tensor, reason, original = _try_load(path, size)
+        tensor, reason, original = _try_load(path, size, max_pixels)
         if tensor is None:
             skipped.append((path, reason))
         else:
@@ -306,16 +340,18 @@ def make_grid(
     text_h = font_px + 6
     left = (max(len(label) for label in row_labels) * font_px * 0.6 + 2 * pad) if row_labels else 0
     left = int(left)
-    top = (text_h if column_labels else 0) + (text_h + 2 if title else 0)
     columns = max(len(r) for r in rows)
     width = left + columns * (cell_w + pad) + pad
+    title_lines = wrap_text(title, font, width - 2 * pad) if title else []
+    top = (text_h if column_labels else 0) + len(title_lines) * text_h + (2 if title_lines else 0)
     height = top + len(rows) * (cell_h + pad) + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     y0 = pad
-    if title:
-        draw.text((pad, y0), title, fill=(0, 0, 0), font=font)
-        y0 += text_h + 2
+    for line in title_lines:
+        draw.text((pad, y0), line, fill=(0, 0, 0), font=font)
+        y0 += text_h
+    y0 += 2 if title_lines else 0
     if column_labels:
         for c, label in enumerate(column_labels):
             draw.text((left + pad + c * (cell_w + pad), y0), label, fill=(60, 60, 60), font=font)
@@ -326,3 +362,20 @@ def make_grid(
         for c, image in enumerate(row):
             canvas.paste(image.convert("RGB").resize((cell_w, cell_h)), (left + pad + c * (cell_w + pad), y))
     return canvas
+
+
+def wrap_text(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels in ``font`` (a single word
+    wider than that is cut), so a long title stays inside its image."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines: list[str] = []
+    for word in text.split():
+        while measure(word, font=font) > width and len(word) > 1:
+            cut = max(1, int(len(word) * width / measure(word, font=font)))
+            lines.append(word[:cut])
+            word = word[cut:]
+        if lines and measure(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines

@@ -367,7 +367,16 @@ class DiffusionModel:
                 )
         except NoiseCLRError:
             raise
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken folder fails in many library-specific ways
+            if isinstance(source, Path):
+                damaged = damaged_weights(source)
+                if damaged is not None:
+                    raise NoiseCLRError(
+                        f"--model {name}: {damaged[0]} cannot be loaded ({damaged[1]}); restore that file or re-save "
+                        "the pipeline with save_pretrained."
+                    ) from None
+            elif not isinstance(exc, (OSError, ValueError)):
+                raise
             what = "an SDXL" if sdxl else "a Stable Diffusion"
             raise NoiseCLRError(load_failure(exc, name, what, hub=not isinstance(source, Path))) from None
         display = "noiseclr/embedded-base" if name == EMBEDDED else name
@@ -779,6 +788,34 @@ def _model_index(source: str | Path, name: str, revision: str | None, local_file
             return dict(DiffusionPipeline.load_config(name, revision=revision, local_files_only=bool(local_files_only)))
     except Exception:  # noqa: BLE001 - from_pretrained gives the user-facing error
         return {}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def damaged_weights(folder: Path) -> tuple[Path, str] | None:
+    """The first weight file of a pipeline folder that cannot be read safely, and why (None: all fine).
+
+    Called after a load failed, to name the file: safetensors headers are checked without reading
+    the tensors, other files with ``torch.load(weights_only=True)``, which refuses pickled code.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            except (SafetensorError, OSError, ValueError) as exc:
+                return path, f"damaged or not a safetensors file: {str(exc).splitlines()[0][:120]}"
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the answer
+            if "global" in str(exc).lower():
+                return path, "a pickle holding Python objects: noiseclr never unpickles those, as that can run code; use safetensors weights"
+            return path, "damaged or not a torch weights file"
+    return None
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

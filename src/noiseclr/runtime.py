@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .options import check_count, option
+from .options import check_count, check_positive, option
 
 if TYPE_CHECKING:
     from .model import DiffusionModel
@@ -43,11 +43,21 @@ class RuntimeSettings:
     gradient_checkpointing: bool = option(False, flag="--gradient-checkpointing", help="recompute UNet activations (saves memory)")
     channels_last: bool = option(False, flag="--channels-last", help="channels-last memory format (GPU)")
     compile: bool = option(False, flag="--compile", help="torch.compile the UNet (GPU)")
+    max_megapixels: float = option(
+        64.0, flag="--max-megapixels", type=float, metavar="MP",
+        help="refuse input images larger than this, from their header before decoding (a small file can declare a huge canvas)",
+    )  # fmt: skip
 
     def validate(self) -> RuntimeSettings:
         if self.threads is not None:
             check_count(self.threads, "--threads", why="must be a whole number of at least 1 (CPU threads).")
+        check_positive(self.max_megapixels, "--max-megapixels", "megapixels, e.g. 64")
         return self
+
+    @property
+    def max_pixels(self) -> int:
+        """The image-size limit in pixels."""
+        return int(self.max_megapixels * 1_000_000)
 
     def apply_threads(self) -> None:
         """Set torch's CPU threads when asked (a no-op otherwise)."""
