@@ -5,8 +5,8 @@
 #
 # Idempotent: uses the active virtual environment if there is one, else creates (once) and uses
 # ./.venv; installs torch==2.13.0 only when no torch is importable (a CUDA build you installed
-# yourself is kept; on Linux without an NVIDIA GPU it comes from PyTorch's CPU index, falling back
-# to the default index; TORCH_INDEX_URL overrides); installs this checkout with `pip install -e .`
+# yourself is kept; scripts/install_torch.sh takes it from PyTorch's CPU index on Linux without an
+# NVIDIA GPU, falling back to the default index with one line; TORCH_INDEX_URL overrides); installs this checkout with `pip install -e .`
 # only when `noiseclr` does not already import from it; and the demo reuses its finished
 # discovery run in demo-output/ (written in the directory you run this from).
 set -euo pipefail
@@ -25,21 +25,7 @@ fi
 echo "quickstart: using $(command -v python) ($(python --version 2>&1))"
 
 if ! python -c "import torch" >/dev/null 2>&1; then
-    # On Linux without an NVIDIA GPU, PyTorch's CPU wheels: the plain PyPI wheel there is the
-    # CUDA build, several GB of GPU libraries. TORCH_INDEX_URL overrides (pypi: the plain wheel).
-    index="${TORCH_INDEX_URL:-}"
-    if [ -z "$index" ] && [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then
-        index=https://download.pytorch.org/whl/cpu
-    fi
-    if [ -n "$index" ] && [ "$index" != pypi ]; then
-        echo "quickstart: installing torch==2.13.0 from $index"
-        python -m pip install torch==2.13.0 --index-url "$index" --retries 2 \
-            || { echo "quickstart: $index failed; installing torch==2.13.0 from the default index"
-                 python -m pip install torch==2.13.0; }
-    else
-        echo "quickstart: installing torch==2.13.0"
-        python -m pip install torch==2.13.0
-    fi
+    bash "$root/scripts/install_torch.sh"  # the CPU build on Linux without an NVIDIA GPU; one line if it falls back
 fi
 
 installed_from="$(python -c 'import noiseclr, pathlib; print(pathlib.Path(noiseclr.__file__).resolve().parent)' 2>/dev/null || true)"

@@ -79,6 +79,21 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     code, info, _ = run_info(capsys, out / "directions.safetensors")
     assert code == 0 and "factor_annotations=(noiseclr demo, 3 directions" in info and directions.names[0] in info
     assert max(len(line) for line in info.splitlines()) < 1500
+    # A first run says nothing about --resume; the explanation is in terminal-width lines.
+    assert "--resume" not in err
+    explanation = printed[printed.index("Columns:") : printed.index("#  name")]
+    assert max(len(line) for line in explanation.splitlines()) <= 100
+    # The VAE round trip is reported, and the first suggested edit was run and measured.
+    assert 5 < summary["vae_round_trip_psnr_db"] < 80 and "latents\nexactly" in printed.replace(" ", "\n")
+    tried = summary["try_edit"]
+    if tried is not None:
+        assert 0 < tried["visible"] <= 1 and tried["factor"] in factor_names("faces")
+        sign = "-" if tried["sign"] < 0 else ""
+        assert f"directions.safetensors:{tried['index']}={sign}{DemoSettings().strength:g}%" in printed
+        assert tried["image"].endswith(".png") and "measured:" in printed
+    # Gallery captions give both signs of each direction.
+    page = (out / "gallery" / "index.html").read_text()
+    assert page.count("noiseclr edit") == 2 * 3 and "=-" in page
 
     # Running it again reuses the finished discovery.
     def no_discovery(*args, **kwargs):

@@ -440,7 +440,9 @@ def _explanation(
         f"  noiseclr bench{model_flag} --domain {settings.domain} --out bench-{settings.domain}   "
         "(the measured benchmark; hours on a CPU)",
     ]
-    return "\n".join(intro), "\n".join(files)
+    # Paragraphs wrapped to a terminal's width; the columns block is wrapped already.
+    paragraphs = [p if p.startswith("Columns:") else textwrap.fill(p, width=100) for p in intro]
+    return "\n".join(paragraphs), "\n".join(files)
 
 
 def run_demo(
