@@ -461,7 +461,7 @@ def test_bench_resume_reuses_finished_methods(faces_run, monkeypatch):
 
 def test_bench_evaluates_given_files_including_textual_inversion(faces_run, tmp_path):
     model, out, _, _ = faces_run
-    exported = Directions.load(out / "noiseclr-single" / "directions.safetensors").export_textual_inversion(tmp_path / "ti")
+    exported = Directions.load(out / "noiseclr-single" / "directions.safetensors").export_published(tmp_path / "ti")
     learned = next(p for p in exported if p.name == "learned_embeds.bin")
     result = run_bench(model, "faces", tmp_path / "files", tiny_settings(methods=()),
                        directions_files={"file:learned_embeds": learned}, readers=doubles("faces"), progress=False)  # fmt: skip

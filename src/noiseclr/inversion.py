@@ -211,7 +211,7 @@ def invert(
 ) -> Inversion:
     """Invert clean latents ``[B, C, h, w]`` (from ``model.encode_images``) to noise, with the null prompt.
 
-    ``method`` is ``"ddim"`` (deterministic, approximate) or ``"ddpm"`` (edit-friendly, exact;
+    ``method`` is ``"ddim"`` (deterministic, approximate) or ``"ddpm"`` (edit-friendly, exact in the latents;
     its random draws come from ``generator``, a CPU ``torch.Generator``; seed 0 if None).
     ``max_batch`` caps the UNet rows per call.
     """
