@@ -432,7 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _root_parser() -> argparse.ArgumentParser:
+    """Only the options that need no subcommand: answers ``--version`` before the settings
+    classes (and torch, which their modules import) are loaded."""
+    parser = argparse.ArgumentParser(prog="noiseclr", add_help=False)
+    parser.add_argument("--version", action="version", version=f"noiseclr {__version__}")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--version" in argv[:1]:
+        _root_parser().parse_args(argv[:1])
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
