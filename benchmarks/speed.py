@@ -484,7 +484,8 @@ def edit_benchmark(model: Any, steps: int, repeats: int, warmup: int, seed: int 
     """Encode, DDIM-invert, edit with 1 and 3 directions, decode: one image at the model's resolution."""
     from noiseclr.directions import Directions
     from noiseclr.discovery import initial_directions
-    from noiseclr.editing import DirectionTerm, regenerate
+    from noiseclr.editing import regenerate
+    from noiseclr.terms import DirectionTerm
     from noiseclr.inversion import invert
 
     device = model.device

@@ -33,8 +33,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "model": ("EMBEDDED", "DiffusionModel"),
     "regions": ("AutoRegion", "Region"),
     "runtime": ("RuntimeSettings",),
-    "editing": ("EditResult", "EditSettings", "GenerateResult", "GenerateSettings", "edit", "generate",
-                "DirectionTerm", "PromptTerm", "parse_direction_spec"),
+    "editing": ("EditResult", "EditSettings", "GenerateResult", "GenerateSettings", "edit", "generate"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -60,20 +59,11 @@ if TYPE_CHECKING:  # what static tools see: the eager imports
     from .demo import DemoResult, DemoSettings, run_demo
     from .directions import Directions
     from .discovery import DiscoveryResult, DiscoverySettings, discover
-    from .editing import (
-        DirectionTerm,
-        EditResult,
-        EditSettings,
-        GenerateResult,
-        GenerateSettings,
-        PromptTerm,
-        edit,
-        generate,
-        parse_direction_spec,
-    )
+    from .editing import EditResult, EditSettings, GenerateResult, GenerateSettings, edit, generate
     from .errors import NoiseCLRError
     from .explore import ExploreResult, ExploreSettings, explore
     from .inversion import invert
     from .model import EMBEDDED, DiffusionModel
     from .regions import AutoRegion, Region
     from .runtime import RuntimeSettings
+    from .terms import DirectionTerm, PromptTerm, parse_direction_spec

@@ -165,7 +165,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ edit/generate
 def _terms(specs: Sequence[str]):
-    from .editing import parse_direction_spec
+    from .terms import parse_direction_spec
 
     loaded: dict = {}
     return [parse_direction_spec(spec, loaded) for spec in specs]
@@ -173,7 +173,7 @@ def _terms(specs: Sequence[str]):
 
 def _edit_protocol(args: argparse.Namespace, terms: Sequence, cls: type) -> dict:
     """--inversion/--steps as given, else as stored with the directions, else the settings' defaults."""
-    from .editing import EDIT_PROTOCOL_KEYS, stored_edit_protocol
+    from .terms import EDIT_PROTOCOL_KEYS, stored_edit_protocol
 
     stored = stored_edit_protocol(terms)
     return {name: getattr(args, name) if getattr(args, name) is not None else stored.get(name, field_default(cls, name))

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from .directions import Directions
-from .editing import DirectionTerm, render_edits
+from .editing import render_edits
+from .terms import DirectionTerm
 from .errors import NoiseCLRError
 from .fileio import atomic_write_text, ensure_output_dir
 from .images import ImageSet, load_image_folder, make_grid, save_image, tensor_to_pil
