@@ -23,7 +23,7 @@ import torch
 
 from .directions import Directions
 from .discovery import DiscoverySettings, discover, finished_run
-from .terms import DirectionTerm, EditTerm, PromptTerm
+from .terms import DirectionTerm, EditTerm, PromptTerm, stored_defaults
 from .errors import NoiseCLRError
 from .fileio import atomic_write_json, ensure_output_dir
 from .images import make_grid, save_image, tensor_to_pil
@@ -695,7 +695,7 @@ def run_cross_domain(
     def term(part: str, index: int, sign: float, region: str | None = None) -> DirectionTerm:
         directions, records, _ = loaded[part]
         record = records[index]
-        defaults = (directions.edit_defaults or [None] * directions.count)[index] or record
+        defaults = stored_defaults(directions, index) or record
         window = (float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0)))
         if defaults.get("strength") is not None and defaults is not record:  # an edit strength (edit_defaults)
             return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["strength"])), region=region)

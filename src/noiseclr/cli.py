@@ -173,11 +173,10 @@ def _terms(specs: Sequence[str]):
 
 def _edit_protocol(args: argparse.Namespace, terms: Sequence, cls: type) -> dict:
     """--inversion/--steps as given, else as stored with the directions, else the settings' defaults."""
-    from .terms import EDIT_PROTOCOL_KEYS, stored_edit_protocol
+    from .terms import EDIT_PROTOCOL_KEYS, edit_protocol, stored_edit_protocol
 
-    stored = stored_edit_protocol(terms)
-    return {name: getattr(args, name) if getattr(args, name) is not None else stored.get(name, field_default(cls, name))
-            for name in EDIT_PROTOCOL_KEYS}  # fmt: skip
+    given = {name: getattr(args, name) for name in EDIT_PROTOCOL_KEYS}
+    return edit_protocol(given, stored_edit_protocol(terms), {name: field_default(cls, name) for name in EDIT_PROTOCOL_KEYS})
 
 
 def _auto_region(args: argparse.Namespace):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,7 +286,7 @@ def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None)
 
     start, end = window if window is not None else (0.0, 1.0)
     if scale is None and strength is None:
-        defaults = (directions.edit_defaults or [None] * directions.count)[index]
+        defaults = stored_defaults(directions, index)
         if not isinstance(defaults, dict) or (defaults.get("scale") is None and defaults.get("strength") is None):
             raise fail(f"no =SCALE or =STRENGTH% given and {file_part} has no edit defaults for direction {index}")
         if defaults.get("strength") is not None:
@@ -316,6 +316,18 @@ EDIT_PROTOCOL_KEYS = ("inversion", "steps")
 scale and window): an edit made the same way reproduces what the demo or the bench reported."""
 
 
+def stored_defaults(directions: Directions, index: int) -> dict[str, Any]:
+    """Direction ``index``'s stored ``edit_defaults`` entry: scale or strength, window, and how it was
+    measured (``{}`` when the file stores none)."""
+    return (directions.edit_defaults[index] if directions.edit_defaults else None) or {}
+
+
+def edit_protocol(given: Mapping[str, Any], stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Inversion and steps: as ``given`` (None: not given), else as ``stored`` with the directions,
+    else the ``defaults`` (:class:`~noiseclr.editing.EditSettings`')."""
+    return {key: given[key] if given.get(key) is not None else stored.get(key, defaults[key]) for key in EDIT_PROTOCOL_KEYS}
+
+
 def stored_edit_protocol(terms: Sequence[EditTerm]) -> dict[str, Any]:
     """The inversion method and step count stored with the terms' directions (``{}`` if none).
 
@@ -326,7 +338,7 @@ def stored_edit_protocol(terms: Sequence[EditTerm]) -> dict[str, Any]:
     for term in terms:
         if not isinstance(term, DirectionTerm) or not term.directions.edit_defaults:
             continue
-        stored = term.directions.edit_defaults[term.index] or {}
+        stored = stored_defaults(term.directions, term.index)
         picked = {key: stored[key] for key in EDIT_PROTOCOL_KEYS if stored.get(key) is not None}
         if picked and not found:
             found, source = picked, term.describe()
