@@ -50,14 +50,10 @@ import copy
 import gc
 import json
 import os
-import platform
-import shlex
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +61,21 @@ import torch
 
 # The published procedure's replica lives beside this script (benchmarks/published.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measuring import (  # noqa: E402
+    GIB,
+    count_flops,
+    environment,
+    load_average,
+    matmul_peak,
+    measure_memory,
+    model_storages,
+    saved_for_backward,
+    strict_float32,
+    summarize,
+    time_call,
+)
 from published import published_training_mode, reference_micro_batch_loss  # noqa: E402
+from speed_table import table  # noqa: E402
 
 ARCHS = ("sd15", "base", "tiny")
 SECTIONS = ("peak", "fast", "reference", "check", "edit", "projection")
@@ -81,55 +91,8 @@ CHECK_THRESHOLDS = {
 }
 H100_BF16_DENSE_TFLOPS = 790.0
 """bf16 dense matmul rate measured on the lent H100s (8192^3); used by ``--device meta``."""
-GIB = 2**30
 
 
-# ============================================================================ environment
-def load_average() -> str:
-    try:
-        return "/".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:  # pragma: no cover - not on Linux
-        return "n/a"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover
-        pass
-    return platform.processor() or "cpu"
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name} ({props.total_memory / GIB:.0f} GiB)"
-    if device.type == "meta":
-        return "meta (shapes only)"
-    return f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} threads ({cpu_name()})"
-
-
-def environment(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
-    import diffusers
-    import transformers
-
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/speed.py " + shlex.join(argv),
-        "device": device_description(device),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "load_average_start": load_average(),
-        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
-    }
-
-
-# ============================================================================ building
 def build_pipeline_for(arch: str, seed: int = 0, build_device: str | None = None) -> Any:
     """A randomly initialised ``StableDiffusionPipeline`` of ``arch`` (float32, on the CPU or ``build_device``)."""
     from noiseclr.architecture import build_pipeline, load_clip_tokenizer, sd15_spec, tiny_spec, write_clip_tokenizer
@@ -283,136 +246,6 @@ def compare_paths(fast_model: Any, reference_model: Any, inputs: dict[str, Any],
     return path_errors(run_fast(fast_model, inputs), run_reference(reference_model, inputs, checkpointing))
 
 
-@contextlib.contextmanager
-def strict_float32():
-    """No TF32 in matmuls or cuDNN convolutions (float32 means float32 for the equivalence checks)."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-
-
-# ============================================================================ measuring
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(
-    fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1, cpu_times: list[float] | None = None
-) -> list[float]:
-    """Seconds per call: ``warmup`` untimed calls, then ``repeats`` timed ones (CUDA events on the GPU).
-
-    On the CPU, ``cpu_times`` (if given) receives the process CPU seconds of each timed call: on a
-    shared machine, CPU seconds / threads is what the call would take on idle cores.
-    """
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(max(1, repeats)):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            began, began_cpu = time.perf_counter(), time.process_time()
-            fn()
-            times.append(time.perf_counter() - began)
-            if cpu_times is not None:
-                cpu_times.append(time.process_time() - began_cpu)
-    return times
-
-
-def summarize(times: list[float], cpu_times: list[float] | None = None) -> dict[str, Any]:
-    summary = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs_s": times}
-    if cpu_times:
-        summary["cpu_s_median"] = statistics.median(cpu_times)
-        summary["threads"] = torch.get_num_threads()
-    return summary
-
-
-def saved_for_backward(fn: Callable[[], Any], exclude: set[int]) -> int:
-    """Bytes of the distinct tensors autograd keeps for the backward while ``fn`` runs (storages in ``exclude`` not counted).
-
-    Tensors saved inside non-reentrant checkpointed regions are not seen (they are recomputed).
-    """
-    sizes: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in exclude:
-            sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(sizes.values())
-
-
-def model_storages(model: Any) -> set[int]:
-    return {t.untyped_storage().data_ptr() for module in (model.unet, model.text_encoder, model.vae) for t in module.state_dict().values()}
-
-
-def model_bytes(model: Any) -> int:
-    return sum(t.numel() * t.element_size() for module in (model.unet, model.text_encoder, model.vae) for t in module.state_dict().values())
-
-
-def measure_memory(fn: Callable[[], Any], device: torch.device, model: Any) -> dict[str, Any]:
-    """Memory of one call: the CUDA allocator's peak on the GPU; on the CPU the activations kept
-    for the backward (saved-tensor hooks; RSS says little once the allocator has cached memory)."""
-    gc.collect()
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        resident = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        return {"kind": "cuda max_memory_allocated", "peak_gib": peak / GIB, "resident_gib": resident / GIB, "step_gib": (peak - resident) / GIB}
-    saved = saved_for_backward(fn, model_storages(model))
-    return {"kind": "saved for backward", "saved_gib": saved / GIB, "weights_gib": model_bytes(model) / GIB}
-
-
-def count_flops(fn: Callable[[], Any]) -> dict[str, Any]:
-    """FLOPs of ``fn`` by ``FlopCounterMode``, attention through the math kernel (counted as matmuls)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        fn()
-    by_op = {str(op): int(value) for op, value in counter.get_flop_counts().get("Global", {}).items()}
-    return {"total": int(counter.get_total_flops()), "by_op": by_op}
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int, calls: int = 10) -> dict[str, Any]:
-    """Dense matmul rate of the device (median over ``repeats`` timings of ``calls`` back-to-back matmuls)."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device, dtype)
-    b = torch.randn(size, size, generator=generator).to(device, dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-
-    def run() -> None:
-        for _ in range(calls):
-            torch.mm(a, b, out=out)
-
-    times = time_call(run, device, repeats, warmup=1)
-    rates = [2 * size**3 * calls / t / 1e12 for t in times]
-    return {
-        "dtype": str(dtype).replace("torch.", ""),
-        "size": size,
-        "tflops_median": statistics.median(rates),
-        "tflops_max": max(rates),
-        "load_average": load_average(),
-    }
-
-
 def saved_bytes_per_image(model: Any) -> dict[str, Any]:
     """Bytes one image keeps for the backward of the grad UNet call (fast path, no checkpointing)."""
     inputs = micro_batch_inputs(model, 1, 1)
@@ -484,7 +317,8 @@ def edit_benchmark(model: Any, steps: int, repeats: int, warmup: int, seed: int 
     """Encode, DDIM-invert, edit with 1 and 3 directions, decode: one image at the model's resolution."""
     from noiseclr.directions import Directions
     from noiseclr.discovery import initial_directions
-    from noiseclr.editing import DirectionTerm, regenerate
+    from noiseclr.editing import regenerate
+    from noiseclr.terms import DirectionTerm
     from noiseclr.inversion import invert
 
     device = model.device
@@ -778,134 +612,6 @@ def equivalence_check(
             result["fast_float32"] = guarded(device, fast_float32)
             result["reference_half"] = guarded(device, reference_half)
     return result
-
-
-# ============================================================================ report
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.2f} h"
-    if seconds >= 120:
-        return f"{seconds / 60:.1f} min"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    return f"{seconds * 1e3:.1f} ms"
-
-
-def _fmt_flop(flop: float) -> str:
-    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
-        if flop >= scale:
-            return f"{flop / scale:.3f} {unit}"
-    return f"{flop:.0f} FLOP"
-
-
-def _memory_notes(memory: dict[str, Any]) -> list[str]:
-    if "peak_gib" in memory:
-        return [f"peak {memory['peak_gib']:.2f} GiB ({memory['resident_gib']:.2f} resident before the step)"]
-    if "saved_gib" in memory:
-        return [f"activations kept {memory['saved_gib']:.2f} GiB + weights {memory['weights_gib']:.2f} GiB"]
-    return []
-
-
-def table(results: dict[str, Any]) -> str:
-    env = results["environment"]
-    settings = results["settings"]
-    rows: list[tuple[str, str, str]] = []
-    flops = results["flops"]
-    rows.append(("UNet forward, 1 image", _fmt_flop(flops["unet_forward_per_image"]),
-                 f"text encoder per direction {_fmt_flop(flops['text_encoder_per_direction'])}"))  # fmt: skip
-    rows.append((
-        f"fast micro-batch FLOPs (N={settings['batch']}, J={settings['directions']})",
-        _fmt_flop(flops["fast"]["total"]),
-        f"backward/forward of the grad rows {flops['fast_backward_over_forward']:.2f}"
-        + (f"; with checkpointing recompute {_fmt_flop(flops['fast_with_checkpointing'])}" if "fast_with_checkpointing" in flops else ""),
-    ))  # fmt: skip
-    recompute = flops.get("reference_with_checkpointing")
-    rows.append(("reference micro-batch FLOPs", _fmt_flop(flops["reference"]),
-                 f"with checkpointing recompute {_fmt_flop(recompute)}" if recompute else ""))  # fmt: skip
-    if "floor" in results:
-        floor = results["floor"]
-        rows.append((f"floor at {floor['peak_tflops']:.0f} TFLOP/s", _fmt_s(floor["fast_s"]),
-                     f"with checkpointing {_fmt_s(floor['fast_with_checkpointing_s'])}"))  # fmt: skip
-    if "peak" in results:
-        peak = results["peak"]
-        rows.append((f"matmul peak ({peak['dtype']} {peak['size']}^3)", f"{peak['tflops_median']:.3f} TFLOP/s", f"load {peak['load_average']}"))
-    if "gib_per_image" in results.get("saved_bytes", {}):
-        kept = results["saved_bytes"]["bytes_per_image"]
-        rows.append(("activations kept per image (grad call)", f"{kept / 2**20:.1f} MiB",
-                     f"{results['saved_bytes']['dtype']}; x {settings['batch'] * settings['directions']} rows = "
-                     f"{kept * settings['batch'] * settings['directions'] / GIB:.1f} GiB without checkpointing"))  # fmt: skip
-    for name, entry in results.get("fast", {}).items():
-        if "error" in entry:
-            rows.append((f"fast micro-batch N={settings['batch']}, {name}", "ERROR", entry["error"]))
-            continue
-        notes = [f"load {entry['load_average']}"]
-        if "cpu_s_median" in entry:
-            notes.append(f"CPU {entry['cpu_s_median']:.2f} s on {entry['threads']} threads")
-        notes.extend(_memory_notes(entry.get("memory", {})))
-        if settings.get("gradient_checkpointing") and "saved_gib" in entry.get("memory", {}):
-            notes.append("checkpointed: block inputs only")
-        if "achieved_tflops" in entry:
-            share = f" = {entry['share_of_peak'] * 100:.1f}% of peak" if "share_of_peak" in entry else ""
-            notes.append(f"{entry['achieved_tflops']:.3f} TFLOP/s{share}")
-        rows.append((f"fast micro-batch N={settings['batch']}, {name}", _fmt_s(entry["median_s"]), "; ".join(notes)))
-    if "optimizer_step" in results:
-        rows.append(("AdamW step (K=100)", _fmt_s(results["optimizer_step"]["median_s"]), ""))
-    if "error" in results.get("reference", {}):
-        rows.append(("reference micro-batch (published procedure)", "ERROR", results["reference"]["error"]))
-    elif "reference" in results:
-        ref = results["reference"]
-        notes = [f"load {ref['load_average']}", f"checkpointing {'on (kept: block inputs only)' if ref['checkpointing'] else 'off'}"]
-        if "cpu_s_median" in ref:
-            notes.append(f"CPU {ref['cpu_s_median']:.2f} s")
-        notes.extend(_memory_notes(ref.get("memory", {})))
-        rows.append(("reference micro-batch (published procedure)", _fmt_s(ref["median_s"]), "; ".join(notes)))
-        rows.append(("  + its per-micro-batch VAE encode", _fmt_s(ref["vae_encode"]["median_s"]), ""))
-        if "speedup" in ref:
-            rows.append(("speed-up fast vs reference", f"{ref['speedup']:.1f}x", f"{ref['speedup_with_vae_encode']:.1f}x incl. VAE encode"))
-    if "check" in results:
-        check = results["check"]
-        if "error" in check:
-            rows.append(("check fast vs reference", "ERROR", check["error"]))
-        for key in ("fast", "fast_float32"):
-            if "error" in check.get(key, {}):
-                rows.append((f"check {key.replace('_', ' ')}", "ERROR", check[key]["error"]))
-            elif key in check:
-                item = check[key]
-                rows.append((
-                    f"check {key.replace('_', ' ')} ({item['dtype']}) vs float32 reference",
-                    "PASS" if item["passed"] else "FAIL",
-                    f"loss rel {item['loss_rel_error']:.2e} (<= {item['loss_threshold']:g}), grad rel "
-                    f"{item['grad_rel_error']:.2e} (<= {item['grad_threshold']:g}), grad cos {item['grad_cosine']:.5f}",
-                ))  # fmt: skip
-        if "loss_rel_error" in check.get("reference_half", {}):
-            item = check["reference_half"]
-            rows.append((f"  floor: published procedure in {item['dtype']}", "",
-                         f"loss rel {item['loss_rel_error']:.2e}, grad rel {item['grad_rel_error']:.2e}; "
-                         f"|delta|/|eps| = {check['delta_over_eps']:.3f}"))  # fmt: skip
-    if "error" in results.get("edit", {}):
-        rows.append(("edit 1 image", "ERROR", results["edit"]["error"]))
-    elif "edit" in results:
-        edit = results["edit"]
-        parts = edit["parts"]
-        detail = ", ".join(f"{k} {_fmt_s(v['median_s'])}" for k, v in parts.items())
-        rows.append((f"edit 1 image {edit['resolution']} px, 1 direction", _fmt_s(edit["total_1_direction_s"]), detail))
-        rows.append((f"edit 1 image {edit['resolution']} px, 3 directions", _fmt_s(edit["total_3_directions_s"]), f"load {edit['load_average']}"))
-    if "projection" in results:
-        projection = results["projection"]
-        rows.append(("full default discovery (K=100, 1000x4)", _fmt_s(projection["fast_s"]), "projected, fast path"))
-        if "reference_s" in projection:
-            rows.append(("  the same, reference procedure", _fmt_s(projection["reference_s"]), "projected"))
-    width = max(len(r[0]) for r in rows)
-    value_width = max(len(r[1]) for r in rows)
-    lines = [
-        f"{env['command']}",
-        f"{env['date']}  {env['device']}  torch {env['torch']}  diffusers {env['diffusers']}  "
-        f"load {env['load_average_start']} -> {env.get('load_average_end', '?')}",
-    ]
-    lines += [f"{name:<{width}}  {value:>{value_width}}  {notes}".rstrip() for name, value, notes in rows]
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import time
 import torch
 
 from noiseclr.directions import Directions
-from noiseclr.editing import DirectionTerm
+from noiseclr.terms import DirectionTerm
 from noiseclr.measure import EditProtocol, load_reader, prepare_split, render_and_read
 from noiseclr.metrics import SIGNS, axis_changed, change_fractions, changed_mask, direction_metrics
 from noiseclr.model import DiffusionModel

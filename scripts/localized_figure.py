@@ -13,7 +13,8 @@ import argparse
 
 import torch
 
-from noiseclr.editing import PromptTerm, parse_direction_spec, render_edits
+from noiseclr.editing import render_edits
+from noiseclr.terms import PromptTerm, parse_direction_spec
 from noiseclr.images import make_grid, save_image, tensor_to_pil
 from noiseclr.inversion import invert
 from noiseclr.measure import render_pixels, seeds_for

@@ -36,7 +36,8 @@ from noiseclr.metrics import (
 )
 from noiseclr.cli import main
 from noiseclr.directions import Directions
-from noiseclr.editing import DirectionTerm, PromptTerm, direction_conditionings, regenerate
+from noiseclr.editing import direction_conditionings, regenerate
+from noiseclr.terms import DirectionTerm, PromptTerm
 from noiseclr.errors import NoiseCLRError
 from noiseclr.inversion import invert
 from noiseclr.model import DiffusionModel

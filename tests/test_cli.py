@@ -305,6 +305,18 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"noiseclr {__version__}"
 
 
+def test_version_and_import_do_not_load_torch():
+    # Lazy imports (noiseclr/__init__.py): a fresh interpreter answers --version without torch.
+    code = ("import sys\nfrom noiseclr.cli import main\nimport noiseclr\n"
+            "try:\n    main(['--version'])\nexcept SystemExit as stop:\n    assert stop.code == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "noiseclr.Directions  # a public name still resolves on first use\n"
+            "assert 'torch' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("noiseclr ")
+
+
 def test_failed_commands_leave_no_output_folder(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
     out = tmp_path / "out"
     spec = f"{run_dir / 'directions.safetensors'}:0=1"

@@ -10,8 +10,6 @@ import torch
 
 from noiseclr.directions import Directions
 from noiseclr.editing import (
-    SPEC_FORM,
-    DirectionTerm,
     EditSettings,
     GenerateSettings,
     combine_eps,
@@ -19,11 +17,10 @@ from noiseclr.editing import (
     edit,
     generate,
     generate_latents,
-    parse_direction_spec,
     regenerate,
     render_edits,
-    window_mask,
 )
+from noiseclr.terms import SPEC_FORM, DirectionTerm, parse_direction_spec, window_mask
 from noiseclr.errors import NoiseCLRError
 from noiseclr.images import ImageSet
 from noiseclr.inversion import invert, make_schedule

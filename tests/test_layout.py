@@ -12,10 +12,19 @@ PACKAGE = Path(noiseclr.__file__).parent
 FOUNDATION = {"noiseclr.errors", "noiseclr.fileio"}
 
 
+def module_name(path: Path) -> str:
+    return "noiseclr." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _is_module(name: str) -> bool:
+    relative = PACKAGE.joinpath(*name.split(".")[1:])
+    return relative.with_suffix(".py").is_file() or (relative / "__init__.py").is_file()
+
+
 def noiseclr_imports(path: Path) -> set[str]:
     """Absolute names of the noiseclr modules a file imports (at any depth, lazily or not)."""
-    module = "noiseclr." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module.removesuffix(".__init__")
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -26,6 +35,8 @@ def noiseclr_imports(path: Path) -> set[str]:
                 name = node.module or ""
             if name.startswith("noiseclr"):
                 found.add(name)
+                # "from . import x" / "from .pkg import mod" import modules too
+                found.update(f"{name}.{alias.name}" for alias in node.names if _is_module(f"{name}.{alias.name}"))
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("noiseclr"))
     return found
@@ -51,3 +62,37 @@ def test_the_library_never_imports_base_model_training():
         if "basemodel" in path.relative_to(PACKAGE).parts:
             continue
         assert not any(name.startswith("noiseclr.basemodel") for name in noiseclr_imports(path)), path.name
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (function-level and ``TYPE_CHECKING`` imports included)."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {name: {m for m in noiseclr_imports(path) if m in paths and m != name}
+            for name, path in paths.items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each module that is on one (depth-first search), as [a, b, ..., a]."""
+    cycles, done = [], set()
+    for root in sorted(graph):
+        stack, on_path = [(root, iter(sorted(graph[root])))], [root]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop(), on_path.pop(), done.add(node)
+            elif child in on_path:
+                cycles.append(on_path[on_path.index(child):] + [child])
+            elif child not in done:
+                stack.append((child, iter(sorted(graph[child])))), on_path.append(child)
+    return cycles
+
+
+def test_no_import_cycles_lazy_imports_included():
+    # The package __init__ imports its public names lazily (PEP 562) and is no part of a cycle:
+    # every module reaches it as "import noiseclr.x" anyway.
+    graph = import_graph()
+    graph.pop("noiseclr", None)
+    for targets in graph.values():
+        targets.discard("noiseclr")
+    assert import_cycles(graph) == []

@@ -14,17 +14,8 @@ from PIL import Image
 
 from noiseclr.cli import main
 from noiseclr.directions import Directions
-from noiseclr.editing import (
-    DirectionTerm,
-    EditSettings,
-    GenerateSettings,
-    PromptTerm,
-    edit,
-    generate,
-    generate_latents,
-    parse_direction_spec,
-    regenerate,
-)
+from noiseclr.editing import EditSettings, GenerateSettings, edit, generate, generate_latents, regenerate
+from noiseclr.terms import DirectionTerm, PromptTerm, parse_direction_spec
 from noiseclr.errors import NoiseCLRError
 from noiseclr.inversion import ddpm_step, invert
 from noiseclr.metrics import PSNR_CAP, masked_psnr, target_comparison, upsample_region

@@ -13,7 +13,8 @@ from noiseclr.errors import NoiseCLRError
 from noiseclr.runtime import RuntimeSettings
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-# Records OMP_WAIT_POLICY at the moment torch is first imported, then imports noiseclr.
+# Records OMP_WAIT_POLICY at the moment torch is first imported, then runs the CLI's path to torch
+# (the parser imports the settings classes; ``import noiseclr.cli`` alone no longer loads torch).
 PROBE = """
 import os, sys
 seen = []
@@ -24,6 +25,7 @@ class Watch:
         return None
 sys.meta_path.insert(0, Watch())
 import noiseclr.cli
+noiseclr.cli.build_parser()
 print(seen[0])
 """
 

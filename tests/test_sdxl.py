@@ -11,13 +11,8 @@ import torch
 from noiseclr import discovery
 from noiseclr.directions import Directions
 from noiseclr.discovery import DiscoverySettings, discover, micro_batch_loss
-from noiseclr.editing import (
-    DirectionTerm,
-    EditSettings,
-    edit,
-    generate_latents,
-    regenerate,
-)
+from noiseclr.editing import EditSettings, edit, generate_latents, regenerate
+from noiseclr.terms import DirectionTerm
 from noiseclr.errors import NoiseCLRError
 from noiseclr.inversion import invert
 from noiseclr.model import DiffusionModel, pack_conditioning, unpack_conditioning

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from noiseclr.directions import Directions
-from noiseclr.editing import DirectionTerm, PromptTerm, parse_direction_spec, regenerate
+from noiseclr.editing import regenerate
+from noiseclr.terms import DirectionTerm, PromptTerm, parse_direction_spec
 from noiseclr.errors import NoiseCLRError
 from noiseclr.inversion import invert
 from noiseclr.model import DiffusionModel
@@ -15,10 +16,10 @@ from noiseclr.strength import (
     calibration_timesteps,
     direction_response,
     noise_response,
-    resolve_strengths,
     scale_for,
     strength_of,
 )
+from noiseclr.terms import resolve_strengths
 
 
 @pytest.fixture()

@@ -7,67 +7,63 @@ The public API mirrors the command line::
     edited = edit(model, images, [DirectionTerm(result.directions, 0, scale=4.0)])
 
 ``import noiseclr`` sets ``OMP_WAIT_POLICY=PASSIVE`` unless you set it (see :mod:`noiseclr.runtime`).
+The public names are imported on first use (PEP 562, as diffusers and transformers do), so
+``import noiseclr`` and ``noiseclr --version`` do not load torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .runtime import default_wait_policy
+from .version import __version__
 
 # Before torch starts its OpenMP pool (see noiseclr.runtime): a user's own setting wins.
 default_wait_policy()
 
-from .bench import BenchResult, BenchSettings, run_bench  # noqa: E402
-from .demo import DemoResult, DemoSettings, run_demo  # noqa: E402
-from .directions import Directions  # noqa: E402
-from .discovery import DiscoveryResult, DiscoverySettings, discover  # noqa: E402
-from .editing import (  # noqa: E402
-    DirectionTerm,
-    EditResult,
-    EditSettings,
-    GenerateResult,
-    GenerateSettings,
-    PromptTerm,
-    edit,
-    generate,
-    parse_direction_spec,
-)
-from .errors import NoiseCLRError  # noqa: E402
-from .explore import ExploreResult, ExploreSettings, explore  # noqa: E402
-from .inversion import invert  # noqa: E402
-from .regions import AutoRegion, Region  # noqa: E402
-from .runtime import RuntimeSettings  # noqa: E402
-from .model import EMBEDDED, DiffusionModel  # noqa: E402
-from .version import __version__  # noqa: E402
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "bench": ("BenchResult", "BenchSettings", "run_bench"),
+    "demo": ("DemoResult", "DemoSettings", "run_demo"),
+    "directions": ("Directions",),
+    "discovery": ("DiscoveryResult", "DiscoverySettings", "discover"),
+    "errors": ("NoiseCLRError",),
+    "explore": ("ExploreResult", "ExploreSettings", "explore"),
+    "inversion": ("invert",),
+    "model": ("EMBEDDED", "DiffusionModel"),
+    "regions": ("AutoRegion", "Region"),
+    "runtime": ("RuntimeSettings",),
+    "editing": ("EditResult", "EditSettings", "GenerateResult", "GenerateSettings", "edit", "generate"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "EMBEDDED",
-    "AutoRegion",
-    "BenchResult",
-    "BenchSettings",
-    "DemoResult",
-    "DemoSettings",
-    "DiffusionModel",
-    "DirectionTerm",
-    "Directions",
-    "DiscoveryResult",
-    "DiscoverySettings",
-    "EditResult",
-    "EditSettings",
-    "ExploreResult",
-    "ExploreSettings",
-    "GenerateResult",
-    "GenerateSettings",
-    "NoiseCLRError",
-    "PromptTerm",
-    "Region",
-    "RuntimeSettings",
-    "__version__",
-    "discover",
-    "edit",
-    "explore",
-    "generate",
-    "invert",
-    "parse_direction_spec",
-    "run_bench",
-    "run_demo",
-]
+__all__ = sorted([*_MODULE_OF, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562)."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'noiseclr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what static tools see: the eager imports
+    from .bench import BenchResult, BenchSettings, run_bench
+    from .demo import DemoResult, DemoSettings, run_demo
+    from .directions import Directions
+    from .discovery import DiscoveryResult, DiscoverySettings, discover
+    from .editing import EditResult, EditSettings, GenerateResult, GenerateSettings, edit, generate
+    from .errors import NoiseCLRError
+    from .explore import ExploreResult, ExploreSettings, explore
+    from .inversion import invert
+    from .model import EMBEDDED, DiffusionModel
+    from .regions import AutoRegion, Region
+    from .runtime import RuntimeSettings
+    from .terms import DirectionTerm, PromptTerm, parse_direction_spec

@@ -1,91 +1,8 @@
 """Ground-truth benchmark: what each direction changes, read from the images by the factor readers.
 
-The procedural world (:mod:`noiseclr.world`) knows every factor of every render, and the shipped
-factor readers (:mod:`noiseclr.world.readers`) read those factors back from any image. So what an
-edit direction does can be *measured*: edit images, read their factors, count what changed.
-
-Protocol (one domain, ``faces`` or ``cats``; all methods in one run, same model, same images, same
-inversions, same edit grid):
-
-* every method's directions (and prompts) calibrated on the same 8 discovery renders, so a strength
-  means the same for all;
-* three disjoint sets of renders, from the evaluation seed range (never seen by the base model or
-  the readers): ``discovery`` (about 100, unlabeled: only pixels reach the method), ``validation``
-  (picks each direction's scale and window) and ``heldout`` (every reported number);
-* each validation and held-out image is encoded and inverted ONCE (``inversion``, default DDPM)
-  and regenerated for every direction and edit setting from that one inversion, in batched passes
-  of at most ``trajectories_per_pass`` trajectories (:func:`noiseclr.editing.regenerate`);
-* the unedited regeneration (the *reconstruction*) is read too, and every change is counted
-  against it, so inversion error is never counted as an edit.
-
-Metrics (pure functions in :mod:`noiseclr.metrics`; ``K`` directions, ``F`` factors of the domain;
-the rendering, inversion and reading protocol is :mod:`noiseclr.measure`):
-
-* ``change[k, f]``: fraction of held-out images whose read factor ``f`` differs between the edit by
-  direction ``k`` and the reconstruction;
-* main factor of ``k``: ``argmax_f change[k, f]``; strength: that change; purity: strength over
-  ``sum_f change[k, f]`` (0 when nothing changed); preservation of ``k``: ``1 - mean`` change of
-  the other ``F - 1`` factors;
-* a factor is *discovered* when some direction has it as main factor with strength >= 0.5 and
-  purity >= 0.6; coverage = discovered factors / F;
-* *effective* directions have strength >= 0.25; mean purity and preservation are averaged over
-  them (``preservation_all`` averages over every direction; a direction that does nothing
-  preserves everything, which is why the headline number leaves those out).
-
-Selection rule (validation images only; :func:`select_edit` receives nothing else): every
-direction is tried at every strength of ``+-strengths`` (calibrated, :mod:`noiseclr.strength`; or
-every raw scale of ``+-scales``), both signs, and every window of ``windows`` -- all settings on
-the first ``screen_fraction`` of the validation images, the best ``keep_settings`` per direction
-on the rest. The pick maximises ``strength * purity`` among the settings whose preservation is at least
-``min_preservation`` (if none qualifies: ``strength * purity * preservation`` over all, flagged
-``constraint_met: false``); ties go to the smaller ``|scale|``, then to the earlier grid entry.
-The picks are stored as ``edit_defaults`` in the annotated copy of each directions file.
-Held-out: every pick on the first quarter of the held-out images; a direction whose every factor
-change has its 95% Wilson upper bound below the effective strength stops there (``stopped_early``;
-it cannot be effective), the others go on to all of them. Each strength carries its interval.
-
-Methods: ``noiseclr-all`` and ``noiseclr-single`` (discovery with each loss variant of the paper's
-objective, run inside the bench on the discovery renders unless a file is given), the collapse
-remedies ``noiseclr-floor`` (magnitude floor), ``noiseclr-tokens`` (rows start at real tokens) and
-``noiseclr-axis`` (negatives by |cos|), all on the all-anchors loss, ``random`` (Gaussian directions, same
-count and the same per-row norms as the NoiseCLR set), ``prompt`` (supervised reference: the
-caption of each factor value, :func:`noiseclr.world.captions.caption_for_value`, applied as
-``scale * (eps(c_prompt) - eps(c_0))`` through :class:`noiseclr.editing.PromptTerm`), and any
-directions file (``file:<name>``; textual-inversion layouts too).
-
-Cross-domain (``scenes``): the best directions of an annotated faces file and of an annotated cats
-file (one per factor, strongest first; background directions are left out because scenes share
-one background) are applied alone and in face+cat pairs TOGETHER on scene renders, read by the
-scene reader and mapped to each object's factors with
-:func:`noiseclr.world.factors.scene_part_labels`. Own change: the direction's main factor on its
-own object; interference: fraction of images where some factor of the OTHER object changed
-(apart from what the other direction of the pair is meant to change).
-
-Localized (``region="auto"``, ``--region auto``; default ``none``): every held-out pick is ALSO
-applied with an auto region (:mod:`noiseclr.regions`; same direction, scale, window and images, the
-selection stays global) and reported beside the global numbers under ``localized``: the change of
-the target factor (the global edit's main factor) in both, preservation of the other factors in
-both, and the pixels: PSNR against the reconstruction outside the localized edit's final region,
-for the localized edit and for the global edit on the same pixels, and the region's share of the
-latent grid. The cross-domain run does the same for its alone and pair edits (interference global
-vs localized).
-
-Inversion default: ``ddpm`` (edit-friendly). Its reconstruction is exact, so the baseline every
-change is counted against is the held-out image itself (up to the VAE), and "preserved" means
-preserved relative to the real image, not to a drifted DDIM reconstruction whose factors may
-already differ from the input (an edit that happens to undo the drift would count as a change).
-``ddim`` (the paper's) is a setting; ``baseline.recon_agreement`` in the results tells how far
-each inversion's reconstruction drifts.
-
-Output folder::
-
-    OUT/settings.json                 the run's settings, model, seeds
-    OUT/results.json                  everything: summaries, per-direction records, cross-domain
-    OUT/report.html                   table, factor bars and image strips per direction
-    OUT/<method>/result.json          one method (written when it finishes; --resume skips it)
-    OUT/<method>/directions.safetensors  annotated copy: names + chosen edit_defaults
-    OUT/<method>/strips/direction-NNN.png  input / reconstruction / edit over a few held-out images
-    OUT/discovery/<method>/           the discovery runs (resumable like ``noiseclr discover``)
+Edit renders of the procedural world, read their factors back with the shipped readers, count what
+changed. The protocol, the metrics, the selection rule, the methods and the output folder are
+specified in ``docs/benchmark.md``.
 """
 
 from __future__ import annotations
@@ -106,7 +23,7 @@ import torch
 
 from .directions import Directions
 from .discovery import DiscoverySettings, discover, finished_run
-from .editing import DirectionTerm, EditTerm, PromptTerm
+from .terms import DirectionTerm, EditTerm, PromptTerm, stored_defaults
 from .errors import NoiseCLRError
 from .fileio import atomic_write_json, ensure_output_dir
 from .images import make_grid, save_image, tensor_to_pil
@@ -778,7 +695,7 @@ def run_cross_domain(
     def term(part: str, index: int, sign: float, region: str | None = None) -> DirectionTerm:
         directions, records, _ = loaded[part]
         record = records[index]
-        defaults = (directions.edit_defaults or [None] * directions.count)[index] or record
+        defaults = stored_defaults(directions, index) or record
         window = (float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0)))
         if defaults.get("strength") is not None and defaults is not record:  # an edit strength (edit_defaults)
             return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["strength"])), region=region)

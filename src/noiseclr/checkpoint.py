@@ -189,11 +189,6 @@ class DiscoveryCheckpoint:
             raise NoiseCLRError(f"{path}: damaged checkpoint ({exc}); delete it to fall back to an older one.") from None
 
 
-def load_latest_checkpoint(run_dir: Path) -> DiscoveryCheckpoint | None:
-    """The newest readable checkpoint of the run (an unreadable newest one is skipped with a warning)."""
-    return latest_checkpoint(run_dir)[0]
-
-
 def latest_checkpoint(run_dir: Path) -> tuple[DiscoveryCheckpoint | None, list[tuple[Path, str]]]:
     """The newest readable checkpoint of the run, and ``(path, problem)`` of each newer one that
     could not be read (all of them when the first is None), newest first."""

@@ -65,6 +65,7 @@ def _load_model(args: argparse.Namespace):
 # ------------------------------------------------------------------ info/export
 def cmd_info(args: argparse.Namespace) -> int:
     from .directions import Directions
+    from .terms import stored_defaults
 
     directions = Directions.load(args.file)
     norms = directions.vectors.norm(dim=1)
@@ -108,8 +109,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{'settings':>12}: {shown}")
     for index in range(directions.count):
         line = f"  [{index:3d}] {directions.names[index] if directions.names else ''}"
-        if directions.edit_defaults:
-            d = directions.edit_defaults[index]
+        d = stored_defaults(directions, index)
+        if d:
             amount = f"strength {d['strength']:g}%" if d.get("strength") is not None else f"scale {d.get('scale')}"
             line += f"  {amount} window {d.get('start', 0)}:{d.get('end', 1)}"
             if d.get("inversion"):
@@ -166,7 +167,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ edit/generate
 def _terms(specs: Sequence[str]):
-    from .editing import parse_direction_spec
+    from .terms import parse_direction_spec
 
     loaded: dict = {}
     return [parse_direction_spec(spec, loaded) for spec in specs]
@@ -174,11 +175,10 @@ def _terms(specs: Sequence[str]):
 
 def _edit_protocol(args: argparse.Namespace, terms: Sequence, cls: type) -> dict:
     """--inversion/--steps as given, else as stored with the directions, else the settings' defaults."""
-    from .editing import EDIT_PROTOCOL_KEYS, stored_edit_protocol
+    from .terms import EDIT_PROTOCOL_KEYS, edit_protocol, stored_edit_protocol
 
-    stored = stored_edit_protocol(terms)
-    return {name: getattr(args, name) if getattr(args, name) is not None else stored.get(name, field_default(cls, name))
-            for name in EDIT_PROTOCOL_KEYS}  # fmt: skip
+    given = {name: getattr(args, name) for name in EDIT_PROTOCOL_KEYS}
+    return edit_protocol(given, stored_edit_protocol(terms), {name: field_default(cls, name) for name in EDIT_PROTOCOL_KEYS})
 
 
 def _auto_region(args: argparse.Namespace):
@@ -444,7 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _root_parser() -> argparse.ArgumentParser:
+    """Only the options that need no subcommand: answers ``--version`` before the settings
+    classes (and torch, which their modules import) are loaded."""
+    parser = argparse.ArgumentParser(prog="noiseclr", add_help=False)
+    parser.add_argument("--version", action="version", version=f"noiseclr {__version__}")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--version" in argv[:1]:
+        _root_parser().parse_args(argv[:1])
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

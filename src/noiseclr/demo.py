@@ -36,7 +36,7 @@ import torch
 
 from .directions import Directions
 from .discovery import INITS, DiscoverySettings, changed_trajectory, discover, finished_run, run_settings
-from .editing import DirectionTerm
+from .terms import DirectionTerm
 from .errors import NoiseCLRError
 from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
 from .images import ImageSet, save_image

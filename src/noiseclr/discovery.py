@@ -1,61 +1,9 @@
 """Text-free discovery of edit directions (NoiseCLR training loop).
 
-A direction is one token embedding ``d_k`` (width ``model.token_width``) fed through the frozen
-text encoder as ``[BOS, d_k, EOS, pad...]``. Only the K direction rows are trained.
-
-One micro-batch (all randomness from explicit, checkpointed ``torch.Generator`` streams):
-
-1. draw ``1 + num_negatives`` distinct directions (the first is the single-anchor variant's
-   anchor), one timestep ``t`` shared by the micro-batch, ``world_size * batch_size`` distinct
-   images with random horizontal flips, and their Gaussian noise -- the same global draw on
-   every process; process ``r`` takes images ``r*N .. (r+1)*N-1``;
-2. ``z_t = add_noise(latent, noise, t)`` from latents cached once at the start;
-3. ``eps(z_t, t, c_0)`` under ``torch.no_grad()`` (N latents), then every drawn direction on
-   every local image in ONE UNet call with grad (:meth:`DiffusionModel.predict_eps_grid`);
-4. ``delta = eps(c_k) - eps(c_0)`` flattened and normalised (float32), gathered across
-   processes without grad (the local slice keeps its grad), and the contrastive loss of
-   :mod:`noiseclr.objective` computed identically on every process.
-
-``micro_batches`` micro-batches are accumulated per AdamW step; with several processes the
-direction gradients are sum-reduced first, so a run on P processes with batch N follows the
-same trajectory as one process with batch P*N (up to float summation order).
-
-Run folder ``RUN``::
-
-    RUN/settings.json                 settings, model, images, process count of this invocation
-    RUN/loss.csv                      step, loss, seconds, delta_abs_cos, vector_abs_cos
-    RUN/checkpoints/step-000200.safetensors   (latest ``keep_checkpoints``; see below)
-    RUN/directions.safetensors        the final directions (noiseclr directions format)
-    RUN/summary.json                  where the files are, steps, time, final loss
-
-A checkpoint is ONE safetensors file written atomically (temp file + rename), so a crash
-mid-write never damages the previous one. Tensors: ``directions`` [K, W] float32,
-``adam.exp_avg``, ``adam.exp_avg_sq``, ``adam.step``, ``rng.<stream>`` (uint8 generator states
-for the ``directions``, ``timesteps``, ``images`` and ``noise`` streams). String metadata:
-``format`` (``noiseclr.discovery-checkpoint``), ``format_version``, ``step``, ``seconds``,
-``model``, ``fingerprint``, ``num_images``, ``images_sha256``, ``images_order_sha256``,
-``world_size``, ``global_batch``, ``settings`` and ``loss_log`` (JSON). On CPU, resuming from it
-gives bit-identical directions to an uninterrupted run with the same settings.
-
-Resuming (``resume=True``) takes the newest checkpoint that can be read and refuses a run it
-cannot continue faithfully, each with a one-line error:
-
-* no checkpoint can be read (all damaged): nothing is started and nothing deleted; move the files
-  away to start over. Unreadable checkpoints newer than the resumed one are renamed
-  ``*.unreadable``; rotation deletes only checkpoints it wrote or could read.
-* other images: the image set is fingerprinted (:func:`noiseclr.images.image_fingerprint`:
-  sha256 over each image's 8-bit pixels at the model's resolution, so file names and formats do
-  not count) and a different set is refused. The same set in another order resumes, with a
-  warning: order decides which image each draw picks, so the run then differs from an
-  uninterrupted one.
-* ``--steps`` below the steps already done: training is not undone; the run's directions after
-  its steps are returned with a warning, and every file records the steps actually done.
-
-Direction initialisation: Gaussian rows rescaled to the model's typical token-embedding norm
-(:meth:`DiffusionModel.typical_token_norm`, the mean L2 norm of the real token table), so
-directions start in the range the frozen text encoder was trained on. (The published code
-copies an initializer token's embedding or keeps the new-token default init instead; a random
-start avoids K identical rows and needs no word.)
+A direction is one token embedding ``d_k`` fed through the frozen text encoder as
+``[BOS, d_k, EOS, pad...]``; only the K direction rows are trained, with the contrastive loss of
+:mod:`noiseclr.objective`. The micro-batch, the run folder, the checkpoint format and the resume
+rules are specified in ``docs/discovery.md``.
 """
 
 from __future__ import annotations

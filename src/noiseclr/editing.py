@@ -23,6 +23,7 @@ Typical use::
 
 or, for one edit with before/after, :func:`edit`; for prompts, :func:`generate`.
 
+The terms themselves and the command line's ``FILE:INDEX=SCALE`` syntax are in :mod:`noiseclr.terms`.
 A :class:`PromptTerm` (a text prompt's conditioning, ``scale * (eps(c_prompt) - eps(c_0))`` on a
 window) is accepted wherever a :class:`DirectionTerm` is; the benchmark's supervised reference
 uses it.
@@ -34,18 +35,17 @@ outside the union of its regions after every step. The reconstruction is then on
 trajectory of the same batch: :func:`regenerate` and :func:`generate_latents` add the plain
 variant (``[]``) when it is not among the edits and a term has a region, so there is still ONE
 UNet call per step. Gated pairs are listed in a :class:`~noiseclr.regions.RegionPlan`
-(:func:`plan_regions`); :func:`denoise` without one is exactly the global kernel.
+(:func:`~noiseclr.regions.plan_regions`); :func:`denoise` without one is exactly the global kernel.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -63,19 +63,20 @@ from .inversion import (
     make_schedule,
     work_dtype,
 )
-from .strength import resolve_strengths
 from .options import check_count, check_inversion, check_max_batch, is_whole, option, positive_int
 from .regions import (
     AutoRegion,
-    Region,
     RegionPlan,
     RegionState,
-    as_region,
     blend_latents,
+    edit_regions,
+    plan_regions,
     region_overlay,
     region_union,
     step_gates,
+    with_reconstruction,
 )
+from .terms import EditTerm, PromptTerm, check_terms, resolve_strengths
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -83,309 +84,6 @@ if TYPE_CHECKING:
     from .model import DiffusionModel
 
 log = logging.getLogger("noiseclr")
-
-SPEC_FORM = (
-    "FILE:INDEX[=SCALE|=STRENGTH%][@START:END][#auto|#MASK.png], e.g. runs/faces/directions.safetensors:3=15%@0:0.6#auto"
-)
-_WINDOW_TOLERANCE = 1e-9  # so 0.6 * 50 steps is exactly 30 steps, not 31
-
-
-# ------------------------------------------------------------------------------------ terms
-def _check_scale_and_window(term: DirectionTerm | PromptTerm) -> None:
-    """Normalise a term's scale (or strength) and window to floats; a one-line error if they cannot work."""
-    if (term.scale is None) == (term.strength is None):
-        raise NoiseCLRError(f"{term.describe()}: give a scale or a strength (percent), not {'both' if term.scale is not None else 'neither'}.")
-    for name in ("scale", "strength"):
-        value = getattr(term, name)
-        if value is not None:
-            value = float(value)
-            setattr(term, name, value)
-            if not math.isfinite(value):
-                raise NoiseCLRError(f"{term.describe()}: {name} {value} is not a finite number; pass e.g. 3 or -2.5.")
-    term.start, term.end = float(term.start), float(term.end)
-    if not 0.0 <= term.start < term.end <= 1.0:
-        raise NoiseCLRError(
-            f"{term.describe()}: window {term.start}:{term.end} is invalid; need 0 <= START < END <= 1, e.g. @0:0.6."
-        )
-
-
-def _check_region(term: DirectionTerm | PromptTerm) -> None:
-    """Normalise ``term.region`` to None or a :class:`~noiseclr.regions.Region` (one-line errors for bad masks)."""
-    try:
-        term.region = as_region(term.region)
-    except NoiseCLRError as exc:
-        raise NoiseCLRError(f"{term.describe()}: {exc}") from None
-
-
-def _where(term: DirectionTerm | PromptTerm) -> str:
-    """`` @0-0.6`` for a window that is not the whole schedule, `` #auto`` / `` #mask.png`` for a region."""
-    window = "" if (term.start, term.end) == (0.0, 1.0) else f" @{term.start:g}-{term.end:g}"
-    region = term.region
-    if region is None:
-        return window
-    if isinstance(region, Region):
-        return f"{window} #{region.label()}"
-    return f"{window} #{Path(region).name if isinstance(region, (str, Path)) else 'mask'}"
-
-
-def _amount(term: DirectionTerm | PromptTerm) -> str:
-    if term.strength is None:
-        return f"x{term.scale:g}" if isinstance(term.scale, (int, float)) else "x?"
-    resolved = f" (x{term.scale:.3g})" if term.scale is not None else ""
-    return f"{term.strength:g}%{resolved}"
-
-
-class _Strength:
-    """Shared by both term kinds: a term is given a scale (lambda) or a strength (percent)."""
-
-    scale: float | None
-    strength: float | None
-    response: float | None
-
-    def resolve(self, response: float) -> None:
-        """Set the scale from the strength and the direction's response (:mod:`noiseclr.strength`)."""
-        from .strength import scale_for
-
-        self.response = float(response)
-        self.scale = scale_for(self.strength, response) if self.strength is not None else self.scale
-
-    @property
-    def amount(self) -> float:
-        """The signed size as given (strength if given, else scale): what "nonzero" and signs read."""
-        return float(self.strength if self.strength is not None else self.scale)
-
-
-@dataclass(eq=False)
-class DirectionTerm(_Strength):
-    """One direction applied with a scale (or a calibrated strength) over a window of the denoising steps."""
-
-    directions: Directions
-    index: int
-    scale: float | None = None
-    """lambda in ``lambda * (eps(c_k) - eps(c_0))``; None when the term is given a ``strength``."""
-    start: float = 0.0
-    """Fraction of the denoising steps where the term switches on (0 = first, noisiest step)."""
-    end: float = 1.0
-    """Fraction where it switches off (1 = after the last step)."""
-    strength: float | None = None
-    """Percent change of the noise prediction (:mod:`noiseclr.strength`); sets ``scale`` when resolved."""
-    response: float | None = None
-    """The direction's response the scale was derived from (set by :meth:`resolve`)."""
-    region: Region | str | Path | torch.Tensor | None = None
-    """Where the term acts: None (everywhere), ``"auto"``, a mask image path or a [H, W] / [N, H, W]
-    tensor in [0, 1] (:mod:`noiseclr.regions`); normalised to None or a Region."""
-
-    def __post_init__(self) -> None:
-        self.directions.check_index(self.index)
-        _check_scale_and_window(self)
-        _check_region(self)
-
-    def describe(self) -> str:
-        """Short label, e.g. ``faces.safetensors 3: smile x4.5 @0-0.6 #auto`` or ``... 15% (x4.5)``."""
-        where = self.directions.path.name if self.directions.path else (self.directions.domain or "directions")
-        label = (
-            self.directions.label(self.index) if 0 <= self.index < self.directions.count else f"direction {self.index}"
-        )
-        return f"{where} {label} {_amount(self)}{_where(self)}"
-
-    def active_steps(self, steps: int) -> torch.Tensor:
-        """[steps] bool: whether the term acts at each denoising step."""
-        return window_mask(self.start, self.end, steps)
-
-    @property
-    def key(self) -> tuple[int, int]:
-        """Identity of the conditioning this term needs (one row per distinct key)."""
-        return (id(self.directions), self.index)
-
-
-@dataclass(eq=False)
-class PromptTerm(_Strength):
-    """A text prompt used exactly like a direction: ``scale * (eps(x_t, c_prompt) - eps(x_t, c_0))``.
-
-    Accepted wherever a :class:`DirectionTerm` is (``regenerate``, ``render_edits``, ``edit``,
-    ``generate``); its conditioning is ``model.encode_prompts([prompt])``. The benchmark uses it
-    as the supervised reference ("prompt directions").
-    """
-
-    prompt: str
-    scale: float | None = None
-    start: float = 0.0
-    end: float = 1.0
-    strength: float | None = None
-    response: float | None = None
-    region: Region | str | Path | torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        self.prompt = str(self.prompt)
-        _check_scale_and_window(self)
-        _check_region(self)
-
-    def describe(self) -> str:
-        return f"prompt {self.prompt!r} {_amount(self)}{_where(self)}"
-
-    def active_steps(self, steps: int) -> torch.Tensor:
-        return window_mask(self.start, self.end, steps)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return ("prompt", self.prompt)
-
-
-EditTerm = DirectionTerm | PromptTerm
-"""Anything the editing kernel applies as ``scale * (eps(c) - eps(c_0))`` on a window."""
-
-
-def window_mask(start: float, end: float, steps: int) -> torch.Tensor:
-    """[steps] bool: step ``i`` is active when ``start <= i / steps < end``."""
-    position = torch.arange(steps, dtype=torch.float64) / steps
-    return (position >= start - _WINDOW_TOLERANCE) & (position < end - _WINDOW_TOLERANCE)
-
-
-# FILE may contain ':' (C:\..., odd names): match the tail ":INDEX[=SCALE][@WINDOW]" leftmost-first,
-# with fields that cannot hold path characters.
-_SPEC_TAIL = re.compile(r":(?P<index>[^:=@/\\]*)(?:=(?P<scale>[^:=@/\\]*))?(?:@(?P<window>[^=@/\\]*))?$")
-
-
-def _split_region(text: str) -> tuple[str, str | None]:
-    """``FILE:INDEX...#REGION`` -> (the spec before it, REGION): the region starts at the first ``#``
-    whose left side ends in a ``:INDEX[=S][@A:B]`` tail, so ``#`` may also appear in FILE or MASK."""
-    for position, char in enumerate(text):
-        if char == "#" and _SPEC_TAIL.search(text[:position]):
-            return text[:position], text[position + 1 :]
-    return text, None
-
-
-def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None) -> DirectionTerm:
-    """Parse the CLI syntax ``FILE:INDEX[=SCALE|=STRENGTH%][@START:END][#REGION]`` into a :class:`DirectionTerm`.
-
-    ``FILE`` may itself contain ``:``. ``=SCALE`` is the raw lambda; ``=STRENGTH%`` a calibrated
-    strength (percent change of the noise prediction, :mod:`noiseclr.strength`); both may be
-    negative. Without either, the file's ``edit_defaults`` for that index supply it (and the
-    window, unless one is given). ``#REGION`` is ``#auto``, ``#none`` or ``#MASK`` (a mask image,
-    white = where the direction acts; :mod:`noiseclr.regions`). ``loaded`` caches files by name,
-    so a file is read once.
-    """
-
-    def fail(problem: str) -> NoiseCLRError:
-        return NoiseCLRError(f"--direction {spec}: {problem}; expected {SPEC_FORM}.")
-
-    text, region_text = _split_region(str(spec).strip())
-    region: Region | None = None
-    if region_text is not None:
-        if not region_text.strip():
-            raise fail("no region after '#' (use #auto or #MASK.png)")
-        try:
-            region = as_region(region_text.strip())
-        except NoiseCLRError as exc:
-            raise NoiseCLRError(f"--direction {spec}: {exc}") from None
-    match = _SPEC_TAIL.search(text)
-    if match is None:
-        raise fail("no :INDEX after the file name")
-    file_part = text[: match.start()].strip()
-    index_text = (match.group("index") or "").strip()
-    scale_text = match.group("scale")
-    window_text = match.group("window")
-    if not file_part:
-        raise fail("no FILE before :INDEX")
-    if not index_text:
-        raise fail("no direction INDEX after ':'")
-    try:
-        index = int(index_text)
-    except ValueError:
-        raise fail(f"INDEX {index_text!r} is not a whole number") from None
-
-    scale: float | None = None
-    strength: float | None = None
-    if scale_text is not None:
-        scale_text = scale_text.strip()
-        if scale_text.endswith("%"):
-            strength = _finite(scale_text[:-1].strip(), "STRENGTH", fail)
-        else:
-            scale = _finite(scale_text, "SCALE", fail)
-    window: tuple[float, float] | None = None
-    if window_text is not None:
-        parts = window_text.split(":")
-        if len(parts) != 2:
-            raise fail(f"window {window_text!r} is not START:END")
-        window = (_finite(parts[0].strip(), "START", fail), _finite(parts[1].strip(), "END", fail))
-        if not 0.0 <= window[0] < window[1] <= 1.0:
-            raise fail(f"window {window_text} needs 0 <= START < END <= 1")
-
-    cache = loaded if loaded is not None else {}
-    key = str(Path(file_part).expanduser())
-    if key not in cache:
-        try:
-            cache[key] = Directions.load(key)
-        except NoiseCLRError as exc:
-            raise NoiseCLRError(f"--direction {spec}: {exc}") from None
-    directions = cache[key]
-    try:
-        directions.check_index(index)
-    except NoiseCLRError as exc:
-        raise NoiseCLRError(f"--direction {spec}: {exc}") from None
-
-    start, end = window if window is not None else (0.0, 1.0)
-    if scale is None and strength is None:
-        defaults = (directions.edit_defaults or [None] * directions.count)[index]
-        if not isinstance(defaults, dict) or (defaults.get("scale") is None and defaults.get("strength") is None):
-            raise fail(f"no =SCALE or =STRENGTH% given and {file_part} has no edit defaults for direction {index}")
-        if defaults.get("strength") is not None:
-            strength = float(defaults["strength"])
-        else:
-            scale = float(defaults["scale"])
-        if window is None:
-            start, end = float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0))
-    try:
-        return DirectionTerm(directions, index, scale, start, end, strength=strength, region=region)
-    except NoiseCLRError as exc:
-        raise NoiseCLRError(f"--direction {spec}: {exc}") from None
-
-
-def _finite(text: str, what: str, fail: Callable[[str], NoiseCLRError]) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise fail(f"{what} {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise fail(f"{what} {text!r} is not a finite number")
-    return value
-
-
-EDIT_PROTOCOL_KEYS = ("inversion", "steps")
-"""Per-direction ``edit_defaults`` entries that say how the direction was measured (beside its
-scale and window): an edit made the same way reproduces what the demo or the bench reported."""
-
-
-def stored_edit_protocol(terms: Sequence[EditTerm]) -> dict[str, Any]:
-    """The inversion method and step count stored with the terms' directions (``{}`` if none).
-
-    The first term that has them decides; a later term measured differently gets a warning.
-    """
-    found: dict[str, Any] = {}
-    source = ""
-    for term in terms:
-        if not isinstance(term, DirectionTerm) or not term.directions.edit_defaults:
-            continue
-        stored = term.directions.edit_defaults[term.index] or {}
-        picked = {key: stored[key] for key in EDIT_PROTOCOL_KEYS if stored.get(key) is not None}
-        if picked and not found:
-            found, source = picked, term.describe()
-        elif picked and picked != found:
-            log.warning("%s was measured with %s, %s with %s; using the first (pass --inversion/--steps to choose)",
-                        term.describe(), picked, source, found)  # fmt: skip
-    return found
-
-
-def check_terms(model: DiffusionModel, terms: Sequence[EditTerm]) -> None:
-    """Every term's file belongs to ``model`` and its index exists (NoiseCLRError otherwise)."""
-    checked: set[int] = set()
-    for term in terms:
-        if isinstance(term, PromptTerm):
-            continue
-        if id(term.directions) not in checked:
-            term.directions.check_compatible(model)
-            checked.add(id(term.directions))
-        term.directions.check_index(term.index)
 
 
 # ------------------------------------------------------------------------- weight tables
@@ -431,108 +129,12 @@ def edit_weights(
     for e, terms in enumerate(edits):
         for term in terms:
             if term.scale is None:
-                raise ValueError(f"{term.describe()}: strength not resolved to a scale (noiseclr.strength.resolve_strengths)")
+                raise ValueError(f"{term.describe()}: strength not resolved to a scale (noiseclr.terms.resolve_strengths)")
             column = offset + rows[term.key]
             weights[e, column] += term.scale * term.active_steps(steps).to(torch.float64)
     return weights
 
 
-def _acts(term: EditTerm, steps: int) -> bool:
-    return term.amount != 0 and bool(term.active_steps(steps).any())
-
-
-def _region_of(term: EditTerm) -> Region | None:
-    # A region assigned after construction ("auto", a path) is normalised here as well.
-    return as_region(term.region)
-
-
-def with_reconstruction(edits: Sequence[Sequence[EditTerm]]) -> tuple[list[list[EditTerm]], int | None]:
-    """The edits, plus a plain variant ``[]`` appended when a term has a region and none is there, and
-    the index of the plain variant (None if there is none)."""
-    edits = [list(terms) for terms in edits]
-    plain = next((e for e, terms in enumerate(edits) if not terms), None)
-    if plain is None and any(_region_of(term) is not None for terms in edits for term in terms):
-        return [*edits, []], len(edits)
-    return edits, plain
-
-
-def plan_regions(
-    edits: Sequence[Sequence[EditTerm]],
-    rows: dict[tuple, int],
-    columns: int,
-    offset: int,
-    batch: int,
-    steps: int,
-    latent_size: int,
-    settings: AutoRegion,
-    *,
-    reference_edit: int | None,
-    images: Sequence[int] | None = None,
-) -> RegionPlan | None:
-    """The :class:`~noiseclr.regions.RegionPlan` of a batch of trajectories ``m = e * batch + b`` (None if
-    no term has a region). ``reference_edit`` is the plain variant the localized edits blend with;
-    ``images[b]`` picks per-image masks (default ``b``). A direction repeated in one edit must repeat
-    its region (its weights add up, as without regions)."""
-    if not any(_region_of(term) is not None for terms in edits for term in terms):
-        return None
-    assert reference_edit is not None and not edits[reference_edit], "localized edits need a plain variant"
-    images = list(range(batch)) if images is None else list(images)
-    count = len(edits) * batch
-    index = torch.full((count, columns), -1, dtype=torch.long)
-    reference = torch.full((count,), -1, dtype=torch.long)
-    owner, auto, masks = [], [], []
-    for e, terms in enumerate(edits):
-        regions: dict[int, Region | None] = {}
-        for term in terms:
-            column = offset + rows[term.key]
-            region = _region_of(term)
-            if column in regions and not _same_region(regions[column], region):
-                raise NoiseCLRError(f"{term.describe()}: the same direction twice in one edit with different regions; "
-                                    "give both the same region (or one term).")  # fmt: skip
-            regions[column] = region
-        localized = any(r is not None for r in regions.values()) and all(
-            _region_of(term) is not None for term in terms if _acts(term, steps)
-        )
-        for b in range(batch):
-            m = e * batch + b
-            if localized:
-                reference[m] = reference_edit * batch + b
-            for column, region in regions.items():
-                if region is None:
-                    continue
-                index[m, column] = len(owner)
-                owner.append(m)
-                auto.append(region.kind == "auto")
-                masks.append(torch.zeros(latent_size, latent_size, dtype=torch.float64) if region.kind == "auto"
-                             else region.latent_mask(latent_size, images[b]))  # fmt: skip
-    return RegionPlan(
-        index=index,
-        owner=torch.tensor(owner, dtype=torch.long),
-        auto=torch.tensor(auto, dtype=torch.bool),
-        masks=torch.stack(masks),
-        reference=reference,
-        settings=settings,
-    )
-
-
-def _same_region(a: Region | None, b: Region | None) -> bool:
-    return (a is None and b is None) or (a is not None and b is not None and a.same_as(b))
-
-
-def edit_regions(
-    edits: Sequence[Sequence[EditTerm]], plan: RegionPlan | None, union: torch.Tensor | None, batch: int, size: int
-) -> torch.Tensor:
-    """[E, batch, h, w] where each edit may differ from the reconstruction: its final union when it is
-    localized, ones for other edits with terms, zeros for the plain variant."""
-    maps = torch.zeros(len(edits), batch, size, size, dtype=torch.float64)
-    for e, terms in enumerate(edits):
-        if terms:
-            maps[e] = 1.0
-    if plan is not None and union is not None:
-        flat = maps.view(-1, size, size)
-        localized = (plan.reference >= 0).nonzero().flatten()
-        flat[localized] = union[localized.to(union.device)].to("cpu", torch.float64)
-    return maps
 
 
 # --------------------------------------------------------------------------- the kernel
@@ -1052,24 +654,17 @@ def generate(
 
 
 __all__ = [
-    "AutoRegion",
-    "DirectionTerm",
     "EditResult",
-    "EditTerm",
     "EditSettings",
     "GenerateResult",
     "GenerateSettings",
-    "PromptTerm",
-    "check_terms",
-    "stored_edit_protocol",
     "combine_eps",
     "denoise",
+    "direction_conditionings",
     "edit",
+    "edit_weights",
     "generate",
     "generate_latents",
-    "parse_direction_spec",
-    "plan_regions",
     "regenerate",
     "render_edits",
-    "window_mask",
 ]

@@ -24,14 +24,15 @@ from pathlib import Path
 import torch
 
 from .directions import Directions
-from .editing import DirectionTerm, render_edits
+from .editing import EditSettings, render_edits
 from .errors import NoiseCLRError
 from .fileio import atomic_write_text, ensure_output_dir
 from .images import ImageSet, load_image_folder, make_grid, save_image, tensor_to_pil
 from .inversion import INVERSION_METHODS, check_steps, invert
 from .model import DiffusionModel
-from .options import check_count, check_inversion, check_max_batch, option, positive_int, window
+from .options import check_count, check_inversion, check_max_batch, field_default, option, positive_int, window
 from .regions import AutoRegion, Region, as_region, region_overlay
+from .terms import EDIT_PROTOCOL_KEYS, DirectionTerm, edit_protocol, stored_defaults
 
 
 @dataclass
@@ -115,7 +116,7 @@ def _columns_for(directions: Directions, index: int, settings: ExploreSettings) 
         return [(float(v), "strength") for v in settings.strengths]
     if settings.scales is not None:
         return [(float(v), "scale") for v in settings.scales]
-    stored = (directions.edit_defaults or [None] * directions.count)[index] or {}
+    stored = stored_defaults(directions, index)
     for unit in ("strength", "scale"):
         if stored.get(unit):
             magnitude = abs(float(stored[unit]))
@@ -156,23 +157,20 @@ def _explore_region(settings: ExploreSettings) -> Region | None:
 def _window_for(directions: Directions, index: int, settings: ExploreSettings) -> tuple[float, float]:
     if settings.window is not None:
         return settings.window
-    if directions.edit_defaults:
-        default = directions.edit_defaults[index]
-        return float(default.get("start", 0.0)), float(default.get("end", 1.0))
-    return 0.0, 1.0
+    stored = stored_defaults(directions, index)
+    return float(stored.get("start", 0.0)), float(stored.get("end", 1.0))
 
 
 def _stored_protocol(directions: Directions, indices: Sequence[int], settings: ExploreSettings) -> tuple[str, int]:
     """Inversion and steps: as given, else as stored with the directions (how they were measured)."""
     stored: dict = {}
     for index in indices:
-        stored = {k: v for k, v in ((directions.edit_defaults or [None] * directions.count)[index] or {}).items()
-                  if k in ("inversion", "steps") and v is not None}  # fmt: skip
+        stored = {k: v for k, v in stored_defaults(directions, index).items() if k in EDIT_PROTOCOL_KEYS and v is not None}
         if stored:
             break
-    inversion = settings.inversion or stored.get("inversion", "ddim")
-    steps = settings.steps or int(stored.get("steps", 50))
-    return inversion, steps
+    given = {"inversion": settings.inversion or None, "steps": settings.steps or None}
+    protocol = edit_protocol(given, stored, {key: field_default(EditSettings, key) for key in EDIT_PROTOCOL_KEYS})
+    return protocol["inversion"], int(protocol["steps"])
 
 
 def explore(
@@ -276,10 +274,9 @@ def edit_command(
         return os.path.relpath(Path(path).resolve(), Path(gallery).resolve())
 
     source = here(directions.path) if directions.path else "directions.safetensors"
-    has_stored = bool((directions.edit_defaults or [None] * directions.count)[index])
+    stored = stored_defaults(directions, index)
     window_part = f"@{window[0]:g}:{window[1]:g}" if window != (0.0, 1.0) else ""
-    if stored_setting and has_stored:
-        stored = directions.edit_defaults[index]
+    if stored_setting and stored:
         amount, unit = (stored["strength"], "strength") if stored.get("strength") is not None else (stored.get("scale"), "scale")
         specs = [f"{source}:{index}"]  # the stored setting itself; its opposite below (an amount drops the stored window)
         if amount is not None:

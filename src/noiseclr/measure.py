@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .directions import Directions
-from .editing import EditTerm, regenerate
+from .editing import regenerate
+from .terms import EditTerm
 from .errors import NoiseCLRError
 from .inversion import Inversion, invert
 from .metrics import EFFECTIVE_STRENGTH, direction_metrics, discovered_factors, dominant_value, masked_psnr, upsample_region
@@ -166,7 +167,7 @@ class Split:
 
 ChunkCallback = Callable[[range, list[int], torch.Tensor, torch.Tensor], None]
 """``on_chunk(edits, images, pixels [e, b, 3, S, S], regions [e, b, h, w])``: one rendered pass of
-:func:`render_and_read` (edit numbers, image numbers, decoded pixels, :func:`noiseclr.editing.edit_regions`)."""
+:func:`render_and_read` (edit numbers, image numbers, decoded pixels, :func:`noiseclr.regions.edit_regions`)."""
 
 
 class PixelComparison:

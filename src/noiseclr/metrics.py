@@ -333,13 +333,6 @@ def select_edit(validation_changes: torch.Tensor, grid: Sequence[EditConfig], mi
     )
 
 
-def select_configs(validation_changes: torch.Tensor, grid: Sequence[EditConfig], min_preservation: float) -> list[Selection]:
-    """:func:`select_edit` for every direction of a VALIDATION change table [K, G, F]."""
-    return [select_edit(validation_changes[k], grid, min_preservation) for k in range(validation_changes.shape[0])]
-
-
-# ---------------------------------------------------------------------------- directions
-
 # ---------------------------------------------------------------------------- baselines
 def random_directions(reference: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Gaussian directions with the count and the per-row L2 norms of ``reference`` [K, W]."""
@@ -347,7 +340,6 @@ def random_directions(reference: torch.Tensor, seed: int = 0) -> torch.Tensor:
     rows = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
     norms = reference.to(torch.float64).norm(dim=1, keepdim=True)
     return (rows / rows.norm(dim=1, keepdim=True) * norms).float()
-
 
 
 # ---------------------------------------------------------------------------- cross-domain

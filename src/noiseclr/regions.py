@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -232,7 +233,7 @@ def auto_masks(difference: torch.Tensor, settings: AutoRegion) -> torch.Tensor:
 @dataclass
 class RegionPlan:
     """Which (trajectory, conditioning) pairs of a :func:`~noiseclr.editing.denoise` batch are gated,
-    and which trajectory each localized edit is blended with (built by ``editing.plan_regions``)."""
+    and which trajectory each localized edit is blended with (built by :func:`plan_regions`)."""
 
     index: torch.Tensor
     """[M, J] long: gated pair number g of (m, j), -1 for pairs without a region."""
@@ -349,3 +350,117 @@ __all__ = [
     "step_gates",
     "top_cells",
 ]
+
+
+# ------------------------------------------------------------------------ planning a batch
+class EditTerm(Protocol):
+    """What planning reads of an edit term (:class:`noiseclr.terms.Term`; named here, not imported,
+    so that terms -> regions stays one-way)."""
+
+    region: Any
+    amount: float
+
+    @property
+    def key(self) -> tuple: ...
+
+    def active_steps(self, steps: int) -> torch.Tensor: ...
+
+    def describe(self) -> str: ...
+
+
+def _acts(term: EditTerm, steps: int) -> bool:
+    return term.amount != 0 and bool(term.active_steps(steps).any())
+
+
+def _region_of(term: EditTerm) -> Region | None:
+    # A region assigned after construction ("auto", a path) is normalised here as well.
+    return as_region(term.region)
+
+
+def with_reconstruction(edits: Sequence[Sequence[EditTerm]]) -> tuple[list[list[EditTerm]], int | None]:
+    """The edits, plus a plain variant ``[]`` appended when a term has a region and none is there, and
+    the index of the plain variant (None if there is none)."""
+    edits = [list(terms) for terms in edits]
+    plain = next((e for e, terms in enumerate(edits) if not terms), None)
+    if plain is None and any(_region_of(term) is not None for terms in edits for term in terms):
+        return [*edits, []], len(edits)
+    return edits, plain
+
+
+def plan_regions(
+    edits: Sequence[Sequence[EditTerm]],
+    rows: dict[tuple, int],
+    columns: int,
+    offset: int,
+    batch: int,
+    steps: int,
+    latent_size: int,
+    settings: AutoRegion,
+    *,
+    reference_edit: int | None,
+    images: Sequence[int] | None = None,
+) -> RegionPlan | None:
+    """The :class:`~noiseclr.regions.RegionPlan` of a batch of trajectories ``m = e * batch + b`` (None if
+    no term has a region). ``reference_edit`` is the plain variant the localized edits blend with;
+    ``images[b]`` picks per-image masks (default ``b``). A direction repeated in one edit must repeat
+    its region (its weights add up, as without regions)."""
+    if not any(_region_of(term) is not None for terms in edits for term in terms):
+        return None
+    assert reference_edit is not None and not edits[reference_edit], "localized edits need a plain variant"
+    images = list(range(batch)) if images is None else list(images)
+    count = len(edits) * batch
+    index = torch.full((count, columns), -1, dtype=torch.long)
+    reference = torch.full((count,), -1, dtype=torch.long)
+    owner, auto, masks = [], [], []
+    for e, terms in enumerate(edits):
+        regions: dict[int, Region | None] = {}
+        for term in terms:
+            column = offset + rows[term.key]
+            region = _region_of(term)
+            if column in regions and not _same_region(regions[column], region):
+                raise NoiseCLRError(f"{term.describe()}: the same direction twice in one edit with different regions; "
+                                    "give both the same region (or one term).")  # fmt: skip
+            regions[column] = region
+        localized = any(r is not None for r in regions.values()) and all(
+            _region_of(term) is not None for term in terms if _acts(term, steps)
+        )
+        for b in range(batch):
+            m = e * batch + b
+            if localized:
+                reference[m] = reference_edit * batch + b
+            for column, region in regions.items():
+                if region is None:
+                    continue
+                index[m, column] = len(owner)
+                owner.append(m)
+                auto.append(region.kind == "auto")
+                masks.append(torch.zeros(latent_size, latent_size, dtype=torch.float64) if region.kind == "auto"
+                             else region.latent_mask(latent_size, images[b]))  # fmt: skip
+    return RegionPlan(
+        index=index,
+        owner=torch.tensor(owner, dtype=torch.long),
+        auto=torch.tensor(auto, dtype=torch.bool),
+        masks=torch.stack(masks),
+        reference=reference,
+        settings=settings,
+    )
+
+
+def _same_region(a: Region | None, b: Region | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a.same_as(b))
+
+
+def edit_regions(
+    edits: Sequence[Sequence[EditTerm]], plan: RegionPlan | None, union: torch.Tensor | None, batch: int, size: int
+) -> torch.Tensor:
+    """[E, batch, h, w] where each edit may differ from the reconstruction: its final union when it is
+    localized, ones for other edits with terms, zeros for the plain variant."""
+    maps = torch.zeros(len(edits), batch, size, size, dtype=torch.float64)
+    for e, terms in enumerate(edits):
+        if terms:
+            maps[e] = 1.0
+    if plan is not None and union is not None:
+        flat = maps.view(-1, size, size)
+        localized = (plan.reference >= 0).nonzero().flatten()
+        flat[localized] = union[localized.to(union.device)].to("cpu", torch.float64)
+    return maps

@@ -26,7 +26,6 @@ import torch
 
 if TYPE_CHECKING:
     from .directions import Directions
-    from .editing import EditTerm
     from .model import DiffusionModel
 
 log = logging.getLogger("noiseclr")
@@ -178,41 +177,3 @@ def scale_for(strength: float, response: float) -> float:
 def strength_of(scale: float, response: float) -> float:
     """The strength (percent) a raw ``lambda`` gives a direction of this response."""
     return 100.0 * float(scale) * float(response)
-
-
-def _is_prompt(term: EditTerm) -> bool:
-    # Duck-typed, so this module needs nothing from editing (which imports it).
-    return getattr(term, "directions", None) is None
-
-
-def resolve_strengths(model: DiffusionModel, terms: Sequence[EditTerm], latents: torch.Tensor) -> None:
-    """Give every term specified by strength its scale (in place).
-
-    A directions file's stored calibration is used when it has one; otherwise (imported files,
-    prompts) the response is measured now on ``latents`` (the images being edited, or the initial
-    noise of a generation), once per distinct file and prompt.
-    """
-    pending = [term for term in terms if term.strength is not None and term.scale is None]
-    if not pending:
-        return
-    measured: dict[tuple, float] = {}
-    for term in pending:
-        key = term.key
-        if key in measured:
-            continue
-        if _is_prompt(term):
-            conditioning = model.encode_prompts([term.prompt])
-            measured[key] = float(noise_response(model, conditioning, latents[:CALIBRATION_IMAGES], calibration_timesteps(model))[0])
-            continue
-        stored = (term.directions.calibration or {}).get("response")
-        if stored is not None and len(stored) == term.directions.count:
-            measured[key] = float(stored[term.index])
-            continue
-        missing = sorted({t.index for t in pending if not _is_prompt(t) and t.directions is term.directions})
-        log.info("%s: no stored calibration; measuring the response of %d direction(s) on the images at hand",
-                 term.directions.path or "directions", len(missing))  # fmt: skip
-        values = direction_response(model, term.directions, latents[:CALIBRATION_IMAGES], indices=missing)
-        for index, value in zip(missing, values.tolist()):
-            measured[(id(term.directions), index)] = value
-    for term in pending:
-        term.resolve(measured[term.key])
