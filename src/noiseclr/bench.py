@@ -131,10 +131,10 @@ class BenchSettings:
     heldout: int = option(200, flag="--heldout", help="held-out renders every number is measured on", type=positive_int)
     validation: int = option(40, flag="--validation", help="validation renders that pick scale and window", type=positive_int)
     steps: int = option(12, flag="--steps", help="inversion and denoising steps per edit", type=positive_int)
-    """Inversion and denoising steps of every edit. Edit-friendly DDPM inversion reconstructs exactly at
+    """Inversion and denoising steps of every edit. Edit-friendly DDPM inversion reconstructs the latents exactly at
     any count; 12 and 25 steps named the same main factor for 10 of 10 demo directions (strengths
     within 0.08, the sampling error of 12 images), 8 steps for 9 of 10 (benchmarks/quality.md)."""
-    inversion: str = option("ddpm", flag="--inversion", help="ddpm (exact reconstruction) or ddim (the paper's)")
+    inversion: str = option("ddpm", flag="--inversion", help="ddpm (reconstructs the latents exactly) or ddim (the paper's)")
     strengths: tuple[float, ...] = option(BENCH_STRENGTHS, flag="--strengths", metavar="PERCENT",
                                           help="calibrated strengths (percent change of the noise prediction), each tried with both signs",
                                           type=float, nargs="+")  # fmt: skip
