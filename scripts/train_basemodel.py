@@ -4,6 +4,8 @@
     python scripts/train_basemodel.py --work work/basemodel            # every stage, as far as time allows
     python scripts/train_basemodel.py --work work/basemodel --minutes 8.5   # one time-boxed piece; re-run to go on
     python scripts/train_basemodel.py --work work/more --warm-start embedded  # go on from the shipped weights
+    python scripts/train_basemodel.py --work work/arm --warm-start embedded --pool-masks --pool-pairs 4000 \
+        --mask-weight 1 --text-aux-weight 0.1 --paired-fraction 0.25   # issue 20's recipe arms (docs/basemodel_recipe.md)
 
 Stages run in order and skip what is done: tokenizer, vae, pool, diffusion, export (to
 src/noiseclr/assets/basemodel, fp16). Seeded: the same command gives the same model on the same
@@ -43,6 +45,18 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=DiffusionSettings.lr)
     parser.add_argument("--sample-every", type=int, default=DiffusionSettings.sample_every)
     parser.add_argument("--snapshot-every", type=int, default=DiffusionSettings.snapshot_every)
+    parser.add_argument("--warmup", type=int, default=DiffusionSettings.warmup, help="LR warm-up steps (from the start or warm start)")
+    parser.add_argument("--ema-decay", type=float, default=DiffusionSettings.ema_decay,
+                        help="EMA decay (short ablation arms need a short window, e.g. 0.99)")
+    parser.add_argument("--mask-weight", type=float, default=DiffusionSettings.mask_weight,
+                        help="(a) feature-mask loss weighting strength (needs --pool-masks when the pool is built)")
+    parser.add_argument("--text-aux-weight", type=float, default=DiffusionSettings.text_aux_weight,
+                        help="(b) weight of the text encoder's per-factor read-out loss")
+    parser.add_argument("--paired-fraction", type=float, default=DiffusionSettings.paired_fraction,
+                        help="(c) share of each batch drawn as counterfactual pairs (needs --pool-pairs)")
+    parser.add_argument("--pool-masks", action="store_true", help="store feature weight maps with the pool")
+    parser.add_argument("--pool-pairs", type=int, default=DiffusionSettings.pool_pairs,
+                        help="encode a counterfactual partner for this many pool renders")
     parser.add_argument("--warm-start", default=None, metavar="MODEL_DIR",
                         help="seed an empty --work from a trained model folder ('embedded': the shipped weights)")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,11 +77,18 @@ def main() -> int:
         sample_every=args.sample_every,
         snapshot_every=args.snapshot_every,
         seed=args.seed,
+        warmup=args.warmup,
+        ema_decay=args.ema_decay,
+        mask_weight=args.mask_weight,
+        text_aux_weight=args.text_aux_weight,
+        paired_fraction=args.paired_fraction,
+        pool_masks=args.pool_masks,
+        pool_pairs=args.pool_pairs,
     )
     if args.warm_start and not (args.work / "diffusion" / "checkpoint.safetensors").is_file():
         source = embedded_model_path() if args.warm_start == EMBEDDED else Path(args.warm_start)
         trainer.warm_start(source, diffusion_settings)
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     stages = ["tokenizer", "vae", "pool", "diffusion", "export"] if args.stage == "all" else [args.stage]
     finished = True
     for stage in stages:
@@ -88,7 +109,8 @@ def main() -> int:
     seconds = time.monotonic() - started
     write_training_record(
         args.work,
-        {"stages": stages, "finished": finished, "seconds": round(seconds, 1), "device": device_name, "argv": sys.argv[1:],
+        {"stages": stages, "finished": finished, "seconds": round(seconds, 1),
+         "cpu_seconds": round(time.process_time() - cpu_started, 1), "device": device_name, "argv": sys.argv[1:],
          "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host_cpus": os.cpu_count()},
     )
     state = "done" if finished else "paused (time limit); run the same command again to continue"

@@ -92,6 +92,21 @@ class DiffusionSettings:
     snapshot_every: int = 1000
     """Keep an fp16 export of the EMA weights every this many steps (``diffusion/snapshots/``), for
     the controllability probe's learning curve; 0: none."""
+    # Recipe arms of issue 20 (defaults: the original recipe, bit for bit).
+    mask_weight: float = 0.0
+    """(a) Strength s of the feature-mask weighting: the per-cell loss weight is ``(1 + s E) / (1 + s)``
+    with ``E`` the pool's equalized weight map (every factor the same total weight, mean 1), so the
+    mean weight stays 1; 0: the plain loss. Needs a pool built with ``pool_masks``."""
+    text_aux_weight: float = 0.0
+    """(b) Weight of the text encoder's read-out loss: one linear head per factor on the pooled
+    output predicts each value the caption mentions (cross-entropy); 0: none."""
+    paired_fraction: float = 0.0
+    """(c) Share of each batch drawn as counterfactual pairs (a pool render and the same seed with
+    one factor changed, shared noise and timestep, captions naming the change); needs ``pool_pairs``."""
+    pool_masks: bool = False
+    """Store every pool render's equalized weight map at latent resolution (``pool/extras.safetensors``)."""
+    pool_pairs: int = 0
+    """Encode a counterfactual partner for the first this many pool renders."""
 
 
 def training_record_path(model_dir: str | Path) -> Path:
@@ -113,13 +128,21 @@ def _torch_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(_step_rng(seed, step, stream).integers(0, 2**63 - 1)))
 
 
+def draw_training_seeds(count: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """The domains and render seeds :func:`draw_training_renders` draws from ``rng``."""
+    names = list(DOMAIN_MIX)
+    domains = rng.choice(len(names), size=count, p=list(DOMAIN_MIX.values()))
+    seeds = TRAIN_SEED_BASE + rng.integers(0, TRAIN_SEED_BASE, size=count)
+    return [names[d] for d in domains], seeds
+
+
 def draw_training_renders(count: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str], list[dict]]:
     """``count`` fresh renders (uint8 [N,128,128,3]) from the domain mix, with domains and labels."""
     from ..world.render import render_many
 
     names = list(DOMAIN_MIX)
-    domains = rng.choice(len(names), size=count, p=list(DOMAIN_MIX.values()))
-    seeds = TRAIN_SEED_BASE + rng.integers(0, TRAIN_SEED_BASE, size=count)
+    drawn, seeds = draw_training_seeds(count, rng)
+    domains = np.array([names.index(d) for d in drawn])
     pixels = np.empty((count, 128, 128, 3), dtype=np.uint8)
     labels: list[dict] = [{}] * count
     for index, name in enumerate(names):
@@ -357,23 +380,40 @@ class BaseModelTrainer:
             images, domains, labels = draw_training_renders(count, _step_rng(settings.seed, index, 3))
             with torch.no_grad(), self._autocast():
                 means = vae.encode(to_pixels(images).to(self.device)).latent_dist.mean.float().cpu()
-            atomic_save_safetensors(
-                part, {"latents": means.half()}, {"domains": json.dumps(domains), "labels": json.dumps(labels)}
-            )
+            tensors, meta = {"latents": means.half()}, {"domains": json.dumps(domains), "labels": json.dumps(labels)}
+            if settings.pool_masks or settings.pool_pairs:
+                _, seeds = draw_training_seeds(count, _step_rng(settings.seed, index, 3))
+                tensors, meta = self._pool_extras(vae, settings, index * chunk, domains, seeds, labels, tensors, meta)
+            atomic_save_safetensors(part, tensors, meta)
             if index % 20 == 0:
                 self.log(f"pool: encoded {min((index + 1) * chunk, settings.pool_size)}/{settings.pool_size}")
         from safetensors import safe_open
 
         latents, domains, labels = [], [], []
+        maps, pair_latents, pair_index, pair_changes = [], [], [], []
         for index in range(total):
             with safe_open(str(parts / f"{index:05d}.safetensors"), framework="pt") as handle:
                 latents.append(handle.get_tensor("latents"))
                 meta = handle.metadata()
+                if "weight_maps" in handle.keys():
+                    maps.append(handle.get_tensor("weight_maps"))
+                if "pair_latents" in handle.keys():
+                    pair_latents.append(handle.get_tensor("pair_latents"))
+                    pair_index += [len(domains) + row for row in json.loads(meta["pair_rows"])]
+                    pair_changes += json.loads(meta["pair_changes"])
                 domains += json.loads(meta["domains"])
                 labels += json.loads(meta["labels"])
         stacked = torch.cat(latents).float()
         # A warm-started UNet was trained on latents at its VAE's scaling factor: keep it.
         scaling = self._warm_scaling_factor() or 1.0 / float(stacked.std())
+        if maps or pair_latents:
+            extras: dict[str, torch.Tensor] = {}
+            if maps:
+                extras["weight_maps"] = torch.cat(maps)
+            if pair_latents:
+                extras["pair_latents"] = (torch.cat(pair_latents).float() * scaling).half()
+                extras["pair_index"] = torch.tensor(pair_index, dtype=torch.long)
+            atomic_save_safetensors(self.work / "pool" / "extras.safetensors", extras, {"pair_changes": json.dumps(pair_changes)})
         atomic_save_safetensors(
             self.pool_path(),
             {"latents": (stacked * scaling).half()},
@@ -381,6 +421,48 @@ class BaseModelTrainer:
         )
         self.log(f"pool: {len(domains)} latents, scaling factor {scaling:.5f}")
         return True
+
+    def _pool_extras(self, vae, settings: DiffusionSettings, first: int, domains: list[str], seeds: np.ndarray,
+                     labels: list[dict], tensors: dict[str, torch.Tensor], meta: dict[str, str]):  # fmt: skip
+        """Add one pool chunk's weight maps and counterfactual partners (rows ``first + i < pool_pairs``)."""
+        from ..world.factors import domain_factors
+        from ..world.masks import latent_weight_map
+        from ..world.render import render_many
+
+        if settings.pool_masks:
+            maps = [latent_weight_map(d, int(s)) for d, s in zip(domains, seeds)]
+            tensors["weight_maps"] = torch.from_numpy(np.stack(maps)).half()
+        rows = [i for i in range(len(domains)) if first + i < settings.pool_pairs]
+        if rows:
+            rng = _step_rng(settings.seed, first, 6)
+            images, changes = [], []
+            for i in rows:
+                factor = domain_factors(domains[i])[int(rng.integers(len(domain_factors(domains[i]))))]
+                others = [v for v in factor.values if v != labels[i][factor.name]]
+                value = others[int(rng.integers(len(others)))]
+                images.append(render_many(domains[i], [int(seeds[i])], [{**labels[i], factor.name: value}])[0][0])
+                changes.append([factor.name, value])
+            with torch.no_grad(), self._autocast():
+                partner = vae.encode(to_pixels(np.stack(images)).to(self.device)).latent_dist.mean.float().cpu()
+            tensors["pair_latents"] = partner.half()
+            meta = {**meta, "pair_rows": json.dumps(rows), "pair_changes": json.dumps(changes)}
+        return tensors, meta
+
+    def load_pool_extras(self) -> dict[str, Any]:
+        """``weight_maps`` [N, h, w], ``pair_latents`` [P, C, h, w], ``pair_index`` [P] (pool rows),
+        ``pair_changes`` ([factor, value] per pair), as far as the pool was built with them."""
+        from safetensors import safe_open
+
+        path = self.work / "pool" / "extras.safetensors"
+        if not path.is_file():
+            return {}
+        with safe_open(str(path), framework="pt") as handle:
+            out: dict[str, Any] = {key: handle.get_tensor(key) for key in handle.keys()}
+            out["pair_changes"] = json.loads(handle.metadata()["pair_changes"])
+        for key in ("weight_maps", "pair_latents"):
+            if key in out:
+                out[key] = out[key].float()
+        return out
 
     def pool_scaling_factor(self) -> float:
         """The VAE scaling factor stored with the pool (metadata only; the latents stay on disk)."""
@@ -409,7 +491,7 @@ class BaseModelTrainer:
 
     def train_diffusion(self, settings: DiffusionSettings) -> bool:
         """Train (or continue) UNet + text encoder; returns True when finished."""
-        from ..world.captions import caption
+        from ..world.captions import caption_with_mentions, paired_captions
 
         folder = self.work / "diffusion"
         folder.mkdir(exist_ok=True)
@@ -422,6 +504,7 @@ class BaseModelTrainer:
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-2)
         step = warmup_from = 0
         ckpt = folder / "checkpoint.safetensors"
+        tensors, state = {}, {}
         if ckpt.is_file():
             tensors, state = load_checkpoint(ckpt)
             warmup_from = int(state.get("warmup_from", 0))
@@ -435,33 +518,82 @@ class BaseModelTrainer:
             step = state["step"]
             self.log(f"diffusion: resuming at step {step}")
         latents_pool, domains, labels, _ = self.load_pool()
+        extras = self.load_pool_extras() if (settings.mask_weight or settings.paired_fraction) else {}
+        if settings.mask_weight and "weight_maps" not in extras:
+            raise RuntimeError("mask_weight needs a pool built with pool_masks (a new --work, or delete pool/)")
+        n_pairs = int(round(settings.batch_size * settings.paired_fraction / 2))
+        if n_pairs and "pair_latents" not in extras:
+            raise RuntimeError("paired_fraction needs a pool built with pool_pairs > 0 (a new --work, or delete pool/)")
+        n_single = settings.batch_size - 2 * n_pairs
+        readout = readout_optimizer = None
+        if settings.text_aux_weight:
+            readout = FactorReadout(text_encoder.config.hidden_size).to(self.device).train()
+            readout_optimizer = torch.optim.AdamW(readout.parameters(), lr=settings.lr, weight_decay=1e-2)
+            if ckpt.is_file() and "readout.linear.weight" in tensors:
+                load_module_tensors(readout, tensors, "readout")
+                if "readout_optimizer" in state:
+                    load_optimizer_tensors(readout_optimizer, tensors, state["readout_optimizer"], prefix="readout_optimizer")
         alphas = modules["scheduler"].alphas_cumprod.float()
         num_t = len(alphas)
-        smoothed, seen, tick = None, 0, time.monotonic()
+        smoothed, smoothed_aux, seen, tick, cpu = None, None, 0, time.monotonic(), time.process_time()
         while step < settings.steps and not self.clock.expired():
             rng = _step_rng(settings.seed, step, 4)
-            picks = rng.integers(0, len(latents_pool), size=settings.batch_size)
-            captions = [caption(domains[i], labels[i], rng) for i in picks]
+            picks = rng.integers(0, len(latents_pool), size=n_single)
+            drawn = [caption_with_mentions(domains[i], labels[i], rng) for i in picks]
+            captions = [text for text, _ in drawn]
+            mentions = [m for _, m in drawn]
+            rows, batch_domains = list(picks), [domains[i] for i in picks]
+            partners = torch.empty(0, *latents_pool.shape[1:])
+            if n_pairs:
+                pair_ids = rng.integers(0, len(extras["pair_index"]), size=n_pairs)
+                firsts, seconds = [], []
+                for j in pair_ids:
+                    i = int(extras["pair_index"][j])
+                    factor, value = extras["pair_changes"][j]
+                    text_a, text_b, said = paired_captions(domains[i], labels[i], factor, value, rng)
+                    firsts.append((i, text_a, said))
+                    seconds.append((i, text_b, {**said, factor: value}))
+                for i, text, said in firsts + seconds:
+                    rows.append(i)
+                    batch_domains.append(domains[i])
+                    captions.append(text)
+                    mentions.append(said)
+                partners = extras["pair_latents"][torch.from_numpy(pair_ids)]
             ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
             generator = _torch_generator(settings.seed, step, 5)
-            clean = latents_pool[torch.from_numpy(picks)]
+            index = torch.tensor(rows, dtype=torch.long)
+            clean = latents_pool[index[: n_single + n_pairs]]
+            if n_pairs:
+                clean = torch.cat([clean, partners])
             t = torch.randint(0, num_t, (settings.batch_size,), generator=generator)
             noise = torch.randn(clean.shape, generator=generator)
+            if n_pairs:  # a pair shares its noise and timestep: only the named factor differs
+                t, noise = share_pair_rows(t, n_single, n_pairs), share_pair_rows(noise, n_single, n_pairs)
             alpha_bar = alphas[t].view(-1, 1, 1, 1)
             noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
             for group in optimizer.param_groups:
                 group["lr"] = _warmup_lr(settings.lr, step - warmup_from, warmup=settings.warmup)
             with self._autocast():
-                hidden = text_encoder(ids.to(self.device))[0]
+                encoded = text_encoder(ids.to(self.device))
+                hidden = encoded[0]
                 pred = unet(noisy.to(self.device), t.to(self.device), encoder_hidden_states=hidden).sample
-            per_sample = (pred.float() - noise.to(self.device)).square().mean(dim=(1, 2, 3))
-            snr = (alpha_bar / (1 - alpha_bar)).view(-1).to(self.device)
-            weight = snr.clamp(max=settings.min_snr_gamma) / snr
-            loss = (weight * per_sample).mean()
+            pixel_weights = None
+            if settings.mask_weight:
+                pixel_weights = mask_loss_weights(extras["weight_maps"][index], settings.mask_weight).to(self.device)
+            loss = diffusion_loss(pred, noise.to(self.device), alpha_bar.to(self.device), settings.min_snr_gamma, pixel_weights)
+            aux = None
+            if readout is not None:
+                targets = readout_targets(batch_domains, mentions, readout.heads).to(self.device)
+                aux = readout_loss(readout(encoded[1].float()), targets, readout.heads)
+                loss = loss + settings.text_aux_weight * aux
             optimizer.zero_grad(set_to_none=True)
+            if readout_optimizer is not None:
+                readout_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            if readout_optimizer is not None:
+                readout_optimizer.step()
             step += 1
             decay = min(settings.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
@@ -471,20 +603,30 @@ class BaseModelTrainer:
             if not math.isfinite(value):
                 raise RuntimeError(f"diffusion loss became {value} at step {step}; the last checkpoint is intact")
             smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
+            if aux is not None:
+                smoothed_aux = aux.item() if smoothed_aux is None else 0.98 * smoothed_aux + 0.02 * aux.item()
             seen += settings.batch_size
             if step % settings.log_every == 0 or step == settings.steps:
                 rate = seen / max(time.monotonic() - tick, 1e-9)
-                self.log(f"diffusion step {step}/{settings.steps}  loss {smoothed:.4f}  {rate:.0f} img/s  {self.clock.elapsed() / 60:.1f} min")
-                self._log_row(folder / "log.csv", {"step": step, "loss": round(smoothed, 6)})
+                extra = f"  aux {smoothed_aux:.4f}" if smoothed_aux is not None else ""
+                self.log(f"diffusion step {step}/{settings.steps}  loss {smoothed:.4f}{extra}  {rate:.0f} img/s  "
+                         f"{self.clock.elapsed() / 60:.1f} min  {(time.process_time() - cpu) / 60:.1f} CPU-min")  # fmt: skip
+                row = {"step": step, "loss": round(smoothed, 6)}
+                if smoothed_aux is not None:  # only in arms' logs: an old log.csv keeps its columns
+                    row["aux"] = round(smoothed_aux, 6)
+                self._log_row(folder / "log.csv", row)
                 seen, tick = 0, time.monotonic()
             if step % settings.checkpoint_every == 0 or step == settings.steps or self.clock.expired():
                 tensors = {**module_tensors(unet, "unet"), **module_tensors(text_encoder, "text_encoder")}
                 tensors.update({f"ema_unet.{i}": p for i, p in enumerate(ema_unet)})
                 tensors.update({f"ema_text.{i}": p for i, p in enumerate(ema_text)})
                 opt_tensors, opt_info = optimizer_tensors(optimizer)
-                save_checkpoint(ckpt, {**tensors, **opt_tensors}, {
-                    "step": step, "warmup_from": warmup_from, "optimizer": opt_info, "settings": asdict(settings),
-                })  # fmt: skip
+                record = {"step": step, "warmup_from": warmup_from, "optimizer": opt_info, "settings": asdict(settings)}
+                if readout is not None:
+                    tensors.update(module_tensors(readout, "readout"))
+                    readout_tensors, record["readout_optimizer"] = optimizer_tensors(readout_optimizer, "readout_optimizer")
+                    opt_tensors.update(readout_tensors)
+                save_checkpoint(ckpt, {**tensors, **opt_tensors}, record)
             if settings.snapshot_every and step % settings.snapshot_every == 0:
                 self.export(folder / "snapshots" / f"step-{step:06d}")
             if settings.sample_every and step % settings.sample_every == 0:
@@ -607,6 +749,85 @@ def grow_into(module: torch.nn.Module, trained: dict[str, torch.Tensor]) -> list
             if name in grown and ".proj_out." in name:
                 tensor.zero_()
     return grown
+
+
+def diffusion_loss(
+    pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, min_snr_gamma: float,
+    pixel_weights: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Epsilon MSE with min-SNR weighting; ``pixel_weights`` [B, 1, h, w] (mean 1) reweights cells."""
+    error = (pred.float() - noise).square()
+    if pixel_weights is not None:
+        error = error * pixel_weights
+    per_sample = error.mean(dim=(1, 2, 3))
+    snr = (alpha_bar / (1 - alpha_bar)).view(-1)
+    weight = snr.clamp(max=min_snr_gamma) / snr
+    return (weight * per_sample).mean()
+
+
+def mask_loss_weights(maps: torch.Tensor, strength: float) -> torch.Tensor:
+    """Equalized weight maps [B, h, w] (mean 1) -> loss weights [B, 1, h, w] = ``(1 + s E) / (1 + s)``.
+
+    The mean stays 1, so the loss scale (and the LR that suits it) is the plain loss's; s = 0 or an
+    all-ones map gives all ones. s = 1 puts half the weight on the factors' pixels, shared equally.
+    """
+    return ((1.0 + strength * maps) / (1.0 + strength)).unsqueeze(1)
+
+
+def share_pair_rows(values: torch.Tensor, first: int, pairs: int) -> torch.Tensor:
+    """Copy rows ``first .. first+pairs`` onto rows ``first+pairs .. first+2*pairs`` (each pair's partner)."""
+    out = values.clone()
+    out[first + pairs : first + 2 * pairs] = values[first : first + pairs]
+    return out
+
+
+def readout_heads() -> list[tuple[str, str, int]]:
+    """(domain, factor, number of values) of every head of :class:`FactorReadout`, in registry order."""
+    from ..world.factors import DOMAINS
+
+    return [(domain, factor.name, len(factor.values)) for domain, factors in DOMAINS.items() for factor in factors]
+
+
+class FactorReadout(torch.nn.Module):
+    """One linear head per (domain, factor) on the text encoder's pooled output (one Linear, sliced).
+
+    Trained beside the text encoder so that the encoding of every caption tells the values it names
+    apart; not exported (the shipped text encoder stays a plain ``CLIPTextModel``).
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = readout_heads()
+        self.linear = torch.nn.Linear(width, sum(n for _, _, n in self.heads))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear(pooled)
+
+
+def readout_targets(domains: list[str], mentions: list[dict], heads: list[tuple[str, str, int]]) -> torch.Tensor:
+    """[B, heads] value index of every factor the caption names, -1 where it names none."""
+    from ..world.factors import get_factor
+
+    targets = torch.full((len(domains), len(heads)), -1, dtype=torch.long)
+    for row, (domain, said) in enumerate(zip(domains, mentions)):
+        for column, (head_domain, factor, _) in enumerate(heads):
+            if head_domain == domain and factor in said:
+                targets[row, column] = get_factor(domain, factor).index(said[factor])
+    return targets
+
+
+def readout_loss(logits: torch.Tensor, targets: torch.Tensor, heads: list[tuple[str, str, int]]) -> torch.Tensor:
+    """Mean cross-entropy over every (caption, named factor); 0 (with a graph) when nothing is named."""
+    total = logits.sum() * 0.0
+    count = 0
+    start = 0
+    for column, (_, _, size) in enumerate(heads):
+        rows = targets[:, column] >= 0
+        if rows.any():
+            total = total + F.cross_entropy(logits[rows, start : start + size], targets[rows, column], reduction="sum")
+            count += int(rows.sum())
+        start += size
+    return total / max(count, 1)
 
 
 def _edge_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

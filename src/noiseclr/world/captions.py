@@ -292,6 +292,28 @@ def caption(domain: str, labels: Mapping[str, str], rng: np.random.Generator, me
     return caption_with_mentions(domain, labels, rng, mention_rate)[0]
 
 
+def paired_captions(
+    domain: str, labels: Mapping[str, str], changed: str, value: str, rng: np.random.Generator
+) -> tuple[str, str, dict[str, str]]:
+    """Training captions for a counterfactual pair: ``labels`` and ``labels`` with ``changed`` set to
+    ``value``. Both mention the same factors (drawn as in :func:`caption_with_mentions`, never
+    empty, ``changed`` always among them) and make the same wording choices where they can, so
+    the captions differ in the changed value's words. Returns both captions and the first's mentions.
+    """
+    labels = check_labels(domain, labels)
+    other = check_labels(domain, {**labels, changed: value})
+    low, high = MENTION_RATE_RANGE
+    rate = low + (high - low) * rng.random()
+    chosen = rng.random(len(labels)) < rate
+    names = {name for name, keep in zip(labels, chosen) if keep} | {changed}
+    words_seed = int(rng.integers(0, 2**63 - 1))
+    first, second = (
+        _compose(domain, {n: v for n, v in lab.items() if n in names}, _Random(np.random.default_rng(words_seed)))
+        for lab in (labels, other)
+    )
+    return first, second, {n: v for n, v in labels.items() if n in names}
+
+
 def describe(domain: str, mentions: Mapping[str, str]) -> str:
     """A deterministic caption that names exactly the given factor values, canonical wording.
 
