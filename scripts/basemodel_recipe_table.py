@@ -36,12 +36,12 @@ def main() -> int:
     parser.add_argument("--start", type=int, default=4000)
     args = parser.parse_args()
     head = ("| arm | steps | train CPU-min | faces text dist | faces UNet t=500 / 700 | faces generation | faces probe | "
-            "cats probe | small face factors: text dist / UNet t=700 / probe |")  # fmt: skip
-    lines = [head, "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+            "faces / cats leak | cats probe | small face factors: text dist / UNet t=700 / probe |")  # fmt: skip
+    lines = [head, "|---|---:|---:|---:|---|---:|---:|---|---:|---|"]
     for arm in args.arms:
         folder = args.root / arm
         if not (folder / "ladder.json").is_file():
-            lines.append(f"| {arm} | (not run) | | | | | | | |")
+            lines.append(f"| {arm} | (not run) | | | | | | | | |")
             continue
         row = arm_row(folder)
         means = ladder.domain_means(row["ladder"])
@@ -49,10 +49,12 @@ def main() -> int:
         steps = row["record"].get("diffusion_step", 0) - args.start
         cpu = sum(r.get("cpu_seconds", 0.0) for r in row["runs"]) / 60
         f, c = means["faces"], means["cats"]
+        probe = row["ladder"]["rungs"]["probe"]["domains"]
+        leak = f"{100 * probe['faces']['others']:.1f}% / {100 * probe['cats']['others']:.1f}%"
         small = ", ".join(f"{n} {table['faces'][n]['text_dist']:.2f}/{table['faces'][n]['unet_t700']:.2f}/"
                           f"{100 * table['faces'][n]['probe']:.0f}%" for n in SMALL)  # fmt: skip
         lines.append(f"| {arm} | {steps} | {cpu:.1f} | {f['text_dist']:.2f} | {f['unet_t500']:.2f} / {f['unet_t700']:.2f} | "
-                     f"{100 * f['generation']:.0f}% | {100 * f['probe']:.0f}% | {100 * c['probe']:.0f}% | {small} |")  # fmt: skip
+                     f"{100 * f['generation']:.0f}% | {100 * f['probe']:.0f}% | {leak} | {100 * c['probe']:.0f}% | {small} |")  # fmt: skip
     print("\n".join(lines))
     return 0
 
