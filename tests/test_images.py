@@ -68,3 +68,17 @@ def test_image_fingerprint_is_of_the_set_and_of_the_order():
     other = pixels.clone()
     other[1, 0, 0, 0] = -other[1, 0, 0, 0]
     assert image_fingerprint(other)["sha256"] != same["sha256"]
+
+
+def test_a_long_grid_title_wraps_inside_the_image():
+    from PIL import Image, ImageDraw
+
+    from noiseclr.images import _font, make_grid, wrap_text
+
+    title = "faces.safetensors 1: background (+pink -blue) 3% (x1.21); faces.safetensors 5: eye_color +green 3% (x39.8)"
+    grid = make_grid([[Image.new("RGB", (64, 64))] * 3], column_labels=["input", "reconstruction", "edited"], title=title)
+    font = _font(max(10, min(16, 64 // 6)))
+    lines = wrap_text(title, font, grid.width - 8)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    assert len(lines) > 1 and " ".join(lines) == title
+    assert all(measure(line, font=font) <= grid.width - 8 for line in lines)
