@@ -24,7 +24,6 @@ Running it again in the same folder reuses the finished discovery run.
 from __future__ import annotations
 
 import logging
-import math
 import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 
 from .directions import Directions
+from .checkpoint import list_checkpoints
 from .discovery import INITS, DiscoverySettings, changed_trajectory, discover, finished_run, run_settings
 from .terms import DirectionTerm
 from .errors import NoiseCLRError
@@ -54,7 +54,7 @@ from .measure import (
     render_pixels,
     seeds_for,
 )
-from .metrics import SIGNS, axis_changed, change_fractions, changed_mask
+from .metrics import SIGNS, axis_changed, change_fractions, changed_mask, masked_psnr
 from .model import DiffusionModel
 from .strength import DEMO_STRENGTH
 from .options import check_choice, check_count, check_inversion, check_positive, field_default, flags, option, positive_int
@@ -185,9 +185,8 @@ def _discovery(
             f"--out {run.parent}: its discovery run was made with other settings ({', '.join(changed)}); "
             "pick another --out folder or delete that one to start over."
         )
-    # Resume only a run that exists: a first run is not a resume (and says nothing about one).
-    resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
-    return discover(model, pixels, run, discovery, resume=resume, progress=progress).directions
+    # Resume only a run that exists (discover's own test for one): a first run says nothing about resuming.
+    return discover(model, pixels, run, discovery, resume=bool(list_checkpoints(run)), progress=progress).directions
 
 
 def name_directions(
@@ -299,12 +298,11 @@ def read_factor_values(reader: Any, pixels: torch.Tensor, factors: Sequence[Any]
 
 
 def vae_round_trip_psnr(model: DiffusionModel, pixels: torch.Tensor) -> float:
-    """PSNR (dB) of images against their VAE round trip decode(encode(x)): what every edit's
+    """Mean PSNR (dB) of images against their VAE round trip decode(encode(x)): what every edit's
     "unedited reconstruction" costs even when the inversion is exact in the latents."""
     with torch.no_grad():
         recon = model.decode_latents(model.encode_images(pixels)).float().cpu().clamp(-1, 1)
-    mse = float(((recon - pixels.float()) / 2).square().mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+    return float(masked_psnr(recon, pixels).mean())
 
 
 def _also(record: DirectionRecord, limit: int = 2) -> str:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import NoiseCLRError
-from .fileio import atomic_save_safetensors, atomic_write, atomic_write_text, read_safetensors
+from .fileio import atomic_save_safetensors, atomic_write, atomic_write_text, read_safetensors, read_tensor_file
 
 if TYPE_CHECKING:
     from .model import DiffusionModel
@@ -297,7 +297,7 @@ class Directions:
                 return cls._from_noiseclr(path, tensors, meta)
             return cls._from_textual_inversion(path, tensors)
         if path.suffix in (".bin", ".pt", ".pth"):
-            return cls._from_textual_inversion(path, load_tensor_file(path))
+            return cls._from_textual_inversion(path, read_tensor_file(path))
         raise NoiseCLRError(f"{path}: unknown directions file type; expected .safetensors, .bin or .pt.")
 
     @classmethod
@@ -529,30 +529,6 @@ def _diffusers_howto(where: str, token: str, sdxl: bool) -> str:
     )
 
 
-def load_tensor_file(path: Path) -> Any:
-    """A ``.bin``/``.pt`` file read with ``torch.load(weights_only=True)``: plain tensors and
-    containers only, so a pickle that would run code is refused, never executed."""
-    import pickle
-    import zipfile
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch names the Python object a pickle asked for ("unsupported GLOBAL ..."); anything else
-        # it could not unpickle is simply not a tensor file.
-        if "global" in str(exc).lower():
-            raise NoiseCLRError(
-                f"{path}: refused: it holds Python objects besides tensors, and noiseclr loads only plain tensor files "
-                "(unpickling can run code). If you trust its source, convert it to safetensors once: "
-                f"python -c \"import torch; from safetensors.torch import save_file; "
-                f"save_file({{k: v.contiguous() for k, v in torch.load('{path}', weights_only=False).items()}}, "
-                f"'{path.with_suffix('.safetensors')}')\""
-            ) from None
-        raise NoiseCLRError(f"{path}: not a readable tensor file (not a torch.save file); check the path or re-export it.") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError):
-        raise NoiseCLRError(f"{path}: not a readable tensor file (damaged or of another type); check the path or re-export it.") from None
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -744,7 +720,7 @@ def _diffusers_sdxl_pair(path: Path, state: Any) -> tuple[list[str], torch.Tenso
     if path.suffix == ".safetensors":
         other_state, _ = read_safetensors(other, "the file is damaged or of another type.")
     else:
-        other_state = load_tensor_file(other)
+        other_state = read_tensor_file(other)
     states = (state, other_state) if other == second else (other_state, state)
     (names, part_1), (_, part_2) = (textual_inversion_vectors(st, p) for st, p in zip(states, (first, second)))
     if len(part_1) != len(part_2):

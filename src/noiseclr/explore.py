@@ -243,7 +243,7 @@ def explore(
             path = save_image(grid, out / f"direction-{index:03d}.png")
             strips.append(path)
             stored = settings.scales is None and settings.strengths is None
-            commands = edit_command(model, directions, index, images.paths[0] if images.paths else None, out,
+            commands = edit_commands(model, directions, index, images.paths[0] if images.paths else None, out,
                                    columns_of[index], (start, end), inversion_method, steps, stored,
                                    region=settings.region)  # fmt: skip
             cards.append(_card(directions, index, path.name, commands))
@@ -253,7 +253,7 @@ def explore(
     return ExploreResult(out=out, index_html=index_html, strips=strips, seconds=time.monotonic() - started)
 
 
-def edit_command(
+def edit_commands(
     model: DiffusionModel,
     directions: Directions,
     index: int,

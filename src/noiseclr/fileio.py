@@ -74,6 +74,38 @@ def read_safetensors(path: str | os.PathLike, fix: str, what: str = "") -> tuple
     return tensors, metadata
 
 
+class UnsafePickleError(NoiseCLRError):
+    """A ``.bin``/``.pt`` file whose pickle asks for Python objects: refused, never executed."""
+
+
+def read_tensor_file(path: str | os.PathLike) -> Any:
+    """A ``.bin``/``.pt`` file read with ``torch.load(weights_only=True)``: plain tensors and
+    containers only. A pickle that asks for Python objects is :class:`UnsafePickleError` (with how
+    to convert a trusted file); anything else unreadable is a one-line :class:`NoiseCLRError`."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the Python object a pickle asked for ("unsupported GLOBAL ..."); anything else
+        # it could not unpickle is simply not a tensor file.
+        if "global" in str(exc).lower():
+            raise UnsafePickleError(
+                f"{path}: refused: it holds Python objects besides tensors, and noiseclr loads only plain tensor files "
+                "(unpickling can run code). If you trust its source, convert it to safetensors once: "
+                f"python -c \"import torch; from safetensors.torch import save_file; "
+                f"save_file({{k: v.contiguous() for k, v in torch.load('{path}', weights_only=False).items()}}, "
+                f"'{path.with_suffix('.safetensors')}')\""
+            ) from None
+        raise NoiseCLRError(f"{path}: not a readable tensor file (not a torch.save file); check the path or re-export it.") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError):
+        raise NoiseCLRError(f"{path}: not a readable tensor file (damaged or of another type); check the path or re-export it.") from None
+
+
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """What :func:`ensure_output_dir` checks, creating nothing: commands call it before their
     inputs are validated and create the folder only when there is something to write, so a

@@ -129,11 +129,6 @@ def open_image(path: Path, min_side: int = 1024, max_pixels: int = DEFAULT_MAX_P
         return handle.copy()
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """One image -> [3, size, size] tensor in [-1, 1]."""
-    return _load_sized(Path(path), size)[0]
-
-
 def _load_sized(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, tuple[int, int]]:
     image = to_rgb(open_image(path, min_side=size, max_pixels=max_pixels))
     return pil_to_tensor(fit_square(image, size)), image.size

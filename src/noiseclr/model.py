@@ -801,6 +801,8 @@ def damaged_weights(folder: Path) -> tuple[Path, str] | None:
     """
     from safetensors import SafetensorError, safe_open
 
+    from .fileio import UnsafePickleError, read_tensor_file
+
     for path in sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
         if path.suffix == ".safetensors":
             try:
@@ -810,10 +812,10 @@ def damaged_weights(folder: Path) -> tuple[Path, str] | None:
                 return path, f"damaged or not a safetensors file: {str(exc).splitlines()[0][:120]}"
             continue
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure here is the answer
-            if "global" in str(exc).lower():
-                return path, "a pickle holding Python objects: noiseclr never unpickles those, as that can run code; use safetensors weights"
+            read_tensor_file(path)
+        except UnsafePickleError:
+            return path, "a pickle holding Python objects: noiseclr never unpickles those, as that can run code; use safetensors weights"
+        except NoiseCLRError:
             return path, "damaged or not a torch weights file"
     return None
 
