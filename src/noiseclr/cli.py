@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import NoiseCLRError
 from .interrupts import Terminated, terminate_as_interrupt
@@ -338,13 +339,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line. Every option of a settings class comes from that class's fields
     (:func:`noiseclr.options.add_options`): flags, defaults and help live in one place."""
-    from .bench import DEFAULT_METHODS, METHODS, BenchSettings
-    from .demo import DemoSettings
-    from .discovery import DiscoverySettings
-    from .editing import EditSettings, GenerateSettings
-    from .explore import ExploreSettings
-    from .regions import AutoRegion
-
     parser = argparse.ArgumentParser(
         prog="noiseclr",
         description="Discover edit directions in Stable Diffusion models from unlabeled images (NoiseCLR), and edit images with them.",
@@ -352,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     parser.add_argument("--version", action="version", version=f"noiseclr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_discover_parser, _edit_parser, _generate_parser, _explore_parser, _bench_parser, _demo_parser,
+                _info_parser, _export_parser):  # fmt: skip
+        add(sub)
+    return parser
+
+
+DIRECTION_HELP = ("FILE:INDEX=SCALE[@START:END][#auto|#MASK] (repeatable; any mix of files, e.g. faces.safetensors:3=4@0:0.6; "
+                  "#auto or #mask.png localizes the direction)")  # fmt: skip
+
+
+def _discover_parser(sub: Any) -> None:
+    from .discovery import DiscoverySettings
 
     p = sub.add_parser("discover", help="learn K edit directions from a folder of unlabeled images")
     _add_model_args(p)
@@ -364,26 +370,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(g, RuntimeSettings, only=("gradient_checkpointing", "channels_last", "compile", "max_megapixels"))
     p.set_defaults(func=cmd_discover)
 
-    direction_help = ("FILE:INDEX=SCALE[@START:END][#auto|#MASK] (repeatable; any mix of files, e.g. faces.safetensors:3=4@0:0.6; "
-                      "#auto or #mask.png localizes the direction)")  # fmt: skip
+
+def _edit_parser(sub: Any) -> None:
+    from .editing import EditSettings
+    from .regions import AutoRegion
+
     p = sub.add_parser("edit", help="edit real images with directions (inversion, then guided denoising)")
     _add_model_args(p)
     p.add_argument("--image", required=True, nargs="+", type=Path, help="image file(s)")
-    p.add_argument("--direction", required=True, action="append", help=direction_help)
+    p.add_argument("--direction", required=True, action="append", help=DIRECTION_HELP)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     add_options(p, EditSettings, defaults={"inversion": None, "steps": None}, default_texts=STORED_PROTOCOL_HELP)
     add_options(p, RuntimeSettings, only=("max_megapixels",))
     add_options(p.add_argument_group("auto regions (#auto)"), AutoRegion)
     p.set_defaults(func=cmd_edit)
 
+
+def _generate_parser(sub: Any) -> None:
+    from .editing import GenerateSettings
+    from .regions import AutoRegion
+
     p = sub.add_parser("generate", help="text-to-image with directions added")
     _add_model_args(p)
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeatable; '' for unconditional)")
-    p.add_argument("--direction", action="append", default=[], help=direction_help)
+    p.add_argument("--direction", action="append", default=[], help=DIRECTION_HELP)
     p.add_argument("--out", required=True, type=Path)
     add_options(p, GenerateSettings)
     add_options(p.add_argument_group("auto regions (#auto)"), AutoRegion)
     p.set_defaults(func=cmd_generate)
+
+
+def _explore_parser(sub: Any) -> None:
+    from .explore import ExploreSettings
+    from .regions import AutoRegion
 
     p = sub.add_parser("explore", help="render each direction over a few images and scales, with an HTML gallery")
     _add_model_args(p)
@@ -394,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, RuntimeSettings, only=("max_megapixels",))
     add_options(p.add_argument_group("auto regions (--region auto)"), AutoRegion)
     p.set_defaults(func=cmd_explore)
+
+
+def _bench_parser(sub: Any) -> None:
+    from .bench import DEFAULT_METHODS, METHODS, BenchSettings
+    from .regions import AutoRegion
 
     p = sub.add_parser("bench", help="measure what directions change, with the factor readers (ground-truth benchmark)")
     _add_model_args(p)
@@ -415,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p.add_argument_group("auto regions (--region auto)"), AutoRegion)
     p.set_defaults(func=cmd_bench)
 
+
+def _demo_parser(sub: Any) -> None:
+    from .demo import DemoSettings
+
     p = sub.add_parser("demo", help="the main job: discover, name and show face-edit directions on the embedded model (~6 min on a 2-core CPU)")
     _add_model_args(p)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
@@ -422,11 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readers", type=Path, default=None, help="folder with reader weights (default: the shipped ones)")
     p.set_defaults(func=cmd_demo)
 
+
+def _info_parser(sub: Any) -> None:
     p = sub.add_parser("info", help="describe a directions file")
     p.add_argument("file", type=Path, help="directions .safetensors (or a textual-inversion .bin/.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
+
+def _export_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="export directions as textual-inversion embeddings for other tools")
     p.add_argument("file", type=Path, help="directions .safetensors (or any file 'info' accepts)")
     p.add_argument(
@@ -441,7 +473,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="output folder (default: FILE-FORMAT/ beside FILE)")
     p.set_defaults(func=cmd_export)
-    return parser
 
 
 def _root_parser() -> argparse.ArgumentParser:
