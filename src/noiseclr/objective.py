@@ -1,54 +1,25 @@
-"""The NoiseCLR contrastive objective (Dalva & Yanardag, CVPR 2024, Eq. 5), as pure functions.
+"""The NoiseCLR contrastive objective (Dalva & Yanardag, CVPR 2024, Eq. 5) and one micro-batch's loss, as pure functions.
 
-Input is a feature tensor ``[J, N, F]``: for each of J drawn directions and N images, the
-flattened noise difference ``delta[j, n] = eps(z_t[n], t, c_j) - eps(z_t[n], t, c_0)``.
-For an anchor direction k, with ``cos`` the cosine similarity and ``tau`` the temperature::
-
-    L_k = -log( sum_{n != m} exp(cos(delta[k,n], delta[k,m]) / tau)
-                / sum_n sum_{l != k} exp(cos(delta[k,n], delta[l,n]) / tau) )
-
-Positives: the same direction on different images (a direction should do the same thing
-everywhere). Negatives: different directions on the same image (directions should differ).
-
-Reported form. The functions here return the *mean-normalised* loss, as the published code
-(gemlab-vt/NoiseCLR ``core/loss.py`` + ``trainer.py``) computes it::
-
-    L_k = -log( mean_{n != m} exp(cos/tau) / mean_{n, l != k} exp(cos/tau) )
-        = (Eq. 5 with sums) + log(N (N-1)) - log(N (J-1))
-
-The counts are fixed, so the gradient is exactly Eq. 5's. The value is 0 when positives are
-on average as similar as negatives, negative (better) when a direction agrees with itself
-across images more than with other directions, and bounded below by ``-2 / tau``
-(positives at cos 1, negatives at cos -1).
-
-Variants (the UNet passes are the same for both):
-
-* ``"single-anchor"`` (the published code): the first drawn direction is the anchor, the
-  others serve only as its negatives.
-* ``"all-anchors"``: every drawn direction is an anchor; the loss is the mean of ``L_k`` over
-  the J anchors, so every drawn direction gets a positive-pair gradient. See
-  ``docs/loss_variants.md`` for the measurement that picked the default.
-
-Negatives, two ways (``axis_negatives``):
-
-* signed (the paper): ``exp(cos / tau)``, smallest at ``cos = -1``. A direction and its exact
-  opposite are then the *best* pair of negatives, so the objective rewards one axis learned twice
-  with opposite signs -- and an edit applies every direction with both signs anyway.
-* axis: ``exp(|cos| / tau)``: opposite changes count as the same axis, orthogonal ones are best.
-
-Everything is computed with ``logsumexp``; feature normalisation and the loss run in at least
-float32 whatever the model's dtype. :func:`reference_loss` is the plain float64 version
-(explicit loops, sums, then the log-count correction) that the tests compare against.
+Features are ``[J, N, F]`` unit noise differences ``eps(z_t, t, c_j) - eps(z_t, t, c_0)``; the loss
+is mean-normalised as in the published code, in two variants (single-anchor, all-anchors) and with
+signed or axis negatives. The full specification is in ``docs/discovery.md``, "The objective".
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+if TYPE_CHECKING:
+    from .model import DiffusionModel
+
 VARIANTS = ("single-anchor", "all-anchors")
 """Names accepted by ``variant``."""
+DEFAULT_VARIANT = "all-anchors"
+"""Chosen by measurement, see ``docs/loss_variants.md``."""
 
 
 def check_variant(variant: str) -> str:
@@ -119,7 +90,7 @@ def contrastive_loss(
 
     ``single-anchor``: ``L_0`` (direction 0 against directions 1..J-1).
     ``all-anchors``: the mean of ``L_k`` over all J directions.
-    ``axis_negatives``: negatives by ``|cos|`` (see the module docstring).
+    ``axis_negatives``: negatives by ``|cos|`` (see ``docs/discovery.md``, "The objective").
     """
     check_variant(variant)
     if variant == "single-anchor":
@@ -192,3 +163,90 @@ def mean_vector_abs_cos(vectors: torch.Tensor) -> float:
         sims = (unit @ unit.T).abs()
         off_diagonal = ~torch.eye(count, dtype=torch.bool, device=unit.device)
         return float(sims[off_diagonal].mean())
+
+
+# ------------------------------------------------------------- one micro-batch
+# The model is only called (frozen, no state changes): the loss stays a function of its inputs,
+# and the training loop is the one place that owns the optimizer and the randomness.
+class MicroBatchLoss(NamedTuple):
+    loss: torch.Tensor
+    """Scalar float32 loss (mean-normalised, plus the magnitude floor's hinge if set), with grad to ``direction_vectors``."""
+    features: torch.Tensor
+    """[J, N_global, F] unit-length deltas (the local slice carries grad)."""
+    response: torch.Tensor
+    """[J] this process's ``mean_n ||delta|| / ||eps(c_0)||`` per drawn direction (detached)."""
+
+
+def delta_and_response(
+    model: DiffusionModel,
+    direction_vectors: torch.Tensor,
+    latents: torch.Tensor,
+    timestep: int | torch.Tensor,
+    noise: torch.Tensor,
+    drawn: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-length deltas [J, N, C*h*w] (as :func:`delta_features`) and each drawn direction's
+    response on these images, ``mean_n ||delta|| / ||eps(c_0)||`` [J], both with grad."""
+    noisy = model.add_noise(latents, noise, timestep)
+    with torch.no_grad():
+        null = model.null_conditioning().expand(noisy.shape[0], -1, -1)
+        eps_null = model.predict_eps(noisy, timestep, null)
+    conditionings = model.encode_directions(direction_vectors[drawn.to(direction_vectors.device)])
+    eps_directions = model.predict_eps_grid(noisy, timestep, conditionings)  # [J, N, C, h, w]
+    deltas = eps_directions - eps_null.unsqueeze(0)
+    null_norm = eps_null.flatten(1).float().norm(dim=1).clamp_min(1e-30)
+    response = (deltas.flatten(2).float().norm(dim=2) / null_norm).mean(dim=1)
+    return normalize_features(deltas), response
+
+
+def delta_features(
+    model: DiffusionModel,
+    direction_vectors: torch.Tensor,
+    latents: torch.Tensor,
+    timestep: int | torch.Tensor,
+    noise: torch.Tensor,
+    drawn: torch.Tensor,
+) -> torch.Tensor:
+    """Unit-length ``eps(z_t, t, c_k) - eps(z_t, t, c_0)`` for each drawn k: [J, N, C*h*w] float32.
+
+    The null pass runs without grad as its own call; the J*N direction passes are ONE UNet call
+    with grad, which reaches only ``direction_vectors[drawn]``.
+    """
+    return delta_and_response(model, direction_vectors, latents, timestep, noise, drawn)[0]
+
+
+def magnitude_hinge(response: torch.Tensor, floor: float) -> torch.Tensor:
+    """``mean_j max(0, floor - response_j)``: zero once every drawn direction changes the noise
+    prediction by at least ``floor`` (relative), so the contrastive loss cannot buy its
+    normalised separation with directions that barely act."""
+    return torch.relu(floor - response).mean()
+
+
+def micro_batch_loss(
+    model: DiffusionModel,
+    direction_vectors: torch.Tensor,
+    latents: torch.Tensor,
+    timestep: int | torch.Tensor,
+    noise: torch.Tensor,
+    drawn: torch.Tensor,
+    variant: str = DEFAULT_VARIANT,
+    temperature: float = 0.5,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    magnitude_floor: float = 0.0,
+    floor_weight: float = 0.0,
+    axis_negatives: bool = False,
+) -> MicroBatchLoss:
+    """The loss of one micro-batch: N local images, J drawn directions, one timestep.
+
+    ``latents`` and ``noise`` are this process's [N, C, h, w]; ``gather`` turns the local
+    [J, N, F] features into the global batch (see :class:`Processes`), identity by default.
+    With ``magnitude_floor > 0`` the loss adds ``floor_weight * magnitude_hinge`` (this process's
+    images; the paper's objective has none).
+    """
+    features, response = delta_and_response(model, direction_vectors, latents, timestep, noise, drawn)
+    if gather is not None:
+        features = gather(features)
+    loss = contrastive_loss(features, temperature, variant, axis_negatives)
+    if magnitude_floor > 0 and floor_weight > 0:
+        loss = loss + floor_weight * magnitude_hinge(response, magnitude_floor)
+    return MicroBatchLoss(loss, features, response.detach())
