@@ -426,7 +426,7 @@ def test_ctrl_c_in_a_discovery_inside_another_command_prints_one_line(capsys, mo
 
 def test_float64_is_refused_where_transformers_cannot_run_it(capsys, tiny_model_dir, image_dir, tmp_path, monkeypatch):
     # transformers 4 (CI's oldest-dependencies run) cannot run CLIP in float64: one line, not a traceback.
-    from noiseclr import model as model_module
+    from noiseclr import loading as model_module
 
     monkeypatch.setattr(model_module, "float64_text_encoder_supported", lambda: False)
     code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir,

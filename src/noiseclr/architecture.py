@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .loading import assemble_pipeline
 from .world.tokenizer import BOS, EOS, bytes_to_unicode, clip_vocab, write_clip_tokenizer  # noqa: F401 (re-exported)
 
 SD_SCHEDULER: dict[str, Any] = {
@@ -81,7 +82,7 @@ def build_pipeline(
 ) -> Any:
     """A ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline`` for an SDXL spec, which also
     needs ``tokenizer_2``) with randomly initialised weights, deterministic in ``seed``."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.schedulers import (
         DDIMScheduler,
         DDPMScheduler,
@@ -111,31 +112,18 @@ def build_pipeline(
             config_2 = _text_config(spec.text_encoder_2, tokenizer_2, spec.max_length)
             text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config_2))
     tokenizer.model_max_length = spec.max_length
+    second: dict[str, Any] = {}
     if spec.is_sdxl:
-        from diffusers import StableDiffusionXLPipeline
-
         tokenizer_2.model_max_length = spec.max_length
-        pipe = StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            unet=unet,
-            scheduler=scheduler_class.from_config(scheduler_config),
-            force_zeros_for_empty_prompt=spec.force_zeros_for_empty_prompt,
-            add_watermarker=False,
-        )
-        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
-    pipe = StableDiffusionPipeline(
+        second = {"text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2,
+                  "force_zeros_for_empty_prompt": spec.force_zeros_for_empty_prompt}  # fmt: skip
+    pipe = assemble_pipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler_class.from_config(scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **second,
     )
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 

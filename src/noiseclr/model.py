@@ -1,144 +1,40 @@
-"""Model adapter: a Stable-Diffusion-layout pipeline, seen through what NoiseCLR needs.
+"""Model adapter: a Stable-Diffusion-layout pipeline (SD 1.x/2.x or SDXL), seen through what NoiseCLR needs.
 
-:class:`DiffusionModel` wraps the five diffusers components (vae, text_encoder = CLIPTextModel,
-tokenizer = CLIPTokenizer, unet = UNet2DConditionModel, scheduler) -- plus text_encoder_2 =
-CLIPTextModelWithProjection and tokenizer_2 for SDXL -- and offers:
-
-* latents from images and back (VAE, scaled by the VAE's scaling factor);
-* conditionings: the null prompt, text prompts, and *directions* -- learned token embeddings
-  placed in the sequence ``[BOS, d_k, EOS, pad...]`` and fed through the frozen text encoder;
-* noise predictions (``eps``) for a batch of latents under a batch of conditionings, in one
-  UNet call, converted to epsilon whatever the model predicts (epsilon, v or sample).
-
-Every size (token widths, sequence length, latent channels, resolution) is read from the model,
-never assumed. All modules are frozen and in eval mode; only direction embeddings ever get
-gradients, through :meth:`DiffusionModel.encode_directions`.
-
-Two kinds of model (``DiffusionModel.kind``), one interface:
-
-* ``"sd"`` (Stable Diffusion 1.x/2.x): a conditioning is the text encoder's last hidden states,
-  ``[B, L, W]``; a direction is one token embedding of width ``W``.
-* ``"sdxl"``: the UNet also takes a pooled text embedding and six "time ids". So that everything
-  above this module keeps handling a conditioning as ONE tensor (``torch.cat`` of rows,
-  indexing, ``expand``), the pooled vector travels as an extra last row::
-
-      conditioning [B, L + 1, W1 + W2]
-        rows 0..L-1: penultimate hidden states of encoder 1 (width W1) and encoder 2 (W2),
-                     concatenated on the last dim -- as StableDiffusionXLPipeline.encode_prompt
-        row  L:      encoder 2's projected pooled output (width P), zero-padded to W1 + W2
-
-  :meth:`DiffusionModel.predict_eps` unpacks it (:func:`unpack_conditioning`) into
-  ``encoder_hidden_states`` and ``added_cond_kwargs={"text_embeds", "time_ids"}``; the time ids
-  are ``(H, W, 0, 0, H, W)`` of the model's resolution, the pipeline's defaults. The null
-  conditioning is all zeros when the pipeline sets ``force_zeros_for_empty_prompt`` (SDXL base
-  does), else the empty prompt's encoding. A direction is a PAIR of token embeddings, one per
-  encoder, stored as one row of width ``W1 + W2`` (``token_widths = [W1, W2]``); each half goes
-  into its own encoder's ``[BOS, d, EOS, pad...]`` slot, and the pooled vector comes from the
-  same injected sequence.
+:class:`DiffusionModel` offers latents from images and back, conditionings (the null prompt,
+prompts, and directions as ``[BOS, d_k, EOS, pad...]`` through the frozen text encoder) and
+noise predictions converted to epsilon. Loading lives in :mod:`noiseclr.loading`. How an SDXL
+conditioning packs its pooled vector as an extra row is specified in ``docs/discovery.md``,
+"The model adapter".
 """
+
+from __future__ import annotations
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
-import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import NoiseCLRError
-
-EMBEDDED = "embedded"
-"""The ``--model`` value that names the base model shipped inside the package."""
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-}
-
-
-def embedded_model_path() -> Path:
-    """Folder of the shipped base model (diffusers layout)."""
-    return Path(__file__).parent / "assets" / "basemodel"
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise NoiseCLRError(f"--device {device}: not a device name; use auto, cpu, cuda or cuda:N.") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise NoiseCLRError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on GPUs that support it (float16 otherwise) and float32 on the CPU."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        names = ", ".join(sorted({"auto", "float32", "float16", "bfloat16", "float64"}))
-        raise NoiseCLRError(f"--dtype {dtype}: unknown; use one of {names}.") from None
-
-
-def float64_text_encoder_supported() -> bool:
-    """Whether the installed transformers' CLIP text encoder runs in float64.
-
-    transformers 4 builds CLIP's causal mask with ``torch.full(..., finfo(float64).min)`` in the
-    default float32, which torch refuses ("value cannot be converted to type float without
-    overflow"): seen with 4.40 on torch 2.13, and the same line is in every 4.x release up to
-    4.57. transformers 5 builds the mask another way.
-    """
-    import transformers
-
-    return int(transformers.__version__.split(".")[0]) >= 5
-
-
-def _check_float64(dtype: torch.dtype) -> None:
-    if dtype == torch.float64 and not float64_text_encoder_supported():
-        import transformers
-
-        raise NoiseCLRError(
-            f"--dtype float64: the CLIP text encoder of transformers {transformers.__version__} cannot run in float64 "
-            "(its attention mask overflows); use --dtype float32, or transformers 5 or newer for float64."
-        )
-
-
-def _quiet_transformers() -> None:
-    # transformers warns about an optional torchvision backend on every CLIP import.
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-    except Exception:  # pragma: no cover - logging is cosmetic
-        pass
-    try:
-        from diffusers.utils import logging as df_logging
-
-        df_logging.set_verbosity_error()
-    except Exception:  # pragma: no cover
-        pass
+from .loading import (  # noqa: F401 (re-exported: noiseclr.model was their home)
+    EMBEDDED,
+    WEIGHT_SUFFIXES,
+    assemble_pipeline,
+    check_float64,
+    damaged_weights,
+    embedded_model_path,
+    float64_text_encoder_supported,
+    load_failure,
+    load_pipeline,
+    quiet_transformers,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def pack_conditioning(hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -185,13 +81,11 @@ class DiffusionModel:
         tokenizer_2: Any = None,
         force_zeros_for_empty_prompt: bool = True,
     ):
-        from diffusers import DDPMScheduler
-
         if (text_encoder_2 is None) != (tokenizer_2 is None):
             raise NoiseCLRError(f"model {name}: text_encoder_2 and tokenizer_2 come together; pass both or neither.")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        _check_float64(self.dtype)
+        check_float64(self.dtype)
         self.name = name
         self.vae = vae
         self.text_encoder = text_encoder
@@ -205,8 +99,15 @@ class DiffusionModel:
             module.requires_grad_(False)
             module.eval()
             module.to(device=self.device, dtype=self.dtype)
+        self._read_schedule(dict(scheduler.config))
+        self._read_latent_geometry()
+        self._read_text_geometry(force_zeros_for_empty_prompt)
+        self._prepare_sequences()
 
-        config = dict(scheduler.config)
+    def _read_schedule(self, config: dict[str, Any]) -> None:
+        from diffusers import DDPMScheduler
+
+        name = self.name
         self.prediction_type: str = config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise NoiseCLRError(
@@ -222,6 +123,8 @@ class DiffusionModel:
             1.0 if config.get("set_alpha_to_one", False) else float(self.alphas_cumprod[0])
         )
 
+    def _read_latent_geometry(self) -> None:
+        vae, unet = self.vae, self.unet
         self.vae_scale_factor: int = 2 ** (len(vae.config.block_out_channels) - 1)
         self.scaling_factor: float = float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)
         shift = getattr(vae.config, "shift_factor", None)
@@ -231,9 +134,11 @@ class DiffusionModel:
         sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
         self.resolution: int = int(sample_size) * self.vae_scale_factor
 
+    def _read_text_geometry(self, force_zeros_for_empty_prompt: bool) -> None:
+        name, unet, text_encoder, tokenizer = self.name, self.unet, self.text_encoder, self.tokenizer
         self.encoders: list[tuple[Any, Any]] = [(text_encoder, tokenizer)]
-        if text_encoder_2 is not None:
-            self.encoders.append((text_encoder_2, tokenizer_2))
+        if self.text_encoder_2 is not None:
+            self.encoders.append((self.text_encoder_2, self.tokenizer_2))
         self.token_widths: list[int] = [int(enc.get_input_embeddings().embedding_dim) for enc, _ in self.encoders]
         """Width of each encoder's part of a direction: [W] for SD, [W1, W2] for SDXL."""
         self.token_width: int = sum(self.token_widths)
@@ -268,6 +173,9 @@ class DiffusionModel:
         self.conditioning_length: int = self.max_length + (1 if self.kind == "sdxl" else 0)
         """Rows of one conditioning: L for SD, L + 1 (the pooled row) for SDXL."""
         self._use_attention_mask = self.kind == "sd" and bool(getattr(text_encoder.config, "use_attention_mask", False))
+
+    def _prepare_sequences(self) -> None:
+        """The null prompt's token ids and each encoder's ``[BOS, slot, EOS, pad...]`` template."""
         self._null_ids_all = [self._tokenize_with(tok, [""]) for _, tok in self.encoders]
         templates = [self._direction_template(ids[0], tok) for ids, (_, tok) in zip(self._null_ids_all, self.encoders)]
         self._direction_ids_all = [ids for ids, _ in templates]
@@ -316,70 +224,11 @@ class DiffusionModel:
         variant: str | None = None,
         local_files_only: bool | None = None,
     ) -> DiffusionModel:
-        """Load an SD-1.x/2.x- or SDXL-layout pipeline: ``"embedded"``, a local folder or a hub id.
-
-        SDXL is recognised by model_index.json (``_class_name`` with ``XL`` or a ``text_encoder_2``).
-        """
-        _quiet_transformers()
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        name = str(model)
-        source: str | Path = name
-        if name == EMBEDDED:
-            source = embedded_model_path()
-            if not (source / "model_index.json").is_file():
-                raise NoiseCLRError(
-                    f"--model embedded: the shipped base model is missing at {source}; "
-                    "reinstall noiseclr or pass --model with a Stable Diffusion folder or hub id."
-                )
-            local_files_only = True
-        elif Path(name).expanduser().exists():
-            source = Path(name).expanduser()
-            if not source.is_dir() or not (source / "model_index.json").is_file():
-                raise NoiseCLRError(
-                    f"--model {name}: not a diffusers Stable Diffusion folder (no model_index.json); "
-                    "pass a folder saved with save_pretrained or a hub id."
-                )
-            local_files_only = True
-        elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-            # Hub ids are "name" or "org/name"; anything else is a path that does not exist.
-            raise NoiseCLRError(f"--model {name}: no such folder; pass an existing folder or a hub id like org/name.")
-
-        device_ = resolve_device(device)
-        dtype_ = resolve_dtype(dtype, device_)
-        _check_float64(dtype_)
-        sdxl = _is_sdxl_index(_model_index(source, name, revision, local_files_only))
-        if sdxl:
-            pipeline_class, extra = StableDiffusionXLPipeline, {"add_watermarker": False}
-        else:
-            pipeline_class = StableDiffusionPipeline
-            extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename in new diffusers
-                pipe = pipeline_class.from_pretrained(
-                    str(source),
-                    torch_dtype=dtype_,
-                    revision=revision,
-                    variant=variant,
-                    local_files_only=bool(local_files_only),
-                    **extra,
-                )
-        except NoiseCLRError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a broken folder fails in many library-specific ways
-            if isinstance(source, Path):
-                damaged = damaged_weights(source)
-                if damaged is not None:
-                    raise NoiseCLRError(
-                        f"--model {name}: {damaged[0]} cannot be loaded ({damaged[1]}); restore that file or re-save "
-                        "the pipeline with save_pretrained."
-                    ) from None
-            elif not isinstance(exc, (OSError, ValueError)):
-                raise
-            what = "an SDXL" if sdxl else "a Stable Diffusion"
-            raise NoiseCLRError(load_failure(exc, name, what, hub=not isinstance(source, Path))) from None
-        display = "noiseclr/embedded-base" if name == EMBEDDED else name
+        """Load an SD-1.x/2.x- or SDXL-layout pipeline: ``"embedded"``, a local folder or a hub id
+        (:func:`noiseclr.loading.load_pipeline`)."""
+        pipe, display, device_, dtype_ = load_pipeline(
+            model, device=device, dtype=dtype, revision=revision, variant=variant, local_files_only=local_files_only
+        )
         return cls.from_pipeline(pipe, name=display, device=device_, dtype=dtype_)
 
     @classmethod
@@ -393,7 +242,7 @@ class DiffusionModel:
     ) -> DiffusionModel:
         """Wrap an existing ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (its modules
         are frozen and moved)."""
-        _quiet_transformers()
+        quiet_transformers()
         if name is None:
             name = str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or "pipeline")
         sdxl: dict[str, Any] = {}
@@ -423,32 +272,17 @@ class DiffusionModel:
     def to_pipeline(self) -> Any:
         """The same components as a diffusers ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline``
         for SDXL; shares the modules)."""
-        from diffusers import StableDiffusionPipeline
-
-        if self.kind == "sdxl":
-            from diffusers import StableDiffusionXLPipeline
-
-            return StableDiffusionXLPipeline(
-                vae=self.vae,
-                text_encoder=self.text_encoder,
-                text_encoder_2=self.text_encoder_2,
-                tokenizer=self.tokenizer,
-                tokenizer_2=self.tokenizer_2,
-                unet=self.unet,
-                scheduler=self.scheduler,
-                force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
-                add_watermarker=False,
-            )
-        return StableDiffusionPipeline(
+        return assemble_pipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             unet=self.unet,
             scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
         )
+
 
     # ---------------------------------------------------------------- speed-ups
     def optimize(
@@ -619,8 +453,8 @@ class DiffusionModel:
         """Noise prediction for each latent under the matching conditioning row.
 
         ``latents`` [B, C, h, w]; ``timesteps`` an int, a 0-d tensor or [B]; ``conditioning``
-        [B, L, W] (SDXL: [B, L + 1, W], see the module docstring). v- and sample-prediction
-        outputs are converted to epsilon. The result is float32, or float64 for a float64 model
+        [B, L, W] (SDXL: [B, L + 1, W], see ``docs/discovery.md``, "The model adapter"). v- and
+        sample-prediction outputs are converted to epsilon. The result is float32, or float64 for a float64 model
         (so float64 reference runs stay float64).
         """
         batch = latents.shape[0]
@@ -771,104 +605,6 @@ class DiffusionModel:
             info["conditioning_shape"] = [self.conditioning_length, self.hidden_width]
             info["force_zeros_for_empty_prompt"] = self.force_zeros_for_empty_prompt
         return info
-
-
-def _model_index(source: str | Path, name: str, revision: str | None, local_files_only: bool | None) -> dict[str, Any]:
-    """model_index.json of a folder or hub id ({} when a hub id's cannot be read: loading reports it)."""
-    if isinstance(source, Path):
-        try:
-            return json.loads((source / "model_index.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise NoiseCLRError(f"--model {name}: cannot read model_index.json ({exc}); re-save the pipeline with save_pretrained.") from None
-    try:
-        from diffusers import DiffusionPipeline
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # hub-client deprecation chatter; the config is all we want
-            return dict(DiffusionPipeline.load_config(name, revision=revision, local_files_only=bool(local_files_only)))
-    except Exception:  # noqa: BLE001 - from_pretrained gives the user-facing error
-        return {}
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
-
-def damaged_weights(folder: Path) -> tuple[Path, str] | None:
-    """The first weight file of a pipeline folder that cannot be read safely, and why (None: all fine).
-
-    Called after a load failed, to name the file: safetensors headers are checked without reading
-    the tensors, other files with ``torch.load(weights_only=True)``, which refuses pickled code.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    from .fileio import UnsafePickleError, read_tensor_file
-
-    for path in sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
-        if path.suffix == ".safetensors":
-            try:
-                with safe_open(str(path), framework="pt") as handle:
-                    handle.keys()
-            except (SafetensorError, OSError, ValueError) as exc:
-                return path, f"damaged or not a safetensors file: {str(exc).splitlines()[0][:120]}"
-            continue
-        try:
-            read_tensor_file(path)
-        except UnsafePickleError:
-            return path, "a pickle holding Python objects: noiseclr never unpickles those, as that can run code; use safetensors weights"
-        except NoiseCLRError:
-            return path, "damaged or not a torch weights file"
-    return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return seen
-
-
-def _without_traceback_pointers(text: str) -> str:
-    # diffusers ends with "Please check out the root cause in the stacktrace above.", which the
-    # one-line error does not show: drop such sentences.
-    sentences = [part for part in text.replace("\n", " ").split(". ") if not any(
-        word in part.lower() for word in ("stacktrace", "stack trace", "traceback"))]  # fmt: skip
-    return ". ".join(sentences).strip().rstrip(".") or text.strip()
-
-
-def load_failure(exc: BaseException, name: str, what: str = "a Stable Diffusion", *, hub: bool = True) -> str:
-    """The one-line message for a pipeline that failed to load: what went wrong and what to do,
-    self-contained (the exception chain is read here, never shown)."""
-    chain = _chain(exc)
-    kinds = " ".join(type(e).__name__ for e in chain)
-    text = " ".join(str(e) for e in chain).lower()
-    local = "pass --model with a local folder saved with save_pretrained, or --model embedded"
-    if hub and ("OfflineModeIsEnabled" in kinds or "offline mode is enabled" in text):
-        return (
-            f"--model {name}: not in the local Hugging Face cache, and downloads are off (HF_HUB_OFFLINE is set); "
-            f"unset HF_HUB_OFFLINE to download it, or {local}."
-        )
-    if hub and any(k in kinds for k in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError")):
-        return (
-            f"--model {name}: the Hugging Face hub has no model by that id that you may read (misspelt, private "
-            f"or gated); check the id (org/name), log in to the hub (hf auth login) for a gated one, or {local}."
-        )
-    network = ("ConnectError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "gaierror", "MaxRetryError")
-    if hub and (any(k in kinds for k in network) or "name or service not known" in text or "network is unreachable" in text):
-        return (
-            f"--model {name}: could not reach the Hugging Face hub, and the model is not in the local cache; "
-            f"connect to the network and retry, or download it elsewhere and {local}."
-        )
-    reason = next((_without_traceback_pointers(str(e)) for e in chain if str(e).strip()), type(exc).__name__)
-    reason = reason.splitlines()[0][:300]
-    fix = "check the hub id, your network and HF_HUB_OFFLINE, or " + local if hub else "re-save the pipeline with save_pretrained"
-    return f"--model {name}: could not load {what} pipeline ({reason}); {fix}."
-
-
-def _is_sdxl_index(index: dict[str, Any]) -> bool:
-    entry = index.get("text_encoder_2")
-    has_second = isinstance(entry, (list, tuple)) and bool(entry) and entry[0] is not None
-    return "XL" in str(index.get("_class_name", "")) or has_second
 
 
 def fingerprints_match(a: dict[str, Any], b: dict[str, Any], rtol: float = 2e-2, atol: float = 2e-3) -> bool:
