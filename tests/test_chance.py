@@ -92,3 +92,35 @@ def test_the_cache_round_trips_and_recomputes_damaged_or_stale_files(tmp_path):
     cache.path(key).write_text(json.dumps(data))
     _, cached = cache.get_or_compute(key, compute)
     assert not cached and len(calls) == 3
+
+
+def test_measuring_a_reference_on_a_split_and_caching_it(tiny_model, tmp_path, monkeypatch):
+    from test_bench import BandReader
+
+    from noiseclr import measure
+    from noiseclr.chance import model_digest, split_reference
+    from noiseclr.measure import EditProtocol, prepare_split
+    from noiseclr.world.factors import factor_names
+
+    reader = BandReader("faces")
+    protocol = EditProtocol(steps=2, inversion="ddpm")
+    split = prepare_split(tiny_model, reader, "faces", "heldout", 4, protocol, progress=False)
+    names = factor_names("faces")
+    cache = ReferenceCache(tmp_path / "cache")
+    reference, cached = split_reference(tiny_model, reader, split, names, 4.0, protocol=protocol, cache=cache, count=3,
+                                        progress=False)  # fmt: skip
+    assert not cached and reference.changes.shape == (3, len(names)) and reference.images == 4
+    assert torch.equal(reference.changes * 4, (reference.changes * 4).round())  # fractions of 4 images
+    renders = []
+    monkeypatch.setattr(measure, "render_and_read", lambda *a, **k: renders.append(1))
+    again, cached = split_reference(tiny_model, reader, split, names, 4.0, protocol=protocol, cache=cache, count=3, progress=False)
+    assert cached and not renders and torch.allclose(again.changes, reference.changes)
+    # Another strength is another reference; so is a retrained UNet.
+    digest = model_digest(tiny_model)
+    with torch.no_grad():
+        parameter = next(tiny_model.unet.parameters())
+        original = parameter.clone()
+        parameter.add_(1.0)
+        assert model_digest(tiny_model) != digest
+        parameter.copy_(original)
+    assert model_digest(tiny_model) == digest

@@ -152,6 +152,91 @@ def describe(row: Mapping[str, Any], count: int) -> str:
     return f"{verdict} ({row['factor']} {row['change']:.2f} vs 95th of {count} random {row['random_p95']:.2f})"
 
 
+# -------------------------------------------------------------------------- measuring it
+def random_vectors(model: Any, count: int = DEFAULT_COUNT, seed: int = 0) -> torch.Tensor:
+    """[count, W] Gaussian token rows, each encoder's part at its typical token norm (seeded apart
+    from the benchmark's random method, so its directions are never their own reference)."""
+    generator = torch.Generator().manual_seed(int(hashlib.sha256(f"noiseclr-random-reference:{seed}".encode()).hexdigest()[:15], 16))
+    rows = torch.randn(count, model.token_width, generator=generator, dtype=torch.float64)
+    return model.scale_to_token_norms(rows.float()).float()
+
+
+def measure_reference(
+    model: Any,
+    reader: Any,
+    split: Any,
+    factor_names: Sequence[str],
+    strength: float,
+    window: tuple[float, float] = (0.0, 1.0),
+    *,
+    count: int = DEFAULT_COUNT,
+    seed: int = 0,
+    passes: Any = None,
+    progress: bool = True,
+) -> RandomReference:
+    """The change table of ``count`` random directions at edit ``strength`` (percent, calibrated on
+    the split's own latents) in ``window``, both signs, on every image of ``split`` (a
+    :class:`~noiseclr.measure.Split`), read by ``reader``."""
+    from .directions import Directions
+    from .measure import PassSizes, render_and_read
+    from .metrics import SIGNS, axis_changed, change_fractions, changed_mask
+    from .terms import DirectionTerm
+
+    directions = Directions.for_model(model, random_vectors(model, count, seed), settings={"baseline": "random reference"})
+    edits = [[DirectionTerm(directions, k, None, *window, strength=sign * abs(float(strength)))] for k in range(count) for sign in SIGNS]
+    read, _ = render_and_read(model, split.inversion, reader, edits, passes or PassSizes(), desc="random reference", progress=progress)
+    edited = read.view(count, len(SIGNS), *read.shape[1:])
+    changes = change_fractions(axis_changed(changed_mask(edited, split.recon_indices)))
+    return RandomReference(changes.to(torch.float64), tuple(factor_names), float(abs(strength)), int(split.count))
+
+
+def model_digest(model: Any) -> str:
+    """A digest of the weights the reference depends on (UNet and text encoders): up to 4 096 evenly
+    spaced values of every tensor, as fp16, so a retrained UNet or a dtype change of the same weights
+    is told apart in milliseconds."""
+    digest = hashlib.sha256()
+    modules = [("unet", model.unet), *((f"encoder{i}", encoder) for i, (encoder, _) in enumerate(model.encoders))]
+    for prefix, module in modules:
+        for name, tensor in module.state_dict().items():
+            flat = tensor.detach().flatten()
+            step = max(1, flat.numel() // 4096)
+            digest.update(f"{prefix}.{name}:{tuple(tensor.shape)}".encode())
+            digest.update(flat[::step][:4096].to("cpu", torch.float16).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def split_reference(
+    model: Any,
+    reader: Any,
+    split: Any,
+    factor_names: Sequence[str],
+    strength: float,
+    window: tuple[float, float] = (0.0, 1.0),
+    *,
+    protocol: Any,
+    cache: ReferenceCache | None,
+    count: int = DEFAULT_COUNT,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[RandomReference, bool]:
+    """:func:`measure_reference`, from ``cache`` when it holds the same model, domain, images,
+    protocol, reader factors, strength, window, count and seed; and whether it came from the cache."""
+    payload = {
+        "model": model_digest(model), "domain": split.domain, "role": split.role, "seeds": list(split.seeds),
+        "steps": protocol.steps, "inversion": protocol.inversion, "protocol_seed": protocol.seed,
+        "factors": list(factor_names), "strength": round(abs(float(strength)), 6), "window": [float(w) for w in window],
+        "count": int(count), "seed": int(seed), "version": CACHE_VERSION,
+    }  # fmt: skip
+
+    def compute() -> RandomReference:
+        return measure_reference(model, reader, split, factor_names, strength, window, count=count, seed=seed,
+                                 passes=protocol.passes, progress=progress)  # fmt: skip
+
+    if cache is None:
+        return compute(), False
+    return cache.get_or_compute(reference_key(payload), compute)
+
+
 # -------------------------------------------------------------------------------- cache
 def reference_key(payload: Mapping[str, Any]) -> str:
     """A stable digest of what the random table depends on (model fingerprint, domain, strength,
@@ -220,5 +305,9 @@ __all__ = [
     "leave_one_out_margins",
     "margin_threshold",
     "margins",
+    "measure_reference",
+    "model_digest",
+    "random_vectors",
     "reference_key",
+    "split_reference",
 ]
