@@ -24,8 +24,11 @@ from noiseclr.regions import (
     AutoRegion,
     Region,
     auto_masks,
+    box_mask,
     gaussian_smooth,
     resize_mask,
+    top_cells,
+    top_cells_within,
 )
 
 
@@ -427,7 +430,7 @@ def test_edit_cli_with_a_mask_and_auto(capsys, tiny_model_dir, image_dir, tmp_pa
     assert code == 0, err
     for name in ("img0-edited.png", "img0-reconstruction.png", "img0-region.png", "comparison.png"):
         assert (tmp_path / "edits" / name).is_file(), name
-    assert "localized" in out and "#big.png" in out and "#auto" in out
+    assert "term 1 (#big.png): 50%" in out and "term 2 (#auto): " in out and "all terms together: " in out
     # A mask of another aspect ratio would not line up after the centre crop: refused before the model loads.
     wide = write_mask(tmp_path / "wide.png", size=(128, 64))
     code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--device", "cpu", "--image", image_dir / "img0.png",
@@ -549,3 +552,120 @@ def test_report_renders_a_strength_grid():
     page = render_report({"settings": {"scales": None, "strengths": [2.0, 4.0], "windows": [[0.0, 1.0]]}, "methods": {}})
     assert "strengths &plusmn;2%, &plusmn;4%" in page
     assert "scales &plusmn;3" in render_report({"settings": {"scales": [3.0], "windows": [[0.0, 1.0]]}, "methods": {}})
+
+
+# -------------------------------------------------------------------------------- boxes
+@pytest.mark.parametrize("frame, box", [((80, 40), (25, 5, 45, 30)), ((40, 80), (3, 21, 40, 59)), ((64, 64), (0, 0, 64, 64)),
+                                        ((64, 64), (10.5, 3.25, 33, 61))])  # fmt: skip
+def test_box_masks_are_the_area_share_of_a_drawn_box(frame, box):
+    # Reference: draw the box on a supersampled pixel grid and crop/area-resample it like a mask file.
+    width, height = frame
+    scale = 4
+    drawn = torch.zeros(height * scale, width * scale, dtype=torch.float64)
+    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    drawn[y0:y1, x0:x1] = 1.0
+    reference = resize_mask(drawn, 4)
+    assert torch.allclose(box_mask(box, frame, 4), reference, atol=1e-12, rtol=0)
+    assert torch.allclose(Region.box(box).latent_mask(4, frame=frame), reference, atol=1e-12, rtol=0)
+
+
+def test_top_cells_within_a_box():
+    energy = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(top_cells_within(energy, 0.25, torch.ones_like(energy)), top_cells(energy, 0.25))
+    within = torch.zeros_like(energy)
+    within[:, 2:6, 1:5] = 1.0
+    within[:, 6, 1:5] = 0.5  # a box edge through the middle of a row of cells
+    kept = top_cells_within(energy, 0.25, within)
+    assert float(kept[within == 0].abs().max()) == 0.0
+    assert [int((row > 0).sum()) for row in kept] == [math.ceil(0.25 * 20)] * 3
+    assert set(kept.unique().tolist()) <= {0.0, 0.5, 1.0}
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_a_whole_image_box_is_the_global_edit_and_auto_in_it_is_auto(model64, method):
+    directions = make_directions(model64)
+    inversion = invert(model64, random_latents(model64, 2), method, 5, progress=False)
+    whole = (0, 0, model64.resolution, model64.resolution)
+    edits = [[DirectionTerm(directions, 1, 5.0)], [DirectionTerm(directions, 1, 5.0, region=Region.box(whole))],
+             [DirectionTerm(directions, 1, 5.0, region="auto")], [DirectionTerm(directions, 1, 5.0, region=Region.box(whole, auto=True))]]  # fmt: skip
+    latents = regenerate(model64, inversion, edits, progress=False)
+    assert torch.allclose(latents[0], latents[1], atol=1e-12, rtol=0)
+    assert torch.equal(latents[2], latents[3])
+
+
+def test_an_auto_region_in_a_box_stays_in_it(model64):
+    directions = make_directions(model64)
+    size, resolution = model64.latent_size, model64.resolution
+    inversion = invert(model64, random_latents(model64, 2), "ddpm", 5, progress=False)
+    left = Region.box((0, 0, resolution // 2, resolution), auto=True)
+    edits = [[DirectionTerm(directions, 0, 6.0, region=left), DirectionTerm(directions, 2, -4.0, region="box=0,0,16,16")], []]
+    latents, union, own = regenerate(model64, inversion, edits, progress=False, return_regions=True, return_term_regions=True,
+                                     auto_region=AutoRegion(top=0.25))  # fmt: skip
+    outside = torch.ones(size, size, dtype=torch.bool)
+    outside[:, : size // 2] = False
+    outside[: size * 16 // resolution, : size * 16 // resolution] = False
+    # Outside both boxes the edit IS the reconstruction (DDPM: the inversion of the input).
+    assert torch.equal(latents[0][..., outside], latents[1][..., outside])
+    assert float(own[0][0][:, :, size // 2 :].abs().max()) == 0.0
+    assert [int((own[0][0][b] > 0).sum()) for b in range(2)] == [math.ceil(0.25 * size * size / 2)] * 2
+    corner = (16 / resolution) ** 2
+    assert torch.allclose(own[0][1].mean(dim=(1, 2)), torch.full((2,), corner, dtype=torch.float64))
+    assert torch.equal(union[0], torch.maximum(own[0][0], own[0][1]))
+
+
+def test_boxes_follow_each_image_file(tiny_model, tmp_path):
+    # The box is in pixels of each input file; a 128x64 file is centre-cropped to its middle 64x64.
+    from noiseclr.images import load_image_files
+
+    Image.new("RGB", (128, 64), (120, 30, 200)).save(tmp_path / "wide.png")
+    images = load_image_files([tmp_path / "wide.png"], tiny_model.resolution)
+    assert images.sizes == [(128, 64)]
+    directions = make_directions(tiny_model)
+    term = DirectionTerm(directions, 0, 4.0, region="box=32,0,64,64")  # the crop's left half
+    result = edit(tiny_model, images, [term, DirectionTerm(directions, 1, 2.0)], EditSettings(steps=3), progress=False)
+    assert result.coverage()[0] == [pytest.approx(0.5)] and result.coverage()[1] == [1.0]
+
+
+def test_exif_rotated_files_report_their_shown_size(tmp_path):
+    from noiseclr.images import display_size
+
+    image = Image.new("RGB", (60, 20), (10, 200, 30))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown 20 wide, 60 high
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert display_size(tmp_path / "rotated.jpg") == (20, 60)
+
+
+@pytest.mark.parametrize(
+    "region, problem",
+    [("box=1,2,3", "need 4 numbers"), ("box=a,b,c,d", "not numbers"), ("box=10,10,5,20", "empty or inverted"),
+     ("box=4,4,4,9", "empty or inverted"), ("box=-1,0,5,5", "negative"), ("box=", "need 4 numbers"),
+     ("auto+box=1,2,nan,4", "not finite"), ("box=1,,3,4", "need 4 numbers")],
+)  # fmt: skip
+def test_bad_boxes_are_one_line_errors_naming_the_term(faces_file, region, problem):
+    spec = f"{faces_file}:1=2#{region}"
+    with pytest.raises(NoiseCLRError) as caught:
+        parse_direction_spec(spec)
+    message = str(caught.value)
+    assert message.startswith(f"--direction {spec}:") and "\n" not in message and problem in message
+
+
+def test_boxes_outside_the_image_are_refused_before_the_model_loads(capsys, tiny_model_dir, image_dir, tmp_path):
+    directions = make_directions(DiffusionModel.load(tiny_model_dir, device="cpu")).save(tmp_path / "d.safetensors")
+    for region, problem in (("box=10,10,80,40", "reaches outside the 64x64 image"), ("auto+box=0,0,10,65", "reaches outside")):
+        spec = f"{directions}:0=4#{region}"
+        code, _, err = run_cli(capsys, "edit", "--model", tmp_path / "no-model", "--device", "cpu", "--image",
+                               image_dir / "img0.png", "--direction", spec, "--out", tmp_path / "e")  # fmt: skip
+        lines = [line for line in err.splitlines() if line.startswith("noiseclr: error:")]
+        assert code == 2 and len(lines) == 1 and f"--direction {spec} on img0.png: box" in lines[0] and problem in lines[0], err
+    # A box in the part of a wide image that the centre crop drops.
+    Image.new("RGB", (128, 64)).save(tmp_path / "wide.png")
+    code, _, err = run_cli(capsys, "edit", "--model", tmp_path / "no-model", "--device", "cpu", "--image", tmp_path / "wide.png",
+                           "--direction", f"{directions}:0=4#box=0,0,20,20", "--out", tmp_path / "e")  # fmt: skip
+    assert code == 2 and "outside the centre 64x64 square" in err
+    # The Python API names the term too.
+    model = DiffusionModel.load(tiny_model_dir, device="cpu")
+    term = DirectionTerm(Directions.load(directions), 0, 1.0, region=Region.box((0, 0, 500, 10)))
+    inversion = invert(model, random_latents(model, 1).float(), "ddim", 2, progress=False)
+    with pytest.raises(NoiseCLRError, match=r"direction 0 .*box 0,0,500,10 reaches outside the 64x64 image"):
+        regenerate(model, inversion, [[term]], progress=False)

@@ -331,3 +331,22 @@ def test_render_is_fast():
     R.render_many("scenes", range(100, 160))
     per_image = (time.perf_counter() - start) / 60
     assert per_image < 0.02  # measured ~1-2 ms; generous for a busy CI core
+
+
+def test_object_boxes_hold_their_object_and_not_the_other():
+    import numpy as np
+
+    from noiseclr.world import object_box, render_array
+    from noiseclr.world.render import BACKGROUND_RGB
+
+    for seed in range(3):
+        image, labels = render_array("scenes", seed)
+        drawn = np.abs(image.astype(int) - np.asarray(BACKGROUND_RGB[labels["background"]])).max(axis=-1) > 12
+        face, cat = object_box("scenes", seed, "face"), object_box("scenes", seed, "cat")
+        assert face[2] <= cat[0] or cat[2] <= face[0]  # side by side, never overlapping
+        inside = np.zeros_like(drawn)
+        for x0, y0, x1, y1 in (face, cat):
+            inside[y0:y1, x0:x1] = True
+        assert not (drawn & ~inside).any()
+    with pytest.raises(NoiseCLRError, match="no 'cat'"):
+        object_box("faces", 0, "cat")

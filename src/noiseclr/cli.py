@@ -189,22 +189,25 @@ def _auto_region(args: argparse.Namespace):
 
 
 def _check_masks(specs: Sequence[str], terms: Sequence, images: Sequence[Path]) -> None:
-    """A mask file must have its images' aspect ratio: refused before the model loads."""
-    from PIL import Image
+    """Mask files must have their images' aspect ratio and boxes must fit in every image: refused
+    before the model loads."""
+    from .images import display_size
+    from .regions import check_box_fits, check_mask_aspect
 
-    from .regions import check_mask_aspect
-
-    if not any(getattr(term.region, "size", None) for term in terms):
+    regions = [getattr(term, "region", None) for term in terms]
+    if not any(getattr(r, "size", None) or getattr(r, "boxes", None) for r in regions):
         return
     sizes = {}
     for path in images:
         try:
-            with Image.open(path) as handle:
-                sizes[Path(path).name] = handle.size
-        except (OSError, ValueError):
+            sizes[Path(path).name] = display_size(Path(path))
+        except (OSError, ValueError, SyntaxError):
             continue  # load_image_files names unreadable images
-    for spec, term in zip(specs, terms):
-        check_mask_aspect(term.region, sizes, f"--direction {spec}")
+    for spec, region in zip(specs, regions):
+        check_mask_aspect(region, sizes, f"--direction {spec}")
+        for name, frame in sizes.items() if region is not None and region.boxes and region.frames is None else ():
+            for box in region.boxes:
+                check_box_fits(box, frame, f"--direction {spec} on {name}")
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -238,13 +241,28 @@ def cmd_edit(args: argparse.Namespace) -> int:
         print("  (x...) after a strength: the raw guidance scale lambda that gives this direction that strength "
               "(from its calibrated response; directions respond differently, so equal strengths need different lambdas)")  # fmt: skip
     if regions is not None:
-        shares = ", ".join(f"{100 * float(r.mean()):.0f}%" for r in result.region)
-        print(f"  localized: the edit changed {shares} of the latent grid; outside it the images are the reconstruction")
+        for line in _coverage_lines(terms, result):
+            print(line)
         print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, *-region.png: the edit dimmed outside its region, "
               "comparison.png: input | reconstruction | edited | region)")  # fmt: skip
     else:
         print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, comparison.png: input | reconstruction | edited)")
     return 0
+
+
+def _coverage_lines(terms: Sequence, result) -> list[str]:
+    """Per term, the share of the latent grid its own region covered (per image); then the union."""
+
+    def shares(values) -> str:
+        return "/".join(f"{100 * v:.0f}%" for v in values)
+
+    lines = ["  regions (share of the latent grid each term's own region covered, per image):"]
+    for number, (term, covered) in enumerate(zip(terms, result.coverage()), start=1):
+        where = "global" if term.region is None else f"#{term.region.label()}"
+        lines.append(f"    term {number} ({where}): {shares(covered)}")
+    union = [float(r.mean()) for r in result.region]
+    lines.append(f"    all terms together: {shares(union)}; outside that the images are the reconstruction")
+    return lines
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

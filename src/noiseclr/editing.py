@@ -71,6 +71,7 @@ from .regions import (
     blend_latents,
     edit_regions,
     plan_regions,
+    term_regions,
     region_overlay,
     region_union,
     step_gates,
@@ -156,7 +157,11 @@ def combine_eps(
 
 
 StepCallback = Callable[[int, torch.Tensor], None]
-"""Called as ``callback(step, latents[M])`` after every denoising step (and ``on_regions(step, union[M, h, w])``)."""
+"""Called as ``callback(step, latents[M])`` after every denoising step."""
+
+RegionCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""Called as ``on_regions(step, union[M, h, w], held[G, h, w])`` after every step of a localized
+denoise: each trajectory's union of regions, and each gated pair's own region (``RegionPlan`` order)."""
 
 
 @torch.no_grad()
@@ -175,7 +180,7 @@ def denoise(
     desc: str = "denoising",
     callback: StepCallback | None = None,
     regions: RegionPlan | None = None,
-    on_regions: StepCallback | None = None,
+    on_regions: RegionCallback | None = None,
 ) -> torch.Tensor:
     """Run M trajectories down ``schedule`` with guided noise predictions; returns latents [M, C, h, w].
 
@@ -190,7 +195,8 @@ def denoise(
 
     With ``regions`` (:mod:`noiseclr.regions`) each gated pair's ``w`` becomes ``w * R`` (its region at
     this step), and after the step every localized trajectory is blended with its reference
-    trajectory outside its union of regions; ``on_regions(step, union)`` sees the unions [M, h, w].
+    trajectory outside its union of regions; ``on_regions(step, union, held)`` sees the unions
+    [M, h, w] and every gated pair's own region [G, h, w].
     """
     from tqdm.auto import tqdm
 
@@ -237,7 +243,7 @@ def denoise(
             union = region_union(regions, memory.held, count)
             state = blend_latents(state, regions, union)
             if on_regions is not None:
-                on_regions(step, union)
+                on_regions(step, union, memory.held)
         if callback is not None:
             callback(step, state)
     return state
@@ -276,8 +282,10 @@ def regenerate(
     callback: StepCallback | None = None,
     auto_region: AutoRegion | None = None,
     return_regions: bool = False,
+    return_term_regions: bool = False,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
     desc: str | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor | tuple:
     """Render every edit variant of every inverted image; returns latents [E, B, C, h, w].
 
     ``edits`` holds one term list per variant (an empty list is the plain reconstruction).
@@ -286,7 +294,9 @@ def regenerate(
     Terms with a region are localized (:mod:`noiseclr.regions`, ``auto_region`` for auto ones);
     the reconstruction they blend with joins the batch if ``[]`` is not among the edits. With
     ``return_regions`` also returns float64 [E, B, h, w]: where each edit may differ from the
-    reconstruction (:func:`edit_regions`).
+    reconstruction (:func:`edit_regions`); ``return_term_regions`` then also each term's own region,
+    ``[e][t]`` [B, h, w] (:func:`~noiseclr.regions.term_regions`). ``image_sizes`` (width, height)
+    per image of ``inversion`` is what ``#box=`` pixels refer to (default: the model's square input).
     """
     requested = [list(terms) for terms in edits]
     if not requested:
@@ -304,7 +314,8 @@ def regenerate(
     per_edit = edit_weights(edits, rows, conditionings.shape[0], inversion.steps, offset=1)
     batch = len(images)
     plan = plan_regions(edits, rows, conditionings.shape[0], 1, batch, inversion.steps, model.latent_size,
-                        (auto_region or AutoRegion()).validate(), reference_edit=plain, images=images)  # fmt: skip
+                        (auto_region or AutoRegion()).validate(), reference_edit=plain, images=images,
+                        resolution=model.resolution, image_sizes=image_sizes)  # fmt: skip
     final: dict[str, torch.Tensor] = {}
     # Trajectory m = e * B + b: edit e of image b.
     weights = per_edit.repeat_interleave(batch, dim=0)
@@ -326,13 +337,17 @@ def regenerate(
         desc=desc or f"editing ({inversion.method})",
         callback=callback,
         regions=plan,
-        on_regions=lambda step, union: final.update(union=union),
+        on_regions=lambda step, union, held: final.update(union=union, held=held),
     )
     latents = latents.view(len(edits), batch, *latents.shape[1:])[: len(requested)]
     if not return_regions:
         return latents
     maps = edit_regions(edits, plan, final.get("union"), batch, model.latent_size)[: len(requested)]
-    return latents, maps
+    if not return_term_regions:
+        return latents, maps
+    own = [term_regions(terms, e, plan, final.get("held"), rows, 1, batch, model.latent_size)
+           for e, terms in enumerate(requested)]  # fmt: skip
+    return latents, maps, own
 
 
 def render_edits(
@@ -404,6 +419,16 @@ class EditResult:
     region: torch.Tensor | None = None
     """[B, h, w] float64 on the latent grid: where the edit may differ from the reconstruction (the
     union of its terms' regions at the last step); None when no term has a region."""
+    term_regions: list[torch.Tensor] | None = None
+    """Per term, [B, h, w] float64: its own region at the last step it acted (ones for a global
+    term); None when no term has a region."""
+
+    def coverage(self) -> list[list[float]] | None:
+        """Per term, per image: the fraction of the latent grid its own region covered (None
+        without regions). The union's share is ``region.mean((1, 2))``."""
+        if self.term_regions is None:
+            return None
+        return [[float(own[b].mean()) for b in range(own.shape[0])] for own in self.term_regions]
 
     def __len__(self) -> int:
         return int(self.edited.shape[0])
@@ -442,12 +467,15 @@ def edit(
 
     The images are encoded, inverted once with the null prompt (``settings.inversion``), and
     regenerated twice in the same batched pass: with the terms and without (the reconstruction).
+    ``#box=`` regions are in pixels of each input file (an :class:`ImageSet`'s ``sizes``), or of
+    the [S, S] pixels given.
     """
     settings = settings or EditSettings()
     terms = list(terms)
     check_terms(model, terms)
     check_steps(model, settings.steps)
     paths = list(images.paths) if isinstance(images, ImageSet) else None
+    sizes = list(images.sizes) if isinstance(images, ImageSet) and images.sizes else None
     pixels = images.pixels if isinstance(images, ImageSet) else images
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, S, S] pixels, got {tuple(pixels.shape)}")
@@ -462,8 +490,10 @@ def edit(
         max_batch=settings.max_batch,
         progress=progress,
     )
-    both, maps = regenerate(model, inversion, [terms, []], max_batch=settings.max_batch, progress=progress,
-                            auto_region=settings.auto_region, return_regions=True)  # fmt: skip
+    both, maps, own = regenerate(model, inversion, [terms, []], max_batch=settings.max_batch, progress=progress,
+                                 auto_region=settings.auto_region, return_regions=True, return_term_regions=True,
+                                 image_sizes=sizes)  # fmt: skip
+    localized = any(term.region is not None for term in terms)
     decoded = model.decode_latents(both.reshape(-1, *both.shape[2:]), batch_size=settings.decode_batch).cpu()
     decoded = decoded.view(2, -1, *decoded.shape[1:])
     return EditResult(
@@ -475,7 +505,8 @@ def edit(
         inversion=inversion,
         terms=terms,
         paths=paths,
-        region=maps[0] if any(term.region is not None for term in terms) else None,
+        region=maps[0] if localized else None,
+        term_regions=own[0] if localized else None,
     )
 
 
@@ -536,7 +567,7 @@ def generate_latents(
     trajectories = torch.arange(weights.shape[0])
     weights[trajectories, 1 + trajectories % count, :] = float(guidance_scale)
     plan = plan_regions(edits, rows, conditionings.shape[0], 1 + count, count, steps, model.latent_size,
-                        (auto_region or AutoRegion()).validate(), reference_edit=plain)  # fmt: skip
+                        (auto_region or AutoRegion()).validate(), reference_edit=plain, resolution=model.resolution)  # fmt: skip
     start = noise.repeat(len(edits), 1, 1, 1)
     final: dict[str, torch.Tensor] = {}
     latents = denoise(
@@ -550,7 +581,7 @@ def generate_latents(
         desc="generating",
         callback=callback,
         regions=plan,
-        on_regions=lambda step, union: final.update(union=union),
+        on_regions=lambda step, union, held: final.update(union=union),
     )
     latents = latents.view(len(edits), count, *latents.shape[1:])[: len(requested)]
     if not return_regions:

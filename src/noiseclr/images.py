@@ -47,6 +47,9 @@ class ImageSet:
     """[N, 3, S, S] float32 in [-1, 1]."""
     paths: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    """(width, height) of each input as it is shown (EXIF orientation applied), before the centre
+    crop: what pixel boxes (``#box=``) are given in. Empty when the pixels did not come from files."""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -129,9 +132,21 @@ def open_image(path: Path, min_side: int = 1024, max_pixels: int = DEFAULT_MAX_P
         return handle.copy()
 
 
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def display_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file as viewers show it (EXIF orientation applied), from its header."""
+    with _header_only(), Image.open(path) as handle:
+        width, height = handle.size
+        orientation = handle.getexif().get(0x0112)
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
+
+
 def _load_sized(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, tuple[int, int]]:
+    # The header's size, not the decoded one: huge JPEGs are decoded at a reduced scale (draft).
     image = to_rgb(open_image(path, min_side=size, max_pixels=max_pixels))
-    return pil_to_tensor(fit_square(image, size)), image.size
+    return pil_to_tensor(fit_square(image, size)), display_size(path)
 
 
 def _try_load(path: Path, size: int, max_pixels: int) -> tuple[torch.Tensor | None, str, tuple[int, int]]:
@@ -253,7 +268,7 @@ def load_image_files(
     refused too (name its files): the edit outputs are named after each input file."""
     if not paths:
         raise NoiseCLRError(f"{flag}: no images given; pass at least one image file.")
-    tensors, kept, small = [], [], []
+    tensors, kept, small, sizes = [], [], [], []
     for raw in paths:
         path = Path(raw)
         _check_file(path, flag)
@@ -262,16 +277,17 @@ def load_image_files(
             raise _unusable(flag, path, reason)
         tensors.append(tensor)
         kept.append(path)
+        sizes.append(original)
         if _is_small(original, size):
             small.append((path, original))
     _warn_small(small, size, flag)
-    return ImageSet(torch.stack(tensors), kept)
+    return ImageSet(torch.stack(tensors), kept, sizes=sizes)
 
 
 def _load_many(candidates: list[Path], size: int, *, min_count: int, flag: str, max_pixels: int) -> ImageSet:
     from tqdm.auto import tqdm
 
-    tensors, kept, skipped, small = [], [], [], []
+    tensors, kept, skipped, small, sizes = [], [], [], [], []
     for path in tqdm(candidates, desc="reading images", unit="img", leave=False, disable=len(candidates) < 50):
         tensor, reason, original = _try_load(path, size, max_pixels)
         if tensor is None:
@@ -279,6 +295,7 @@ def _load_many(candidates: list[Path], size: int, *, min_count: int, flag: str, 
         else:
             tensors.append(tensor)
             kept.append(path)
+            sizes.append(original)
             if _is_small(original, size):
                 small.append((path, original))
     if skipped:
@@ -288,7 +305,7 @@ def _load_many(candidates: list[Path], size: int, *, min_count: int, flag: str, 
     if len(kept) < min_count:
         raise _too_few(flag, len(kept), len(skipped), min_count)
     _warn_small(small, size, flag)
-    return ImageSet(torch.stack(tensors), kept, skipped)
+    return ImageSet(torch.stack(tensors), kept, skipped, sizes)
 
 
 def image_fingerprint(pixels: torch.Tensor) -> dict[str, str]:

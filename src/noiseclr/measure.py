@@ -35,7 +35,7 @@ from .inversion import Inversion, invert
 from .metrics import EFFECTIVE_STRENGTH, direction_metrics, discovered_factors, dominant_value, masked_psnr, upsample_region
 from .model import DiffusionModel
 from .options import check_count, check_inversion, check_max_batch
-from .regions import AutoRegion
+from .regions import AutoRegion, Region
 from .world.seeds import BENCH_ROLES, EVAL_OFFSETS, EVAL_SEED_BASE, SEED_STRIDE
 
 log = logging.getLogger("noiseclr")
@@ -304,6 +304,24 @@ def prepare_split(
         recon_kept=None if kept is None else kept[0],
         recon_small=small,
     )
+
+
+REGION_MODES = ("global", "auto", "box", "auto-in-box")
+"""How a scene term is localized: not at all, ``#auto``, the box a user would draw around its
+object (:func:`~noiseclr.world.render.object_box`), or ``#auto`` kept inside that box."""
+
+
+def object_region(mode: str, seeds: Sequence[int], labels: Sequence[Mapping[str, str]], part: str) -> Region | str | None:
+    """The region of a term on scene object ``part`` for every render ``(seeds[b], labels[b])`` of a
+    batch, in ``mode`` (:data:`REGION_MODES`); boxes are in the renders' own pixels."""
+    from .world.render import IMAGE_SIZE, object_box
+
+    if mode not in REGION_MODES:
+        raise NoiseCLRError(f"region mode {mode!r}: use one of {', '.join(REGION_MODES)}.")
+    if mode in ("global", "auto"):
+        return None if mode == "global" else "auto"
+    boxes = [object_box("scenes", seed, part, label) for seed, label in zip(seeds, labels)]
+    return Region.box(*boxes, auto=mode == "auto-in-box").on_images([(IMAGE_SIZE, IMAGE_SIZE)])
 
 
 def split_diagnostics(split: Split, factor_names: Sequence[str]) -> dict[str, Any]:

@@ -33,6 +33,13 @@ that step; the running mean keeps the region from jumping between steps, which l
 would turn into patchwork (measured on the embedded model: per-step masks left scattered cells
 and edits that blending then erased).
 
+**Boxes** (:func:`parse_box`, :func:`box_mask`): ``box=X0,Y0,X1,Y1`` in pixels of the input image
+(x to the right, y down, X1 and Y1 exclusive) is a fixed mask, 1 inside; ``auto+box=...`` is an
+auto region kept inside the box: the top ``top`` fraction of the box's cells, so a box around one
+object of a scene keeps the auto region off the other one. A box goes through the same centre crop as
+its image, and each latent cell takes the fraction of its area inside the box (exact, no pixel mask is
+drawn). Without the image's size (generation, latents) a box is in pixels of the model's square input.
+
 **Mask files** (:func:`load_mask`): any image Pillow reads, converted to grey levels in [0, 1]. It
 is mapped onto the latent grid the way images are: centre-cropped to a square, then each latent cell
 takes the mean of the mask pixels it covers (area resampling). Any size is accepted; the command
@@ -44,7 +51,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,8 +63,11 @@ from .options import option
 
 log = logging.getLogger("noiseclr")
 
-REGION_WORDS = ("auto", "none")
+REGION_WORDS = ("auto", "none", "box=X0,Y0,X1,Y1", "auto+box=X0,Y0,X1,Y1")
 """What a ``#REGION`` may say besides a mask file."""
+
+Box = tuple[float, float, float, float]
+"""``(x0, y0, x1, y1)`` in pixels: x to the right, y down, the far edges exclusive."""
 
 
 # ----------------------------------------------------------------------------- settings
@@ -93,22 +103,74 @@ class Region:
     """What it came from, for labels: ``auto``, a file name or ``tensor``."""
     size: tuple[int, int] | None = None
     """(width, height) of a mask file, for the aspect check against the images."""
+    boxes: tuple[Box, ...] | None = None
+    """``kind == "box"``: the fixed box mask; ``kind == "auto"``: the box the auto region stays in.
+    One box for every image, or one per image of the batch."""
+    frames: tuple[tuple[int, int], ...] | None = None
+    """(width, height) of the images the boxes are in pixels of (one, or one per image); None: the
+    model's square input (:meth:`on_images` sets it from the loaded images)."""
 
     @classmethod
     def auto(cls) -> Region:
         return cls("auto", source="auto")
 
+    @classmethod
+    def box(cls, *boxes: Sequence[float], auto: bool = False) -> Region:
+        """A box region (``auto=True``: an auto region kept inside the box): one ``(x0, y0, x1, y1)``
+        in input pixels for every image, or one per image."""
+        if not boxes:
+            raise NoiseCLRError("box region: give at least one box (x0, y0, x1, y1) in pixels of the input.")
+        checked = tuple(check_box(box) for box in boxes)
+        shown = ",".join(f"{v:g}" for v in checked[0]) + (f" (+{len(checked) - 1} more)" if len(checked) > 1 else "")
+        return cls("auto" if auto else "box", boxes=checked, source=("auto+box=" if auto else "box=") + shown)
+
+    def on_images(self, frames: Sequence[tuple[int, int]]) -> Region:
+        """This region with its boxes in pixels of images of these (width, height): one per image of
+        the batch. Regions without boxes, or whose boxes already have frames, are returned as they are."""
+        if self.boxes is None or self.frames is not None:
+            return self
+        return replace(self, frames=tuple((int(w), int(h)) for w, h in frames))
+
     def label(self) -> str:
         return self.source or self.kind
 
     def same_as(self, other: Region) -> bool:
-        if self.kind != other.kind:
+        if self.kind != other.kind or self.boxes != other.boxes or self.frames != other.frames:
             return False
-        return self.kind == "auto" or (self.mask.shape == other.mask.shape and bool(torch.equal(self.mask, other.mask)))
+        return self.kind in ("auto", "box") or (self.mask.shape == other.mask.shape and bool(torch.equal(self.mask, other.mask)))
 
-    def latent_mask(self, size: int, image: int = 0) -> torch.Tensor:
-        """The mask of image ``image`` on the ``size`` x ``size`` latent grid: float64 [size, size]."""
-        assert self.mask is not None, "auto regions have no fixed mask"
+    def _box_of(self, image: int, resolution: int, frame: tuple[int, int] | None) -> tuple[Box, tuple[int, int]]:
+        assert self.boxes is not None
+        def pick(values: tuple, what: str):
+            if len(values) == 1:
+                return values[0]
+            if not 0 <= image < len(values):
+                raise NoiseCLRError(f"region {self.label()}: {len(values)} {what} for the images, but image {image} is "
+                                    f"edited; give one {what[:-1] if what.endswith('s') else what} or one per image.")  # fmt: skip
+            return values[image]
+        box = pick(self.boxes, "boxes")
+        if self.frames is not None:
+            return box, pick(self.frames, "image sizes")
+        return box, frame or (resolution, resolution)
+
+    def within(
+        self, size: int, image: int = 0, resolution: int | None = None, frame: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Where an auto region may be, float64 [size, size]: its box's cells (ones without a box)."""
+        if self.boxes is None:
+            return torch.ones(size, size, dtype=torch.float64)
+        box, frame = self._box_of(image, resolution or size * 8, frame)
+        return box_mask(box, frame, size, what=f"region {self.label()}")
+
+    def latent_mask(
+        self, size: int, image: int = 0, resolution: int | None = None, frame: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """The mask of image ``image`` on the ``size`` x ``size`` latent grid: float64 [size, size].
+        A box is in pixels of ``self.frames``, else of ``frame`` (the image's (width, height)), else of
+        the model's square input of ``resolution`` pixels (default ``8 * size``, the VAE's usual factor)."""
+        assert self.kind != "auto", "auto regions have no fixed mask"
+        if self.kind == "box":
+            return self.within(size, image, resolution, frame)
         mask = self.mask
         if mask.ndim == 3:
             if not 0 <= image < mask.shape[0]:
@@ -142,6 +204,65 @@ def mask_from_tensor(value: torch.Tensor, what: str = "region mask tensor") -> R
     if not bool(torch.isfinite(mask).all()) or float(mask.min()) < 0.0 or float(mask.max()) > 1.0:
         raise NoiseCLRError(f"{what}: values must be finite and in [0, 1] (1 = the region, 0 = left alone).")
     return Region("mask", mask=mask, source="tensor")
+
+
+def check_box(box: Sequence[Any]) -> Box:
+    """A box ``(x0, y0, x1, y1)`` of finite numbers with ``0 <= x0 < x1`` and ``0 <= y0 < y1``."""
+    values = list(box) if isinstance(box, (list, tuple)) else None
+    if values is None or len(values) != 4:
+        raise NoiseCLRError(f"box {box!r}: need 4 numbers x0,y0,x1,y1 (pixels of the input), e.g. box=10,20,200,240.")
+    try:
+        x0, y0, x1, y1 = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise NoiseCLRError(f"box {','.join(map(str, values))}: not numbers; give pixels x0,y0,x1,y1, e.g. box=10,20,200,240.") from None
+    shown = ",".join(f"{v:g}" for v in (x0, y0, x1, y1))
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise NoiseCLRError(f"box {shown}: not finite numbers; give pixels x0,y0,x1,y1, e.g. box=10,20,200,240.")
+    if min(x0, y0) < 0:
+        raise NoiseCLRError(f"box {shown}: starts outside the image (negative); pixels count from 0 at the top left.")
+    if x1 <= x0 or y1 <= y0:
+        raise NoiseCLRError(f"box {shown}: empty or inverted; need x0 < x1 and y0 < y1 (left, top, right, bottom).")
+    return (x0, y0, x1, y1)
+
+
+def parse_box(text: str) -> Box:
+    """``"X0,Y0,X1,Y1"`` -> a checked box (one-line errors for anything else)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 4 or not all(parts):
+        raise NoiseCLRError(f"box={text}: need 4 numbers x0,y0,x1,y1 (pixels of the input), e.g. box=10,20,200,240.")
+    return check_box(parts)
+
+
+def check_box_fits(box: Box, frame: tuple[int, int], what: str) -> None:
+    """A box must lie inside its image and reach the centre square the model sees."""
+    width, height = frame
+    shown = ",".join(f"{v:g}" for v in box)
+    if box[2] > width or box[3] > height:
+        raise NoiseCLRError(f"{what}: box {shown} reaches outside the {width}x{height} image; "
+                            f"give pixels inside it (x1 <= {width}, y1 <= {height}).")  # fmt: skip
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    if box[2] <= left or box[0] >= left + side or box[3] <= top or box[1] >= top + side:
+        raise NoiseCLRError(f"{what}: box {shown} lies outside the centre {side}x{side} square the model sees "
+                            f"(x {left:g}..{left + side:g}, y {top:g}..{top + side:g}); move it inside.")  # fmt: skip
+
+
+def _cover(start: float, end: float, origin: float, cell: float, size: int) -> torch.Tensor:
+    """[size] fraction of each cell ``[origin + i cell, origin + (i+1) cell)`` inside ``[start, end)``."""
+    edges = origin + cell * torch.arange(size + 1, dtype=torch.float64)
+    return (torch.minimum(edges[1:], torch.tensor(end)) - torch.maximum(edges[:-1], torch.tensor(start))).clamp_min(0) / cell
+
+
+def box_mask(box: Box, frame: tuple[int, int], size: int, what: str = "region") -> torch.Tensor:
+    """A box in pixels of a ``frame`` = (width, height) image on the ``size`` x ``size`` latent grid:
+    centre-cropped to a square like the image, each cell the fraction of its area inside the box."""
+    check_box_fits(box, frame, what)
+    width, height = frame
+    side = min(width, height)
+    cell = side / size
+    columns = _cover(box[0], box[2], (width - side) / 2, cell, size)
+    rows = _cover(box[1], box[3], (height - side) / 2, cell, size)
+    return rows[:, None] * columns[None, :]
 
 
 def load_mask(path: str | Path) -> Region:
@@ -178,8 +299,12 @@ def as_region(value: Any) -> Region | None:
             return Region.auto()
         if text == "none":
             return None
+        for prefix, auto in (("box=", False), ("auto+box=", True)):
+            if text.startswith(prefix):
+                return Region.box(parse_box(text[len(prefix):]), auto=auto)
         return load_mask(text)
-    raise NoiseCLRError(f"region {value!r}: use None, 'auto', a mask image path or a [H, W] tensor.")
+    raise NoiseCLRError(f"region {value!r}: use None, 'auto', 'box=X0,Y0,X1,Y1', 'auto+box=...', a mask image path "
+                        "or a [H, W] tensor.")
 
 
 def check_mask_aspect(region: Region | None, image_sizes: dict[str, tuple[int, int]], what: str) -> None:
@@ -224,6 +349,17 @@ def top_cells(energy: torch.Tensor, top: float) -> torch.Tensor:
     return (flat >= threshold).to(energy.dtype).view_as(energy)
 
 
+def top_cells_within(energy: torch.Tensor, top: float, within: torch.Tensor) -> torch.Tensor:
+    """:func:`top_cells` kept inside ``within`` [P, h, w] in [0, 1] (a box's cell coverage): the top
+    ``top`` fraction of the cells where ``within > 0``, weighted by ``within`` so the box's edge cells
+    count by their share. With ``within`` all ones it is :func:`top_cells` exactly."""
+    inside = (within > 0).flatten(1)
+    flat = torch.where(inside, energy.flatten(1), torch.full_like(energy.flatten(1), -math.inf))
+    keep = torch.ceil(top * inside.sum(dim=1).to(torch.float64) - 1e-9).clamp_min(1).long()
+    threshold = flat.sort(dim=1, descending=True).values.gather(1, (keep - 1).to(flat.device)[:, None])
+    return ((flat >= threshold) & inside).to(energy.dtype).view_as(energy) * within.to(energy.dtype)
+
+
 def auto_masks(difference: torch.Tensor, settings: AutoRegion) -> torch.Tensor:
     """One step's regions {0, 1} [P, h, w] from noise differences ``eps_p - eps_0`` [P, C, h, w] (the
     first step of a term; later steps use the running mean of :func:`auto_energy`, see :func:`step_gates`)."""
@@ -243,6 +379,10 @@ class RegionPlan:
     """[G] bool: the pair's region is auto (else its fixed ``masks[g]``)."""
     masks: torch.Tensor
     """[G, h, w] float64: fixed masks (zeros for auto pairs)."""
+    within: torch.Tensor
+    """[G, h, w] float64: where each auto pair's region may be (its box's cells; ones without a box)."""
+    boxed: torch.Tensor
+    """[G] bool: an auto pair kept inside a box."""
     reference: torch.Tensor
     """[M] long: the reconstruction trajectory a localized edit is blended with; -1: not blended."""
     settings: AutoRegion
@@ -294,7 +434,11 @@ def step_gates(
         difference = eps_pairs[rows] - eps_base[pair_trajectory.to(device)[rows]]
         energy = energy.index_add(0, number[auto], auto_energy(difference, plan.settings).to(energy.dtype))
         mean = energy[number[auto]] / steps[number[auto]].view(-1, 1, 1)
-        values[auto] = top_cells(mean, plan.settings.top).to(dtype)
+        picked = gated[chosen][auto.cpu()]
+        if bool(plan.boxed[picked].any()):
+            values[auto] = top_cells_within(mean, plan.settings.top, plan.within[picked].to(device)).to(dtype)
+        else:
+            values[auto] = top_cells(mean, plan.settings.top).to(dtype)
     gates[chosen.to(device)] = values
     held = state.held.index_copy(0, number, values.to(state.held.dtype))
     return gates, RegionState(held=held, energy=energy, steps=steps)
@@ -349,6 +493,12 @@ __all__ = [
     "resize_mask",
     "step_gates",
     "top_cells",
+    "top_cells_within",
+    "box_mask",
+    "check_box",
+    "check_box_fits",
+    "parse_box",
+    "term_regions",
 ]
 
 
@@ -399,11 +549,14 @@ def plan_regions(
     *,
     reference_edit: int | None,
     images: Sequence[int] | None = None,
+    resolution: int | None = None,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> RegionPlan | None:
     """The :class:`~noiseclr.regions.RegionPlan` of a batch of trajectories ``m = e * batch + b`` (None if
     no term has a region). ``reference_edit`` is the plain variant the localized edits blend with;
-    ``images[b]`` picks per-image masks (default ``b``). A direction repeated in one edit must repeat
-    its region (its weights add up, as without regions)."""
+    ``images[b]`` picks per-image masks and boxes (default ``b``); boxes are in pixels of
+    ``image_sizes[images[b]]`` (width, height), else of the model's ``resolution``-pixel square input. A direction repeated in one edit must
+    repeat its region (its weights add up, as without regions)."""
     if not any(_region_of(term) is not None for terms in edits for term in terms):
         return None
     assert reference_edit is not None and not edits[reference_edit], "localized edits need a plain variant"
@@ -411,12 +564,14 @@ def plan_regions(
     count = len(edits) * batch
     index = torch.full((count, columns), -1, dtype=torch.long)
     reference = torch.full((count,), -1, dtype=torch.long)
-    owner, auto, masks = [], [], []
+    owner, auto, masks, within, boxed = [], [], [], [], []
     for e, terms in enumerate(edits):
         regions: dict[int, Region | None] = {}
+        terms_by_column: dict[int, EditTerm] = {}
         for term in terms:
             column = offset + rows[term.key]
             region = _region_of(term)
+            terms_by_column[column] = term
             if column in regions and not _same_region(regions[column], region):
                 raise NoiseCLRError(f"{term.describe()}: the same direction twice in one edit with different regions; "
                                     "give both the same region (or one term).")  # fmt: skip
@@ -434,13 +589,21 @@ def plan_regions(
                 index[m, column] = len(owner)
                 owner.append(m)
                 auto.append(region.kind == "auto")
-                masks.append(torch.zeros(latent_size, latent_size, dtype=torch.float64) if region.kind == "auto"
-                             else region.latent_mask(latent_size, images[b]))  # fmt: skip
+                boxed.append(region.kind == "auto" and region.boxes is not None)
+                zeros = torch.zeros(latent_size, latent_size, dtype=torch.float64)
+                frame = tuple(image_sizes[images[b]]) if image_sizes else None
+                try:
+                    masks.append(zeros if region.kind == "auto" else region.latent_mask(latent_size, images[b], resolution, frame))
+                    within.append(region.within(latent_size, images[b], resolution, frame) if boxed[-1] else zeros + 1.0)
+                except NoiseCLRError as exc:
+                    raise NoiseCLRError(f"{terms_by_column[column].describe()}: {exc}") from None
     return RegionPlan(
         index=index,
         owner=torch.tensor(owner, dtype=torch.long),
         auto=torch.tensor(auto, dtype=torch.bool),
         masks=torch.stack(masks),
+        within=torch.stack(within),
+        boxed=torch.tensor(boxed, dtype=torch.bool),
         reference=reference,
         settings=settings,
     )
@@ -448,6 +611,30 @@ def plan_regions(
 
 def _same_region(a: Region | None, b: Region | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and a.same_as(b))
+
+
+def term_regions(
+    terms: Sequence[EditTerm],
+    edit: int,
+    plan: RegionPlan | None,
+    held: torch.Tensor | None,
+    rows: dict[tuple, int],
+    offset: int,
+    batch: int,
+    size: int,
+) -> list[torch.Tensor]:
+    """Per term of edit ``edit`` (columns ``offset + rows[term.key]`` as in :func:`plan_regions`):
+    [batch, h, w] float64, the term's own region at the last step it acted; ones for a global term."""
+    maps = []
+    for term in terms:
+        region = torch.ones(batch, size, size, dtype=torch.float64)
+        if plan is not None and held is not None:
+            gated = plan.index[edit * batch : (edit + 1) * batch, offset + rows[term.key]]
+            for b, number in enumerate(gated.tolist()):
+                if number >= 0:
+                    region[b] = held[number].to("cpu", torch.float64)
+        maps.append(region)
+    return maps
 
 
 def edit_regions(

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("noiseclr")
 
 SPEC_FORM = (
-    "FILE:INDEX[=SCALE|=STRENGTH%][@START:END][#auto|#MASK.png], e.g. runs/faces/directions.safetensors:3=15%@0:0.6#auto"
+    "FILE:INDEX[=SCALE|=STRENGTH%][@START:END][#auto|#MASK.png|#box=X0,Y0,X1,Y1|#auto+box=X0,Y0,X1,Y1], "
+    "e.g. runs/faces/directions.safetensors:3=15%@0:0.6#auto"
 )
 _WINDOW_TOLERANCE = 1e-9  # so 0.6 * 50 steps is exactly 30 steps, not 31
 
@@ -221,8 +222,9 @@ def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None)
     ``FILE`` may itself contain ``:``. ``=SCALE`` is the raw lambda; ``=STRENGTH%`` a calibrated
     strength (percent change of the noise prediction, :mod:`noiseclr.strength`); both may be
     negative. Without either, the file's ``edit_defaults`` for that index supply it (and the
-    window, unless one is given). ``#REGION`` is ``#auto``, ``#none`` or ``#MASK`` (a mask image,
-    white = where the direction acts; :mod:`noiseclr.regions`). ``loaded`` caches files by name,
+    window, unless one is given). ``#REGION`` is ``#auto``, ``#none``, ``#MASK`` (a mask image,
+    white = where the direction acts), ``#box=X0,Y0,X1,Y1`` (pixels of the input) or
+    ``#auto+box=X0,Y0,X1,Y1`` (an auto region kept inside the box); :mod:`noiseclr.regions`. ``loaded`` caches files by name,
     so a file is read once.
     """
 
@@ -233,7 +235,7 @@ def parse_direction_spec(spec: str, loaded: dict[str, Directions] | None = None)
     region: Region | None = None
     if region_text is not None:
         if not region_text.strip():
-            raise fail("no region after '#' (use #auto or #MASK.png)")
+            raise fail("no region after '#' (use #auto, #MASK.png or #box=X0,Y0,X1,Y1)")
         try:
             region = as_region(region_text.strip())
         except NoiseCLRError as exc:

@@ -583,3 +583,21 @@ def _check_palettes() -> None:
 
 
 _check_palettes()
+
+
+def object_box(domain: str, seed: int, part: str, labels: Mapping[str, str] | None = None, margin: int = 3) -> tuple[int, int, int, int]:
+    """The box ``(x0, y0, x1, y1)`` (pixels, far edges exclusive) a user would draw around object
+    ``part`` (``"face"``/``"cat"``) of ``render(domain, seed, labels)``: the extent of its pixels that
+    differ from the background, ``margin`` pixels wider, kept inside the object's own half in scenes."""
+    image, full = render_array(domain, seed, labels)
+    placement = layout(domain, seed, full).get(part)
+    if placement is None:
+        raise NoiseCLRError(f"object_box: {domain} renders have no {part!r}; use one of {', '.join(layout(domain, seed, full))}.")
+    background = np.asarray(BACKGROUND_RGB[full[BACKGROUND.name]], dtype=np.int16)
+    left, right = round(placement.left), round(placement.right)
+    drawn = (np.abs(image.astype(np.int16) - background).max(axis=-1) > 12)[:, left:right]
+    rows, columns = np.nonzero(drawn)
+    if not rows.size:
+        return (left, 0, right, IMAGE_SIZE)
+    return (max(left, left + int(columns.min()) - margin), max(0, int(rows.min()) - margin),
+            min(right, left + int(columns.max()) + 1 + margin), min(IMAGE_SIZE, int(rows.max()) + 1 + margin))  # fmt: skip
