@@ -25,6 +25,8 @@ declare -A FLAGS=(
   [b]="--text-aux-weight 0.1"
   [c]="--paired-fraction 0.5"
   [abc]="--mask-weight 1 --text-aux-weight 0.1 --paired-fraction 0.5"
+  [b03]="--text-aux-weight 0.03"
+  [abc03]="--mask-weight 1 --text-aux-weight 0.03 --paired-fraction 0.5"
 )
 
 mkdir -p "$ROOT"
