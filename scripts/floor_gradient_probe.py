@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from noiseclr.discovery import delta_and_response, magnitude_hinge
+from noiseclr.objective import delta_and_response, magnitude_hinge
 from noiseclr.measure import render_pixels, seeds_for
 from noiseclr.model import DiffusionModel
 from noiseclr.objective import contrastive_loss

@@ -55,7 +55,7 @@ class DiscoverySettings:
                                     help="keep every direction's noise response ||eps_k - eps_0|| / ||eps_0|| above R with a "
                                          "hinge penalty (0: the paper's objective)")  # fmt: skip
     """Remedy for collapsed directions (``magnitude_hinge``); 0 is the paper's objective."""
-    floor_weight: float = option(10.0, flag="--floor-weight", help="weight of the magnitude floor's hinge")
+    floor_weight: float = option(1.0, flag="--floor-weight", help="weight of the magnitude floor's hinge (on log response)")
     axis_negatives: bool = option(False, flag="--axis-negatives",
                                   help="negatives by |cos|: a direction and its opposite count as one axis (the paper: signed cos)")  # fmt: skip
     """Remedy for one axis learned twice with opposite signs (:mod:`noiseclr.objective`)."""
