@@ -169,3 +169,16 @@ def test_axis_negatives_do_not_reward_an_opposite_direction():
             (("opposite", opposite), ("copy", copy), ("unrelated", unrelated))}  # fmt: skip
     assert signed["opposite"] < signed["unrelated"] < signed["copy"]
     assert axis["opposite"] == pytest.approx(axis["copy"]) and axis["unrelated"] < axis["copy"]
+
+
+def test_the_magnitude_floor_hinges_on_the_log_response():
+    import math
+
+    from noiseclr.objective import magnitude_hinge
+
+    response = torch.tensor([0.001, 0.02, 0.005], dtype=torch.float64, requires_grad=True)
+    value = magnitude_hinge(response, 0.01)
+    assert abs(float(value) - (math.log(10) + 0 + math.log(2)) / 3) < 1e-12
+    (grad,) = torch.autograd.grad(value, response)
+    # d/dr of -log r is -1/r: ten times larger at a ten times smaller response; zero above the floor.
+    assert torch.allclose(grad, torch.tensor([-1 / 0.001 / 3, 0.0, -1 / 0.005 / 3], dtype=torch.float64))
