@@ -182,3 +182,24 @@ def test_the_magnitude_floor_hinges_on_the_log_response():
     (grad,) = torch.autograd.grad(value, response)
     # d/dr of -log r is -1/r: ten times larger at a ten times smaller response; zero above the floor.
     assert torch.allclose(grad, torch.tensor([-1 / 0.001 / 3, 0.0, -1 / 0.005 / 3], dtype=torch.float64))
+
+
+def test_the_decorrelation_penalty_by_hand():
+    from noiseclr.objective import decorrelation_penalty, mean_change_cosines
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.nn.functional.normalize(torch.randn(3, 4, 6, generator=generator, dtype=torch.float64), dim=2)
+    means = features.mean(dim=1)
+    expected = 0.0
+    for j in range(3):
+        for k in range(3):
+            if j != k:
+                expected += float(torch.dot(means[j], means[k]) / (means[j].norm() * means[k].norm())) ** 2 / 6
+    assert abs(float(decorrelation_penalty(features)) - expected) < 1e-12
+    assert torch.allclose(mean_change_cosines(features).diagonal(), torch.ones(3, dtype=torch.float64))
+    # One axis twice (opposite signs) is as bad as one direction twice; orthogonal means cost nothing.
+    axis = torch.stack([features[0], -features[0], features[1]])
+    same = torch.stack([features[0], features[0], features[1]])
+    assert abs(float(decorrelation_penalty(axis)) - float(decorrelation_penalty(same))) < 1e-12
+    basis = torch.eye(6, dtype=torch.float64)[:3].unsqueeze(1).expand(3, 4, 6)
+    assert float(decorrelation_penalty(basis)) == 0.0

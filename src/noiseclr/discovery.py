@@ -497,6 +497,7 @@ class _Trainer:
                 magnitude_floor=settings.magnitude_floor,
                 floor_weight=settings.floor_weight,
                 axis_negatives=settings.axis_negatives,
+                diversity_weight=settings.diversity_weight,
             )
             responses.append(result.response)
             self.last_response[draw.drawn] = result.response.to(self.last_response)

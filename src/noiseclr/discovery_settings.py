@@ -14,7 +14,7 @@ INITS = ("random", "tokens")
 
 TRAJECTORY = (
     "num_negatives", "micro_batches", "temperature", "loss_variant", "seed", "hflip", "timestep_range", "lr", "betas",
-    "weight_decay", "magnitude_floor", "floor_weight", "init", "axis_negatives",
+    "weight_decay", "magnitude_floor", "floor_weight", "init", "axis_negatives", "diversity_weight",
 )  # fmt: skip
 """Settings that change what a run learns (besides K, N and the step count)."""
 
@@ -56,6 +56,10 @@ class DiscoverySettings:
                                          "hinge penalty (0: the paper's objective)")  # fmt: skip
     """Remedy for collapsed directions (``magnitude_hinge``); 0 is the paper's objective."""
     floor_weight: float = option(1.0, flag="--floor-weight", help="weight of the magnitude floor's hinge (on log response)")
+    diversity_weight: float = option(0.0, flag="--diversity-weight", metavar="W",
+                                     help="penalise W * mean squared cosine between the directions' mean noise changes "
+                                          "over the batch (0: the paper's objective)")  # fmt: skip
+    """Remedy for directions that repeat each other (``objective.decorrelation_penalty``)."""
     axis_negatives: bool = option(False, flag="--axis-negatives",
                                   help="negatives by |cos|: a direction and its opposite count as one axis (the paper: signed cos)")  # fmt: skip
     """Remedy for one axis learned twice with opposite signs (:mod:`noiseclr.objective`)."""
@@ -95,6 +99,8 @@ class DiscoverySettings:
             raise NoiseCLRError(f"{flag['magnitude_floor']} {self.magnitude_floor}: must be 0 (off) or a positive number, e.g. 0.05.")
         if not (isinstance(self.floor_weight, (int, float)) and 0.0 <= self.floor_weight < float("inf")):
             raise NoiseCLRError(f"{flag['floor_weight']} {self.floor_weight}: must be 0 or a positive number.")
+        if not (isinstance(self.diversity_weight, (int, float)) and 0.0 <= self.diversity_weight < float("inf")):
+            raise NoiseCLRError(f"{flag['diversity_weight']} {self.diversity_weight}: must be 0 (off) or a positive number, e.g. 1.")
         check_choice(self.init, INITS, flag["init"])
         check_count(self.checkpoint_every, flag["checkpoint_every"], 0, "must be 0 (off) or positive.")
         check_count(self.keep_checkpoints, "keep_checkpoints", why="must be at least 1.")
@@ -122,5 +128,7 @@ class DiscoverySettings:
 
 
 def changed_trajectory(before: DiscoverySettings, now: DiscoverySettings) -> list[str]:
-    """The :data:`TRAJECTORY` settings that differ between two runs."""
-    return [name for name in TRAJECTORY if getattr(before, name) != getattr(now, name)]
+    """The :data:`TRAJECTORY` settings that differ between two runs (the floor's weight only
+    matters when a floor is set)."""
+    ignored = {"floor_weight"} if before.magnitude_floor == now.magnitude_floor == 0 else set()
+    return [name for name in TRAJECTORY if name not in ignored and getattr(before, name) != getattr(now, name)]

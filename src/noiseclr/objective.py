@@ -153,6 +153,25 @@ def mean_negative_abs_cos(features: torch.Tensor) -> torch.Tensor:
         return sims[off_diagonal].mean()
 
 
+def mean_change_cosines(features: torch.Tensor) -> torch.Tensor:
+    """[J, J] cosines between the directions' mean unit noise differences over the batch's images:
+    the part of each direction's change that is the same on every image."""
+    means = _at_least_float32(features).mean(dim=1)
+    unit = means / means.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit @ unit.T
+
+
+def decorrelation_penalty(features: torch.Tensor) -> torch.Tensor:
+    """``mean_{j != l} cos(m_j, m_l)^2`` of the mean changes ``m_j`` (:func:`mean_change_cosines`), in
+    the spirit of VICReg's covariance term: the contrast separates directions image by image, so two
+    directions may still make the same average change; squared, so a direction and its opposite
+    (one axis twice) are penalised too."""
+    cosines = mean_change_cosines(features)
+    count = cosines.shape[0]
+    off_diagonal = ~torch.eye(count, dtype=torch.bool, device=cosines.device)
+    return (cosines[off_diagonal] ** 2).mean()
+
+
 def mean_vector_abs_cos(vectors: torch.Tensor) -> float:
     """Mean off-diagonal ``|cos|`` between direction vectors ``[K, W]`` (a free diversity check)."""
     with torch.no_grad():
@@ -237,13 +256,15 @@ def micro_batch_loss(
     magnitude_floor: float = 0.0,
     floor_weight: float = 0.0,
     axis_negatives: bool = False,
+    diversity_weight: float = 0.0,
 ) -> MicroBatchLoss:
     """The loss of one micro-batch: N local images, J drawn directions, one timestep.
 
     ``latents`` and ``noise`` are this process's [N, C, h, w]; ``gather`` turns the local
     [J, N, F] features into the global batch (see :class:`Processes`), identity by default.
     With ``magnitude_floor > 0`` the loss adds ``floor_weight * magnitude_hinge`` (this process's
-    images; the paper's objective has none).
+    images), with ``diversity_weight > 0`` ``diversity_weight * decorrelation_penalty`` (the global
+    batch); the paper's objective has neither.
     """
     features, response = delta_and_response(model, direction_vectors, latents, timestep, noise, drawn)
     if gather is not None:
@@ -251,4 +272,6 @@ def micro_batch_loss(
     loss = contrastive_loss(features, temperature, variant, axis_negatives)
     if magnitude_floor > 0 and floor_weight > 0:
         loss = loss + floor_weight * magnitude_hinge(response, magnitude_floor)
+    if diversity_weight > 0:
+        loss = loss + diversity_weight * decorrelation_penalty(features)
     return MicroBatchLoss(loss, features, response.detach())
