@@ -500,3 +500,21 @@ def test_images_are_checked_before_the_model_is_loaded(tiny_model_dir, tmp_path,
     with pytest.raises(NoiseCLRError, match=r"--images .*notes: only 2 usable image\(s\) \(skipped 1\), need at least 3"):
         discover(str(tiny_model_dir), folder, run, small(batch_size=3), progress=False)
     assert not run.exists()
+
+
+def test_reseeding_duplicates_restarts_the_later_direction_and_resumes_exactly(tiny_model, tmp_path, monkeypatch):
+    from noiseclr import discovery
+
+    monkeypatch.setattr(discovery, "RESEED_EVERY", 2)
+    pixels = make_pixels(8)
+    plain = discover(tiny_model, pixels, tmp_path / "plain", small(steps=6), progress=False)
+    # A threshold this low calls every pair a duplicate: directions 1..4 restart at steps 2 and 4.
+    settings = dict(steps=6, reseed_duplicates=1e-9)
+    straight = discover(tiny_model, pixels, tmp_path / "straight", small(**settings), progress=False)
+    assert [row.get("reseeded") for row in straight.loss_log] == [None, 4, None, 4, None, None]
+    assert not torch.allclose(straight.directions.vectors[1:], plain.directions.vectors[1:])
+    discover(tiny_model, pixels, tmp_path / "split", small(**{**settings, "steps": 3}), progress=False)
+    resumed = discover(tiny_model, pixels, tmp_path / "split", small(**settings), resume=True, progress=False)
+    assert torch.equal(resumed.directions.vectors, straight.directions.vectors)
+    with pytest.raises(NoiseCLRError, match="--reseed-duplicates 1.5"):
+        small(reseed_duplicates=1.5).validate()

@@ -9,12 +9,16 @@ from .errors import NoiseCLRError
 from .objective import DEFAULT_VARIANT, VARIANTS
 from .options import check_choice, check_count, check_positive, check_window, flags, is_whole, option, window
 
+RESEED_EVERY = 50
+"""Steps between the duplicate checks of ``--reseed-duplicates``."""
+
 INITS = ("random", "tokens")
 """How direction rows start (:func:`noiseclr.discovery.initial_directions`)."""
 
 TRAJECTORY = (
     "num_negatives", "micro_batches", "temperature", "loss_variant", "seed", "hflip", "timestep_range", "lr", "betas",
     "weight_decay", "magnitude_floor", "floor_weight", "init", "axis_negatives", "diversity_weight",
+    "reseed_duplicates",
 )  # fmt: skip
 """Settings that change what a run learns (besides K, N and the step count)."""
 
@@ -60,6 +64,10 @@ class DiscoverySettings:
                                      help="penalise W * mean squared cosine between the directions' mean noise changes "
                                           "over the batch (0: the paper's objective)")  # fmt: skip
     """Remedy for directions that repeat each other (``objective.decorrelation_penalty``)."""
+    reseed_duplicates: float = option(0.0, flag="--reseed-duplicates", metavar="COS",
+                                      help=f"every {RESEED_EVERY} steps, restart from a fresh embedding each direction whose "
+                                           "noise change has |cos| >= COS with an earlier one (0: off; e.g. 0.9)")  # fmt: skip
+    """Remedy for one change learned twice: the later of each duplicate pair starts again."""
     axis_negatives: bool = option(False, flag="--axis-negatives",
                                   help="negatives by |cos|: a direction and its opposite count as one axis (the paper: signed cos)")  # fmt: skip
     """Remedy for one axis learned twice with opposite signs (:mod:`noiseclr.objective`)."""
@@ -99,6 +107,8 @@ class DiscoverySettings:
             raise NoiseCLRError(f"{flag['magnitude_floor']} {self.magnitude_floor}: must be 0 (off) or a positive number, e.g. 0.05.")
         if not (isinstance(self.floor_weight, (int, float)) and 0.0 <= self.floor_weight < float("inf")):
             raise NoiseCLRError(f"{flag['floor_weight']} {self.floor_weight}: must be 0 or a positive number.")
+        if not (isinstance(self.reseed_duplicates, (int, float)) and 0.0 <= self.reseed_duplicates <= 1.0):
+            raise NoiseCLRError(f"{flag['reseed_duplicates']} {self.reseed_duplicates}: must be 0 (off) or a cosine in (0, 1], e.g. 0.9.")
         if not (isinstance(self.diversity_weight, (int, float)) and 0.0 <= self.diversity_weight < float("inf")):
             raise NoiseCLRError(f"{flag['diversity_weight']} {self.diversity_weight}: must be 0 (off) or a positive number, e.g. 1.")
         check_choice(self.init, INITS, flag["init"])
