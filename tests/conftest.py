@@ -7,6 +7,7 @@ with ``save_pretrained`` and loaded back through the same ``from_pretrained`` pa
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch starts it
 import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Random references (noiseclr.chance) are cached; tests never read or write the user's cache.
+os.environ["NOISECLR_CACHE"] = tempfile.mkdtemp(prefix="noiseclr-test-cache-")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The test models are tiny: one thread is as fast as two, and on a busy machine a second
 # spin-waiting OpenMP thread made runs 10-100x slower.

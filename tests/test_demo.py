@@ -94,6 +94,14 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     # Gallery captions give both signs of each direction.
     page = (out / "gallery" / "index.html").read_text()
     assert page.count("noiseclr edit") == 2 * 3 and "=-" in page
+    # Every direction is judged against 20 calibrated random directions on the same test images.
+    reference = summary["random_reference"]
+    assert reference["count"] == 20 and reference["images"] == 3 and set(reference["random_p95"]) == set(factor_names("faces"))
+    wins = [row["random"]["beats_random"] for row in summary["directions"]]
+    assert reference["beats_random"] == sum(wins) and f"{sum(wins)} of 3 directions beat random" in printed
+    assert all(row["random"]["factor"] in factor_names("faces") for row in summary["directions"])
+    assert "vs random" in printed and "repeats" in printed and summary["clean_factors"] is not None
+    assert "compared with 20 random directions" in printed and "(from the cache)" not in printed
 
     # Running it again reuses the finished discovery.
     def no_discovery(*args, **kwargs):
@@ -102,6 +110,7 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(demo_module, "discover", no_discovery)
     code, printed, err = run_demo_cli(capsys, tiny_model_dir, out)
     assert code == 0, err
+    assert "(from the cache)" in printed  # the random reference is not measured twice
     # ... but not one made with other discovery settings: that is a different experiment.
     code, printed, err = run_demo_cli(capsys, tiny_model_dir, out, "--magnitude-floor", "0.05")
     assert code == 2 and "other settings (magnitude_floor)" in err and err.count("noiseclr: error:") == 1

@@ -48,6 +48,7 @@ from .measure import (
     direction_records,
     load_reader,
     prepare_split,
+    Split,
     read_factors,
     reader_factor_names,
     render_and_read,
@@ -56,6 +57,7 @@ from .measure import (
 )
 from .metrics import SIGNS, axis_changed, change_fractions, changed_mask, masked_psnr
 from .model import DiffusionModel
+from .chance import DEFAULT_COUNT, RandomReference, ReferenceCache, default_cache_dir, judge, split_reference
 from .strength import DEMO_STRENGTH
 from .options import check_choice, check_count, check_inversion, check_positive, field_default, flags, option, positive_int
 
@@ -97,6 +99,10 @@ class DemoSettings:
     """New faces each direction is applied to for naming (and the first --gallery-images of them are shown)."""
     gallery_images: int = option(4, flag="--gallery-images", help="images per gallery strip", type=positive_int)
     domain: str = option("faces", flag="--domain", help="faces or cats")
+    random_reference: int = option(DEFAULT_COUNT, flag="--random-reference", metavar="N", type=int,
+                                   help="calibrated random directions each direction is compared with on the same test "
+                                        "images (0: none; cached per model in $NOISECLR_CACHE or ~/.cache/noiseclr)")  # fmt: skip
+    """How many random directions make the reference "beats random" is judged against (:mod:`noiseclr.chance`)."""
     inversion: str = "ddpm"
     seed: int = option(0, flag="--seed", help="seed of the renders and of discovery", default_text="")
 
@@ -105,6 +111,9 @@ class DemoSettings:
         for name in ("directions", "steps", "images", "batch", "naming_images", "gallery_images", "edit_steps"):
             check_count(getattr(self, name), flag[name])
         check_count(self.negatives, "negatives")
+        check_count(self.random_reference, flag["random_reference"], 0, "must be 0 (none) or at least 2, e.g. 20.")
+        if self.random_reference == 1:
+            raise NoiseCLRError(f"{flag['random_reference']} 1: a reference needs at least 2 random directions; use 0 or e.g. 20.")
         check_count(self.directions, flag["directions"], 2, "discovery needs at least 2 directions.")
         check_count(self.batch, flag["batch"], 2, "the contrast needs at least 2 images per micro-batch.")
         if self.images < self.batch:
@@ -197,8 +206,10 @@ def name_directions(
     *,
     progress: bool = True,
     return_changes: bool = False,
+    test: Split | None = None,
 ) -> list[DirectionRecord] | tuple[list[DirectionRecord], torch.Tensor]:
-    """Apply every direction at +scale and -scale to the test faces, read them, and describe each.
+    """Apply every direction at +scale and -scale to the test faces (``test``, else prepared here),
+    read them, and describe each.
 
     Returns one record per direction, measured as an axis like the benchmark does (a factor
     counts as changed on an image if either sign changed it): ``name``, ``main_factor``, the
@@ -211,7 +222,8 @@ def name_directions(
     protocol = settings.protocol()
     factor_names = reader_factor_names(reader, settings.domain)
     values = [factor.values for factor in domain_factors(settings.domain)]
-    test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress)
+    if test is None:
+        test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress)
     edits = [[settings.term(directions, k, sign)] for k in range(directions.count) for sign in SIGNS]
     edited, _ = render_and_read(model, test.inversion, reader, edits, protocol.passes, desc="naming directions", progress=progress)
     edited = edited.view(directions.count, len(SIGNS), *edited.shape[1:])
@@ -313,9 +325,19 @@ def _also(record: DirectionRecord, limit: int = 2) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in others[:limit]) or "-"
 
 
-def summary_table(rows: Sequence[DirectionRecord], *, markdown: bool = False) -> str:
-    """The per-direction table (plain text or markdown)."""
-    header = ["#", "name (what it changes)", "strength", "changed", "purity", "also changes", "strip"]
+def _versus_random(row: DirectionRecord) -> str:
+    if row.random is None:
+        return "-"
+    return "beats" if row.random["beats_random"] else "no"
+
+
+def summary_table(
+    rows: Sequence[DirectionRecord], *, markdown: bool = False, repeated: Mapping[int, tuple[int, float]] | None = None
+) -> str:
+    """The per-direction table (plain text or markdown); ``repeated`` marks a direction that repeats an
+    earlier one (:func:`repeats`)."""
+    repeated = repeated or {}
+    header = ["#", "name (what it changes)", "strength", "changed", "purity", "vs random", "repeats", "also changes", "strip"]
     body = [
         [
             str(row.index),
@@ -323,6 +345,8 @@ def summary_table(rows: Sequence[DirectionRecord], *, markdown: bool = False) ->
             row.amount_text(),
             f"{row.strength:.2f}" if row.strength is not None else "-",
             f"{row.purity:.2f}" if row.purity is not None else "-",
+            _versus_random(row),
+            f"{repeated[row.index][0]} ({repeated[row.index][1]:+.2f})" if row.index in repeated else "-",
             _also(row) if row.changes else "-",
             str(row.strip or ""),
         ]
@@ -333,8 +357,19 @@ def summary_table(rows: Sequence[DirectionRecord], *, markdown: bool = False) ->
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
     widths = [max(len(header[i]), *(len(cells[i]) for cells in body)) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" if i in (1, 5, 6) else f"{{:>{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:<{w}}}" if i in (1, 5, 6, 7, 8) else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*cells) for cells in body])
+
+
+def random_note(rows: Sequence[DirectionRecord], reference: RandomReference | None) -> str:
+    """What 'vs random' means and how many beat it, or ''."""
+    if reference is None:
+        return ""
+    wins = sum(bool(row.random and row.random["beats_random"]) for row in rows)
+    return (f"{wins} of {len(rows)} directions beat random: their biggest change is above what 95% of {reference.count} "
+            f"calibrated random directions do to that factor on the same images, by more than "
+            f"{reference.threshold():.2f} (the margin random directions themselves reach 1 time in 20; noiseclr.chance). "
+            "The others change no more than a random token would.")  # fmt: skip
 
 
 def duplicate_note(directions: Directions) -> str:
@@ -359,6 +394,9 @@ def _columns(settings: DemoSettings) -> str:
         ("changed", "fraction of the test images where that factor changed, under either sign, vs. the unedited "
                     "reconstruction"),
         ("purity", "that change over all changes (1.00 = nothing else changed)"),
+        ("vs random", "beats: it changes its factor more than calibrated random directions at the same strength do "
+                      "on the same images (see below the table)"),
+        ("repeats", "the earlier direction it repeats (noise-change cosine; negative: the opposite sign), if any"),
         ("also changes", "other factors it moved"),
         ("strip", "its gallery image"),
     ]  # fmt: skip
@@ -443,6 +481,49 @@ def _explanation(
     return "\n".join(paragraphs), "\n".join(files)
 
 
+def compare_with_random(
+    model: DiffusionModel,
+    reader: Any,
+    test: Split,
+    rows: Sequence[DirectionRecord],
+    changed: torch.Tensor,
+    settings: DemoSettings,
+    *,
+    say: Callable[[str], None],
+    progress: bool = True,
+) -> RandomReference | None:
+    """Judge every direction against calibrated random directions at the same strength on the same
+    test images (:mod:`noiseclr.chance`; the reference is cached per model, images and protocol):
+    sets each row's ``random``. None when off (``--random-reference 0``) or with a raw ``--scale``."""
+    if not settings.random_reference or settings.scale is not None:
+        return None
+    names = reader_factor_names(reader, settings.domain)
+    reference, cached = split_reference(
+        model, reader, test, names, settings.strength, protocol=settings.protocol(), cache=ReferenceCache(default_cache_dir()),
+        count=settings.random_reference, seed=settings.seed, progress=progress,
+    )  # fmt: skip
+    say(f"      compared with {reference.count} random directions at ±{settings.amount()} on the same {settings.domain}"
+        + (" (from the cache)" if cached else ""))  # fmt: skip
+    for row, verdict in zip(rows, judge(change_fractions(axis_changed(changed)), reference)):
+        row.random = verdict
+    return reference
+
+
+def clean_factors(rows: Sequence[DirectionRecord]) -> list[str]:
+    """Distinct main factors of the clean directions: the factor changed on at least half the images
+    and at least half of all changes (strength and purity >= 0.5)."""
+    clean = [r for r in rows if r.strength is not None and r.strength >= 0.5 - 1e-9 and (r.purity or 0) >= 0.5 - 1e-9]
+    return sorted({str(r.main_factor) for r in clean})
+
+
+def repeats(directions: Directions) -> dict[int, tuple[int, float]]:
+    """Direction -> (the earlier direction it repeats, cos) from the calibration's duplicate pairs."""
+    found: dict[int, tuple[int, float]] = {}
+    for i, j, cos in (directions.calibration or {}).get("duplicates") or []:
+        found.setdefault(int(j), (int(i), float(cos)))
+    return found
+
+
 def run_demo(
     model: DiffusionModel,
     out: str | Path,
@@ -491,13 +572,17 @@ def run_demo(
             log.warning("cannot name the directions: %s", exc)
     if reader is not None:
         say(f"[3/4] naming each direction: +/-{settings.amount()} on {settings.naming_images} test {settings.domain}, read by the factor reader")
-        rows, changes = name_directions(model, directions, reader, settings, progress=progress, return_changes=True)
+        test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, settings.protocol(),
+                             progress=progress)  # fmt: skip
+        rows, changes = name_directions(model, directions, reader, settings, progress=progress, return_changes=True, test=test)
+        reference = compare_with_random(model, reader, test, rows, changes, settings, say=say, progress=progress)
         annotated = annotate_directions(
             model, directions, rows, domain=settings.domain, source="noiseclr demo", protocol=settings.protocol(),
             extra={"reader": "shipped" if reader_dir is None else str(reader_dir), "images": settings.naming_images,
                    "steps": settings.edit_steps, "inversion": settings.inversion},
         )  # fmt: skip
     else:
+        reference = None
         say("[3/4] naming skipped (no factor reader)")
         rows = [DirectionRecord(index=k, name=f"direction {k}").set_edit(**settings.edit()) for k in range(directions.count)]
         annotated = directions
@@ -534,11 +619,13 @@ def run_demo(
     seconds = time.monotonic() - started
     intro, files = _explanation(model, settings, out, rows, reader is not None, why_unnamed, try_edit, vae_psnr)
     axes = duplicate_note(named_file)
-    table = summary_table(rows) + (f"\n{axes}" if axes else "")
+    repeated = repeats(named_file)
+    notes = "\n".join(textwrap.fill(note, width=100) for note in (random_note(rows, reference), axes) if note)
+    table = summary_table(rows, repeated=repeated) + (f"\n{notes}" if notes else "")
     text = f"{intro}\n\n{table}\n\n{files}\n\nDone in {seconds / 60:.1f} min."
     summary_md = atomic_write_text(
         out / "summary.md",
-        f"# NoiseCLR demo\n\n{intro}\n\n{summary_table(rows, markdown=True)}\n\n{axes}\n\n```\n{files}\n```\n",
+        f"# NoiseCLR demo\n\n{intro}\n\n{summary_table(rows, markdown=True, repeated=repeated)}\n\n{notes}\n\n```\n{files}\n```\n",
     )
     summary_json = atomic_write_json(
         out / "summary.json",
@@ -548,6 +635,15 @@ def run_demo(
             "named": reader is not None,
             "directions_file": str(directions_path),
             "duplicates": (named_file.calibration or {}).get("duplicates", []),
+            "clean_factors": clean_factors(rows) if reader is not None else None,
+            "random_reference": None if reference is None else {
+                "count": reference.count, "strength": reference.strength, "images": reference.images,
+                "threshold": round(reference.threshold(), 4),
+                "random_p95": {name: round(float(q), 4) for name, q in zip(reference.factor_names, reference.percentiles())},
+                "beats_random": sum(bool(row.random and row.random["beats_random"]) for row in rows),
+                "definition": "noiseclr.chance: beats random when max_f (change_f - random 95th percentile_f) exceeds the "
+                              "95th percentile of that margin over the random directions (leave-one-out)",
+            },
             "vae_round_trip_psnr_db": round(vae_psnr, 2),
             "try_edit": None if try_edit is None else {**asdict(try_edit), "image": str(try_edit.image)},
             "gallery": str(gallery.index_html),

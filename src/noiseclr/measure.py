@@ -407,6 +407,8 @@ class DirectionRecord:
     intended_value: str | None = None
     hit: bool | None = None
     strip: str | None = None
+    random: dict[str, Any] | None = None
+    """Its verdict against calibrated random directions on the same images (:func:`noiseclr.chance.judge`)."""
 
     _MEASURED = ("main_factor", "target_value", "minus_value", "plus_change", "minus_change", "target_share",
                  "strength", "purity", "preservation", "effective", "discovers", "changes")  # fmt: skip
@@ -499,7 +501,7 @@ def annotate_directions(
     scale and window, and the ``protocol``'s inversion and steps: how it was measured) and the
     per-direction measurements under ``settings['factor_annotations']``."""
     keep = ("index", "name", "main_factor", "target_value", "minus_value", "strength", "purity", "preservation", "scale",
-            "edit_strength", "start", "end")  # fmt: skip
+            "edit_strength", "start", "end", "random")  # fmt: skip
     annotations = {
         "domain": domain,
         "source": source,
