@@ -72,10 +72,8 @@ from .reuse import discover_or_reuse
 from .strength import (
     BENCH_STRENGTHS,
     CALIBRATION_IMAGES,
+    calibrate,
     calibration_timesteps,
-    change_similarity,
-    direction_response,
-    duplicate_pairs,
     noise_response,
 )
 from .options import (
@@ -339,11 +337,11 @@ class MethodDirections:
 def calibrate_method(model: DiffusionModel, method: MethodDirections, latents: torch.Tensor) -> list[float]:
     """Every direction's (or prompt's) response on ``latents``, measured the same way for every method;
     for token directions also the pairs that are one axis twice (``method.duplicates``)."""
-    timesteps = calibration_timesteps(model)
     if method.directions is not None:
-        similarity = change_similarity(model, method.directions, latents, timesteps[len(timesteps) // 2])
-        method.duplicates = duplicate_pairs(similarity)
-        return [float(r) for r in direction_response(model, method.directions, latents, timesteps=timesteps)]
+        record = calibrate(model, method.directions, latents)  # the calibration stored with directions
+        method.duplicates = record["duplicates"]
+        return record["response"]
+    timesteps = calibration_timesteps(model)
     assert method.prompts is not None
     conditionings = model.encode_prompts([caption for _, _, caption in method.prompts])
     return [float(r) for r in noise_response(model, conditionings, latents, timesteps)]
