@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from noiseclr import demo as demo_module
+from noiseclr import reuse as reuse_module
 from noiseclr.cli import main
 from noiseclr.demo import DemoSettings, summary_table
 from noiseclr.directions import Directions
@@ -107,7 +108,7 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     def no_discovery(*args, **kwargs):
         raise AssertionError("discovery ran again")
 
-    monkeypatch.setattr(demo_module, "discover", no_discovery)
+    monkeypatch.setattr(reuse_module, "discover", no_discovery)
     code, printed, err = run_demo_cli(capsys, tiny_model_dir, out)
     assert code == 0, err
     assert "(from the cache)" in printed  # the random reference is not measured twice

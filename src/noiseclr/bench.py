@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .directions import Directions
-from .discovery import DiscoverySettings, discover, finished_run
+from .discovery import DiscoverySettings
 from .terms import DirectionTerm, EditTerm, PromptTerm, stored_defaults
 from .errors import NoiseCLRError
 from .fileio import atomic_write_json, ensure_output_dir
@@ -68,13 +68,12 @@ from .metrics import (
 )
 from .model import DiffusionModel
 from .regions import AutoRegion, region_overlay
+from .reuse import discover_or_reuse
 from .strength import (
     BENCH_STRENGTHS,
     CALIBRATION_IMAGES,
+    calibrate,
     calibration_timesteps,
-    change_similarity,
-    direction_response,
-    duplicate_pairs,
     noise_response,
 )
 from .options import (
@@ -87,6 +86,7 @@ from .options import (
     check_window,
     flags,
     option,
+    option_from,
     positive_int,
     window,
 )
@@ -110,6 +110,24 @@ METHODS = (*DISCOVERY_METHODS, "random", "prompt")
 DEFAULT_METHODS = ("noiseclr-all", "noiseclr-single", "random", "prompt")
 
 
+# The bench's discovery knobs: DiscoverySettings' own options, as --discovery-<flag>; only the defaults
+# where the bench differs from DiscoverySettings (a CPU budget) are said here, once.
+BENCH_DISCOVERY_DEFAULTS: dict[str, Any] = {"steps": 500, "micro_batches": 2}
+"""Field of :class:`~noiseclr.discovery.DiscoverySettings` -> the bench's default (the others keep theirs)."""
+BENCH_NEGATIVES = 9
+"""``--discovery-negatives`` unset: min(9, K - 1) negatives per micro-batch (the paper uses 20)."""
+DISCOVERY_FIELDS = {"steps": "discovery_steps", "batch_size": "discovery_batch", "micro_batches": "discovery_micro_batches",
+                    "lr": "discovery_lr"}  # fmt: skip
+"""DiscoverySettings field -> the BenchSettings field passed to it as it is."""
+
+
+def _discovery_option(name: str, **overrides: Any) -> Any:
+    """``--discovery-<flag>``: option ``name`` of DiscoverySettings, with the bench's default if it has one."""
+    if name in BENCH_DISCOVERY_DEFAULTS:
+        overrides.setdefault("default", BENCH_DISCOVERY_DEFAULTS[name])
+    return option_from(DiscoverySettings, name, prefix="discovery-", **overrides)
+
+
 # ----------------------------------------------------------------------------------- settings
 @dataclass
 class BenchSettings:
@@ -119,15 +137,16 @@ class BenchSettings:
     """Which methods to run (files given separately are added); the CLI's ``--methods`` is a comma list."""
     num_directions: int = option(20, flag="--num-directions", help="directions per method", type=positive_int, metavar="K")
     """K for the discovered (and random) directions."""
-    discovery_steps: int = option(500, flag="--discovery-steps", help="optimizer steps", type=positive_int)
+    discovery_steps: int = _discovery_option("steps", type=positive_int)
     discovery_images: int = option(100, flag="--discovery-images", help="unlabeled renders to learn from", type=positive_int)
     """Unlabeled renders the discovery runs learn from."""
-    discovery_batch: int = option(6, flag="--discovery-batch", help="images per micro-batch", type=positive_int)
-    discovery_negatives: int | None = option(None, flag="--discovery-negatives", help="other directions per micro-batch",
-                                             type=positive_int, default_text="min(9, K-1)")  # fmt: skip
+    discovery_batch: int = _discovery_option("batch_size", help="images per micro-batch", type=positive_int,
+                                             metavar=None)  # fmt: skip
+    discovery_negatives: int | None = _discovery_option("num_negatives", type=positive_int, metavar=None,
+                                                        default_text=f"min({BENCH_NEGATIVES}, K-1)")  # fmt: skip
     """Other directions per micro-batch; None = min(9, K - 1) (CPU budget; the paper uses 20)."""
-    discovery_micro_batches: int = option(2, flag="--discovery-micro-batches", help="micro-batches per step", type=positive_int)
-    discovery_lr: float = option(1e-3, flag="--discovery-lr", help="AdamW learning rate")
+    discovery_micro_batches: int = _discovery_option("micro_batches", help="micro-batches per step", type=positive_int)
+    discovery_lr: float = _discovery_option("lr")
     heldout: int = option(200, flag="--heldout", help="held-out renders every number is measured on", type=positive_int)
     validation: int = option(40, flag="--validation", help="validation renders that pick scale and window", type=positive_int)
     steps: int = option(12, flag="--steps", help="inversion and denoising steps per edit", type=positive_int)
@@ -188,7 +207,7 @@ class BenchSettings:
     def negatives(self) -> int:
         if self.discovery_negatives is not None:
             return int(self.discovery_negatives)
-        return max(1, min(9, self.num_directions - 1))
+        return max(1, min(BENCH_NEGATIVES, self.num_directions - 1))
 
     def grid(self) -> list[EditConfig]:
         if self.scales is not None:
@@ -202,18 +221,10 @@ class BenchSettings:
 
     def discovery(self, method: str, domain: str) -> DiscoverySettings:
         """The discovery run of a NoiseCLR method."""
-        return DiscoverySettings(
-            num_directions=self.num_directions,
-            batch_size=self.discovery_batch,
-            num_negatives=self.negatives,
-            micro_batches=self.discovery_micro_batches,
-            steps=self.discovery_steps,
-            lr=self.discovery_lr,
-            **DISCOVERY_METHODS[method],
-            seed=self.seed,
-            domain=domain,
-            checkpoint_every=max(25, self.discovery_steps // 5),
-        )
+        knobs = {name: getattr(self, mine) for name, mine in DISCOVERY_FIELDS.items()}
+        return replace(DiscoverySettings(), num_directions=self.num_directions, **knobs, num_negatives=self.negatives,
+                       **DISCOVERY_METHODS[method], seed=self.seed, domain=domain,
+                       checkpoint_every=max(25, self.discovery_steps // 5))  # fmt: skip
 
     def validate(self) -> BenchSettings:
         flag = flags(BenchSettings)
@@ -326,11 +337,11 @@ class MethodDirections:
 def calibrate_method(model: DiffusionModel, method: MethodDirections, latents: torch.Tensor) -> list[float]:
     """Every direction's (or prompt's) response on ``latents``, measured the same way for every method;
     for token directions also the pairs that are one axis twice (``method.duplicates``)."""
-    timesteps = calibration_timesteps(model)
     if method.directions is not None:
-        similarity = change_similarity(model, method.directions, latents, timesteps[len(timesteps) // 2])
-        method.duplicates = duplicate_pairs(similarity)
-        return [float(r) for r in direction_response(model, method.directions, latents, timesteps=timesteps)]
+        record = calibrate(model, method.directions, latents)  # the calibration stored with directions
+        method.duplicates = record["duplicates"]
+        return record["response"]
+    timesteps = calibration_timesteps(model)
     assert method.prompts is not None
     conditionings = model.encode_prompts([caption for _, _, caption in method.prompts])
     return [float(r) for r in noise_response(model, conditionings, latents, timesteps)]
@@ -880,14 +891,12 @@ def _discovered(
     resume: bool,
     progress: bool,
 ) -> Directions:
-    run = out / "discovery" / method
-    discovery = settings.discovery(method, domain)
-    done = finished_run(run, discovery, pixels) if resume else None
-    if done is not None:
-        return done
-    log.info("%s: discovering %d directions (%s, %d steps) on %d unlabeled renders",
-             method, settings.num_directions, _variant(method), settings.discovery_steps, pixels.shape[0])  # fmt: skip
-    return discover(model, pixels, run, discovery, resume=resume, progress=progress).directions
+    def announce() -> None:
+        log.info("%s: discovering %d directions (%s, %d steps) on %d unlabeled renders",
+                 method, settings.num_directions, _variant(method), settings.discovery_steps, pixels.shape[0])  # fmt: skip
+
+    return discover_or_reuse(model, pixels, out / "discovery" / method, settings.discovery(method, domain), resume=resume,
+                             progress=progress, on_discover=announce)  # fmt: skip
 
 
 def _variant(method: str) -> str:

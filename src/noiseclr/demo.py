@@ -27,15 +27,14 @@ import logging
 import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .directions import Directions
-from .checkpoint import list_checkpoints
-from .discovery import INITS, DiscoverySettings, changed_trajectory, discover, finished_run, run_settings
+from .discovery import INITS, DiscoverySettings
 from .terms import DirectionTerm
 from .errors import NoiseCLRError
 from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
@@ -59,12 +58,17 @@ from .metrics import SIGNS, axis_changed, change_fractions, changed_mask, masked
 from .model import DiffusionModel
 from .chance import DEFAULT_COUNT, RandomReference, ReferenceCache, default_cache_dir, judge, split_reference
 from .strength import DEMO_STRENGTH
-from .options import check_choice, check_count, check_inversion, check_positive, field_default, flags, option, positive_int
+from .reuse import discover_or_reuse
+from .options import check_choice, check_count, check_inversion, check_positive, flags, option, option_from, positive_int
 
 log = logging.getLogger("noiseclr")
 
 EMBEDDED_NAME = "noiseclr/embedded-base"
 """``DiffusionModel.name`` of the shipped model."""
+
+DEMO_DISCOVERY: dict[str, Any] = {"micro_batches": 1, "checkpoint_every": 50}
+"""The demo's discovery knobs that have no flag (the flagged ones are :class:`DemoSettings` fields)."""
+
 
 @dataclass
 class DemoSettings:
@@ -80,13 +84,12 @@ class DemoSettings:
     """Images per discovery micro-batch."""
     negatives: int = 7
     """Other directions per micro-batch (capped at K - 1)."""
-    lr: float = option(field_default(DiscoverySettings, "lr"), flag="--lr", help="discovery's AdamW learning rate")
-    magnitude_floor: float = option(field_default(DiscoverySettings, "magnitude_floor"), flag="--magnitude-floor", metavar="R",
-                                    help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)")  # fmt: skip
-    init: str = option(field_default(DiscoverySettings, "init"), flag="--init", choices=list(INITS),
-                       help="how discovery's rows start (see noiseclr discover)")  # fmt: skip
-    axis_negatives: bool = option(field_default(DiscoverySettings, "axis_negatives"), flag="--axis-negatives",
-                                  help="discovery's negatives by |cos| (see noiseclr discover)")  # fmt: skip
+    # Discovery's own options (flags, defaults, argparse types), with the demo's help texts.
+    lr: float = option_from(DiscoverySettings, "lr", help="discovery's AdamW learning rate")
+    magnitude_floor: float = option_from(DiscoverySettings, "magnitude_floor",
+                                         help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)")  # fmt: skip
+    init: str = option_from(DiscoverySettings, "init", help="how discovery's rows start (see noiseclr discover)")
+    axis_negatives: bool = option_from(DiscoverySettings, "axis_negatives", help="discovery's negatives by |cos| (see noiseclr discover)")
     edit_steps: int = option(20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int)
     """Inversion and denoising steps for naming and the gallery."""
     strength: float = option(DEMO_STRENGTH, flag="--strength", metavar="PERCENT",
@@ -144,20 +147,10 @@ class DemoSettings:
         return EditProtocol(steps=self.edit_steps, inversion=self.inversion, seed=self.seed)
 
     def discovery(self) -> DiscoverySettings:
-        return DiscoverySettings(
-            num_directions=self.directions,
-            batch_size=self.batch,
-            num_negatives=min(self.negatives, self.directions - 1),
-            micro_batches=1,
-            steps=self.steps,
-            lr=self.lr,
-            magnitude_floor=self.magnitude_floor,
-            init=self.init,
-            axis_negatives=self.axis_negatives,
-            seed=self.seed,
-            domain=self.domain,
-            checkpoint_every=50,
-        )
+        return replace(DiscoverySettings(), num_directions=self.directions, batch_size=self.batch,
+                       num_negatives=min(self.negatives, self.directions - 1), steps=self.steps, lr=self.lr,
+                       magnitude_floor=self.magnitude_floor, init=self.init, axis_negatives=self.axis_negatives,
+                       seed=self.seed, domain=self.domain, **DEMO_DISCOVERY)  # fmt: skip
 
 
 @dataclass
@@ -183,19 +176,7 @@ def _save_renders(pixels: torch.Tensor, folder: Path, prefix: str) -> list[Path]
 def _discovery(
     model: DiffusionModel, pixels: torch.Tensor, run: Path, settings: DemoSettings, progress: bool
 ) -> Directions:
-    discovery = settings.discovery()
-    done = finished_run(run, discovery, pixels)
-    if done is not None:
-        return done
-    before = run_settings(run)
-    changed = changed_trajectory(before, discovery) if before is not None else []
-    if changed:
-        raise NoiseCLRError(
-            f"--out {run.parent}: its discovery run was made with other settings ({', '.join(changed)}); "
-            "pick another --out folder or delete that one to start over."
-        )
-    # Resume only a run that exists (discover's own test for one): a first run says nothing about resuming.
-    return discover(model, pixels, run, discovery, resume=bool(list_checkpoints(run)), progress=progress).directions
+    return discover_or_reuse(model, pixels, run, settings.discovery(), resume=None, progress=progress)
 
 
 def name_directions(

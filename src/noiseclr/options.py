@@ -50,6 +50,33 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def option_from(
+    cls: type,
+    name: str,
+    *,
+    prefix: str = "",
+    default: Any = dataclasses.MISSING,
+    help: str | None = None,
+    default_text: str | None = None,
+    **argparse_kwargs: Any,
+) -> Any:
+    """An :func:`option` made from option ``name`` of settings class ``cls``: its flag with ``prefix``
+    after the dashes (``--negatives`` -> ``--discovery-negatives``), its default, help text, default
+    text and argparse keywords, each replaceable here (``metavar=None`` drops a metavar)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    meta = field.metadata[_OPTION]
+    kwargs = {**meta["kwargs"], **argparse_kwargs}
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    flag = "--" + prefix + meta["flag"][2:] if prefix else meta["flag"]
+    return option(
+        _default(field) if default is dataclasses.MISSING else default,
+        flag=flag,
+        help=meta["help"] if help is None else help,
+        default_text=meta["default_text"] if default_text is None else default_text,
+        **kwargs,
+    )
+
+
 def _options(cls: type) -> list[tuple[dataclasses.Field, dict[str, Any]]]:
     return [(f, f.metadata[_OPTION]) for f in dataclasses.fields(cls) if _OPTION in f.metadata]
 
