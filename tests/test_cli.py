@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory, tiny_model_dir, image_dir) -> Path:
     run = tmp_path_factory.mktemp("run") / "faces"
     code = main(
         ["discover", "--model", str(tiny_model_dir), "--images", str(image_dir), "--out", str(run),
-         "--directions", "4", "--steps", "3", "--batch", "3", "--micro-batches", "1", "--negatives", "2",
+         "--num-directions", "4", "--steps", "3", "--batch", "3", "--micro-batches", "1", "--negatives", "2",
          "--device", "cpu", "--domain", "faces", "--checkpoint-every", "2"]
     )
     assert code == 0
@@ -66,7 +66,7 @@ def test_discover_writes_run_folder(run_dir):
 
 def test_discover_resume_extends(capsys, tiny_model_dir, image_dir, tmp_path):
     args = ["discover", "--model", tiny_model_dir, "--images", image_dir, "--out", tmp_path / "r",
-            "--directions", "3", "--batch", "2", "--micro-batches", "1", "--device", "cpu"]
+            "--num-directions", "3", "--batch", "2", "--micro-batches", "1", "--device", "cpu"]
     assert run_cli(capsys, *args, "--steps", "2")[0] == 0
     code, _, err = run_cli(capsys, *args, "--steps", "2")
     assert_one_line_error(code, err, "--resume")
@@ -259,7 +259,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, tiny_model_dir, image_dir):
 
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "noiseclr.cli", "discover", "--model", str(tiny_model_dir), "--images", str(image_dir),
-            "--out", str(run), "--directions", "4", "--steps", "100000", "--batch", "3", "--micro-batches", "1",
+            "--out", str(run), "--num-directions", "4", "--steps", "100000", "--batch", "3", "--micro-batches", "1",
             "--negatives", "2", "--device", "cpu", "--threads", "1", "--checkpoint-every", "100000"]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})  # fmt: skip
@@ -275,7 +275,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, tiny_model_dir, image_dir):
     done = int(checkpoints[0].stem.split("-")[1])
     assert done >= 10
     code = main(["discover", "--model", str(tiny_model_dir), "--images", str(image_dir), "--out", str(run),
-                 "--directions", "4", "--steps", str(done + 2), "--batch", "3", "--micro-batches", "1", "--negatives", "2",
+                 "--num-directions", "4", "--steps", str(done + 2), "--batch", "3", "--micro-batches", "1", "--negatives", "2",
                  "--device", "cpu", "--checkpoint-every", "100000", "--resume"])  # fmt: skip
     assert code == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == done + 2
@@ -399,7 +399,7 @@ def test_ctrl_c_in_discover_prints_one_line(capsys, tiny_model_dir, image_dir, t
 
     monkeypatch.setattr(discovery, "micro_batch_loss", interrupt_in_step_two)
     code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir, "--out", tmp_path / "r",
-                           "--directions", "3", "--batch", "2", "--micro-batches", "1", "--steps", "4", "--device", "cpu")
+                           "--num-directions", "3", "--batch", "2", "--micro-batches", "1", "--steps", "4", "--device", "cpu")
     assert code == 130
     lines = [line for line in err.splitlines() if "interrupted" in line]
     assert len(lines) == 1, err
@@ -433,3 +433,14 @@ def test_float64_is_refused_where_transformers_cannot_run_it(capsys, tiny_model_
                            "--out", tmp_path / "run", "--device", "cpu", "--dtype", "float64")
     assert_one_line_error(code, err, "--dtype float64", "--dtype float32")
     assert not (tmp_path / "run").exists()
+
+
+def test_old_flag_spellings_still_work_with_a_note(capsys):
+    from noiseclr.cli import build_parser
+
+    args = build_parser().parse_args(["discover", "--images", "x", "--out", "y", "--directions", "7"])
+    assert args.num_directions == 7 and "--directions is now --num-directions" in capsys.readouterr().err
+    args = build_parser().parse_args(["demo", "--directions", "5"])
+    assert args.directions == 5 and "--directions is now --num-directions" in capsys.readouterr().err
+    args = build_parser().parse_args(["demo", "--num-directions", "5"])
+    assert args.directions == 5 and "is now" not in capsys.readouterr().err

@@ -35,7 +35,7 @@ class BandReader:
         return torch.stack(columns, dim=1)
 
 
-TINY = ["--directions", "3", "--steps", "2", "--images", "6", "--naming-images", "3", "--gallery-images", "2",
+TINY = ["--num-directions", "3", "--steps", "2", "--images", "6", "--naming-images", "3", "--gallery-images", "2",
         "--edit-steps", "3", "--batch", "3"]  # fmt: skip
 
 

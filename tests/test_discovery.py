@@ -294,7 +294,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_model, tmp_path, monkeypa
 @pytest.mark.parametrize(
     "changes,match",
     [
-        (dict(num_directions=1, num_negatives=None), "--directions 1"),
+        (dict(num_directions=1, num_negatives=None), "--num-directions 1"),
         (dict(num_negatives=5), "--negatives 5"),
         (dict(num_negatives=0), "--negatives 0"),
         (dict(batch_size=1), "--batch 1: the contrast needs at least 2 images"),
@@ -350,7 +350,7 @@ def test_resume_with_incompatible_run(tiny_model, tiny_v_model, tmp_path):
     pixels = make_pixels(8)
     run = tmp_path / "run"
     discover(tiny_model, pixels, run, small(steps=1), progress=False)
-    with pytest.raises(NoiseCLRError, match="the run has 5 directions but --directions is 6"):
+    with pytest.raises(NoiseCLRError, match="the run has 5 directions but --num-directions is 6"):
         discover(tiny_model, pixels, run, small(num_directions=6, steps=2), resume=True, progress=False)
     with pytest.raises(NoiseCLRError, match="the run used 8 images but --images now has 7"):
         discover(tiny_model, pixels[:7], run, small(steps=2), resume=True, progress=False)

@@ -74,7 +74,8 @@ DEMO_DISCOVERY: dict[str, Any] = {"micro_batches": 1, "checkpoint_every": 50}
 class DemoSettings:
     """Sizes of the demo; the defaults fit the 10-minute budget on a 2-core CPU."""
 
-    directions: int = option(10, flag="--directions", help="directions to discover", type=positive_int, metavar="K")
+    directions: int = option(10, flag="--num-directions", help="directions to discover", type=positive_int, metavar="K",
+                             aliases=("--directions",))
     """K, directions discovered."""
     steps: int = option(200, flag="--steps", help="discovery steps", type=positive_int)
     """Discovery optimizer steps (one micro-batch each)."""

@@ -31,7 +31,7 @@ class DiscoverySettings:
     beside it: those knobs never change what is learned beyond float rounding.
     """
 
-    num_directions: int = option(100, flag="--directions", help="number of directions", metavar="K")
+    num_directions: int = option(100, flag="--num-directions", help="number of directions", metavar="K", aliases=("--directions",))
     """K, the number of directions learned."""
     steps: int = option(1000, flag="--steps", help="optimizer steps")
     batch_size: int = option(6, flag="--batch", help="images per micro-batch per process", metavar="N")

@@ -35,16 +35,20 @@ def option(
     help: str,
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
     default_text: str | None = None,
+    aliases: Sequence[str] = (),
     **argparse_kwargs: Any,
 ) -> Any:
     """A dataclass field that is also a command-line option.
+
+    ``aliases`` are old spellings of the flag: still accepted, with a one-line note naming the new one.
 
     ``help`` gets ``(default X)`` appended from the field's default (``default_text`` replaces
     X; ``""`` appends nothing). ``argparse_kwargs`` go to ``add_argument`` as they are (``type``,
     ``nargs``, ``metavar``, ``choices``); a ``bool`` field becomes ``store_true``, or
     ``store_false`` when its flag starts with ``--no-``.
     """
-    metadata = {_OPTION: {"flag": flag, "help": help, "default_text": default_text, "kwargs": argparse_kwargs}}
+    metadata = {_OPTION: {"flag": flag, "help": help, "default_text": default_text, "kwargs": argparse_kwargs,
+                          "aliases": tuple(aliases)}}  # fmt: skip
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -152,7 +156,24 @@ def add_options(
                 shown = format_default(default) if default is not None else ""
             if shown:
                 text = f"{text} (default {shown})"
-        parser.add_argument(meta["flag"], dest=field.name, default=default, help=text, **kwargs)
+        aliases = meta.get("aliases", ())
+        if aliases and "action" not in kwargs:
+            kwargs["action"] = _renamed(meta["flag"], aliases)
+        parser.add_argument(meta["flag"], *aliases, dest=field.name, default=default, help=text, **kwargs)
+
+
+def _renamed(flag: str, aliases: Sequence[str]) -> type[argparse.Action]:
+    """A store action that notes, once per use, that an old spelling of ``flag`` was used."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if option_string in aliases:
+                import sys
+
+                print(f"noiseclr: note: {option_string} is now {flag} (the old spelling still works)", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    return Renamed
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
