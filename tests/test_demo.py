@@ -103,6 +103,10 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     assert all(row["random"]["factor"] in factor_names("faces") for row in summary["directions"])
     assert "vs random" in printed and "repeats" in printed and summary["clean_factors"] is not None
     assert "compared with 20 random directions" in printed and "(from the cache)" not in printed
+    # The gallery groups the directions by the factor they move and says which beat random.
+    groups = {row["main_factor"] for row in summary["directions"]}
+    assert page.count("<h2>") == len(groups) and all(f"<h2>{factor}:" in page for factor in groups)
+    assert page.count("beats random") + page.count("within chance") == 3
 
     # Running it again reuses the finished discovery.
     def no_discovery(*args, **kwargs):

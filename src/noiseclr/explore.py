@@ -210,7 +210,7 @@ def explore(
     reconstruction = render_edits(model, inversion, [[]], progress=False)[0] if needs_reconstruction else None
 
     strips: list[Path] = []
-    cards: list[str] = []
+    cards: dict[int, str] = {}
     chunks = [indices[i : i + settings.directions_per_pass] for i in range(0, len(indices), settings.directions_per_pass)]
     for chunk in chunks:
         pairs = [(index, column) for index in chunk for column in columns_of[index] if column[0] != 0]
@@ -246,8 +246,8 @@ def explore(
             commands = edit_commands(model, directions, index, images.paths[0] if images.paths else None, out,
                                    columns_of[index], (start, end), inversion_method, steps, stored,
                                    region=settings.region)  # fmt: skip
-            cards.append(_card(directions, index, path.name, commands))
-    page = _page(directions, model, names, cards, inversion_method, steps, settings.scales is None and settings.strengths is None,
+            cards[index] = _card(directions, index, path.name, commands, _verdict(directions, index))
+    page = _page(directions, model, names, _grouped(directions, cards), inversion_method, steps, settings.scales is None and settings.strengths is None,
                  region=region)
     index_html = atomic_write_text(out / "index.html", page)
     return ExploreResult(out=out, index_html=index_html, strips=strips, seconds=time.monotonic() - started)
@@ -296,10 +296,48 @@ def edit_commands(
     return [" ".join([*parts, f"--direction {shlex.quote(spec)}", *tail]) for spec in specs]
 
 
-def _card(directions: Directions, index: int, image: str, commands: Sequence[str]) -> str:
+def _records(directions: Directions) -> list[dict] | None:
+    """The per-direction measurements a demo or bench stored in the file (None without them)."""
+    annotations = directions.settings.get("factor_annotations") if isinstance(directions.settings, dict) else None
+    records = annotations.get("records") if isinstance(annotations, dict) else None
+    return records if isinstance(records, list) and len(records) == directions.count else None
+
+
+def _verdict(directions: Directions, index: int) -> str:
+    """`` · beats random`` / `` · within chance`` from the stored comparison, and the repeat it is."""
+    parts = []
+    records = _records(directions)
+    random = records[index].get("random") if records and isinstance(records[index], dict) else None
+    if isinstance(random, dict) and "beats_random" in random:
+        parts.append("beats random" if random["beats_random"] else "within chance (no more than a random direction)")
+    for i, j, cos in (directions.calibration or {}).get("duplicates") or []:
+        if int(j) == index:
+            parts.append(f"repeats direction {int(i)} (cos {float(cos):+.2f})")
+            break
+    return "".join(f" · {part}" for part in parts)
+
+
+def _grouped(directions: Directions, cards: dict[int, str]) -> list[str]:
+    """Cards grouped by the factor each direction moves (from the stored measurements), so repeats
+    sit side by side; in index order without measurements."""
+    records = _records(directions)
+    if records is None:
+        return [cards[index] for index in cards]
+    groups: dict[str, list[int]] = {}
+    for index in cards:
+        factor = records[index].get("main_factor") if isinstance(records[index], dict) else None
+        groups.setdefault(str(factor or "unnamed"), []).append(index)
+    out = []
+    for factor, members in groups.items():
+        out.append(f"<h2>{html.escape(factor)}: {len(members)} direction{'s' if len(members) > 1 else ''}</h2>")
+        out += [cards[index] for index in members]
+    return out
+
+
+def _card(directions: Directions, index: int, image: str, commands: Sequence[str], verdict: str = "") -> str:
     shown = "<br>".join(f"<code>{html.escape(command)}</code>" for command in commands)
     return (
-        f'<figure id="d{index}"><figcaption><b>{html.escape(directions.label(index))}</b><br>'
+        f'<figure id="d{index}"><figcaption><b>{html.escape(directions.label(index))}</b>{html.escape(verdict)}<br>'
         f"{shown}</figcaption>"
         f'<a href="{html.escape(image)}"><img src="{html.escape(image)}" loading="lazy" alt="direction {index}"></a></figure>'
     )
