@@ -34,7 +34,7 @@ from PIL import Image
 from noiseclr.errors import NoiseCLRError
 from noiseclr.fileio import ensure_output_dir
 from noiseclr.world.factors import DOMAINS
-from noiseclr.basemodel.readers import ReaderTrainSettings, gaussian_blur, parameter_count, train_reader
+from noiseclr.basemodel.reader_training import ReaderTrainSettings, gaussian_blur, parameter_count, train_reader
 from noiseclr.world.readers import ASSETS_DIR, FactorReader, eval_renders, reader_accuracy, to_reader_input
 from noiseclr.world.seeds import EVAL_SEED_BASE
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from noiseclr.errors import NoiseCLRError
 from noiseclr.world import factors as F
-from noiseclr.basemodel import readers as T
+from noiseclr.basemodel import reader_training as T
 from noiseclr.world import readers as R
 from noiseclr.world import render_many
 

@@ -56,7 +56,7 @@ def test_loads_the_sdxl_layout_and_reads_every_size(sdxl_model, tiny_sdxl_dir):
     assert sdxl_model.scaling_factor == pytest.approx(0.13025)
     # from_pipeline accepts an SDXL pipeline; to_pipeline gives one back.
     again = DiffusionModel.from_pipeline(sdxl_model.to_pipeline(), name="again", device="cpu", dtype="float32")
-    assert again.kind == "sdxl" and again.token_widths == WIDTHS and again.fingerprint_2() == sdxl_model.fingerprint_2()
+    assert again.kind == "sdxl" and again.token_widths == WIDTHS and again.second_encoder_fingerprint() == sdxl_model.second_encoder_fingerprint()
 
 
 def test_pack_and_unpack_are_inverse():
@@ -208,7 +208,7 @@ def test_discovery_loss_decreases_and_the_file_records_the_pair(sdxl_model, tmp_
         meta = handle.metadata()
     assert meta["model_kind"] == "sdxl" and json.loads(meta["token_widths"]) == WIDTHS and meta["token_width"] == "80"
     assert json.loads(meta["fingerprint"]) == sdxl_model.fingerprint()
-    assert json.loads(meta["fingerprint_2"]) == sdxl_model.fingerprint_2()
+    assert json.loads(meta["fingerprint_2"]) == sdxl_model.second_encoder_fingerprint()
     loaded = Directions.load(result.directions_path)
     assert loaded.kind == "sdxl" and loaded.token_widths == WIDTHS
     loaded.check_compatible(sdxl_model)
@@ -266,6 +266,6 @@ def test_directions_of_the_other_kind_are_refused(sdxl_model, tiny_model, tmp_pa
     assert "\n" not in str(caught.value) and "sd.safetensors" in str(caught.value)
     # Same kind and widths, different second text encoder: refused by fingerprint_2.
     other = Directions.load(sdxl_file)
-    other.fingerprint_2 = dict(other.fingerprint_2, sha256="0" * 64, probe=[v + 1.0 for v in other.fingerprint_2["probe"]])
+    other.second_fingerprint = dict(other.second_fingerprint, sha256="0" * 64, probe=[v + 1.0 for v in other.second_fingerprint["probe"]])
     with pytest.raises(NoiseCLRError, match="second text encoder differs"):
         other.check_compatible(sdxl_model)

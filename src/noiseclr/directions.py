@@ -100,7 +100,7 @@ class Directions:
     # New fields go last, so positional construction keeps working.
     token_widths: list[int] | None = None
     """Each encoder's part of a row: [W] (SD), [W1, W2] (SDXL); None if unknown (imported vectors)."""
-    fingerprint_2: dict[str, Any] | None = None
+    second_fingerprint: dict[str, Any] | None = None
     """SDXL: the second text encoder's fingerprint."""
     calibration: dict[str, Any] | None = None
     """Each direction's response (:mod:`noiseclr.strength`): ``{"response": [K floats], "definition",
@@ -177,7 +177,7 @@ class Directions:
             model_id=model.name,
             fingerprint=model.fingerprint(),
             token_widths=list(model.token_widths),
-            fingerprint_2=model.fingerprint_2(),
+            second_fingerprint=model.second_encoder_fingerprint(),
             max_length=model.max_length,
             **metadata,
         )
@@ -230,8 +230,8 @@ class Directions:
                 f"{where}: made for model {made_for}, whose text encoder differs from {model.name}'s; "
                 f"pass --model {made_for} or discover directions for this model."
             )
-        second = model.fingerprint_2()
-        if self.fingerprint_2 is not None and second is not None and not fingerprints_match(self.fingerprint_2, second):
+        second = model.second_encoder_fingerprint()
+        if self.second_fingerprint is not None and second is not None and not fingerprints_match(self.second_fingerprint, second):
             raise NoiseCLRError(
                 f"{where}: made for model {made_for}, whose second text encoder differs from {model.name}'s; "
                 f"pass --model {made_for} or discover directions for this model."
@@ -258,8 +258,8 @@ class Directions:
             meta["token_widths"] = json.dumps(self.token_widths)
         if self.fingerprint is not None:
             meta["fingerprint"] = json.dumps(self.fingerprint)
-        if self.fingerprint_2 is not None:
-            meta["fingerprint_2"] = json.dumps(self.fingerprint_2)
+        if self.second_fingerprint is not None:
+            meta["fingerprint_2"] = json.dumps(self.second_fingerprint)
         if self.max_length is not None:
             meta["max_length"] = str(self.max_length)
         if self.names is not None:
@@ -331,7 +331,7 @@ class Directions:
             model_id=meta.get("model", ""),
             fingerprint=field.json("fingerprint", dict, default=None),
             token_widths=widths,
-            fingerprint_2=field.json("fingerprint_2", dict, default=None),
+            second_fingerprint=field.json("fingerprint_2", dict, default=None),
             max_length=field.integer("max_length", default=None, least=1),
             names=field.names(count),
             domain=meta.get("domain", ""),

@@ -577,7 +577,7 @@ class DiffusionModel:
             self._fingerprints[0] = _table_fingerprint(self.token_table())
         return self._fingerprints[0]
 
-    def fingerprint_2(self) -> dict[str, Any] | None:
+    def second_encoder_fingerprint(self) -> dict[str, Any] | None:
         """The same for SDXL's second text encoder; None for SD 1.x/2.x."""
         if self.kind != "sdxl":
             return None

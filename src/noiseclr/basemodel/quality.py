@@ -33,7 +33,7 @@ from ..model import DiffusionModel
 from ..world.factors import DOMAINS, domain_factors
 from ..world.readers import FactorReader, ReaderNet, eval_renders, reader_accuracy, to_reader_input
 from ..world.seeds import EVAL_OFFSETS, READER_TRAIN_SEED_BASE
-from .readers import AugmentSettings, augment_for_reading
+from .reader_training import AugmentSettings, augment_for_reading
 from ..world.render import render_many
 
 RENDER_DOMAINS = tuple(DOMAINS)

@@ -17,7 +17,7 @@ A reader whose factors differ from the current registry is refused at load.
 Readers must read clean renders, VAE reconstructions and diffusion samples alike, so they are
 trained with augmentations (blur, resampling, JPEG, noise, mild brightness and contrast jitter,
 small shifts; no hue changes, which would destroy the colour factors): that half lives in
-:mod:`noiseclr.basemodel.readers`, beside the base model's training. This module is the network,
+:mod:`noiseclr.basemodel.reader_training`, beside the base model's training. This module is the network,
 its file format and inference.
 
 Seed ranges: :mod:`noiseclr.world.seeds` (:func:`eval_renders` reads the evaluation range).
