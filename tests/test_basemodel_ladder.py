@@ -48,8 +48,9 @@ def test_cheap_rungs_on_the_shipped_model():
     table = L.summary(result)["faces"]
     assert set(table) >= {"mouth", "skin", "background"}
     assert set(table["mouth"]) == {"vae_acc", "vae_psnr", "text_dist", "unet_t700"}
-    # The ladder's headline finding on the shipped weights: the mouth's captions are nearly one encoding.
-    assert table["mouth"]["text_dist"] < table["hair_style"]["text_dist"]
+    # The ladder's finding on the step-4 000 weights was that the mouth's captions were nearly one
+    # encoding (0.02-0.05); the recipe shipped since 2026-12-07 separates them (0.40 in the docs' ladder).
+    assert table["mouth"]["text_dist"] > 0.2
     assert 10 < table["background"]["vae_psnr"] < 60
     text = L.markdown(result)
     assert "| mouth |" in text and "UNet t=700" in text

@@ -67,6 +67,8 @@ EMBEDDED_NAME = "noiseclr/embedded-base"
 """``DiffusionModel.name`` of the shipped model."""
 
 DEMO_DISCOVERY: dict[str, Any] = {"micro_batches": 1, "checkpoint_every": 50}
+DEMO_DIVERSITY_WEIGHT, DEMO_RESEED = 1.0, 0.8
+"""The demo's remedies for repeated directions, chosen by the screen in benchmarks/quality.md."""
 """The demo's discovery knobs that have no flag (the flagged ones are :class:`DemoSettings` fields)."""
 
 
@@ -91,6 +93,11 @@ class DemoSettings:
                                          help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)")  # fmt: skip
     init: str = option_from(DiscoverySettings, "init", help="how discovery's rows start (see noiseclr discover)")
     axis_negatives: bool = option_from(DiscoverySettings, "axis_negatives", help="discovery's negatives by |cos| (see noiseclr discover)")
+    # The remedies the screen kept for the demo (benchmarks/quality.md, issue 21); 0 turns each off.
+    diversity_weight: float = option_from(DiscoverySettings, "diversity_weight", default=DEMO_DIVERSITY_WEIGHT,
+                                          help="discovery's decorrelation of the directions' mean changes (0: the paper's objective)")  # fmt: skip
+    reseed_duplicates: float = option_from(DiscoverySettings, "reseed_duplicates", default=DEMO_RESEED,
+                                           help="discovery restarts a direction repeating another above this |cos| (0: off)")  # fmt: skip
     edit_steps: int = option(20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int)
     """Inversion and denoising steps for naming and the gallery."""
     strength: float = option(DEMO_STRENGTH, flag="--strength", metavar="PERCENT",
@@ -151,7 +158,7 @@ class DemoSettings:
         return replace(DiscoverySettings(), num_directions=self.directions, batch_size=self.batch,
                        num_negatives=min(self.negatives, self.directions - 1), steps=self.steps, lr=self.lr,
                        magnitude_floor=self.magnitude_floor, init=self.init, axis_negatives=self.axis_negatives,
-                       seed=self.seed, domain=self.domain, **DEMO_DISCOVERY)  # fmt: skip
+                       diversity_weight=self.diversity_weight, reseed_duplicates=self.reseed_duplicates, seed=self.seed, domain=self.domain, **DEMO_DISCOVERY)  # fmt: skip
 
 
 @dataclass
