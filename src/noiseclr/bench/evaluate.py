@@ -25,6 +25,7 @@ from ..measure import (
 from ..metrics import (
     EFFECTIVE_STRENGTH,
     SIGNS,
+    EditConfig,
     axis_changed,
     change_fractions,
     changed_mask,
@@ -173,6 +174,214 @@ def localized_result(
     }
 
 
+def _axis_changes(model: DiffusionModel, reader: Any, split: Split, edits: list[list[EditTerm]], images: list[int], desc: str,
+                  settings: BenchSettings, *, progress: bool, keep: int = 0,
+                  local_edits: list[list[EditTerm]] | None = None):  # fmt: skip
+    """Read every edit (both signs adjacent) on ``images`` of ``split``: changes [E/2, F], edited, changed, kept,
+    and with ``local_edits`` (their localized twins) the :class:`Twins` (else None)."""
+    twins = None
+    if local_edits is None:
+        inversion = split.inversion.select(images)
+        edited, kept = render_and_read(model, inversion, reader, edits, settings.protocol().passes, keep_images=keep, desc=desc,
+                                       progress=progress)  # fmt: skip
+    else:
+        edited, kept, twins = render_twins(model, reader, split, edits, local_edits, images, settings, keep=keep,
+                                           desc=desc, progress=progress)  # fmt: skip
+    edited = edited.view(len(edits) // len(SIGNS), len(SIGNS), *edited.shape[1:])
+    changed = changed_mask(edited, split.recon_indices[images])
+    return change_fractions(axis_changed(changed)), edited, changed, kept, twins
+
+
+def _localized_edits(method: MethodDirections, selections: Sequence[Any], settings: BenchSettings,
+                     directions: Sequence[int]) -> list[list[EditTerm]] | None:  # fmt: skip
+    """The held-out picks of ``directions`` with regions (--region), or None when not localized."""
+    if not settings.localized:
+        return None
+    return [[method.term(k, selections[k].config, sign, region=settings.region)] for k in directions for sign in SIGNS]
+
+
+@dataclass
+class Selection:
+    """Step 1 of a method: every direction's pick on the validation images."""
+
+    selections: list[Any]
+    validation_changes: torch.Tensor
+    survivors: list[list[int]]
+    screened: int
+
+
+def select_method_edits(model: DiffusionModel, reader: Any, method: MethodDirections, validation: Split, settings: BenchSettings,
+                        grid: list[EditConfig], *, progress: bool) -> Selection:  # fmt: skip
+    """The grid, at both signs, on validation images only: every setting on a first slice
+    (screening), the best keep_settings per direction on the rest; then each direction's pick."""
+    count = method.count
+    screened = min(validation.count, max(4, math.ceil(settings.screen_fraction * validation.count)))
+    first, rest = list(range(screened)), list(range(screened, validation.count))
+    edits = [[method.term(k, config, sign)] for k in range(count) for config in grid for sign in SIGNS]
+    screen, *_ = _axis_changes(model, reader, validation, edits, first, f"{method.name}: validation grid", settings,
+                               progress=progress)  # fmt: skip
+    screen = screen.view(count, len(grid), -1)
+    survivors = screen_settings(screen, settings.keep_settings, settings.min_preservation) if rest else [list(range(len(grid)))] * count
+    validation_changes = screen.clone()
+    if rest:
+        edits = [[method.term(k, grid[g], sign)] for k in range(count) for g in survivors[k] for sign in SIGNS]
+        more, *_ = _axis_changes(model, reader, validation, edits, rest, f"{method.name}: validation, kept settings", settings,
+                                 progress=progress)  # fmt: skip
+        cursor = 0
+        for k in range(count):
+            for g in survivors[k]:
+                validation_changes[k, g] = (screen[k, g] * len(first) + more[cursor] * len(rest)) / validation.count
+                cursor += 1
+    selections = []
+    for k in range(count):
+        pick = select_edit(validation_changes[k, survivors[k]], [grid[g] for g in survivors[k]], settings.min_preservation)
+        selections.append(replace(pick, index=survivors[k][pick.index]))
+    return Selection(selections, validation_changes, survivors, screened)
+
+
+@dataclass
+class Measurement:
+    """Step 2 of a method: the picks measured on the held-out images."""
+
+    changes: torch.Tensor
+    edited: list[torch.Tensor]
+    changed: list[torch.Tensor]
+    kept: torch.Tensor | None
+    twins: Twins | None
+    local_edited: list[torch.Tensor] | None
+    local_pixels: list[dict[str, torch.Tensor]] | None
+    stopped: torch.Tensor
+    head_count: int
+
+
+def measure_method_edits(model: DiffusionModel, reader: Any, method: MethodDirections, heldout: Split, settings: BenchSettings,
+                         selections: Sequence[Any], *, progress: bool) -> Measurement:  # fmt: skip
+    """The picks, at both signs, on held-out images: a first slice for every direction; the rest
+    only for directions that could still be effective (95% upper bound of every factor's
+    change at or above the effective strength). With --region, each also localized, on the
+    same images."""
+    count = method.count
+    head_count = heldout.count if not settings.early_stop else min(heldout.count, max(20, math.ceil(heldout.count / 4)))
+    head, tail = list(range(head_count)), list(range(head_count, heldout.count))
+    edits = [[method.term(k, selection.config, sign)] for k, selection in enumerate(selections) for sign in SIGNS]
+    changes, edited_head, changed_head, kept, twins = _axis_changes(
+        model, reader, heldout, edits, head, f"{method.name}: held-out", settings, progress=progress,
+        keep=settings.strip_images, local_edits=_localized_edits(method, selections, settings, range(count)))  # fmt: skip
+    local_edited = None if twins is None else [twins.edited[2 * k : 2 * k + 2] for k in range(count)]
+    local_pixels = None if twins is None else [{key: v[2 * k : 2 * k + 2] for key, v in twins.pixels.items()} for k in range(count)]
+    stopped = clearly_ineffective(changes, head_count) if tail else torch.zeros(count, dtype=torch.bool)
+    going = [k for k in range(count) if not bool(stopped[k])]
+    edited: list[torch.Tensor] = list(edited_head)
+    changed: list[torch.Tensor] = list(changed_head)
+    if tail and going:
+        edits = [[method.term(k, selections[k].config, sign)] for k in going for sign in SIGNS]
+        _, edited_tail, changed_tail, _, twins_tail = _axis_changes(
+            model, reader, heldout, edits, tail, f"{method.name}: held-out, rest", settings, progress=progress,
+            local_edits=_localized_edits(method, selections, settings, going))  # fmt: skip
+        for position, k in enumerate(going):
+            edited[k] = torch.cat([edited_head[k], edited_tail[position]], dim=1)
+            changed[k] = torch.cat([changed_head[k], changed_tail[position]], dim=1)
+            changes[k] = change_fractions(axis_changed(changed[k]))
+            if local_edited is not None and local_pixels is not None and twins_tail is not None:
+                rows = slice(2 * position, 2 * position + 2)
+                local_edited[k] = torch.cat([local_edited[k], twins_tail.edited[rows]], dim=1)
+                local_pixels[k] = {key: torch.cat([v, twins_tail.pixels[key][rows]], dim=1) for key, v in local_pixels[k].items()}
+    return Measurement(changes, edited, changed, kept, twins, local_edited, local_pixels, stopped, head_count)
+
+
+def _save_strip(k: int, record: Any, selection: Any, measured: Measurement, heldout: Split, folder: Path, out: Path) -> None:
+    """Direction ``k``'s strip (held-out images, both signs, and with --region its localized twins)."""
+    kept, twins = measured.kept, measured.twins
+    assert kept is not None and heldout.recon_kept is not None
+    keep = kept.shape[1]
+    title = f"{k}: {record.name} ({selection.config.describe()})"
+    magnitude = f"{abs(selection.config.scale):g}{'%' if selection.config.unit == 'strength' else ''}"
+    rows, labels = [kept[2 * k + 1], kept[2 * k]], [f"-{magnitude}", f"+{magnitude}"]
+    if twins is not None and twins.kept is not None:
+        rows += [twins.kept[2 * k + 1], twins.kept[2 * k], overlays(twins.kept[2 * k], twins.inside[2 * k, :keep])]
+        labels += [f"local -{magnitude}", f"local +{magnitude}", "region +"]
+    grid_image = strip_image(heldout.pixels[:keep], heldout.recon_kept[:keep], rows, title, labels=labels)
+    path = save_image(grid_image, folder / "strips" / f"direction-{k:03d}.png")
+    record.strip = str(path.relative_to(out))
+
+
+def method_records(method: MethodDirections, selection: Selection, measured: Measurement, heldout: Split,
+                   factor_names: Sequence[str], values: Sequence[Sequence[str]], folder: Path, out: Path) -> list[Any]:  # fmt: skip
+    """Per-direction records of the held-out measurement, with their picks, labels and strips."""
+    changes, changed, stopped = measured.changes, measured.changed, measured.stopped
+    records = direction_records(changes, measured.edited, changed, factor_names, values)
+    for k, (record, pick) in enumerate(zip(records, selection.selections)):
+        images = int(changed[k].shape[1])
+        main = factor_names.index(record.main_factor)
+        record.images = images
+        record.strength_ci = [round(v, 4) for v in wilson_interval(float(changes[k, main]) * images, images)]
+        record.stopped_early = bool(stopped[k])
+        record.set_edit(**pick.config.to_json())
+        record.label = method.label(k)
+        record.validation = pick.to_json(factor_names)
+        if method.prompts is not None:
+            factor, value, caption = method.prompts[k]
+            record.prompt, record.intended_factor, record.intended_value = caption, factor, value
+            record.hit = record.main_factor == factor
+        if measured.kept is not None and heldout.recon_kept is not None:
+            _save_strip(k, record, pick, measured, heldout, folder, out)
+    return records
+
+
+def method_summary(method: MethodDirections, changes: torch.Tensor, records: Sequence[Any],
+                   factor_names: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+    """The method's summary: the changes' summary, duplicate pairs, median response, prompt hit rate."""
+    count = method.count
+    summary = summarize_changes(changes, factor_names)
+    if method.duplicates is not None:
+        involved = {int(i) for pair in method.duplicates for i in pair[:2]}
+        summary["duplicate_pairs"] = method.duplicates
+        summary["duplicate_fraction"] = len(involved) / max(1, count)
+    if method.responses is not None:
+        summary["response_median"] = float(torch.tensor(method.responses).median())
+    if method.prompts is not None:
+        summary["intended_hit_rate"] = sum(bool(r.hit) for r in records) / max(1, len(records))
+    return summary
+
+
+def write_method_result(model: DiffusionModel, method: MethodDirections, validation: Split, heldout: Split, settings: BenchSettings,
+                        grid: list[EditConfig], selection: Selection, measured: Measurement, records: list[Any],
+                        summary: dict[str, Any], factor_names: Sequence[str], values: Sequence[Sequence[str]], *,
+                        folder: Path, out: Path, fingerprint: str, started: float) -> dict[str, Any]:  # fmt: skip
+    """Step 3 of a method: its annotated directions file and OUT/<method>/result.json; the result."""
+    count = method.count
+    directions_file = None
+    if method.directions is not None:
+        annotated = annotate_directions(
+            model, method.directions, records, domain=heldout.domain, source=f"noiseclr bench ({method.name})",
+            protocol=settings.protocol(),
+            extra={"reader": "bench", "heldout_images": heldout.count, "steps": settings.steps, "inversion": settings.inversion},
+        )  # fmt: skip
+        directions_file = str(annotated.save(folder / "directions.safetensors").relative_to(out))
+    stopped = measured.stopped
+    result = {
+        "method": method.name,
+        "source": method.source,
+        "fingerprint": fingerprint,
+        "summary": summary,
+        "directions_file": directions_file,
+        "grid": [config.to_json() for config in grid],
+        "validation_seeds": [validation.seeds[0], validation.seeds[-1]],
+        "heldout_seeds": [heldout.seeds[0], heldout.seeds[-1]],
+        "validation_changes": [[[round(float(v), 4) for v in row] for row in table] for table in selection.validation_changes],
+        "validation_survivors": selection.survivors,
+        "screening": {"validation_images": selection.screened, "heldout_head": measured.head_count,
+                      "stopped_early": [k for k in range(count) if bool(stopped[k])]},  # fmt: skip
+        "directions": [record.to_json() for record in records],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if measured.local_edited is not None and measured.local_pixels is not None:
+        result["localized"] = localized_result(measured.changes, measured.local_edited, measured.local_pixels, heldout, settings,
+                                               factor_names, values)  # fmt: skip
+    atomic_write_json(folder / "result.json", result)
+    return result
+
+
 def evaluate_method(
     model: DiffusionModel,
     reader: Any,
@@ -191,144 +400,12 @@ def evaluate_method(
 
     started = time.monotonic()
     grid = settings.grid()
-    count = method.count
     folder = ensure_output_dir(out / method_dirname(method.name))
-    log.info("%s: %d directions x %d edit settings on %d validation images", method.name, count, len(grid), validation.count)
-
-    passes = settings.protocol().passes
-
-    def axis_changes(split: Split, edits: list[list[EditTerm]], images: list[int], desc: str, keep: int = 0,
-                     local_edits: list[list[EditTerm]] | None = None):  # fmt: skip
-        """Read every edit (both signs adjacent) on ``images`` of ``split``: changes [E/2, F], edited, changed, kept,
-        and with ``local_edits`` (their localized twins) the :class:`Twins` (else None)."""
-        twins = None
-        if local_edits is None:
-            inversion = split.inversion.select(images)
-            edited, kept = render_and_read(model, inversion, reader, edits, passes, keep_images=keep, desc=desc, progress=progress)
-        else:
-            edited, kept, twins = render_twins(model, reader, split, edits, local_edits, images, settings, keep=keep,
-                                               desc=desc, progress=progress)  # fmt: skip
-        edited = edited.view(len(edits) // len(SIGNS), len(SIGNS), *edited.shape[1:])
-        changed = changed_mask(edited, split.recon_indices[images])
-        return change_fractions(axis_changed(changed)), edited, changed, kept, twins
-
-    def localized_edits(directions: Sequence[int]) -> list[list[EditTerm]] | None:
-        """The held-out picks of ``directions`` with regions (--region), or None when not localized."""
-        if not settings.localized:
-            return None
-        return [[method.term(k, selections[k].config, sign, region=settings.region)] for k in directions for sign in SIGNS]
-
-    # 1. the grid, at both signs, on validation images only: every setting on a first slice
-    #    (screening), the best keep_settings per direction on the rest.
-    screened = min(validation.count, max(4, math.ceil(settings.screen_fraction * validation.count)))
-    first, rest = list(range(screened)), list(range(screened, validation.count))
-    edits = [[method.term(k, config, sign)] for k in range(count) for config in grid for sign in SIGNS]
-    screen, *_ = axis_changes(validation, edits, first, f"{method.name}: validation grid")
-    screen = screen.view(count, len(grid), -1)
-    survivors = screen_settings(screen, settings.keep_settings, settings.min_preservation) if rest else [list(range(len(grid)))] * count
-    validation_changes = screen.clone()
-    if rest:
-        edits = [[method.term(k, grid[g], sign)] for k in range(count) for g in survivors[k] for sign in SIGNS]
-        more, *_ = axis_changes(validation, edits, rest, f"{method.name}: validation, kept settings")
-        cursor = 0
-        for k in range(count):
-            for g in survivors[k]:
-                validation_changes[k, g] = (screen[k, g] * len(first) + more[cursor] * len(rest)) / validation.count
-                cursor += 1
-    selections = []
-    for k in range(count):
-        pick = select_edit(validation_changes[k, survivors[k]], [grid[g] for g in survivors[k]], settings.min_preservation)
-        selections.append(replace(pick, index=survivors[k][pick.index]))
-
-    # 2. the picks, at both signs, on held-out images: a first slice for every direction; the rest
-    #    only for directions that could still be effective (95% upper bound of every factor's
-    #    change at or above the effective strength). With --region, each also localized, on the
-    #    same images.
-    head_count = heldout.count if not settings.early_stop else min(heldout.count, max(20, math.ceil(heldout.count / 4)))
-    head, tail = list(range(head_count)), list(range(head_count, heldout.count))
-    edits = [[method.term(k, selection.config, sign)] for k, selection in enumerate(selections) for sign in SIGNS]
-    changes, edited_head, changed_head, kept, twins = axis_changes(heldout, edits, head, f"{method.name}: held-out",
-                                                                   keep=settings.strip_images, local_edits=localized_edits(range(count)))  # fmt: skip
-    local_edited = None if twins is None else [twins.edited[2 * k : 2 * k + 2] for k in range(count)]
-    local_pixels = None if twins is None else [{key: v[2 * k : 2 * k + 2] for key, v in twins.pixels.items()} for k in range(count)]
-    stopped = clearly_ineffective(changes, head_count) if tail else torch.zeros(count, dtype=torch.bool)
-    going = [k for k in range(count) if not bool(stopped[k])]
-    edited: list[torch.Tensor] = list(edited_head)
-    changed: list[torch.Tensor] = list(changed_head)
-    if tail and going:
-        edits = [[method.term(k, selections[k].config, sign)] for k in going for sign in SIGNS]
-        _, edited_tail, changed_tail, _, twins_tail = axis_changes(heldout, edits, tail, f"{method.name}: held-out, rest",
-                                                                   local_edits=localized_edits(going))  # fmt: skip
-        for position, k in enumerate(going):
-            edited[k] = torch.cat([edited_head[k], edited_tail[position]], dim=1)
-            changed[k] = torch.cat([changed_head[k], changed_tail[position]], dim=1)
-            changes[k] = change_fractions(axis_changed(changed[k]))
-            if local_edited is not None and local_pixels is not None and twins_tail is not None:
-                rows = slice(2 * position, 2 * position + 2)
-                local_edited[k] = torch.cat([local_edited[k], twins_tail.edited[rows]], dim=1)
-                local_pixels[k] = {key: torch.cat([v, twins_tail.pixels[key][rows]], dim=1) for key, v in local_pixels[k].items()}
+    log.info("%s: %d directions x %d edit settings on %d validation images", method.name, method.count, len(grid), validation.count)
+    selection = select_method_edits(model, reader, method, validation, settings, grid, progress=progress)
+    measured = measure_method_edits(model, reader, method, heldout, settings, selection.selections, progress=progress)
     values = [factor.values for factor in domain_factors(heldout.domain)]
-    records = direction_records(changes, edited, changed, factor_names, values)
-    for k, (record, selection) in enumerate(zip(records, selections)):
-        images = int(changed[k].shape[1])
-        main = factor_names.index(record.main_factor)
-        record.images = images
-        record.strength_ci = [round(v, 4) for v in wilson_interval(float(changes[k, main]) * images, images)]
-        record.stopped_early = bool(stopped[k])
-        record.set_edit(**selection.config.to_json())
-        record.label = method.label(k)
-        record.validation = selection.to_json(factor_names)
-        if method.prompts is not None:
-            factor, value, caption = method.prompts[k]
-            record.prompt, record.intended_factor, record.intended_value = caption, factor, value
-            record.hit = record.main_factor == factor
-        if kept is not None and heldout.recon_kept is not None:
-            keep = kept.shape[1]
-            title = f"{k}: {record.name} ({selection.config.describe()})"
-            magnitude = f"{abs(selection.config.scale):g}{'%' if selection.config.unit == 'strength' else ''}"
-            rows, labels = [kept[2 * k + 1], kept[2 * k]], [f"-{magnitude}", f"+{magnitude}"]
-            if twins is not None and twins.kept is not None:
-                rows += [twins.kept[2 * k + 1], twins.kept[2 * k], overlays(twins.kept[2 * k], twins.inside[2 * k, :keep])]
-                labels += [f"local -{magnitude}", f"local +{magnitude}", "region +"]
-            grid_image = strip_image(heldout.pixels[:keep], heldout.recon_kept[:keep], rows, title, labels=labels)
-            path = save_image(grid_image, folder / "strips" / f"direction-{k:03d}.png")
-            record.strip = str(path.relative_to(out))
-    summary = summarize_changes(changes, factor_names)
-    if method.duplicates is not None:
-        involved = {int(i) for pair in method.duplicates for i in pair[:2]}
-        summary["duplicate_pairs"] = method.duplicates
-        summary["duplicate_fraction"] = len(involved) / max(1, count)
-    if method.responses is not None:
-        summary["response_median"] = float(torch.tensor(method.responses).median())
-    if method.prompts is not None:
-        summary["intended_hit_rate"] = sum(bool(r.hit) for r in records) / max(1, len(records))
-    directions_file = None
-    if method.directions is not None:
-        annotated = annotate_directions(
-            model, method.directions, records, domain=heldout.domain, source=f"noiseclr bench ({method.name})",
-            protocol=settings.protocol(),
-            extra={"reader": "bench", "heldout_images": heldout.count, "steps": settings.steps, "inversion": settings.inversion},
-        )  # fmt: skip
-        directions_file = str(annotated.save(folder / "directions.safetensors").relative_to(out))
-    result = {
-        "method": method.name,
-        "source": method.source,
-        "fingerprint": fingerprint,
-        "summary": summary,
-        "directions_file": directions_file,
-        "grid": [config.to_json() for config in grid],
-        "validation_seeds": [validation.seeds[0], validation.seeds[-1]],
-        "heldout_seeds": [heldout.seeds[0], heldout.seeds[-1]],
-        "validation_changes": [[[round(float(v), 4) for v in row] for row in table] for table in validation_changes],
-        "validation_survivors": survivors,
-        "screening": {"validation_images": screened, "heldout_head": head_count,
-                      "stopped_early": [k for k in range(count) if bool(stopped[k])]},  # fmt: skip
-        "directions": [record.to_json() for record in records],
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    if local_edited is not None and local_pixels is not None:
-        result["localized"] = localized_result(changes, local_edited, local_pixels, heldout, settings, factor_names, values)
-    atomic_write_json(folder / "result.json", result)
-    return result
-
-
+    records = method_records(method, selection, measured, heldout, factor_names, values, folder, out)
+    summary = method_summary(method, measured.changes, records, factor_names)
+    return write_method_result(model, method, validation, heldout, settings, grid, selection, measured, records, summary,
+                               factor_names, values, folder=folder, out=out, fingerprint=fingerprint, started=started)  # fmt: skip
