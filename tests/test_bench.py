@@ -14,7 +14,8 @@ import math
 import pytest
 import torch
 
-from noiseclr import bench, measure
+from noiseclr import measure
+from noiseclr.bench import evaluate as bench_evaluate, run as bench_run
 from noiseclr.bench import BenchSettings, pick_cross_directions, run_bench
 from noiseclr.measure import DirectionRecord, annotate_directions, direction_records
 from noiseclr.metrics import (
@@ -247,7 +248,7 @@ def test_selection_uses_only_validation_images(tiny_model, tmp_path, monkeypatch
     """By construction: the rule sees only the validation change table, and the held-out images are
     regenerated with edits only after every direction's setting is chosen."""
     events: list[tuple[str, int]] = []
-    real_render, real_select = bench.render_and_read, bench.select_edit
+    real_render, real_select = bench_evaluate.render_and_read, bench_evaluate.select_edit
 
     def spy_render(model, inversion, reader, edits, settings, **kwargs):
         events.append(("render", inversion.source_latents.clone(), len(edits)))
@@ -258,7 +259,7 @@ def test_selection_uses_only_validation_images(tiny_model, tmp_path, monkeypatch
         return real_select(validation_changes, grid, min_preservation)
 
     splits = {}
-    real_prepare = bench.prepare_split
+    real_prepare = bench_run.prepare_split
 
     def spy_prepare(model, reader, domain, role, count, settings, **kwargs):
         split = real_prepare(model, reader, domain, role, count, settings, **kwargs)
@@ -271,9 +272,9 @@ def test_selection_uses_only_validation_images(tiny_model, tmp_path, monkeypatch
         assert len(roles) == 1, roles
         return roles.pop()
 
-    monkeypatch.setattr(bench, "render_and_read", spy_render)
-    monkeypatch.setattr(bench, "select_edit", spy_select)
-    monkeypatch.setattr(bench, "prepare_split", spy_prepare)
+    monkeypatch.setattr(bench_evaluate, "render_and_read", spy_render)
+    monkeypatch.setattr(bench_evaluate, "select_edit", spy_select)
+    monkeypatch.setattr(bench_run, "prepare_split", spy_prepare)
     settings = tiny_settings(methods=("random",))
     result = run_bench(tiny_model, "faces", tmp_path / "b", settings, readers=doubles("faces"), progress=False)
     edit_events = [e for e in events if e[0] == "select" or e[2] > 1]  # reconstructions are single [] edits
@@ -454,7 +455,7 @@ def test_bench_resume_reuses_finished_methods(faces_run, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished method was measured again")
 
-    monkeypatch.setattr(bench, "evaluate_method", must_not_run)
+    monkeypatch.setattr(bench_run, "evaluate_method", must_not_run)
     again = run_bench(model, "faces", out, tiny_settings(methods=("noiseclr-single", "random", "prompt")),
                       readers=doubles("faces"), progress=False, resume=True)  # fmt: skip
     assert again.results["methods"]["random"]["fingerprint"] == result.results["methods"]["random"]["fingerprint"]
@@ -534,7 +535,7 @@ def test_bench_bad_inputs_are_one_line_errors(capsys, tiny_model_dir, tmp_path, 
 
 
 def test_bench_refuses_directions_of_another_model(capsys, tiny_model_dir, tiny_v_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "load_reader", lambda domain, *a, **k: BandReader(domain))
+    monkeypatch.setattr(bench_run, "load_reader", lambda domain, *a, **k: BandReader(domain))
     path = unit_directions(tiny_v_model, 2).save(tmp_path / "v.safetensors")
     code, _, err = run_cli(capsys, "bench", "--model", tiny_model_dir, "--device", "cpu", "--domain", "faces",
                            "--out", tmp_path / "o", "--directions", path)  # fmt: skip
@@ -547,7 +548,7 @@ def test_bench_refuses_directions_of_another_model(capsys, tiny_model_dir, tiny_
 
 
 def test_bench_cli_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "load_reader", lambda domain, *a, **k: BandReader(domain))
+    monkeypatch.setattr(bench_run, "load_reader", lambda domain, *a, **k: BandReader(domain))
     code, out, err = run_cli(
         capsys, "bench", "--model", tiny_model_dir, "--device", "cpu", "--domain", "cats", "--out", tmp_path / "c",
         "--methods", "random", "--num-directions", "2", "--heldout", "3", "--validation", "2", "--steps", "2",

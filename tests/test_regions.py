@@ -547,7 +547,7 @@ def test_bench_default_stays_global(tiny_model):
 
 def test_report_renders_a_strength_grid():
     # The default grid is --strengths (settings["scales"] is None); the report used to fail on it.
-    from noiseclr.bench_report import render_report
+    from noiseclr.bench.report import render_report
 
     page = render_report({"settings": {"scales": None, "strengths": [2.0, 4.0], "windows": [[0.0, 1.0]]}, "methods": {}})
     assert "strengths &plusmn;2%, &plusmn;4%" in page

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_text
+from ..fileio import atomic_write_text
 
 
 def _amount(record: Mapping[str, Any]) -> str:
