@@ -25,6 +25,7 @@ import torch
 from . import runfolder
 from .checkpoint import DiscoveryCheckpoint, checkpoint_dir
 from .directions import Directions
+from .reseeding import restart_duplicates
 from .discovery_settings import RESEED_EVERY, INITS, TRAJECTORY, DiscoverySettings, changed_trajectory  # noqa: F401 (re-exported)
 from .errors import NoiseCLRError, TrainingDiverged
 from .fileio import atomic_write_json, ensure_output_dir
@@ -525,32 +526,14 @@ class _Trainer:
             "anchors": sorted(anchors),
         }
 
-    @torch.no_grad()
     def reseed_duplicates(self) -> int | None:
-        """Every :data:`RESEED_EVERY` steps with ``--reseed-duplicates COS``: the later direction of each
-        pair whose noise changes have ``|cos| >= COS`` restarts from a fresh embedding, with its optimizer
-        state zeroed. Deterministic in (seed, step), so a resumed run does the same. Returns how many
-        were restarted (None when no check ran)."""
-        from .strength import CALIBRATION_IMAGES, calibration_timesteps, change_similarity, duplicate_pairs
-
+        """``--reseed-duplicates`` every :data:`RESEED_EVERY` steps (:func:`reseeding.restart_duplicates`);
+        how many directions restarted, None when no check ran."""
         threshold, step = self.settings.reseed_duplicates, self.step
         if threshold <= 0 or step % RESEED_EVERY or step >= self.settings.steps:
             return None
-        timesteps = calibration_timesteps(self.model, self.settings.timestep_range)
-        similarity = change_similarity(self.model, Directions(vectors=self.vectors.detach()), self.latents[0][:CALIBRATION_IMAGES],
-                                       timesteps[len(timesteps) // 2], seed=self.settings.seed + step)  # fmt: skip
-        restart = sorted({int(j) for _, j, _ in duplicate_pairs(similarity, threshold)})
-        for index in restart:
-            generator = torch.Generator().manual_seed(_stream_seed(self.settings.seed, f"reseed:{step}:{index}"))
-            fresh = torch.randn(1, self.vectors.shape[1], generator=generator)
-            self.vectors[index] = self.model.scale_to_token_norms(fresh)[0].to(self.vectors)
-            for value in self.optimizer.state.get(self.vectors, {}).values():
-                if isinstance(value, torch.Tensor) and value.shape == self.vectors.shape:
-                    value[index] = 0
-        if restart:
-            log.info("step %d: restarted direction(s) %s (a noise change with |cos| >= %g to an earlier one)",
-                     step, ", ".join(map(str, restart)), threshold)  # fmt: skip
-        return len(restart)
+        return restart_duplicates(self.model, self.vectors, self.optimizer, self.latents[0], threshold,
+                                  self.settings.timestep_range, seed=self.settings.seed, step=step)  # fmt: skip
 
     def diverged(self, what: str) -> TrainingDiverged:
         last = self.last_checkpoint
