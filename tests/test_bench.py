@@ -489,6 +489,14 @@ def test_cross_domain_on_scenes(tiny_model, tmp_path):
     for row in cross["pairs"]:
         assert 0.0 <= row["interference"] <= 1.0 and (tmp_path / "scenes" / row["strip"]).is_file()
     assert "interference" in result.table and "Cross-domain" in (tmp_path / "scenes" / "report.html").read_text()
+    # The four region modes side by side; a box keeps the edit off the rest of the scene.
+    modes = cross["modes"]
+    assert list(modes) == ["global", "auto", "box", "auto-in-box"]
+    for mode in ("auto", "box", "auto-in-box"):
+        summary = modes[mode]["summary"]
+        assert summary["pairs"] == 2 and 0.0 < summary["region_fraction"] < 1.0 and summary["psnr_outside"] > 0
+        assert len(modes[mode]["pairs"]) == 2 and len(modes[mode]["alone"]) == 4
+    assert "region modes" in result.table and "auto-in-box" in (tmp_path / "scenes" / "report.html").read_text()
 
 
 def test_bench_with_shipped_reader(tiny_model, tmp_path):

@@ -15,7 +15,9 @@ from ..errors import NoiseCLRError
 from ..fileio import atomic_write_json, ensure_output_dir
 from ..images import save_image
 from ..measure import (
+    PixelComparison,
     Split,
+    object_region,
     annotations_of,
     prepare_split,
     reader_factor_names,
@@ -83,7 +85,7 @@ def load_cross_files(model: DiffusionModel, faces_file: str | Path | Directions,
     return loaded
 
 
-def cross_term(loaded: Loaded, part: str, index: int, sign: float, region: str | None = None) -> DirectionTerm:
+def cross_term(loaded: Loaded, part: str, index: int, sign: float, region: Any = None) -> DirectionTerm:
     """Direction ``index`` of ``part``'s file at its stored edit (strength or scale, window), signed."""
     directions, records, _ = loaded[part]
     record = records[index]
@@ -98,11 +100,16 @@ def cross_term(loaded: Loaded, part: str, index: int, sign: float, region: str |
 
 
 def cross_edits(loaded: Loaded, alone: Sequence[tuple[str, int]], pairs: Sequence[tuple[int, int]],
-                region: str | None) -> list[list[EditTerm]]:  # fmt: skip
+                region: Any = None) -> list[list[EditTerm]]:  # fmt: skip
     """Every edit at both signs (pairs share the sign), as in the per-domain benchmark; in a
-    localized pair each direction has its own auto region."""
-    edits: list[list[EditTerm]] = [[cross_term(loaded, part, k, sign, region)] for part, k in alone for sign in SIGNS]
-    edits += [[cross_term(loaded, "face", f, sign, region), cross_term(loaded, "cat", c, sign, region)]
+    localized pair each direction has its own region: ``region`` for both, or per part
+    (``{"face": ..., "cat": ...}``)."""
+
+    def of(part: str) -> Any:
+        return region.get(part) if isinstance(region, Mapping) else region
+
+    edits: list[list[EditTerm]] = [[cross_term(loaded, part, k, sign, of(part))] for part, k in alone for sign in SIGNS]
+    edits += [[cross_term(loaded, "face", f, sign, of("face")), cross_term(loaded, "cat", c, sign, of("cat"))]
               for f, c in pairs for sign in SIGNS]  # fmt: skip
     return edits
 
@@ -193,6 +200,32 @@ def cross_localized(twins: Twins, loaded: Loaded, alone: Sequence[tuple[str, int
     }
 
 
+def cross_modes(model: DiffusionModel, reader: Any, scenes: Split, loaded: Loaded, alone: Sequence[tuple[str, int]],
+                pairs: Sequence[tuple[int, int]], recon_labels: list[dict[str, str]], settings: BenchSettings, *,
+                progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Every pair and single edit in each ``--cross-regions`` mode: auto, the box a user would draw
+    around each term's object (``measure.object_region``), auto kept in that box. Per mode the rows,
+    the summary, and over the pair edits the region's share of the grid and PSNR outside it."""
+    assert scenes.recon_small is not None, "prepare the scenes with keep_recon_pixels"
+    first, count = len(SIGNS) * len(alone), len(SIGNS) * len(pairs)
+    modes = {}
+    for mode in settings.cross_regions:
+        regions = {part: object_region(mode, scenes.seeds, scenes.labels, part) for part in ("face", "cat")}
+        edits = cross_edits(loaded, alone, pairs, regions)
+        measured = PixelComparison(scenes.recon_small, len(edits), scenes.count)
+        read, _ = render_and_read(model, scenes.inversion, reader, edits, settings.protocol().passes, desc=f"cross-domain ({mode})",
+                                  progress=progress, auto_region=settings.auto_region, on_chunk=measured)  # fmt: skip
+        alone_rows, pair_rows = cross_rows(read, loaded, alone, pairs, recon_labels)
+        pixels = {"region_fraction": measured.region, "psnr_outside": measured.psnr_outside, "psnr": measured.psnr}
+        modes[mode] = {
+            "summary": {**cross_summary(alone_rows, pair_rows),
+                        **pixel_means({key: values[first : first + count] for key, values in pixels.items()})},  # fmt: skip
+            "alone": alone_rows,
+            "pairs": pair_rows,
+        }
+    return modes
+
+
 def run_cross_domain(
     model: DiffusionModel,
     faces_file: str | Path | Directions,
@@ -208,8 +241,8 @@ def run_cross_domain(
     folder = ensure_output_dir(out / "cross-domain")
     loaded = load_cross_files(model, faces_file, cats_file, settings)
     reader_names = reader_factor_names(reader, "scenes")
-    scenes = prepare_split(model, reader, "scenes", "scenes", settings.cross_images, settings.protocol(),
-                           keep_images=settings.strip_images, keep_recon_pixels=settings.localized, progress=progress)  # fmt: skip
+    scenes = prepare_split(model, reader, "scenes", "scenes", settings.cross_images, settings.protocol(), keep_images=settings.strip_images,
+                           keep_recon_pixels=settings.localized or bool(settings.cross_regions), progress=progress)  # fmt: skip
     recon_labels = _decode_labels("scenes", scenes.recon_indices)
     faces, cats = loaded["face"][2], loaded["cat"][2]
     pairs = [(faces[i % len(faces)], cats[i % len(cats)]) for i in range(max(len(faces), len(cats)))]
@@ -241,5 +274,9 @@ def run_cross_domain(
     }
     if localized is not None:
         result["localized"] = localized
+    if settings.cross_regions:
+        result["modes"] = {"global": {"summary": result["summary"]},
+                           **cross_modes(model, reader, scenes, loaded, alone, pairs, recon_labels, settings, progress=progress)}  # fmt: skip
+        result["seconds"] = round(time.monotonic() - started, 1)
     atomic_write_json(folder / "result.json", result)
     return result

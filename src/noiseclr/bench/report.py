@@ -73,7 +73,29 @@ def format_table(results: Mapping[str, Any]) -> str:
                 f"{_num(local.get('psnr_outside_global'), 1)} -> {_num(local.get('psnr_outside_local'), 1)} dB, "
                 f"region {_percent(local.get('region_fraction'))}"
             )
+        lines += _modes_lines(cross)
     return "\n".join(lines)
+
+
+MODE_COLUMNS = ("mode", "face change", "cat change", "interference", "alone", "region", "PSNR outside")
+
+
+def _mode_cells(mode: str, summary: Mapping[str, Any]) -> list[str]:
+    return [mode, _num(summary["mean_face_change"]), _num(summary["mean_cat_change"]), _num(summary["interference"]),
+            _num(summary["interference_alone"]), _percent(summary.get("region_fraction")) if mode != "global" else "100%",
+            _num(summary.get("psnr_outside"), 1) if mode != "global" else "-"]  # fmt: skip
+
+
+def _modes_lines(cross: Mapping[str, Any]) -> list[str]:
+    """The region modes side by side (pairs' means; PSNR outside each pair's union of regions)."""
+    modes = cross.get("modes")
+    if not modes:
+        return []
+    rows = [list(MODE_COLUMNS)] + [_mode_cells(mode, block["summary"]) for mode, block in modes.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(MODE_COLUMNS))]
+    return ["  region modes (box: the box around each term's object):"] + [
+        "    " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows
+    ]
 
 
 def _percent(value: Any) -> str:
@@ -271,9 +293,22 @@ def _cross(results: Mapping[str, Any]) -> str:
         f"{_num(summary['mean_cat_change'])}, both {_num(summary['mean_both_changed'])}, interference "
         f"<b>{_num(summary['interference'])}</b> (directions alone: {_num(summary['interference_alone'])}).</p>"
         + localized
+        + _modes_table(cross)
         + f"<table><tr><th>direction alone</th><th>name</th><th>own change</th><th>interference</th></tr>{alone}</table>"
         + "".join(cards)
     )
+
+
+def _modes_table(cross: Mapping[str, Any]) -> str:
+    modes = cross.get("modes")
+    if not modes:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in MODE_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _mode_cells(mode, block["summary"])) + "</tr>"
+                   for mode, block in modes.items())  # fmt: skip
+    return ("<p>Region modes side by side (each term localized on its own object: <code>box</code> is the box a user "
+            "would draw around it, <code>auto-in-box</code> an auto region kept inside that box):</p>"
+            f"<table><tr>{head}</tr>{body}</table>")
 
 
 STYLE = """

@@ -35,6 +35,8 @@ from ..strength import (
 )
 
 BENCH_DOMAINS = ("faces", "cats")
+CROSS_REGIONS = ("auto", "box", "auto-in-box")
+"""``--cross-regions`` default: every localized mode, side by side with global."""
 REGION_MODES = ("none", "auto")
 """``--region``: none (global edits only) or auto (each pick also measured localized)."""
 DISCOVERY_METHODS: dict[str, dict[str, Any]] = {
@@ -134,6 +136,10 @@ class BenchSettings:
                                    default_text="")  # fmt: skip
     """Most UNet rows per call (memory; results do not depend on it)."""
     decode_batch: int = 16
+    cross_regions: tuple[str, ...] = option(CROSS_REGIONS, flag="--cross-regions", nargs="+", metavar="MODE",
+                                            help="--cross-domain: each pair also localized in these modes (auto, box: the "
+                                                 "box around its object, auto-in-box; none: global only)")  # fmt: skip
+    """Region modes the scene pairs are measured in besides global (:data:`noiseclr.measure.REGION_MODES`)."""
     region: str = option("none", flag="--region", choices=list(REGION_MODES),
                          help="auto: also measure every pick localized (auto regions), global vs localized side by side")  # fmt: skip
     """``none``: global edits only; ``auto``: every held-out and cross-domain edit also with an auto region."""
@@ -202,6 +208,9 @@ class BenchSettings:
         check_count(self.strip_images, flag["strip_images"], 0, "must be 0 or more.")
         check_max_batch(self.max_batch)
         check_choice(self.region, REGION_MODES, flag["region"], "unknown region mode")
+        self.cross_regions = tuple(m for m in self.cross_regions if m != "none")
+        for mode in self.cross_regions:
+            check_choice(mode, CROSS_REGIONS, flag["cross_regions"], "unknown region mode (or none)")
         self.auto_region.validate()
         if self.discovery_negatives is not None and not 1 <= self.discovery_negatives < self.num_directions:
             raise NoiseCLRError(
