@@ -513,6 +513,83 @@ def repeats(directions: Directions) -> dict[int, tuple[int, float]]:
     return found
 
 
+def _demo_reader(
+    model: DiffusionModel, settings: DemoSettings, readers: Mapping[str, Any] | None, reader_dir: str | Path | None
+) -> tuple[Any, str]:
+    """The factor reader of the demo's domain, or None and why not (the directions stay unnamed)."""
+    reader = (readers or {}).get(settings.domain)
+    if reader is not None:
+        return reader, ""
+    try:
+        return load_reader(settings.domain, reader_dir, device="cuda" if model.device.type == "cuda" else "cpu"), ""
+    except NoiseCLRError as exc:
+        log.warning("cannot name the directions: %s", exc)
+        return None, str(exc)
+
+
+@dataclass
+class Named:
+    """What naming found: one record per direction, the per-image changes, the random reference and
+    the annotated directions to save."""
+
+    rows: list[DirectionRecord]
+    changes: torch.Tensor | None
+    reference: RandomReference | None
+    annotated: Directions
+
+
+def _name_stage(
+    model: DiffusionModel, directions: Directions, reader: Any, settings: DemoSettings, reader_dir: str | Path | None, *,
+    say: Callable[[str], None], progress: bool,
+) -> Named:  # fmt: skip
+    """[3/4]: name every direction on the test images and judge it against random, or (no reader)
+    keep them unnamed with the demo's edit setting as their defaults."""
+    protocol = settings.protocol()
+    if reader is None:
+        say("[3/4] naming skipped (no factor reader)")
+        rows = [DirectionRecord(index=k, name=f"direction {k}").set_edit(**settings.edit()) for k in range(directions.count)]
+        directions.edit_defaults = [{**row.edit_default(), "inversion": protocol.inversion, "steps": protocol.steps} for row in rows]
+        return Named(rows, None, None, directions)
+    say(f"[3/4] naming each direction: +/-{settings.amount()} on {settings.naming_images} test {settings.domain}, read by the factor reader")
+    test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress)
+    rows, changes = name_directions(model, directions, reader, settings, progress=progress, return_changes=True, test=test)
+    reference = compare_with_random(model, reader, test, rows, changes, settings, say=say, progress=progress)
+    annotated = annotate_directions(
+        model, directions, rows, domain=settings.domain, source="noiseclr demo", protocol=protocol,
+        extra={"reader": "shipped" if reader_dir is None else str(reader_dir), "images": settings.naming_images,
+               "steps": settings.edit_steps, "inversion": settings.inversion},
+    )  # fmt: skip
+    return Named(rows, changes, reference, annotated)
+
+
+def _gallery(model: DiffusionModel, named_file: Directions, test_pixels: torch.Tensor, test_paths: list[Path], out: Path,
+             settings: DemoSettings, progress: bool) -> Any:  # fmt: skip
+    """[4/4]: the explore gallery of every direction at -S, 0, +S on the first test images."""
+    from .explore import ExploreSettings, explore
+
+    count = min(settings.gallery_images, settings.naming_images)
+    amounts = {"scales": (-settings.scale, 0.0, settings.scale)} if settings.scale is not None else \
+        {"strengths": (-settings.strength, 0.0, settings.strength)}  # fmt: skip
+    explore_settings = ExploreSettings(num_images=count, window=(0.0, 1.0), steps=settings.edit_steps,
+                                       inversion=settings.inversion, seed=settings.seed, **amounts)  # fmt: skip
+    return explore(model, named_file, ImageSet(test_pixels[:count], test_paths[:count]), out / "gallery", explore_settings,
+                   progress=progress)  # fmt: skip
+
+
+def reference_summary(reference: RandomReference | None, rows: Sequence[DirectionRecord]) -> dict[str, Any] | None:
+    """summary.json's ``random_reference`` block (None when no reference was measured)."""
+    if reference is None:
+        return None
+    return {
+        "count": reference.count, "strength": reference.strength, "images": reference.images,
+        "threshold": round(reference.threshold(), 4),
+        "random_p95": {name: round(float(q), 4) for name, q in zip(reference.factor_names, reference.percentiles())},
+        "beats_random": sum(bool(row.random and row.random["beats_random"]) for row in rows),
+        "definition": "noiseclr.chance: beats random when max_f (change_f - random 95th percentile_f) exceeds the "
+                      "95th percentile of that margin over the random directions (leave-one-out)",
+    }  # fmt: skip
+
+
 def run_demo(
     model: DiffusionModel,
     out: str | Path,
@@ -524,8 +601,6 @@ def run_demo(
     say: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Render, discover, name and show directions; see the module docstring. ``say`` prints stage lines."""
-    from .explore import ExploreSettings, explore
-
     started = time.monotonic()
     settings = (settings or DemoSettings()).validate()
     check_steps(model, settings.edit_steps, "--edit-steps")
@@ -551,65 +626,25 @@ def run_demo(
     directions = _discovery(model, train_pixels, out / "run", settings, progress)
     clock = stage("discovery", clock)
 
-    reader = (readers or {}).get(settings.domain)
-    why_unnamed = ""
-    if reader is None:
-        try:
-            reader = load_reader(settings.domain, reader_dir, device="cuda" if model.device.type == "cuda" else "cpu")
-        except NoiseCLRError as exc:
-            why_unnamed = str(exc)
-            log.warning("cannot name the directions: %s", exc)
-    if reader is not None:
-        say(f"[3/4] naming each direction: +/-{settings.amount()} on {settings.naming_images} test {settings.domain}, read by the factor reader")
-        test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, settings.protocol(),
-                             progress=progress)  # fmt: skip
-        rows, changes = name_directions(model, directions, reader, settings, progress=progress, return_changes=True, test=test)
-        reference = compare_with_random(model, reader, test, rows, changes, settings, say=say, progress=progress)
-        annotated = annotate_directions(
-            model, directions, rows, domain=settings.domain, source="noiseclr demo", protocol=settings.protocol(),
-            extra={"reader": "shipped" if reader_dir is None else str(reader_dir), "images": settings.naming_images,
-                   "steps": settings.edit_steps, "inversion": settings.inversion},
-        )  # fmt: skip
-    else:
-        reference = None
-        say("[3/4] naming skipped (no factor reader)")
-        rows = [DirectionRecord(index=k, name=f"direction {k}").set_edit(**settings.edit()) for k in range(directions.count)]
-        annotated = directions
-        protocol = settings.protocol()
-        annotated.edit_defaults = [{**row.edit_default(), "inversion": protocol.inversion, "steps": protocol.steps} for row in rows]
+    reader, why_unnamed = _demo_reader(model, settings, readers, reader_dir)
+    named = _name_stage(model, directions, reader, settings, reader_dir, say=say, progress=progress)
     clock = stage("naming", clock)
-    directions_path = annotated.save(out / "directions.safetensors")
+    directions_path = named.annotated.save(out / "directions.safetensors")
     named_file = Directions.load(directions_path)
 
     say(f"[4/4] drawing the gallery ({settings.gallery_images} test {settings.domain} x -{settings.amount()}, 0, +{settings.amount()})")
-    count = min(settings.gallery_images, settings.naming_images)
-    gallery = explore(
-        model,
-        named_file,
-        ImageSet(test_pixels[:count], test_paths[:count]),
-        out / "gallery",
-        ExploreSettings(
-            scales=(-settings.scale, 0.0, settings.scale) if settings.scale is not None else None,
-            strengths=(-settings.strength, 0.0, settings.strength) if settings.scale is None else None,
-            num_images=count,
-            window=(0.0, 1.0),
-            steps=settings.edit_steps,
-            inversion=settings.inversion,
-            seed=settings.seed,
-        ),
-        progress=progress,
-    )
+    gallery = _gallery(model, named_file, test_pixels, test_paths, out, settings, progress)
+    rows = named.rows
     for row, strip in zip(rows, gallery.strips):
         row.strip = str(strip.relative_to(out))
-    try_edit = pick_try_edit(model, named_file, reader, rows, changes, test_paths, settings) if reader is not None else None
+    try_edit = pick_try_edit(model, named_file, reader, rows, named.changes, test_paths, settings) if reader is not None else None
     vae_psnr = vae_round_trip_psnr(model, test_pixels)
     stage("gallery", clock)
 
     seconds = time.monotonic() - started
     intro, files = _explanation(model, settings, out, rows, reader is not None, why_unnamed, try_edit, vae_psnr)
-    axes = duplicate_note(named_file)
     repeated = repeats(named_file)
-    notes = "\n".join(textwrap.fill(note, width=100) for note in (random_note(rows, reference), axes) if note)
+    notes = "\n".join(textwrap.fill(note, width=100) for note in (random_note(rows, named.reference), duplicate_note(named_file)) if note)
     table = summary_table(rows, repeated=repeated) + (f"\n{notes}" if notes else "")
     text = f"{intro}\n\n{table}\n\n{files}\n\nDone in {seconds / 60:.1f} min."
     summary_md = atomic_write_text(
@@ -625,14 +660,7 @@ def run_demo(
             "directions_file": str(directions_path),
             "duplicates": (named_file.calibration or {}).get("duplicates", []),
             "clean_factors": clean_factors(rows) if reader is not None else None,
-            "random_reference": None if reference is None else {
-                "count": reference.count, "strength": reference.strength, "images": reference.images,
-                "threshold": round(reference.threshold(), 4),
-                "random_p95": {name: round(float(q), 4) for name, q in zip(reference.factor_names, reference.percentiles())},
-                "beats_random": sum(bool(row.random and row.random["beats_random"]) for row in rows),
-                "definition": "noiseclr.chance: beats random when max_f (change_f - random 95th percentile_f) exceeds the "
-                              "95th percentile of that margin over the random directions (leave-one-out)",
-            },
+            "random_reference": reference_summary(named.reference, rows),
             "vae_round_trip_psnr_db": round(vae_psnr, 2),
             "try_edit": None if try_edit is None else {**asdict(try_edit), "image": str(try_edit.image)},
             "gallery": str(gallery.index_html),

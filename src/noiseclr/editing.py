@@ -23,10 +23,8 @@ Typical use::
 
 or, for one edit with before/after, :func:`edit`; for prompts, :func:`generate`.
 
-The terms themselves and the command line's ``FILE:INDEX=SCALE`` syntax are in :mod:`noiseclr.terms`.
-A :class:`PromptTerm` (a text prompt's conditioning, ``scale * (eps(c_prompt) - eps(c_0))`` on a
-window) is accepted wherever a :class:`DirectionTerm` is; the benchmark's supervised reference
-uses it.
+The terms (directions and prompts alike) and the command line's ``FILE:INDEX=SCALE`` syntax are
+in :mod:`noiseclr.terms`.
 
 Localized edits (:mod:`noiseclr.regions` has the math): a term with a ``region`` (``"auto"``, a
 mask image or tensor) contributes ``w * R * (eps_k - eps_0)`` only inside its region ``R``, and an
