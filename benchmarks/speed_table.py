@@ -34,9 +34,8 @@ def _memory_notes(memory: dict[str, Any]) -> list[str]:
     return []
 
 
-def table(results: dict[str, Any]) -> str:
-    env = results["environment"]
-    settings = results["settings"]
+def _cost_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """FLOPs, the floor, the matmul peak and the activations kept."""
     rows: list[tuple[str, str, str]] = []
     flops = results["flops"]
     rows.append(("UNet forward, 1 image", _fmt_flop(flops["unet_forward_per_image"]),
@@ -62,6 +61,12 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("activations kept per image (grad call)", f"{kept / 2**20:.1f} MiB",
                      f"{results['saved_bytes']['dtype']}; x {settings['batch'] * settings['directions']} rows = "
                      f"{kept * settings['batch'] * settings['directions'] / GIB:.1f} GiB without checkpointing"))  # fmt: skip
+    return rows
+
+
+def _timing_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Measured micro-batch times (fast variants, the optimizer step, the published procedure)."""
+    rows: list[tuple[str, str, str]] = []
     for name, entry in results.get("fast", {}).items():
         if "error" in entry:
             rows.append((f"fast micro-batch N={settings['batch']}, {name}", "ERROR", entry["error"]))
@@ -90,6 +95,12 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("  + its per-micro-batch VAE encode", _fmt_s(ref["vae_encode"]["median_s"]), ""))
         if "speedup" in ref:
             rows.append(("speed-up fast vs reference", f"{ref['speedup']:.1f}x", f"{ref['speedup_with_vae_encode']:.1f}x incl. VAE encode"))
+    return rows
+
+
+def _check_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The fast paths checked against the float32 reference."""
+    rows: list[tuple[str, str, str]] = []
     if "check" in results:
         check = results["check"]
         if "error" in check:
@@ -110,6 +121,12 @@ def table(results: dict[str, Any]) -> str:
             rows.append((f"  floor: published procedure in {item['dtype']}", "",
                          f"loss rel {item['loss_rel_error']:.2e}, grad rel {item['grad_rel_error']:.2e}; "
                          f"|delta|/|eps| = {check['delta_over_eps']:.3f}"))  # fmt: skip
+    return rows
+
+
+def _edit_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Editing one image and the projected full discovery."""
+    rows: list[tuple[str, str, str]] = []
     if "error" in results.get("edit", {}):
         rows.append(("edit 1 image", "ERROR", results["edit"]["error"]))
     elif "edit" in results:
@@ -123,6 +140,13 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("full default discovery (K=100, 1000x4)", _fmt_s(projection["fast_s"]), "projected, fast path"))
         if "reference_s" in projection:
             rows.append(("  the same, reference procedure", _fmt_s(projection["reference_s"]), "projected"))
+    return rows
+
+
+def table(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    settings = results["settings"]
+    rows = [row for part in (_cost_rows, _timing_rows, _check_rows, _edit_rows) for row in part(results, settings)]
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [
