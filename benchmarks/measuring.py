@@ -21,6 +21,7 @@ import torch
 
 GIB = 2**30
 
+
 # ============================================================================ environment
 def load_average() -> str:
     try:
@@ -62,7 +63,9 @@ def environment(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "load_average_start": load_average(),
-        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
+        "env": {
+            k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ
+        },
     }
 
 
@@ -143,11 +146,19 @@ def saved_for_backward(fn: Callable[[], Any], exclude: set[int]) -> int:
 
 
 def model_storages(model: Any) -> set[int]:
-    return {t.untyped_storage().data_ptr() for module in (model.unet, model.text_encoder, model.vae) for t in module.state_dict().values()}
+    return {
+        t.untyped_storage().data_ptr()
+        for module in (model.unet, model.text_encoder, model.vae)
+        for t in module.state_dict().values()
+    }
 
 
 def model_bytes(model: Any) -> int:
-    return sum(t.numel() * t.element_size() for module in (model.unet, model.text_encoder, model.vae) for t in module.state_dict().values())
+    return sum(
+        t.numel() * t.element_size()
+        for module in (model.unet, model.text_encoder, model.vae)
+        for t in module.state_dict().values()
+    )
 
 
 def measure_memory(fn: Callable[[], Any], device: torch.device, model: Any) -> dict[str, Any]:
@@ -162,7 +173,12 @@ def measure_memory(fn: Callable[[], Any], device: torch.device, model: Any) -> d
         fn()
         synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        return {"kind": "cuda max_memory_allocated", "peak_gib": peak / GIB, "resident_gib": resident / GIB, "step_gib": (peak - resident) / GIB}
+        return {
+            "kind": "cuda max_memory_allocated",
+            "peak_gib": peak / GIB,
+            "resident_gib": resident / GIB,
+            "step_gib": (peak - resident) / GIB,
+        }
     saved = saved_for_backward(fn, model_storages(model))
     return {"kind": "saved for backward", "saved_gib": saved / GIB, "weights_gib": model_bytes(model) / GIB}
 

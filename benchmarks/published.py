@@ -25,7 +25,9 @@ def published_training_mode(model: Any, checkpointing: bool):
     unet_was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
     if checkpointing:
         unet.enable_gradient_checkpointing()
-        enable = getattr(text_encoder, "activation_checkpointing_enable", None) or text_encoder.gradient_checkpointing_enable
+        enable = (
+            getattr(text_encoder, "activation_checkpointing_enable", None) or text_encoder.gradient_checkpointing_enable
+        )
         enable({"use_reentrant": False})  # first parameter in both the old and the new name
         unet.train()
         text_encoder.train()  # SD's modules have no dropout: train() only switches checkpointing on
@@ -35,7 +37,10 @@ def published_training_mode(model: Any, checkpointing: bool):
         if checkpointing:
             if not unet_was_checkpointing:
                 unet.disable_gradient_checkpointing()
-            disable = getattr(text_encoder, "activation_checkpointing_disable", None) or text_encoder.gradient_checkpointing_disable
+            disable = (
+                getattr(text_encoder, "activation_checkpointing_disable", None)
+                or text_encoder.gradient_checkpointing_disable
+            )
             disable()
             unet.train(modes[0])
             text_encoder.train(modes[1])

@@ -167,7 +167,9 @@ def fresh_leaf(vectors: torch.Tensor) -> torch.nn.Parameter:
 
 
 # ============================================================================ the two paths
-def fast_step(model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, variant: str, temperature: float = 0.5) -> torch.Tensor:
+def fast_step(
+    model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, variant: str, temperature: float = 0.5
+) -> torch.Tensor:
     """One micro-batch through the fast path, with backward; returns the (detached) loss."""
     from noiseclr.discovery import micro_batch_loss
 
@@ -186,7 +188,9 @@ def fast_step(model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, v
     return result.loss.detach()
 
 
-def reference_step(model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, checkpointing: bool) -> torch.Tensor:
+def reference_step(
+    model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, checkpointing: bool
+) -> torch.Tensor:
     vectors.grad = None
     loss = reference_micro_batch_loss(
         model,
@@ -215,7 +219,9 @@ def run_fast(model: Any, inputs: dict[str, Any], checkpointing: bool = False) ->
     return float(loss), vectors.grad[inputs["drawn"].to(vectors.device)].double().cpu()
 
 
-def run_reference(model: Any, inputs: dict[str, Any], checkpointing: bool = False) -> tuple[float, torch.Tensor, dict[str, float]]:
+def run_reference(
+    model: Any, inputs: dict[str, Any], checkpointing: bool = False
+) -> tuple[float, torch.Tensor, dict[str, float]]:
     """The same through the published procedure (plus its ``delta_over_eps``)."""
     vectors = _leaf_for(model, inputs["vectors"])
     stats: dict[str, float] = {}
@@ -241,7 +247,9 @@ def path_errors(candidate: tuple[float, torch.Tensor], reference: tuple[float, t
     }
 
 
-def compare_paths(fast_model: Any, reference_model: Any, inputs: dict[str, Any], checkpointing: bool = False) -> dict[str, float]:
+def compare_paths(
+    fast_model: Any, reference_model: Any, inputs: dict[str, Any], checkpointing: bool = False
+) -> dict[str, float]:
     """Fast path (single-anchor) on ``fast_model`` vs the published procedure on ``reference_model``, same inputs."""
     return path_errors(run_fast(fast_model, inputs), run_reference(reference_model, inputs, checkpointing))
 
@@ -251,7 +259,9 @@ def saved_bytes_per_image(model: Any) -> dict[str, Any]:
     inputs = micro_batch_inputs(model, 1, 1)
     conditioning = model.null_conditioning().clone().requires_grad_(True)
     noisy = model.add_noise(inputs["latents"], inputs["noise"], inputs["timestep"])
-    total = saved_for_backward(lambda: model.predict_eps(noisy, inputs["timestep"], conditioning), model_storages(model))
+    total = saved_for_backward(
+        lambda: model.predict_eps(noisy, inputs["timestep"], conditioning), model_storages(model)
+    )
     return {"bytes_per_image": total, "gib_per_image": total / GIB, "dtype": str(model.dtype).replace("torch.", "")}
 
 
@@ -290,7 +300,9 @@ def flop_analysis(arch: str, batch: int, count: int, variant: str, full: bool = 
 
     def reference(drawn: int, checkpointing: bool) -> int:
         few = dict(inputs, drawn=inputs["drawn"][:drawn])
-        return count_flops(lambda: reference_step(twin, few, torch.nn.Parameter(inputs["vectors"]), checkpointing))["total"]
+        return count_flops(lambda: reference_step(twin, few, torch.nn.Parameter(inputs["vectors"]), checkpointing))[
+            "total"
+        ]
 
     def reference_at(checkpointing: bool) -> int:
         two, three = reference(2, checkpointing), reference(3, checkpointing)
@@ -308,7 +320,9 @@ def flop_analysis(arch: str, batch: int, count: int, variant: str, full: bool = 
     grad_rows = count * batch
     forward = (batch + grad_rows) * result["unet_forward_per_image"] + count * result["text_encoder_per_direction"]
     # Backward of the grad rows over their forward: ~1 with frozen weights (input gradients only), ~2 with weight gradients.
-    result["fast_backward_over_forward"] = (result["fast"]["total"] - forward) / (grad_rows * result["unet_forward_per_image"])
+    result["fast_backward_over_forward"] = (result["fast"]["total"] - forward) / (
+        grad_rows * result["unet_forward_per_image"]
+    )
     return result
 
 
@@ -344,7 +358,13 @@ def edit_benchmark(model: Any, steps: int, repeats: int, warmup: int, seed: int 
         model.decode_latents(state["edited1"][0])
 
     parts = {}
-    for name, fn in (("encode", encode), ("invert", inversion), ("edit_1_direction", edit_with(1)), ("edit_3_directions", edit_with(3)), ("decode", decode)):
+    for name, fn in (
+        ("encode", encode),
+        ("invert", inversion),
+        ("edit_1_direction", edit_with(1)),
+        ("edit_3_directions", edit_with(3)),
+        ("decode", decode),
+    ):
         cpu: list[float] = []
         parts[name] = summarize(time_call(fn, device, repeats, warmup, cpu), cpu)
     common = parts["encode"]["median_s"] + parts["invert"]["median_s"] + parts["decode"]["median_s"]
@@ -360,7 +380,9 @@ def edit_benchmark(model: Any, steps: int, repeats: int, warmup: int, seed: int 
 
 # ============================================================================ the run
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", choices=ARCHS, default="base", help="architecture (random weights): sd15, base, tiny")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, or meta (FLOP analysis only)")
     parser.add_argument("--dtype", default="auto", help="fast path dtype: auto = bf16 on the GPU, float32 on the CPU")
@@ -368,16 +390,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1; 3 with --compile)")
     parser.add_argument("--batch", type=int, default=6, help="N images per micro-batch (paper: 6)")
     parser.add_argument("--directions", type=int, default=21, help="J drawn directions: anchor + negatives (paper: 21)")
-    parser.add_argument("--also-directions", type=int, nargs="*", default=[], help="extra fast-path timings with these J")
+    parser.add_argument(
+        "--also-directions", type=int, nargs="*", default=[], help="extra fast-path timings with these J"
+    )
     parser.add_argument("--variant", default="all-anchors", help="loss variant timed on the fast path")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (fast path and edits)")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="fast path with UNet gradient checkpointing")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="fast path with UNet gradient checkpointing"
+    )
     parser.add_argument("--reference-checkpointing", choices=("on", "off"), default="on", help="published config: on")
     parser.add_argument("--edit-steps", type=int, default=50)
     parser.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (8192 GPU, 2048 CPU)")
-    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="peak assumed by --device meta")
-    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="leave out a section (repeatable)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="peak assumed by --device meta"
+    )
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=SECTIONS, help="leave out a section (repeatable)"
+    )
     parser.add_argument("--saved-bytes", action="store_true", help="also measure activation bytes kept per image")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
@@ -451,7 +481,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     }
     inputs = micro_batch_inputs(model, args.batch, args.directions, seed=args.seed)
     if optimize:
-        model.optimize(channels_last=args.channels_last, gradient_checkpointing=args.gradient_checkpointing, compile_unet=args.compile)
+        model.optimize(
+            channels_last=args.channels_last,
+            gradient_checkpointing=args.gradient_checkpointing,
+            compile_unet=args.compile,
+        )
 
     if args.saved_bytes:
         _log("activation bytes per image")
@@ -461,8 +495,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         results["fast"] = {}
         for count in [args.directions, *args.also_directions]:
             _log(f"fast path: N={args.batch}, J={count}")
-            step_inputs = inputs if count == args.directions else micro_batch_inputs(model, args.batch, count, seed=args.seed)
-            results["fast"][f"J={count}"] = guarded(device, lambda: time_fast(model, step_inputs, args, warmup, device, count == args.directions))
+            step_inputs = (
+                inputs if count == args.directions else micro_batch_inputs(model, args.batch, count, seed=args.seed)
+            )
+            results["fast"][f"J={count}"] = guarded(
+                device, lambda: time_fast(model, step_inputs, args, warmup, device, count == args.directions)
+            )
         main_entry = results["fast"][f"J={args.directions}"]
         if "median_s" in main_entry:
             main_entry["model_tflop"] = flops["fast"]["total"] / 1e12
@@ -480,7 +518,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         reference_model = wrap(reference_pipe, args.arch, device, torch.float32) if separate_reference else model
         reference_pipe = None
     if "reference" not in args.skip:
-        _log(f"reference path: {args.directions + 1} UNet calls of N={args.batch}, float32, checkpointing {args.reference_checkpointing}")
+        _log(
+            f"reference path: {args.directions + 1} UNet calls of N={args.batch}, float32, checkpointing {args.reference_checkpointing}"
+        )
         entry = guarded(device, lambda: time_reference(reference_model, inputs, args, checkpointing, device))
         entry["model_tflop"] = flops["reference"] / 1e12
         fast_s = results.get("fast", {}).get(f"J={args.directions}", {}).get("median_s")
@@ -491,7 +531,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
     if "check" not in args.skip:
         _log("equivalence check: fast vs reference (single-anchor, same inputs)")
-        results["check"] = guarded(device, lambda: equivalence_check(model, reference_model, inputs, dtype, checkpointing, args.arch))
+        results["check"] = guarded(
+            device, lambda: equivalence_check(model, reference_model, inputs, dtype, checkpointing, args.arch)
+        )
 
     if separate_reference and reference_model is not None:
         reference_model = None
@@ -501,7 +543,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
     if "edit" not in args.skip:
         _log(f"edit: one {model.resolution} px image, {args.edit_steps}-step DDIM inversion + edit")
-        results["edit"] = guarded(device, lambda: edit_benchmark(model, args.edit_steps, args.repeats, warmup, args.seed))
+        results["edit"] = guarded(
+            device, lambda: edit_benchmark(model, args.edit_steps, args.repeats, warmup, args.seed)
+        )
 
     fast_s = results.get("fast", {}).get(f"J={args.directions}", {}).get("median_s")
     if "projection" not in args.skip and fast_s is not None:
@@ -537,7 +581,9 @@ def guarded(device: torch.device, fn: Callable[[], dict[str, Any]]) -> dict[str,
         return {"error": f"out of memory ({first[:160]})"}
 
 
-def time_fast(model: Any, inputs: dict[str, Any], args: argparse.Namespace, warmup: int, device: torch.device, with_memory: bool) -> dict[str, Any]:
+def time_fast(
+    model: Any, inputs: dict[str, Any], args: argparse.Namespace, warmup: int, device: torch.device, with_memory: bool
+) -> dict[str, Any]:
     vectors = fresh_leaf(inputs["vectors"])
 
     def step() -> None:
@@ -551,7 +597,9 @@ def time_fast(model: Any, inputs: dict[str, Any], args: argparse.Namespace, warm
     return entry
 
 
-def time_reference(model: Any, inputs: dict[str, Any], args: argparse.Namespace, checkpointing: bool, device: torch.device) -> dict[str, Any]:
+def time_reference(
+    model: Any, inputs: dict[str, Any], args: argparse.Namespace, checkpointing: bool, device: torch.device
+) -> dict[str, Any]:
     vectors = fresh_leaf(inputs["vectors"])
 
     def step() -> None:
@@ -594,7 +642,13 @@ def equivalence_check(
 
         def verdict(errors: dict[str, float], dtype_name: str, limits: tuple[float, float]) -> dict[str, Any]:
             ok = errors["loss_rel_error"] <= limits[0] and errors["grad_rel_error"] <= limits[1]
-            return {**errors, "dtype": dtype_name, "loss_threshold": limits[0], "grad_threshold": limits[1], "passed": bool(ok)}
+            return {
+                **errors,
+                "dtype": dtype_name,
+                "loss_threshold": limits[0],
+                "grad_threshold": limits[1],
+                "passed": bool(ok),
+            }
 
         result["fast"] = verdict(path_errors(fast, reference), name, (loss_limit, grad_limit))
         if reference_model is not model and dtype != torch.float32:

@@ -6,6 +6,7 @@ from typing import Any
 
 from measuring import GIB
 
+
 # ============================================================================ report
 def _fmt_s(seconds: float | None) -> str:
     if seconds is None:
@@ -55,7 +56,13 @@ def _cost_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[
                      f"with checkpointing {_fmt_s(floor['fast_with_checkpointing_s'])}"))  # fmt: skip
     if "peak" in results:
         peak = results["peak"]
-        rows.append((f"matmul peak ({peak['dtype']} {peak['size']}^3)", f"{peak['tflops_median']:.3f} TFLOP/s", f"load {peak['load_average']}"))
+        rows.append(
+            (
+                f"matmul peak ({peak['dtype']} {peak['size']}^3)",
+                f"{peak['tflops_median']:.3f} TFLOP/s",
+                f"load {peak['load_average']}",
+            )
+        )
     if "gib_per_image" in results.get("saved_bytes", {}):
         kept = results["saved_bytes"]["bytes_per_image"]
         rows.append(("activations kept per image (grad call)", f"{kept / 2**20:.1f} MiB",
@@ -87,14 +94,23 @@ def _timing_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tupl
         rows.append(("reference micro-batch (published procedure)", "ERROR", results["reference"]["error"]))
     elif "reference" in results:
         ref = results["reference"]
-        notes = [f"load {ref['load_average']}", f"checkpointing {'on (kept: block inputs only)' if ref['checkpointing'] else 'off'}"]
+        notes = [
+            f"load {ref['load_average']}",
+            f"checkpointing {'on (kept: block inputs only)' if ref['checkpointing'] else 'off'}",
+        ]
         if "cpu_s_median" in ref:
             notes.append(f"CPU {ref['cpu_s_median']:.2f} s")
         notes.extend(_memory_notes(ref.get("memory", {})))
         rows.append(("reference micro-batch (published procedure)", _fmt_s(ref["median_s"]), "; ".join(notes)))
         rows.append(("  + its per-micro-batch VAE encode", _fmt_s(ref["vae_encode"]["median_s"]), ""))
         if "speedup" in ref:
-            rows.append(("speed-up fast vs reference", f"{ref['speedup']:.1f}x", f"{ref['speedup_with_vae_encode']:.1f}x incl. VAE encode"))
+            rows.append(
+                (
+                    "speed-up fast vs reference",
+                    f"{ref['speedup']:.1f}x",
+                    f"{ref['speedup_with_vae_encode']:.1f}x incl. VAE encode",
+                )
+            )
     return rows
 
 
@@ -134,7 +150,13 @@ def _edit_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[
         parts = edit["parts"]
         detail = ", ".join(f"{k} {_fmt_s(v['median_s'])}" for k, v in parts.items())
         rows.append((f"edit 1 image {edit['resolution']} px, 1 direction", _fmt_s(edit["total_1_direction_s"]), detail))
-        rows.append((f"edit 1 image {edit['resolution']} px, 3 directions", _fmt_s(edit["total_3_directions_s"]), f"load {edit['load_average']}"))
+        rows.append(
+            (
+                f"edit 1 image {edit['resolution']} px, 3 directions",
+                _fmt_s(edit["total_3_directions_s"]),
+                f"load {edit['load_average']}",
+            )
+        )
     if "projection" in results:
         projection = results["projection"]
         rows.append(("full default discovery (K=100, 1000x4)", _fmt_s(projection["fast_s"]), "projected, fast path"))

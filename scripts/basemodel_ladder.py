@@ -44,7 +44,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = ladder.LadderSettings()
-    overrides = {k: getattr(args, k) for k in ("vae_images", "unet_images", "samples_per_value") if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k) for k in ("vae_images", "unet_images", "samples_per_value") if getattr(args, k) is not None
+    }
     settings = replace(settings, **overrides)
     if args.probe_images is not None:
         settings = replace(settings, probe=replace(settings.probe, images=args.probe_images))
@@ -60,8 +62,10 @@ def main() -> int:
                   cpu_minutes=round((time.process_time() - cpu) / 60, 2), wall_minutes=round((time.monotonic() - wall) / 60, 2))  # fmt: skip
     atomic_write_json(args.out.with_suffix(".json"), result)
     title = args.title or f"Diagnostic ladder of `{args.model}`"
-    head = (f"{title}\n\nMeasured {result['date']} on {device}: {result['cpu_minutes']:.1f} CPU-min "
-            f"({result['wall_minutes']:.1f} min wall). Command: `{result['command']}`\n")
+    head = (
+        f"{title}\n\nMeasured {result['date']} on {device}: {result['cpu_minutes']:.1f} CPU-min "
+        f"({result['wall_minutes']:.1f} min wall). Command: `{result['command']}`\n"
+    )
     atomic_write_text(args.out.with_suffix(".md"), head + "\n" + ladder.markdown(result) + "\n")
     print(ladder.markdown(result))
     print(f"ladder: {result['cpu_minutes']:.1f} CPU-min")

@@ -25,7 +25,9 @@ def arm_row(folder: Path) -> dict:
     runs = json.loads((folder / "runs.json").read_text())
     train = [r for r in runs if "diffusion" in r["stages"]]
     result = json.loads((folder / "ladder.json").read_text())
-    record = json.loads((folder / "export.training.json").read_text()) if (folder / "export.training.json").is_file() else {}
+    record = (
+        json.loads((folder / "export.training.json").read_text()) if (folder / "export.training.json").is_file() else {}
+    )
     return {"runs": train, "ladder": result, "record": record}
 
 

@@ -42,7 +42,11 @@ def main() -> int:
         started = time.monotonic()
         protocol = EditProtocol(steps=steps, inversion="ddpm", seed=0)
         split = prepare_split(model, reader, args.domain, "validation", args.images, protocol, progress=False)
-        edits = [[DirectionTerm(directions, k, strength=sign * args.strength)] for k in range(directions.count) for sign in SIGNS]
+        edits = [
+            [DirectionTerm(directions, k, strength=sign * args.strength)]
+            for k in range(directions.count)
+            for sign in SIGNS
+        ]
         edited, _ = render_and_read(model, split.inversion, reader, edits, protocol.passes, progress=False)
         edited = edited.view(directions.count, len(SIGNS), *edited.shape[1:])
         tables[steps] = change_fractions(axis_changed(changed_mask(edited, split.recon_indices)))

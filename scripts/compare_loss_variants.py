@@ -57,14 +57,19 @@ def smooth_random_images(count: int, size: int, seed: int) -> torch.Tensor:
     pixels = torch.zeros(count, 3, size, size)
     for cells in (2, 4, 8, 16):
         coarse = torch.randn(count, 3, cells, cells, generator=generator)
-        pixels += torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False) / cells**0.5
+        pixels += (
+            torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+            / cells**0.5
+        )
     return (pixels / pixels.abs().amax(dim=(1, 2, 3), keepdim=True)).clamp(-1, 1)
 
 
 class Probe:
     """Fixed images x timesteps x noise on which every direction is evaluated."""
 
-    def __init__(self, model: DiffusionModel, pixels: torch.Tensor, timesteps: list[int], temperature: float, seed: int):
+    def __init__(
+        self, model: DiffusionModel, pixels: torch.Tensor, timesteps: list[int], temperature: float, seed: int
+    ):
         self.model = model
         self.latents = model.encode_images(pixels)
         generator = torch.Generator().manual_seed(seed + 1000)
@@ -93,11 +98,15 @@ def check_against_published(model: DiffusionModel, probe: Probe, temperature: fl
     drawn = torch.arange(6)
     latents, noise, timestep = probe.latents[:4], probe.noise[0][:4], probe.timesteps[0]
     with torch.no_grad():
-        ours = micro_batch_loss(model, vectors, latents, timestep, noise, drawn, variant="single-anchor", temperature=temperature)
+        ours = micro_batch_loss(
+            model, vectors, latents, timestep, noise, drawn, variant="single-anchor", temperature=temperature
+        )
         theirs = reference_micro_batch_loss(model, vectors, latents, timestep, noise, drawn, temperature=temperature)
     gap = abs(float(ours.loss) - float(theirs)) / max(abs(float(theirs)), 1e-12)
     if gap > 1e-3:
-        raise SystemExit(f"the single-anchor loss differs from the published procedure's by {gap:.2e}; not comparing variants")
+        raise SystemExit(
+            f"the single-anchor loss differs from the published procedure's by {gap:.2e}; not comparing variants"
+        )
     return gap
 
 
@@ -170,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     probe_pixels = pixels[: args.probe_images]  # fixed; training may also see them (fine for a comparison)
     probe = Probe(model, probe_pixels, args.probe_timesteps, args.temperature, seed=0)
     gap = check_against_published(model, probe, args.temperature)
-    print(f"single-anchor loss vs the published procedure (benchmarks/published.py), one micro-batch: relative gap {gap:.2e}")
+    print(
+        f"single-anchor loss vs the published procedure (benchmarks/published.py), one micro-batch: relative gap {gap:.2e}"
+    )
 
     rows: list[dict] = []
     for seed in args.seeds:
@@ -207,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             entry = {
                 "step": step,
                 "variant": variant,
-                **{k: statistics.fmean(r[k] for r in picked) for k in ("train_loss", "probe_loss", "probe_abs_cos", "anchored")},
+                **{
+                    k: statistics.fmean(r[k] for r in picked)
+                    for k in ("train_loss", "probe_loss", "probe_abs_cos", "anchored")
+                },
                 "probe_loss_sd": statistics.pstdev([r["probe_loss"] for r in picked]),
             }
             table.append(entry)
@@ -215,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {step} | {variant} | {entry['train_loss']:.3f} | {entry['probe_loss']:.3f} ± {entry['probe_loss_sd']:.3f} "
                 f"| {entry['probe_abs_cos']:.3f} | {entry['anchored']:.2f} |"
             )
-    seconds = {v: statistics.fmean(r["seconds"] for r in rows if r["variant"] == v and r["step"] == steps[-1]) for v in VARIANTS}
+    seconds = {
+        v: statistics.fmean(r["seconds"] for r in rows if r["variant"] == v and r["step"] == steps[-1])
+        for v in VARIANTS
+    }
     print("\nseconds per run:", {k: round(v, 1) for k, v in seconds.items()})
     summary = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

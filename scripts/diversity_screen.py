@@ -25,7 +25,14 @@ import torch
 from noiseclr.chance import ReferenceCache, judge, split_reference
 from noiseclr.discovery import DiscoverySettings, discover
 from noiseclr.fileio import atomic_write_json
-from noiseclr.measure import EditProtocol, direction_records, load_reader, prepare_split, reader_factor_names, render_and_read
+from noiseclr.measure import (
+    EditProtocol,
+    direction_records,
+    load_reader,
+    prepare_split,
+    reader_factor_names,
+    render_and_read,
+)
 from noiseclr.measure import render_pixels, seeds_for
 from noiseclr.metrics import SIGNS, axis_changed, change_fractions, changed_mask
 from noiseclr.model import DiffusionModel
@@ -52,7 +59,9 @@ def run_arm(args: argparse.Namespace) -> dict:
     names = reader_factor_names(reader, args.domain)
     protocol = EditProtocol(steps=20, inversion="ddpm")
     split = prepare_split(model, reader, args.domain, "demo-test", args.test_images, protocol, progress=False)
-    edits = [[DirectionTerm(found, k, None, strength=sign * args.strength)] for k in range(found.count) for sign in SIGNS]
+    edits = [
+        [DirectionTerm(found, k, None, strength=sign * args.strength)] for k in range(found.count) for sign in SIGNS
+    ]
     read, _ = render_and_read(model, split.inversion, reader, edits, protocol.passes, progress=False)
     edited = read.view(found.count, len(SIGNS), *read.shape[1:])
     changed = changed_mask(edited, split.recon_indices)
@@ -67,14 +76,25 @@ def run_arm(args: argparse.Namespace) -> dict:
     return {
         "arm": args.out.name,
         "domain": args.domain,
-        "settings": {k: getattr(settings, k) for k in ("num_directions", "steps", "num_negatives", "diversity_weight",
-                                                        "reseed_duplicates", "magnitude_floor", "axis_negatives")},  # fmt: skip
+        "settings": {
+            k: getattr(settings, k)
+            for k in (
+                "num_directions",
+                "steps",
+                "num_negatives",
+                "diversity_weight",
+                "reseed_duplicates",
+                "magnitude_floor",
+                "axis_negatives",
+            )
+        },  # fmt: skip
         "clean": len(clean),
         "distinct_clean_factors": sorted({r.main_factor for r in clean}),
         "duplicate_pairs": duplicates,
         "beats_random": sum(v["beats_random"] for v in verdicts),
-        "beats_random_and_clean_factors": sorted({v["factor"] for v, r in zip(verdicts, records)
-                                                  if v["beats_random"] and r in clean}),  # fmt: skip
+        "beats_random_and_clean_factors": sorted(
+            {v["factor"] for v, r in zip(verdicts, records) if v["beats_random"] and r in clean}
+        ),  # fmt: skip
         "random_threshold": round(reference.threshold(), 4),
         "random_self_wins": sum(v["beats_random"] for v in random_wins),
         "reference_cached": cached,

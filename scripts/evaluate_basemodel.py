@@ -35,11 +35,18 @@ def pct(value: float) -> str:
 
 
 def table(title: str, per_domain: dict[str, dict[str, float]], bar: float) -> list[str]:
-    lines = [f"### {title} (bar: every factor ≥ {pct(bar)})", "", "| domain | mean | min (factor) | per factor |", "|---|---|---|---|"]
+    lines = [
+        f"### {title} (bar: every factor ≥ {pct(bar)})",
+        "",
+        "| domain | mean | min (factor) | per factor |",
+        "|---|---|---|---|",
+    ]
     for domain, factors in per_domain.items():
         worst = min(factors, key=factors.get)
         cells = ", ".join(f"{name} {pct(value)}" for name, value in factors.items())
-        lines.append(f"| {domain} | {pct(sum(factors.values()) / len(factors))} | {pct(factors[worst])} ({worst}) | {cells} |")
+        lines.append(
+            f"| {domain} | {pct(sum(factors.values()) / len(factors))} | {pct(factors[worst])} ({worst}) | {cells} |"
+        )
     return lines + [""]
 
 
@@ -89,30 +96,44 @@ def probe_settings(args: argparse.Namespace) -> "quality.ProbeSettings":
 def markdown(results: dict) -> str:
     lines = [
         f"Measured {results['date']} on {results['device']} ({results['seconds'] / 60:.1f} min), model `{results['model']}`.",
-        f"Command: `{results['command']}`", "",
+        f"Command: `{results['command']}`",
+        "",
     ]
     lines += table("Readers on fresh renders", results["readers"], BARS["readers"])
     lines += table("Readers on VAE reconstructions", results["vae"], BARS["vae"])
     text = results["text"]
-    lines += [f"### Text conditioning ({results['settings']['steps']} DDIM steps, CFG {results['settings']['guidance']}, "
-              f"{results['settings']['samples_per_value']} samples per value; bar: mean over factors ≥ {pct(BARS['text'])})", "",
-              "| domain | mean over factors | per factor |", "|---|---|---|"]
+    lines += [
+        f"### Text conditioning ({results['settings']['steps']} DDIM steps, CFG {results['settings']['guidance']}, "
+        f"{results['settings']['samples_per_value']} samples per value; bar: mean over factors ≥ {pct(BARS['text'])})",
+        "",
+        "| domain | mean over factors | per factor |",
+        "|---|---|---|",
+    ]
     for domain, factors in text["per_factor"].items():
         cells = ", ".join(f"{name} {pct(value)}" for name, value in factors.items())
         lines.append(f"| {domain} | {pct(text['per_domain'][domain])} | {cells} |")
     lines += [f"| **all** | **{pct(text['overall'])}** | |", ""]
     unc = results["unconditional"]
-    lines += [f"### Unconditional samples ({unc['samples']}, null prompt)", "",
-              f"Domains (classifier accuracy {pct(results['domain_classifier_accuracy'])} on renders): "
-              + ", ".join(f"{d} {n}" for d, n in unc["domain_counts"].items()) + ".",
-              f"Values covered: {pct(unc['values_covered'])}; missing: {', '.join(unc['missing_values']) or 'none'}.", ""]
+    lines += [
+        f"### Unconditional samples ({unc['samples']}, null prompt)",
+        "",
+        f"Domains (classifier accuracy {pct(results['domain_classifier_accuracy'])} on renders): "
+        + ", ".join(f"{d} {n}" for d, n in unc["domain_counts"].items())
+        + ".",
+        f"Values covered: {pct(unc['values_covered'])}; missing: {', '.join(unc['missing_values']) or 'none'}.",
+        "",
+    ]
     lines += table("DDIM inversion + null regeneration (50 steps)", results["inversion"], BARS["inversion"])
     if "probe" in results:
         lines += probe_lines(results["probe"])
     step = results["discovery_step"]
-    lines += [f"### CPU speed: one discovery micro-batch ({step['images']} images x {step['directions']} directions, with backward)", "",
-              f"median {step['median_seconds']:.2f} s (min {step['min_seconds']:.2f} s) over {step['repeats']} repeats, "
-              f"{step['threads']} threads; bar ≤ {BARS['step_seconds']} s.", ""]
+    lines += [
+        f"### CPU speed: one discovery micro-batch ({step['images']} images x {step['directions']} directions, with backward)",
+        "",
+        f"median {step['median_seconds']:.2f} s (min {step['min_seconds']:.2f} s) over {step['repeats']} repeats, "
+        f"{step['threads']} threads; bar ≤ {BARS['step_seconds']} s.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -123,10 +144,25 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/basemodel_quality"), help="path stem for .json and .md")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test, not the card's numbers)")
     parser.add_argument("--threads", type=int, default=None)
-    for field in ("reader_images", "vae_images", "samples_per_value", "unconditional_samples", "inversion_images", "steps"):
-        parser.add_argument("--" + field.replace("_", "-"), type=int, default=None, help="override the size (see QualitySettings)")
+    for field in (
+        "reader_images",
+        "vae_images",
+        "samples_per_value",
+        "unconditional_samples",
+        "inversion_images",
+        "steps",
+    ):
+        parser.add_argument(
+            "--" + field.replace("_", "-"), type=int, default=None, help="override the size (see QualitySettings)"
+        )
     parser.add_argument("--probe-only", action="store_true", help="only the controllability probe (minutes)")
-    parser.add_argument("--curve", type=Path, default=None, metavar="SNAPSHOTS", help="the probe on every step-NNNNNN snapshot in this folder")
+    parser.add_argument(
+        "--curve",
+        type=Path,
+        default=None,
+        metavar="SNAPSHOTS",
+        help="the probe on every step-NNNNNN snapshot in this folder",
+    )
     parser.add_argument("--probe-images", type=int, default=None)
     parser.add_argument("--probe-steps", type=int, default=None)
     parser.add_argument("--probe-scales", type=float, nargs="+", default=None)
@@ -149,7 +185,11 @@ def main() -> int:
         print(f"wrote {args.out.with_suffix('.json')}")
         return 0
     model = DiffusionModel.load(args.model, device=args.device, dtype="float32")
-    device = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name(model.device)
+        if model.device.type == "cuda"
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     print(f"device: {device}; model {model.name}", flush=True)
     readers = quality.load_readers()
     results: dict = {"model": model.name, "device": device, "settings": asdict(settings),

@@ -36,10 +36,14 @@ def main() -> None:
     for t in (100, 500, 900):
         noise = torch.randn(latents.shape, generator=generator)
         features, response = delta_and_response(model, vectors, latents, t, noise, drawn)
-        (grad_contrast,) = torch.autograd.grad(contrastive_loss(features, 0.5, "all-anchors", False), vectors, retain_graph=True)
+        (grad_contrast,) = torch.autograd.grad(
+            contrastive_loss(features, 0.5, "all-anchors", False), vectors, retain_graph=True
+        )
         (grad_hinge,) = torch.autograd.grad(args.weight * magnitude_hinge(response, args.floor), vectors)
-        print(f"t={t}: response {float(response.mean()):.5f}  |grad contrastive| {float(grad_contrast.norm(dim=1).mean()):.3e}  "
-              f"|grad hinge| {float(grad_hinge.norm(dim=1).mean()):.3e}")
+        print(
+            f"t={t}: response {float(response.mean()):.5f}  |grad contrastive| {float(grad_contrast.norm(dim=1).mean()):.3e}  "
+            f"|grad hinge| {float(grad_hinge.norm(dim=1).mean()):.3e}"
+        )
 
 
 if __name__ == "__main__":

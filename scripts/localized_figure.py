@@ -41,7 +41,9 @@ def main() -> None:
 
     model = DiffusionModel.load(args.model)
     pixels, _ = render_pixels(args.domain, seeds_for("heldout", args.images, args.seed), model.resolution)
-    inversion = invert(model, model.encode_images(pixels), "ddpm", args.steps, generator=torch.Generator().manual_seed(0))
+    inversion = invert(
+        model, model.encode_images(pixels), "ddpm", args.steps, generator=torch.Generator().manual_seed(0)
+    )
 
     def term(region: str | None):
         if args.prompt is not None:
@@ -51,7 +53,9 @@ def main() -> None:
         return found
 
     settings = AutoRegion(args.region_top, args.region_smoothing).validate()
-    edited, regions = render_edits(model, inversion, [[term(None)], [term("auto")]], auto_region=settings, return_regions=True)
+    edited, regions = render_edits(
+        model, inversion, [[term(None)], [term("auto")]], auto_region=settings, return_regions=True
+    )
     rows = [[tensor_to_pil(pixels[b]), tensor_to_pil(edited[0, b]), tensor_to_pil(edited[1, b]),
              tensor_to_pil(region_overlay(edited[1, b], regions[1, b]))] for b in range(args.images)]  # fmt: skip
     title = f"{term(None).describe()}, #auto"

@@ -37,7 +37,9 @@ def main() -> None:
     model = DiffusionModel.load(args.model)
     seeds = seeds_for("scenes", args.images, args.seed)
     pixels, labels = render_pixels("scenes", seeds, model.resolution)
-    inversion = invert(model, model.encode_images(pixels), "ddpm", args.steps, generator=torch.Generator().manual_seed(0))
+    inversion = invert(
+        model, model.encode_images(pixels), "ddpm", args.steps, generator=torch.Generator().manual_seed(0)
+    )
     loaded: dict = {}
 
     def terms(mode: str) -> list:

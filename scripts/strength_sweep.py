@@ -47,7 +47,10 @@ def main() -> int:
         effective = [r for r in records if r.effective]
         purity = statistics.fmean(r.purity for r in effective) if effective else float("nan")
         named = "; ".join(f"{r.index}: {r.name} ({r.strength:.2f}/{r.purity:.2f})" for r in records)
-        print(f"| {strength:g}% | {len(effective)}/{len(records)} | {purity:.2f} | {named} | ({time.monotonic() - started:.0f} s)", flush=True)
+        print(
+            f"| {strength:g}% | {len(effective)}/{len(records)} | {purity:.2f} | {named} | ({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
     return 0
 
 

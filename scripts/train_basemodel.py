@@ -45,20 +45,46 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=DiffusionSettings.lr)
     parser.add_argument("--sample-every", type=int, default=DiffusionSettings.sample_every)
     parser.add_argument("--snapshot-every", type=int, default=DiffusionSettings.snapshot_every)
-    parser.add_argument("--warmup", type=int, default=DiffusionSettings.warmup, help="LR warm-up steps (from the start or warm start)")
-    parser.add_argument("--ema-decay", type=float, default=DiffusionSettings.ema_decay,
-                        help="EMA decay (short ablation arms need a short window, e.g. 0.99)")
-    parser.add_argument("--mask-weight", type=float, default=DiffusionSettings.mask_weight,
-                        help="(a) feature-mask loss weighting strength (needs --pool-masks when the pool is built)")
-    parser.add_argument("--text-aux-weight", type=float, default=DiffusionSettings.text_aux_weight,
-                        help="(b) weight of the text encoder's per-factor read-out loss")
-    parser.add_argument("--paired-fraction", type=float, default=DiffusionSettings.paired_fraction,
-                        help="(c) share of each batch drawn as counterfactual pairs (needs --pool-pairs)")
+    parser.add_argument(
+        "--warmup", type=int, default=DiffusionSettings.warmup, help="LR warm-up steps (from the start or warm start)"
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=DiffusionSettings.ema_decay,
+        help="EMA decay (short ablation arms need a short window, e.g. 0.99)",
+    )
+    parser.add_argument(
+        "--mask-weight",
+        type=float,
+        default=DiffusionSettings.mask_weight,
+        help="(a) feature-mask loss weighting strength (needs --pool-masks when the pool is built)",
+    )
+    parser.add_argument(
+        "--text-aux-weight",
+        type=float,
+        default=DiffusionSettings.text_aux_weight,
+        help="(b) weight of the text encoder's per-factor read-out loss",
+    )
+    parser.add_argument(
+        "--paired-fraction",
+        type=float,
+        default=DiffusionSettings.paired_fraction,
+        help="(c) share of each batch drawn as counterfactual pairs (needs --pool-pairs)",
+    )
     parser.add_argument("--pool-masks", action="store_true", help="store feature weight maps with the pool")
-    parser.add_argument("--pool-pairs", type=int, default=DiffusionSettings.pool_pairs,
-                        help="encode a counterfactual partner for this many pool renders")
-    parser.add_argument("--warm-start", default=None, metavar="MODEL_DIR",
-                        help="seed an empty --work from a trained model folder ('embedded': the shipped weights)")
+    parser.add_argument(
+        "--pool-pairs",
+        type=int,
+        default=DiffusionSettings.pool_pairs,
+        help="encode a counterfactual partner for this many pool renders",
+    )
+    parser.add_argument(
+        "--warm-start",
+        default=None,
+        metavar="MODEL_DIR",
+        help="seed an empty --work from a trained model folder ('embedded': the shipped weights)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export-to", type=Path, default=ASSET_DIR)
     args = parser.parse_args()
@@ -66,8 +92,15 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     trainer = BaseModelTrainer(args.work, device=args.device, minutes=args.minutes, log=lambda m: print(m, flush=True))
-    device_name = torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"device: {device_name}; torch {torch.__version__}; started {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", flush=True)
+    device_name = (
+        torch.cuda.get_device_name(trainer.device)
+        if trainer.device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device: {device_name}; torch {torch.__version__}; started {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+        flush=True,
+    )
     vae_settings = VAESettings(steps=args.vae_steps, batch_size=args.vae_batch, seed=args.seed)
     diffusion_settings = DiffusionSettings(
         steps=args.diffusion_steps,
@@ -109,9 +142,16 @@ def main() -> int:
     seconds = time.monotonic() - started
     write_training_record(
         args.work,
-        {"stages": stages, "finished": finished, "seconds": round(seconds, 1),
-         "cpu_seconds": round(time.process_time() - cpu_started, 1), "device": device_name, "argv": sys.argv[1:],
-         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host_cpus": os.cpu_count()},
+        {
+            "stages": stages,
+            "finished": finished,
+            "seconds": round(seconds, 1),
+            "cpu_seconds": round(time.process_time() - cpu_started, 1),
+            "device": device_name,
+            "argv": sys.argv[1:],
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host_cpus": os.cpu_count(),
+        },
     )
     state = "done" if finished else "paused (time limit); run the same command again to continue"
     print(f"{state}; {seconds / 60:.1f} min on {device_name}")

@@ -73,7 +73,7 @@ STRESS = {
     "jpeg q30": lambda x: _jpeg(x, 30),
     "noise 0.1": lambda x: (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1),
     "noise 0.2": lambda x: (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1),
-    "brightness -10%": lambda x: ((x + 1) * 0.9 - 1),
+    "brightness -10%": lambda x: (x + 1) * 0.9 - 1,
 }
 
 
@@ -107,14 +107,23 @@ def main() -> int:
     parser.add_argument("--train-images", type=int, default=ReaderTrainSettings.train_images)
     parser.add_argument("--lr", type=float, default=ReaderTrainSettings.lr)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-images", type=int, default=2000, help="fresh renders per domain for the final evaluation")
+    parser.add_argument(
+        "--eval-images", type=int, default=2000, help="fresh renders per domain for the final evaluation"
+    )
     parser.add_argument("--out", type=Path, default=ASSETS_DIR, help="folder for <domain>.safetensors")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (augmentation always runs on the CPU)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: the machine is shared)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads for torch (default 1: the machine is shared)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the readers in --out (no training)")
-    parser.add_argument("--stress", type=int, default=0, metavar="N",
-                        help="also print accuracy under harder degradations on N fresh renders")
+    parser.add_argument(
+        "--stress",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print accuracy under harder degradations on N fresh renders",
+    )
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -130,12 +139,16 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda"
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
         else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s))"
     )
     command = "python scripts/train_readers.py " + shlex.join(sys.argv[1:])
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    print(f"device: {device_name}; torch {torch.__version__}; started {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", flush=True)
+    print(
+        f"device: {device_name}; torch {torch.__version__}; started {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+        flush=True,
+    )
 
     domains = list(DOMAINS) if args.domain == "all" else [args.domain]
     tables = []
@@ -173,7 +186,13 @@ def main() -> int:
             "augment": asdict(settings.augment),
             "val_accuracy": result.val_accuracy,
         }
-        meta = {"command": command, "date": date, "device": device_name, "torch": torch.__version__, "train": train_info}
+        meta = {
+            "command": command,
+            "date": date,
+            "device": device_name,
+            "torch": torch.__version__,
+            "train": train_info,
+        }
         result.reader.save(path, meta)
         # Evaluate what ships: the fp16 file, loaded back.
         started = time.monotonic()

@@ -39,6 +39,7 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("float64") or FLOAT64_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(skip)
 
+
 TINY_VARIANTS = {
     # epsilon prediction, text width 32, 16 positions
     "eps": dict(text_width=32, max_length=16, prediction_type="epsilon"),

@@ -39,8 +39,14 @@ def main(argv: list[str]) -> int:
     from noiseclr.runtime import RuntimeSettings
 
     model_dir, out, batch_size, steps = argv[0], argv[1], int(argv[2]), int(argv[3])
-    result = discover(model_dir, worker_pixels(), out, worker_settings(batch_size, steps),
-                      runtime=RuntimeSettings(device="cpu", dtype="float32"), progress=False)
+    result = discover(
+        model_dir,
+        worker_pixels(),
+        out,
+        worker_settings(batch_size, steps),
+        runtime=RuntimeSettings(device="cpu", dtype="float32"),
+        progress=False,
+    )
     rank, size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
     print(f"rank {rank} of {size}: main {result.is_main_process}, loss {result.final_loss:.6f}")
     return 0

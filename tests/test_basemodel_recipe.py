@@ -35,7 +35,9 @@ def test_mask_weighting_with_all_ones_maps_equals_the_plain_loss():
     weights = T.mask_loss_weights(torch.ones(4, 2, 2), strength=3.0)
     assert weights.shape == (4, 1, 2, 2)
     assert torch.allclose(weights, torch.ones_like(weights))
-    assert torch.allclose(T.diffusion_loss(pred, noise, alpha_bar, 5.0, weights), T.diffusion_loss(pred, noise, alpha_bar, 5.0))
+    assert torch.allclose(
+        T.diffusion_loss(pred, noise, alpha_bar, 5.0, weights), T.diffusion_loss(pred, noise, alpha_bar, 5.0)
+    )
     # Strength 0 ignores the map; a map concentrated on one cell moves the loss towards that cell's error.
     peaked = torch.zeros(4, 2, 2)
     peaked[:, 0, 0] = 4.0  # mean 1
@@ -60,7 +62,9 @@ def test_readout_targets_and_loss_reach_the_text_encoder():
     readout = T.FactorReadout(16)
     heads = readout.heads
     assert ("faces", "mouth", 3) in heads and ("scenes", "face.mouth", 3) in heads and ("cats", "stripes", 2) in heads
-    targets = T.readout_targets(["faces", "cats", "faces"], [{"mouth": "frown", "glasses": "yes"}, {"stripes": "yes"}, {}], heads)
+    targets = T.readout_targets(
+        ["faces", "cats", "faces"], [{"mouth": "frown", "glasses": "yes"}, {"stripes": "yes"}, {}], heads
+    )
     assert targets.shape == (3, len(heads))
     assert targets[0, heads.index(("faces", "mouth", 3))] == 2 and targets[0, heads.index(("faces", "glasses", 2))] == 1
     assert targets[1, heads.index(("cats", "stripes", 2))] == 1

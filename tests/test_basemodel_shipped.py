@@ -55,7 +55,9 @@ def test_samples_faces_and_follows_the_caption():
     prompts = {"plain": "a cartoon face with no glasses", "named": "a cartoon face with glasses on a blue background"}
     read = {}
     for key, prompt in prompts.items():
-        pixels = generate(model, [prompt] * 8, [], GenerateSettings(steps=20, guidance_scale=5.0, seed=0), progress=False).images
+        pixels = generate(
+            model, [prompt] * 8, [], GenerateSettings(steps=20, guidance_scale=5.0, seed=0), progress=False
+        ).images
         assert pixels.shape == (8, 3, 128, 128) and torch.isfinite(pixels).all()
         assert pixels.std() > 0.1  # an image, not a flat field
         read[key] = reader.predict_labels(pixels)

@@ -157,8 +157,14 @@ def test_dominant_value_and_any_changed():
 def test_interference_by_hand():
     face_names = ["skin", "glasses", "background"]
     cat_names = ["fur_color", "stripes", "background"]
-    face = (face_names, torch.tensor([[False, True, True], [False, True, False], [True, False, False], [False, False, False]]))
-    cat = (cat_names, torch.tensor([[True, False, True], [False, False, False], [True, True, False], [False, True, False]]))
+    face = (
+        face_names,
+        torch.tensor([[False, True, True], [False, True, False], [True, False, False], [False, False, False]]),
+    )
+    cat = (
+        cat_names,
+        torch.tensor([[True, False, True], [False, False, False], [True, True, False], [False, True, False]]),
+    )
     # Alone: the face direction (glasses) changed glasses in 2/4; the cat changed in images 0, 2, 3 (background ignored).
     assert alone_interference(face, cat, "glasses") == {"own_change": 0.5, "interference": 0.75}
     pair = pair_interference(face, cat, "glasses", "fur_color")
@@ -292,18 +298,26 @@ def test_selection_uses_only_validation_images(tiny_model, tmp_path, monkeypatch
     for k, record in enumerate(method["directions"]):
         kept = method["validation_survivors"][k]
         pick = select_edit(table[k, kept], [settings.grid()[g] for g in kept], settings.min_preservation)
-        assert (pick.config.scale, pick.config.start, pick.config.end) == (record["scale"], record["start"], record["end"])
+        assert (pick.config.scale, pick.config.start, pick.config.end) == (
+            record["scale"],
+            record["start"],
+            record["end"],
+        )
 
 
 # ------------------------------------------------------------------------------ prompt terms
 def conditioning_stub(model: DiffusionModel):
     """eps(x, t, c): a function of t and c only, so each step's combined eps can be read back exactly."""
-    pattern = torch.randn(model.latent_channels, model.latent_size, model.latent_size, generator=torch.Generator().manual_seed(5))
+    pattern = torch.randn(
+        model.latent_channels, model.latent_size, model.latent_size, generator=torch.Generator().manual_seed(5)
+    )
 
     def predict_eps(latents, timesteps, conditioning):
         t = torch.as_tensor(timesteps).to(latents.dtype).reshape(-1, 1, 1, 1).expand(latents.shape[0], 1, 1, 1)
         c = conditioning.to(latents.dtype)
-        return torch.cos(pattern.to(latents) + t / 300) * c.mean(dim=(1, 2)).view(-1, 1, 1, 1) + c.std(dim=(1, 2)).view(-1, 1, 1, 1)
+        return torch.cos(pattern.to(latents) + t / 300) * c.mean(dim=(1, 2)).view(-1, 1, 1, 1) + c.std(dim=(1, 2)).view(
+            -1, 1, 1, 1
+        )
 
     return predict_eps
 
@@ -375,13 +389,17 @@ def test_random_directions_match_count_and_row_norms():
 
 def test_render_and_read_chunks_without_changing_results(tiny_model):
     directions = unit_directions(tiny_model, 3)
-    inversion = invert(tiny_model, torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)), "ddpm", 3, progress=False)
+    inversion = invert(
+        tiny_model, torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)), "ddpm", 3, progress=False
+    )
     edits = [[DirectionTerm(directions, k, 4.0)] for k in range(3)] + [[PromptTerm("a cat", -3.0, 0.3, 1.0)], []]
     reader = BandReader("faces")
     whole, kept = measure.render_and_read(tiny_model, inversion, reader, edits, tiny_settings().protocol().passes, keep_images=2,
                                           progress=False)  # fmt: skip
     small = tiny_settings(trajectories_per_pass=2).protocol().passes  # 2 images per pass, one edit at a time
-    parts, kept_parts = measure.render_and_read(tiny_model, inversion, reader, edits, small, keep_images=2, progress=False)
+    parts, kept_parts = measure.render_and_read(
+        tiny_model, inversion, reader, edits, small, keep_images=2, progress=False
+    )
     assert whole.shape == (5, 3, 9) and kept.shape == (5, 2, 3, 64, 64)
     assert torch.equal(whole, parts)
     assert torch.allclose(kept, kept_parts, atol=1e-4)  # float32 rounding depends on the batch size
@@ -473,10 +491,15 @@ def test_bench_evaluates_given_files_including_textual_inversion(faces_run, tmp_
 
 def test_cross_domain_on_scenes(tiny_model, tmp_path):
     files = []
-    for domain, factors in (("faces", ["glasses", "skin", "background"]), ("cats", ["stripes", "fur_color", "background"])):
+    for domain, factors in (
+        ("faces", ["glasses", "skin", "background"]),
+        ("cats", ["stripes", "fur_color", "background"]),
+    ):
         directions = unit_directions(tiny_model, 3, seed=len(files), domain=domain)
         records = [
-            DirectionRecord(index=k, name=f"{f} -> x", main_factor=f, strength=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0)
+            DirectionRecord(
+                index=k, name=f"{f} -> x", main_factor=f, strength=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0
+            )
             for k, f in enumerate(factors)
         ]
         annotated = annotate_directions(tiny_model, directions, records, domain=domain, source="test")
@@ -538,7 +561,9 @@ def one_line_error(code: int, err: str, *needles: str) -> None:
     ],
 )
 def test_bench_bad_inputs_are_one_line_errors(capsys, tiny_model_dir, tmp_path, extra, needles):
-    code, _, err = run_cli(capsys, "bench", "--model", tiny_model_dir, "--device", "cpu", "--out", tmp_path / "o", *extra)
+    code, _, err = run_cli(
+        capsys, "bench", "--model", tiny_model_dir, "--device", "cpu", "--out", tmp_path / "o", *extra
+    )
     one_line_error(code, err, *needles)
 
 

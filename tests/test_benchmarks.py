@@ -133,7 +133,9 @@ def test_meta_count_equals_a_real_count(speed, tiny_pipe):
     real = speed.count_flops(lambda: speed.fast_step(model, inputs, speed.fresh_leaf(inputs["vectors"]), "all-anchors"))
     twin = speed.meta_twin("tiny")
     shapes = speed.micro_batch_inputs(twin, batch=2, count=3)
-    meta = speed.count_flops(lambda: speed.fast_step(twin, shapes, torch.nn.Parameter(shapes["vectors"]), "all-anchors"))
+    meta = speed.count_flops(
+        lambda: speed.fast_step(twin, shapes, torch.nn.Parameter(shapes["vectors"]), "all-anchors")
+    )
     assert real["total"] == meta["total"] > 0
 
 

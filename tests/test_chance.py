@@ -113,7 +113,9 @@ def test_measuring_a_reference_on_a_split_and_caching_it(tiny_model, tmp_path, m
     assert torch.equal(reference.changes * 4, (reference.changes * 4).round())  # fractions of 4 images
     renders = []
     monkeypatch.setattr(measure, "render_and_read", lambda *a, **k: renders.append(1))
-    again, cached = split_reference(tiny_model, reader, split, names, 4.0, protocol=protocol, cache=cache, count=3, progress=False)
+    again, cached = split_reference(
+        tiny_model, reader, split, names, 4.0, protocol=protocol, cache=cache, count=3, progress=False
+    )
     assert cached and not renders and torch.allclose(again.changes, reference.changes)
     # Another strength is another reference; so is a retrained UNet.
     digest = model_digest(tiny_model)

@@ -32,9 +32,31 @@ def image_dir(tmp_path_factory) -> Path:
 def run_dir(tmp_path_factory, tiny_model_dir, image_dir) -> Path:
     run = tmp_path_factory.mktemp("run") / "faces"
     code = main(
-        ["discover", "--model", str(tiny_model_dir), "--images", str(image_dir), "--out", str(run),
-         "--num-directions", "4", "--steps", "3", "--batch", "3", "--micro-batches", "1", "--negatives", "2",
-         "--device", "cpu", "--domain", "faces", "--checkpoint-every", "2"]
+        [
+            "discover",
+            "--model",
+            str(tiny_model_dir),
+            "--images",
+            str(image_dir),
+            "--out",
+            str(run),
+            "--num-directions",
+            "4",
+            "--steps",
+            "3",
+            "--batch",
+            "3",
+            "--micro-batches",
+            "1",
+            "--negatives",
+            "2",
+            "--device",
+            "cpu",
+            "--domain",
+            "faces",
+            "--checkpoint-every",
+            "2",
+        ]
     )
     assert code == 0
     return run
@@ -65,8 +87,23 @@ def test_discover_writes_run_folder(run_dir):
 
 
 def test_discover_resume_extends(capsys, tiny_model_dir, image_dir, tmp_path):
-    args = ["discover", "--model", tiny_model_dir, "--images", image_dir, "--out", tmp_path / "r",
-            "--num-directions", "3", "--batch", "2", "--micro-batches", "1", "--device", "cpu"]
+    args = [
+        "discover",
+        "--model",
+        tiny_model_dir,
+        "--images",
+        image_dir,
+        "--out",
+        tmp_path / "r",
+        "--num-directions",
+        "3",
+        "--batch",
+        "2",
+        "--micro-batches",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert run_cli(capsys, *args, "--steps", "2")[0] == 0
     code, _, err = run_cli(capsys, *args, "--steps", "2")
     assert_one_line_error(code, err, "--resume")
@@ -83,7 +120,9 @@ def test_info_and_json(capsys, run_dir):
 
 
 def test_export_textual_inversion_roundtrip(capsys, run_dir, tmp_path):
-    code, out, _ = run_cli(capsys, "export", run_dir / "directions.safetensors", "--out", tmp_path / "ti")  # the default format
+    code, out, _ = run_cli(
+        capsys, "export", run_dir / "directions.safetensors", "--out", tmp_path / "ti"
+    )  # the default format
     assert code == 0 and "one file per direction" in out
     original = Directions.load(run_dir / "directions.safetensors")
     files = sorted((tmp_path / "ti").glob("*.safetensors"))
@@ -100,9 +139,25 @@ def test_export_textual_inversion_roundtrip(capsys, run_dir, tmp_path):
 def test_edit_writes_images(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
     spec = f"{run_dir / 'directions.safetensors'}:1=3@0:0.5"
     code, out, _ = run_cli(
-        capsys, "edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png", image_dir / "img1.png",
-        "--direction", spec, "--direction", f"{run_dir / 'directions.safetensors'}:2=-2",
-        "--out", tmp_path / "edits", "--steps", "4", "--device", "cpu", "--inversion", "ddpm",
+        capsys,
+        "edit",
+        "--model",
+        tiny_model_dir,
+        "--image",
+        image_dir / "img0.png",
+        image_dir / "img1.png",
+        "--direction",
+        spec,
+        "--direction",
+        f"{run_dir / 'directions.safetensors'}:2=-2",
+        "--out",
+        tmp_path / "edits",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+        "--inversion",
+        "ddpm",
     )
     assert code == 0, out
     for name in ("img0-edited.png", "img0-reconstruction.png", "img1-edited.png", "comparison.png"):
@@ -112,9 +167,22 @@ def test_edit_writes_images(capsys, tiny_model_dir, run_dir, image_dir, tmp_path
 
 def test_generate(capsys, tiny_model_dir, run_dir, tmp_path):
     code, out, _ = run_cli(
-        capsys, "generate", "--model", tiny_model_dir, "--prompt", "a cat", "--prompt", "",
-        "--direction", f"{run_dir / 'directions.safetensors'}:0=2", "--out", tmp_path / "gen",
-        "--steps", "3", "--device", "cpu",
+        capsys,
+        "generate",
+        "--model",
+        tiny_model_dir,
+        "--prompt",
+        "a cat",
+        "--prompt",
+        "",
+        "--direction",
+        f"{run_dir / 'directions.safetensors'}:0=2",
+        "--out",
+        tmp_path / "gen",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
     )
     assert code == 0
     assert (tmp_path / "gen" / "000.png").is_file() and (tmp_path / "gen" / "001-plain.png").is_file()
@@ -122,9 +190,28 @@ def test_generate(capsys, tiny_model_dir, run_dir, tmp_path):
 
 def test_explore_gallery(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
     code, out, _ = run_cli(
-        capsys, "explore", "--model", tiny_model_dir, "--directions", run_dir / "directions.safetensors",
-        "--images", image_dir, "--out", tmp_path / "gallery", "--scales", "-2", "0", "2",
-        "--num-images", "2", "--steps", "3", "--device", "cpu", "--directions-per-pass", "3",
+        capsys,
+        "explore",
+        "--model",
+        tiny_model_dir,
+        "--directions",
+        run_dir / "directions.safetensors",
+        "--images",
+        image_dir,
+        "--out",
+        tmp_path / "gallery",
+        "--scales",
+        "-2",
+        "0",
+        "2",
+        "--num-images",
+        "2",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--directions-per-pass",
+        "3",
     )
     assert code == 0
     strips = sorted((tmp_path / "gallery").glob("direction-*.png"))
@@ -156,7 +243,9 @@ def test_edit_applies_a_direction_as_it_was_measured(capsys, tiny_model_dir, mea
     stored = np.asarray(Image.open(tmp_path / "stored" / "img0-edited.png"))
     explicit = np.asarray(Image.open(tmp_path / "explicit" / "img0-edited.png"))
     assert np.array_equal(stored, explicit)
-    code, out, _ = run_cli(capsys, *base, "--direction", f"{measured_file}:1", "--inversion", "ddim", "--out", tmp_path / "ddim")
+    code, out, _ = run_cli(
+        capsys, *base, "--direction", f"{measured_file}:1", "--inversion", "ddim", "--out", tmp_path / "ddim"
+    )
     assert code == 0 and "DDIM inversion, 3 steps" in out  # a flag still wins
 
 
@@ -193,32 +282,88 @@ def test_help_through_python_m():
 
 # ------------------------------------------------------------------ bad input
 def test_bad_direction_spec(capsys, tiny_model_dir, image_dir, tmp_path):
-    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png",
-                           "--direction", "nofile", "--out", tmp_path, "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tiny_model_dir,
+        "--image",
+        image_dir / "img0.png",
+        "--direction",
+        "nofile",
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "--direction nofile")
 
 
 def test_direction_index_out_of_range(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
-    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png",
-                           "--direction", f"{run_dir / 'directions.safetensors'}:9=1", "--out", tmp_path, "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tiny_model_dir,
+        "--image",
+        image_dir / "img0.png",
+        "--direction",
+        f"{run_dir / 'directions.safetensors'}:9=1",
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "9", "0..3")
 
 
 def test_directions_from_another_model(capsys, tiny_v_model_dir, run_dir, image_dir, tmp_path):
-    code, _, err = run_cli(capsys, "edit", "--model", tiny_v_model_dir, "--image", image_dir / "img0.png",
-                           "--direction", f"{run_dir / 'directions.safetensors'}:0=1", "--out", tmp_path, "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tiny_v_model_dir,
+        "--image",
+        image_dir / "img0.png",
+        "--direction",
+        f"{run_dir / 'directions.safetensors'}:0=1",
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "another model")
 
 
 def test_missing_image_folder(capsys, tiny_model_dir, tmp_path):
-    code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", tmp_path / "nope",
-                           "--out", tmp_path / "run", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "discover",
+        "--model",
+        tiny_model_dir,
+        "--images",
+        tmp_path / "nope",
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "--images", "no such folder")
 
 
 def test_missing_model_folder(capsys, image_dir, tmp_path):
-    code, _, err = run_cli(capsys, "discover", "--model", "./no/such/model", "--images", image_dir,
-                           "--out", tmp_path / "run", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "discover",
+        "--model",
+        "./no/such/model",
+        "--images",
+        image_dir,
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "--model ./no/such/model")
 
 
@@ -233,8 +378,20 @@ def test_unwritable_out_folder(capsys, tiny_model_dir, run_dir, image_dir, tmp_p
     # A folder below a regular file cannot be created, even by root.
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--image", image_dir / "img0.png",
-                           "--direction", f"{run_dir / 'directions.safetensors'}:0=1", "--out", blocker / "x", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tiny_model_dir,
+        "--image",
+        image_dir / "img0.png",
+        "--direction",
+        f"{run_dir / 'directions.safetensors'}:0=1",
+        "--out",
+        blocker / "x",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "--out", "cannot write")
 
 
@@ -246,8 +403,18 @@ def test_out_is_a_file(capsys, run_dir, tmp_path):
 
 
 def test_bad_dtype(capsys, image_dir, tmp_path, tiny_model_dir):
-    code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir,
-                           "--out", tmp_path / "run", "--dtype", "float8")
+    code, _, err = run_cli(
+        capsys,
+        "discover",
+        "--model",
+        tiny_model_dir,
+        "--images",
+        image_dir,
+        "--out",
+        tmp_path / "run",
+        "--dtype",
+        "float8",
+    )
     assert_one_line_error(code, err, "--dtype float8")
 
 
@@ -295,6 +462,7 @@ def test_held_interrupts_arrive_after_the_block():
     assert finished == ["step applied"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
 
+
 # ------------------------------------------------------------------ first run: order of checks, messages
 def test_version(capsys):
     from noiseclr.version import __version__
@@ -307,11 +475,13 @@ def test_version(capsys):
 
 def test_version_and_import_do_not_load_torch():
     # Lazy imports (noiseclr/__init__.py): a fresh interpreter answers --version without torch.
-    code = ("import sys\nfrom noiseclr.cli import main\nimport noiseclr\n"
-            "try:\n    main(['--version'])\nexcept SystemExit as stop:\n    assert stop.code == 0\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "noiseclr.Directions  # a public name still resolves on first use\n"
-            "assert 'torch' in sys.modules\n")
+    code = (
+        "import sys\nfrom noiseclr.cli import main\nimport noiseclr\n"
+        "try:\n    main(['--version'])\nexcept SystemExit as stop:\n    assert stop.code == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "noiseclr.Directions  # a public name still resolves on first use\n"
+        "assert 'torch' in sys.modules\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("noiseclr ")
@@ -336,20 +506,64 @@ def test_failed_commands_leave_no_output_folder(capsys, tiny_model_dir, run_dir,
 
 def test_images_are_checked_before_the_model(capsys, tiny_model_dir, run_dir, image_dir, tmp_path, monkeypatch):
     # A hub id that cannot load (offline here) must not hide a wrong --images / --image.
-    code, _, err = run_cli(capsys, "discover", "--model", "someorg/not-a-model", "--images", tmp_path / "nowhere",
-                           "--out", tmp_path / "run", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "discover",
+        "--model",
+        "someorg/not-a-model",
+        "--images",
+        tmp_path / "nowhere",
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "--images", "no such folder")
-    code, _, err = run_cli(capsys, "edit", "--model", "someorg/not-a-model", "--image", tmp_path / "nope.png",
-                           "--direction", f"{run_dir / 'directions.safetensors'}:0=1", "--out", tmp_path / "e", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        "someorg/not-a-model",
+        "--image",
+        tmp_path / "nope.png",
+        "--direction",
+        f"{run_dir / 'directions.safetensors'}:0=1",
+        "--out",
+        tmp_path / "e",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "--image", "no such file")
-    code, _, err = run_cli(capsys, "explore", "--model", "someorg/not-a-model", "--directions", run_dir / "directions.safetensors",
-                           "--images", tmp_path / "nowhere", "--out", tmp_path / "g", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "explore",
+        "--model",
+        "someorg/not-a-model",
+        "--directions",
+        run_dir / "directions.safetensors",
+        "--images",
+        tmp_path / "nowhere",
+        "--out",
+        tmp_path / "g",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "--images", "no such folder")
 
 
 def test_hub_id_load_error_is_self_contained(capsys, image_dir, tmp_path):
-    code, _, err = run_cli(capsys, "discover", "--model", "someorg/not-a-model", "--images", image_dir,
-                           "--out", tmp_path / "run", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "discover",
+        "--model",
+        "someorg/not-a-model",
+        "--images",
+        image_dir,
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, "--model someorg/not-a-model", "HF_HUB_OFFLINE", "local folder")
     line = err.strip().splitlines()[-1].lower()
     assert "stacktrace" not in line and "stack trace" not in line and "above" not in line
@@ -366,7 +580,10 @@ def test_load_failure_messages_say_what_happened_and_what_to_do():
             exc = new
         return exc
 
-    outer = ("OSError", "Cannot load model org/x: the model is not fully cached locally. Please check out the root cause in the stacktrace above.")
+    outer = (
+        "OSError",
+        "Cannot load model org/x: the model is not fully cached locally. Please check out the root cause in the stacktrace above.",
+    )
     network = load_failure(chained(outer, ("ConnectError", "[Errno -2] Name or service not known")), "org/x")
     assert "could not reach the Hugging Face hub" in network and "not in the local cache" in network
     missing = load_failure(chained(outer, ("RepositoryNotFoundError", "404 Client Error")), "org/x")
@@ -380,8 +597,20 @@ def test_load_failure_messages_say_what_happened_and_what_to_do():
 
 
 def test_edit_image_folder_is_named_as_a_folder(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
-    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--image", image_dir,
-                           "--direction", f"{run_dir / 'directions.safetensors'}:0=1", "--out", tmp_path / "e", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tiny_model_dir,
+        "--image",
+        image_dir,
+        "--direction",
+        f"{run_dir / 'directions.safetensors'}:0=1",
+        "--out",
+        tmp_path / "e",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(code, err, f"--image {image_dir}", "is a folder", "image files")
     assert "no such file" not in err
 
@@ -398,8 +627,26 @@ def test_ctrl_c_in_discover_prints_one_line(capsys, tiny_model_dir, image_dir, t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(discovery, "micro_batch_loss", interrupt_in_step_two)
-    code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir, "--out", tmp_path / "r",
-                           "--num-directions", "3", "--batch", "2", "--micro-batches", "1", "--steps", "4", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "discover",
+        "--model",
+        tiny_model_dir,
+        "--images",
+        image_dir,
+        "--out",
+        tmp_path / "r",
+        "--num-directions",
+        "3",
+        "--batch",
+        "2",
+        "--micro-batches",
+        "1",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+    )
     assert code == 130
     lines = [line for line in err.splitlines() if "interrupted" in line]
     assert len(lines) == 1, err
@@ -414,7 +661,9 @@ def test_ctrl_c_in_a_discovery_inside_another_command_prints_one_line(capsys, mo
     from noiseclr.discovery import DiscoveryInterrupted
 
     def interrupted(args):
-        message = "interrupted after step 3; checkpoint RUN/checkpoints/step-000003.safetensors; continue with --resume."
+        message = (
+            "interrupted after step 3; checkpoint RUN/checkpoints/step-000003.safetensors; continue with --resume."
+        )
         logging.getLogger("noiseclr").warning(message)
         raise DiscoveryInterrupted(message, Path("RUN/checkpoints/step-000003.safetensors"), 3)
 
@@ -429,8 +678,20 @@ def test_float64_is_refused_where_transformers_cannot_run_it(capsys, tiny_model_
     from noiseclr import loading as model_module
 
     monkeypatch.setattr(model_module, "float64_text_encoder_supported", lambda: False)
-    code, _, err = run_cli(capsys, "discover", "--model", tiny_model_dir, "--images", image_dir,
-                           "--out", tmp_path / "run", "--device", "cpu", "--dtype", "float64")
+    code, _, err = run_cli(
+        capsys,
+        "discover",
+        "--model",
+        tiny_model_dir,
+        "--images",
+        image_dir,
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float64",
+    )
     assert_one_line_error(code, err, "--dtype float64", "--dtype float32")
     assert not (tmp_path / "run").exists()
 

@@ -97,7 +97,11 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     assert page.count("noiseclr edit") == 2 * 3 and "=-" in page
     # Every direction is judged against 20 calibrated random directions on the same test images.
     reference = summary["random_reference"]
-    assert reference["count"] == 20 and reference["images"] == 3 and set(reference["random_p95"]) == set(factor_names("faces"))
+    assert (
+        reference["count"] == 20
+        and reference["images"] == 3
+        and set(reference["random_p95"]) == set(factor_names("faces"))
+    )
     wins = [row["random"]["beats_random"] for row in summary["directions"]]
     assert reference["beats_random"] == sum(wins) and f"{sum(wins)} of 3 directions beat random" in printed
     assert all(row["random"]["factor"] in factor_names("faces") for row in summary["directions"])
@@ -130,7 +134,10 @@ def test_demo_without_reader_still_shows_directions(capsys, tiny_model_dir, tmp_
     assert code == 0, err
     assert "unnamed" in printed and "naming skipped" in printed
     assert (tmp_path / "d" / "gallery" / "index.html").is_file()
-    assert Directions.load(tmp_path / "d" / "directions.safetensors").edit_defaults[0]["strength"] == DemoSettings().strength
+    assert (
+        Directions.load(tmp_path / "d" / "directions.safetensors").edit_defaults[0]["strength"]
+        == DemoSettings().strength
+    )
 
 
 def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
@@ -155,7 +162,9 @@ def test_summary_table_formats():
 def test_duplicate_axes_are_named():
     from noiseclr.demo import duplicate_note
 
-    directions = Directions(vectors=torch.randn(4, 8), calibration={"response": [0.1] * 4, "duplicates": [[2, 3, -0.94]]})
+    directions = Directions(
+        vectors=torch.randn(4, 8), calibration={"response": [0.1] * 4, "duplicates": [[2, 3, -0.94]]}
+    )
     note = duplicate_note(directions)
     assert "2 and 3 (cos -0.94)" in note and "one axis twice" in note.lower()
     assert duplicate_note(Directions(vectors=torch.randn(4, 8))) == ""

@@ -33,9 +33,7 @@ def make_pixels(count: int = 8, size: int = 64, seed: int = 0) -> torch.Tensor:
 
 
 def small(**changes) -> DiscoverySettings:
-    base = dict(
-        num_directions=5, batch_size=3, num_negatives=3, micro_batches=2, steps=6, checkpoint_every=3, seed=3
-    )
+    base = dict(num_directions=5, batch_size=3, num_negatives=3, micro_batches=2, steps=6, checkpoint_every=3, seed=3)
     return DiscoverySettings(**{**base, **changes})
 
 
@@ -158,7 +156,9 @@ def test_runs_on_eps_and_v_models(any_tiny_model, tmp_path, variant):
 def test_run_folder_layout(tiny_model, tmp_path):
     run = tmp_path / "run"
     settings = small(steps=7, checkpoint_every=2, keep_checkpoints=2, domain="noise", names=list("abcde"))
-    result = discover(tiny_model, ImageSet(make_pixels(7), [Path(f"{i}.png") for i in range(7)]), run, settings, progress=False)
+    result = discover(
+        tiny_model, ImageSet(make_pixels(7), [Path(f"{i}.png") for i in range(7)]), run, settings, progress=False
+    )
     assert result.run_dir == run and result.directions_path == run / "directions.safetensors"
     assert result.steps == 7 and result.seconds > 0
     # Checkpoints at 2, 4, 6 and the final 7; the latest two are kept.
@@ -179,7 +179,11 @@ def test_run_folder_layout(tiny_model, tmp_path):
     assert directions.settings["batch_size"] == 3 and directions.settings["steps_done"] == 7
     assert torch.equal(directions.vectors, result.directions.vectors)
     ckpt = DiscoveryCheckpoint.load(run / "checkpoints" / "step-000007.safetensors")
-    assert ckpt.step == 7 and set(ckpt.rng) == set(discovery.RNG_STREAMS) and set(ckpt.optimizer_state()) == {"step", "exp_avg", "exp_avg_sq"}
+    assert (
+        ckpt.step == 7
+        and set(ckpt.rng) == set(discovery.RNG_STREAMS)
+        and set(ckpt.optimizer_state()) == {"step", "exp_avg", "exp_avg_sq"}
+    )
     assert torch.equal(ckpt.directions, directions.vectors) and len(ckpt.loss_log) == 7
 
 
@@ -194,7 +198,12 @@ def test_image_folder_input(tiny_model, tmp_path, caplog):
 
 def test_bfloat16_model_keeps_float32_directions(tiny_model_dir, tmp_path):
     result = discover(
-        str(tiny_model_dir), make_pixels(4), tmp_path / "run", small(steps=2), runtime=RuntimeSettings(device="cpu", dtype="bfloat16"), progress=False
+        str(tiny_model_dir),
+        make_pixels(4),
+        tmp_path / "run",
+        small(steps=2),
+        runtime=RuntimeSettings(device="cpu", dtype="bfloat16"),
+        progress=False,
     )
     assert result.directions.vectors.dtype == torch.float32
     assert torch.isfinite(torch.tensor(result.final_loss))
@@ -273,7 +282,9 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_model, tmp_path, monkeypa
         calls["n"] += 1
         result = real(*args, **kwargs)
         if calls["n"] == 4:
-            digest["before"] = hashlib.sha256((run / "checkpoints" / "step-000002.safetensors").read_bytes()).hexdigest()
+            digest["before"] = hashlib.sha256(
+                (run / "checkpoints" / "step-000002.safetensors").read_bytes()
+            ).hexdigest()
             return result._replace(loss=result.loss * float("nan"))
         return result
 
@@ -385,7 +396,9 @@ def test_nan_gradient_also_stops(tiny_model, tmp_path, monkeypatch):
         return result._replace(loss=_NaNGradient.apply(result.loss))
 
     monkeypatch.setattr(discovery, "micro_batch_loss", poisoned)
-    with pytest.raises(TrainingDiverged, match="step 1: the gradient became nan or inf .*no checkpoint was written yet"):
+    with pytest.raises(
+        TrainingDiverged, match="step 1: the gradient became nan or inf .*no checkpoint was written yet"
+    ):
         discover(tiny_model, make_pixels(6), tmp_path / "run", small(), progress=False)
     assert list_checkpoints(tmp_path / "run") == []
 
@@ -497,7 +510,9 @@ def test_images_are_checked_before_the_model_is_loaded(tiny_model_dir, tmp_path,
     folder.mkdir()
     (folder / "a.txt").write_text("not an image")
     write_pngs(folder, 2)
-    with pytest.raises(NoiseCLRError, match=r"--images .*notes: only 2 usable image\(s\) \(skipped 1\), need at least 3"):
+    with pytest.raises(
+        NoiseCLRError, match=r"--images .*notes: only 2 usable image\(s\) \(skipped 1\), need at least 3"
+    ):
         discover(str(tiny_model_dir), folder, run, small(batch_size=3), progress=False)
     assert not run.exists()
 

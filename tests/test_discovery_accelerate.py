@@ -47,7 +47,9 @@ def test_two_processes_equal_one_process_with_double_batch(tiny_model_dir, tmp_p
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "rank 0 of 2: main True" in done.stdout and "rank 1 of 2: main False" in done.stdout
 
-    one = discover(str(tiny_model_dir), worker_pixels(), tmp_path / "one", worker_settings(2 * batch, steps), progress=False)
+    one = discover(
+        str(tiny_model_dir), worker_pixels(), tmp_path / "one", worker_settings(2 * batch, steps), progress=False
+    )
     two = Directions.load(tmp_path / "two" / "directions.safetensors")
     assert two.settings["world_size"] == 2 and two.settings["global_batch"] == 2 * batch
     # Same draws, same global loss; only float summation order differs.

@@ -47,7 +47,9 @@ def sdxl_directions(sdxl_model) -> Directions:
 def test_file_names_carry_sanitised_direction_names(sd_directions):
     assert [sd_directions.file_stem(i) for i in range(3)] == ["000-glasses-yes-no", "001-faces", "002-smile"]
     assert build_parser().parse_args(["export", "x"]).format == "textual-inversion"
-    parser_choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["export"]._actions if a.dest == "format")
+    parser_choices = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices["export"]._actions if a.dest == "format"
+    )
     assert tuple(parser_choices.choices) == EXPORT_FORMATS
 
 
@@ -55,7 +57,11 @@ def test_file_names_carry_sanitised_direction_names(sd_directions):
 def test_sd_a1111_layout_round_trips(sd_directions, tiny_model, tmp_path):
     written = sd_directions.export(tmp_path / "a1111", "a1111")
     files = sorted((tmp_path / "a1111").glob("*.safetensors"))
-    assert [f.name for f in files] == ["000-glasses-yes-no.safetensors", "001-faces.safetensors", "002-smile.safetensors"]
+    assert [f.name for f in files] == [
+        "000-glasses-yes-no.safetensors",
+        "001-faces.safetensors",
+        "002-smile.safetensors",
+    ]
     assert (tmp_path / "a1111" / "README.txt") in written
     state = load_file(str(files[0]))
     assert list(state) == ["emb_params"] and state["emb_params"].shape == (1, 32)
@@ -126,7 +132,9 @@ def test_sdxl_a1111_layout_is_a_clip_l_clip_g_pair_and_round_trips(sdxl_directio
     assert "state['clip_g']" in readme and "text_encoder=pipe.text_encoder_2" in readme
 
 
-def test_sdxl_diffusers_layout_round_trips_and_loads_into_the_pipeline(sdxl_directions, sdxl_model, tiny_sdxl_dir, tmp_path):
+def test_sdxl_diffusers_layout_round_trips_and_loads_into_the_pipeline(
+    sdxl_directions, sdxl_model, tiny_sdxl_dir, tmp_path
+):
     from diffusers import StableDiffusionXLPipeline
 
     sdxl_directions.export(tmp_path / "d", "diffusers")
@@ -159,8 +167,12 @@ def test_sdxl_a1111_file_loads_into_diffusers_as_the_readme_says(sdxl_directions
     state = load_file(str(tmp_path / "a1111" / "001-faces.safetensors"))
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_dir), add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_textual_inversion(state["clip_l"], token="<001-faces>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
-    pipe.load_textual_inversion(state["clip_g"], token="<001-faces>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    pipe.load_textual_inversion(
+        state["clip_l"], token="<001-faces>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
+    pipe.load_textual_inversion(
+        state["clip_g"], token="<001-faces>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+    )
     out = pipe("<001-faces>", num_inference_steps=2, output_type="latent").images
     assert bool(torch.isfinite(out).all())
 
@@ -213,7 +225,9 @@ def test_old_files_without_widths_still_load_for_sd(sd_directions, tiny_model, t
 def test_an_sd_embedding_is_refused_by_an_sdxl_model(tiny_model, sdxl_model, tmp_path):
     path = tmp_path / "emb.safetensors"
     save_file({"emb_params": torch.randn(1, 32)}, str(path))
-    with pytest.raises(NoiseCLRError, match="emb.safetensors: directions have width 32 but model .* token width 32\\+48"):
+    with pytest.raises(
+        NoiseCLRError, match="emb.safetensors: directions have width 32 but model .* token width 32\\+48"
+    ):
         Directions.load(path).check_compatible(sdxl_model)
 
 

@@ -72,7 +72,9 @@ def diffusers_entry(state: dict) -> tuple[str, torch.Tensor]:
 
 def make(model, count: int = 3) -> Directions:
     rows = torch.randn(count, model.token_width, generator=torch.Generator().manual_seed(1))
-    return Directions.for_model(model, model.scale_to_token_norms(rows), names=["hair_color (+red)", "", "Smile!!"], domain="faces")
+    return Directions.for_model(
+        model, model.scale_to_token_norms(rows), names=["hair_color (+red)", "", "Smile!!"], domain="faces"
+    )
 
 
 @pytest.mark.parametrize("fmt", ONE_PER_FILE)

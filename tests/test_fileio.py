@@ -53,8 +53,13 @@ def test_read_safetensors_round_trip_and_damaged_file(tmp_path):
 
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"not a safetensors file")
-    with pytest.raises(NoiseCLRError, match=r"^reader for cats: .*damaged\.safetensors: not a readable safetensors file \(.*\); re-train it\.$"):
+    with pytest.raises(
+        NoiseCLRError,
+        match=r"^reader for cats: .*damaged\.safetensors: not a readable safetensors file \(.*\); re-train it\.$",
+    ):
         read_safetensors(damaged, "re-train it.", what="reader for cats")
-    with pytest.raises(NoiseCLRError, match="damaged.safetensors: not a readable safetensors file .*restart that training stage") as caught:
+    with pytest.raises(
+        NoiseCLRError, match="damaged.safetensors: not a readable safetensors file .*restart that training stage"
+    ) as caught:
         load_checkpoint(damaged)
     assert "\n" not in str(caught.value)

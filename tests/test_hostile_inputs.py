@@ -35,7 +35,9 @@ def one_line_error(capsys, *argv) -> str:
 
 @pytest.fixture()
 def good(tiny_model, tmp_path) -> Directions:
-    rows = tiny_model.scale_to_token_norms(torch.randn(3, tiny_model.token_width, generator=torch.Generator().manual_seed(0)))
+    rows = tiny_model.scale_to_token_norms(
+        torch.randn(3, tiny_model.token_width, generator=torch.Generator().manual_seed(0))
+    )
     directions = Directions.for_model(tiny_model, rows, names=["a", "b", "c"], domain="faces",
                                       edit_defaults=[{"strength": 3.0, "start": 0.0, "end": 1.0}] * 3,
                                       calibration={"response": [0.01, 0.02, 0.03], "duplicates": []})  # fmt: skip
@@ -59,12 +61,24 @@ METADATA_CASES = {
     "edit default not a number": ("edit_defaults", json.dumps([{"strength": "big"}] * 3), "edit_defaults[0].strength"),
     "edit default not an object": ("edit_defaults", json.dumps(["big"] * 3), "edit_defaults[0]"),
     "edit defaults too few": ("edit_defaults", json.dumps([{"scale": 2}]), "edit_defaults"),
-    "edit window inverted": ("edit_defaults", json.dumps([{"scale": 2, "start": 0.9, "end": 0.1}] * 3), "edit_defaults[0].start"),
-    "edit inversion unknown": ("edit_defaults", json.dumps([{"scale": 2, "inversion": "magic"}] * 3), "edit_defaults[0].inversion"),
+    "edit window inverted": (
+        "edit_defaults",
+        json.dumps([{"scale": 2, "start": 0.9, "end": 0.1}] * 3),
+        "edit_defaults[0].start",
+    ),
+    "edit inversion unknown": (
+        "edit_defaults",
+        json.dumps([{"scale": 2, "inversion": "magic"}] * 3),
+        "edit_defaults[0].inversion",
+    ),
     "calibration a string": ("calibration", json.dumps("fast"), "calibration"),
     "calibration a list": ("calibration", json.dumps([1, 2, 3]), "calibration"),
     "calibration response strings": ("calibration", json.dumps({"response": ["a", "b", "c"]}), "calibration.response"),
-    "calibration duplicates bad": ("calibration", json.dumps({"response": [1, 1, 1], "duplicates": [[0, 9, 0.9]]}), "calibration.duplicates"),
+    "calibration duplicates bad": (
+        "calibration",
+        json.dumps({"response": [1, 1, 1], "duplicates": [[0, 9, 0.9]]}),
+        "calibration.duplicates",
+    ),
     "settings a string": ("settings", json.dumps("lr=1"), "settings"),
     "settings a list": ("settings", json.dumps([1]), "settings"),
     "settings not JSON": ("settings", "{lr: 1", "settings"),
@@ -150,7 +164,9 @@ def test_a_folder_of_looping_links_is_not_called_empty(tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "loop.png").symlink_to(folder / "loop.png")
-    line = one_line_error(capsys, "discover", "--images", folder, "--out", tmp_path / "run", "--model", tmp_path / "none")
+    line = one_line_error(
+        capsys, "discover", "--images", folder, "--out", tmp_path / "run", "--model", tmp_path / "none"
+    )
     assert "broken/looping link" in line and "empty" not in line
 
 
@@ -165,7 +181,9 @@ def _png_declaring(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -190,6 +208,14 @@ def test_the_size_limit_has_a_flag(tmp_path, capsys, good):
                           "--out", tmp_path / "out", "--max-megapixels", "0.001")  # fmt: skip
     assert "100x100" in line and "0.001 MP limit" in line
     assert "must be a positive number" in one_line_error(
-        capsys, "edit", "--image", image, "--direction", f"{tmp_path / 'good.safetensors'}:0", "--out", tmp_path / "o",
-        "--max-megapixels", "0",
+        capsys,
+        "edit",
+        "--image",
+        image,
+        "--direction",
+        f"{tmp_path / 'good.safetensors'}:0",
+        "--out",
+        tmp_path / "o",
+        "--max-megapixels",
+        "0",
     )

@@ -8,7 +8,13 @@ import torch
 from PIL import Image
 
 from noiseclr.errors import NoiseCLRError
-from noiseclr.images import check_image_files, check_image_folder, image_fingerprint, load_image_files, load_image_folder
+from noiseclr.images import (
+    check_image_files,
+    check_image_folder,
+    image_fingerprint,
+    load_image_files,
+    load_image_folder,
+)
 
 
 def save(path, size=(64, 64), seed=0):
@@ -45,7 +51,9 @@ def test_header_checks_need_no_model(tmp_path):
     save(folder / "b.jpg", seed=1)
     (folder / "notes.txt").write_text("not an image")
     assert check_image_folder(folder, min_count=2) == 2
-    with pytest.raises(NoiseCLRError, match=r"--images .*imgs: only 2 usable image\(s\) \(skipped 1\), need at least 3"):
+    with pytest.raises(
+        NoiseCLRError, match=r"--images .*imgs: only 2 usable image\(s\) \(skipped 1\), need at least 3"
+    ):
         check_image_folder(folder, min_count=3)
     with pytest.raises(NoiseCLRError, match="no such folder"):
         check_image_folder(tmp_path / "nowhere")
@@ -76,7 +84,9 @@ def test_a_long_grid_title_wraps_inside_the_image():
     from noiseclr.images import _font, make_grid, wrap_text
 
     title = "faces.safetensors 1: background (+pink -blue) 3% (x1.21); faces.safetensors 5: eye_color +green 3% (x39.8)"
-    grid = make_grid([[Image.new("RGB", (64, 64))] * 3], column_labels=["input", "reconstruction", "edited"], title=title)
+    grid = make_grid(
+        [[Image.new("RGB", (64, 64))] * 3], column_labels=["input", "reconstruction", "edited"], title=title
+    )
     font = _font(max(10, min(16, 64 // 6)))
     lines = wrap_text(title, font, grid.width - 8)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import noiseclr
 
 PACKAGE = Path(noiseclr.__file__).parent
@@ -67,8 +69,7 @@ def test_the_library_never_imports_base_model_training():
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package modules it imports (function-level and ``TYPE_CHECKING`` imports included)."""
     paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
-    return {name: {m for m in noiseclr_imports(path) if m in paths and m != name}
-            for name, path in paths.items()}
+    return {name: {m for m in noiseclr_imports(path) if m in paths and m != name} for name, path in paths.items()}
 
 
 def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -82,7 +83,7 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if child is None:
                 stack.pop(), on_path.pop(), done.add(node)
             elif child in on_path:
-                cycles.append(on_path[on_path.index(child):] + [child])
+                cycles.append(on_path[on_path.index(child) :] + [child])
             elif child not in done:
                 stack.append((child, iter(sorted(graph[child])))), on_path.append(child)
     return cycles
@@ -134,3 +135,17 @@ def test_no_module_or_function_is_too_long():
     assert paths
     problems = [problem for path in paths for problem in size_problems(path)]
     assert problems == [], problems
+
+
+def test_the_code_is_formatted():
+    # ruff format, configured in pyproject.toml ([tool.ruff]); `ruff format src benchmarks scripts tests` fixes it.
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]' brings it)")
+    done = subprocess.run([ruff, "format", "--check", "src", "benchmarks", "scripts", "tests"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

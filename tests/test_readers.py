@@ -114,7 +114,9 @@ def test_changed_factor_registry_is_refused(monkeypatch):
     cats = list(F.DOMAINS["cats"])
     cats[0] = F.Factor(cats[0].name, (*cats[0].values, "black"), cats[0].description)
     monkeypatch.setitem(F.DOMAINS, "cats", tuple(cats))
-    with pytest.raises(NoiseCLRError, match=r"reader for cats .* was trained for other factors; re-run scripts/train_readers.py"):
+    with pytest.raises(
+        NoiseCLRError, match=r"reader for cats .* was trained for other factors; re-run scripts/train_readers.py"
+    ):
         R.FactorReader.load("cats")
 
 
@@ -145,7 +147,11 @@ def test_bad_reader_files_are_clear_errors(tmp_path):
     other = _rewrite(shipped_cats, tmp_path / "other.safetensors", format="something-else")
     with pytest.raises(NoiseCLRError, match="not a factor reader file"):
         R.FactorReader.load("cats", other)
-    wider = _rewrite(shipped_cats, tmp_path / "wider.safetensors", config=json.dumps({**json.loads(R.ReaderConfig().to_json()), "hidden": 7}))
+    wider = _rewrite(
+        shipped_cats,
+        tmp_path / "wider.safetensors",
+        config=json.dumps({**json.loads(R.ReaderConfig().to_json()), "hidden": 7}),
+    )
     with pytest.raises(NoiseCLRError, match="does not match its architecture"):
         R.FactorReader.load("cats", wider)
     with pytest.raises(NoiseCLRError, match="unknown"):
@@ -207,8 +213,15 @@ def test_seed_ranges_are_disjoint_and_below_the_base_model_range():
 
 
 def test_train_save_load_round_trip(tmp_path):
-    settings = T.ReaderTrainSettings(steps=3, batch_size=8, train_images=16, val_images=8, log_every=1, val_every=0,
-                                     config=R.ReaderConfig(stem_channels=8, stage_channels=(8, 8, 8, 8), hidden=16))
+    settings = T.ReaderTrainSettings(
+        steps=3,
+        batch_size=8,
+        train_images=16,
+        val_images=8,
+        log_every=1,
+        val_every=0,
+        config=R.ReaderConfig(stem_channels=8, stage_channels=(8, 8, 8, 8), hidden=16),
+    )
     result = T.train_reader("cats", settings, progress=False)
     assert set(result.val_accuracy) == set(F.factor_names("cats")) and len(result.history) == 3
     path = result.reader.save(tmp_path / "cats.safetensors", {"command": "test", "date": "2026-11-24"})
@@ -223,7 +236,9 @@ def test_train_save_load_round_trip(tmp_path):
 def test_train_script_bad_flag_exits_2(tmp_path):
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "train_readers.py"), "--steps", "0", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == "error: --steps 0: must be at least 1."

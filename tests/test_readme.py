@@ -26,7 +26,9 @@ def test_install_says_how_to_get_the_cpu_wheel_and_that_the_model_ships():
 
 
 def test_oldest_pins_are_the_lower_bounds_of_pyproject():
-    bounds = dict(re.findall(r'^\s*"([A-Za-z0-9_.-]+)>=([0-9.]+)",', (ROOT / "pyproject.toml").read_text(), re.MULTILINE))
+    bounds = dict(
+        re.findall(r'^\s*"([A-Za-z0-9_.-]+)>=([0-9.]+)",', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    )
     lines = [line.split("#")[0].strip() for line in (ROOT / ".ci" / "oldest.txt").read_text().splitlines()]
     pins = dict(line.split("==") for line in lines if line)
     for name in ("transformers", "diffusers"):

@@ -165,8 +165,10 @@ def test_a_region_of_ones_is_the_global_edit(model64, window):
     edits = [
         [DirectionTerm(directions, 2, 5.0, *window, region=torch.ones(size, size))],
         [DirectionTerm(directions, 2, 5.0, *window)],
-        [DirectionTerm(directions, 2, 5.0, *window, region=torch.ones(size, size)),
-         DirectionTerm(directions, 0, -3.0, 0.0, 0.5, region=torch.ones(7, 7))],  # fmt: skip
+        [
+            DirectionTerm(directions, 2, 5.0, *window, region=torch.ones(size, size)),
+            DirectionTerm(directions, 0, -3.0, 0.0, 0.5, region=torch.ones(7, 7)),
+        ],  # fmt: skip
         [DirectionTerm(directions, 2, 5.0, *window), DirectionTerm(directions, 0, -3.0, 0.0, 0.5)],
     ]
     latents, regions = regenerate(model64, inversion, edits, progress=False, return_regions=True)
@@ -184,7 +186,9 @@ def reference_localized(model, inversion, terms, settings: AutoRegion):
     schedule = inversion.schedule
     batch = inversion.batch
     null = model.null_conditioning().expand(batch, -1, -1)
-    conditionings = [model.encode_directions(t.directions.vectors[t.index : t.index + 1]).expand(batch, -1, -1) for t in terms]
+    conditionings = [
+        model.encode_directions(t.directions.vectors[t.index : t.index + 1]).expand(batch, -1, -1) for t in terms
+    ]
     edited, plain = inversion.start_latents.clone(), inversion.start_latents.clone()
     held = [torch.zeros(batch, model.latent_size, model.latent_size, dtype=torch.float64) for _ in terms]
     energy = [torch.zeros_like(h) for h in held]
@@ -235,12 +239,16 @@ def test_auto_regions_match_a_direct_float64_computation(model64, tmp_path):
 
 def conditioning_stub(model: DiffusionModel):
     """eps(x, t, c): a function of t and c only, so each step's combined eps can be read back exactly."""
-    pattern = torch.randn(model.latent_channels, model.latent_size, model.latent_size, generator=torch.Generator().manual_seed(5))
+    pattern = torch.randn(
+        model.latent_channels, model.latent_size, model.latent_size, generator=torch.Generator().manual_seed(5)
+    )
 
     def predict_eps(latents, timesteps, conditioning):
         t = torch.as_tensor(timesteps).to(latents.dtype).reshape(-1, 1, 1, 1).expand(latents.shape[0], 1, 1, 1)
         c = conditioning.to(latents.dtype)
-        return torch.cos(pattern.to(latents) + t / 300) * c.mean(dim=(1, 2)).view(-1, 1, 1, 1) + c.std(dim=(1, 2)).view(-1, 1, 1, 1)
+        return torch.cos(pattern.to(latents) + t / 300) * c.mean(dim=(1, 2)).view(-1, 1, 1, 1) + c.std(dim=(1, 2)).view(
+            -1, 1, 1, 1
+        )
 
     return predict_eps
 
@@ -257,7 +265,9 @@ def test_each_term_is_gated_by_its_own_region(model64, monkeypatch):
     size, steps = model64.latent_size, 6
     top_left, bottom_right = quadrant(size, "tl"), quadrant(size, "br")
     inversion = invert(model64, random_latents(model64, 1), "ddim", steps, progress=False)
-    edits = [[DirectionTerm(directions, 0, 2.0, region=top_left), DirectionTerm(directions, 1, -1.5, region=bottom_right)]]
+    edits = [
+        [DirectionTerm(directions, 0, 2.0, region=top_left), DirectionTerm(directions, 1, -1.5, region=bottom_right)]
+    ]
     states = [inversion.start_latents.repeat(2, 1, 1, 1)]  # the edit and the added reconstruction
     with UNetCalls(model64):
         latents, regions = regenerate(model64, inversion, edits, progress=False, return_regions=True,
@@ -298,7 +308,10 @@ def test_one_unet_call_per_step_with_regions(tiny_model, tmp_path):
     size = tiny_model.latent_size
     edits = [
         [DirectionTerm(directions, 0, 2.0, region="auto")],
-        [DirectionTerm(directions, 1, 1.0, 0.5, 1.0, region=quadrant(size, "tr")), DirectionTerm(directions, 2, -2.0, region="auto")],
+        [
+            DirectionTerm(directions, 1, 1.0, 0.5, 1.0, region=quadrant(size, "tr")),
+            DirectionTerm(directions, 2, -2.0, region="auto"),
+        ],
         [DirectionTerm(directions, 0, 2.0)],
     ]
     with UNetCalls(tiny_model) as calls:
@@ -326,7 +339,9 @@ def test_generation_with_regions(tiny_model):
     # float32 rows in another batch round differently (see test_editing); the zero region is the plain sample.
     assert torch.allclose(latents[0], plain, atol=1e-4, rtol=0)
     outside = (regions[1] == 0).unsqueeze(1).expand_as(plain)
-    assert torch.allclose(latents[1][outside], plain[outside], atol=1e-4) and not torch.allclose(latents[1], plain, atol=1e-2)
+    assert torch.allclose(latents[1][outside], plain[outside], atol=1e-4) and not torch.allclose(
+        latents[1], plain, atol=1e-2
+    )
     result = generate(tiny_model, ["a cat"], [DirectionTerm(directions, 1, 4.0, region="auto")], GenerateSettings(steps=3),
                       compare=True, progress=False)  # fmt: skip
     assert result.region is not None and result.region.shape == (1, size, size)
@@ -336,7 +351,10 @@ def test_generation_with_regions(tiny_model):
 def test_a_direction_repeated_with_different_regions_is_refused(tiny_model):
     directions = make_directions(tiny_model)
     inversion = invert(tiny_model, random_latents(tiny_model, 1).float(), "ddim", 2, progress=False)
-    same = [DirectionTerm(directions, 0, 1.0, 0.0, 0.5, region="auto"), DirectionTerm(directions, 0, 2.0, 0.5, 1.0, region="auto")]
+    same = [
+        DirectionTerm(directions, 0, 1.0, 0.0, 0.5, region="auto"),
+        DirectionTerm(directions, 0, 2.0, 0.5, 1.0, region="auto"),
+    ]
     regenerate(tiny_model, inversion, [same], progress=False)  # the same region: weights add up
     with pytest.raises(NoiseCLRError, match="the same direction twice in one edit with different regions"):
         regenerate(tiny_model, inversion, [[same[0], DirectionTerm(directions, 0, 2.0)]], progress=False)
@@ -395,7 +413,11 @@ def test_bad_mask_files_are_one_line_errors(faces_file, tmp_path, monkeypatch, r
 
 def test_bad_region_values_are_one_line_errors(tiny_model):
     directions = make_directions(tiny_model)
-    for region, problem in ((torch.full((4, 4), 2.0), "in [0, 1]"), (torch.zeros(2, 2, 2, 2), "shape"), (3, "use None, 'auto'")):
+    for region, problem in (
+        (torch.full((4, 4), 2.0), "in [0, 1]"),
+        (torch.zeros(2, 2, 2, 2), "shape"),
+        (3, "use None, 'auto'"),
+    ):
         with pytest.raises(NoiseCLRError, match=re.escape(problem)) as caught:
             DirectionTerm(directions, 0, 1.0, region=region)
         assert "\n" not in str(caught.value)
@@ -417,7 +439,9 @@ def image_dir(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     for index in range(2):
         base = rng.random((8, 8, 3))
-        Image.fromarray((base * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC).save(folder / f"img{index}.png")
+        Image.fromarray((base * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC).save(
+            folder / f"img{index}.png"
+        )
     return folder
 
 
@@ -503,7 +527,9 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
     settings = BenchSettings(methods=("random", "prompt"), num_directions=2, heldout=4, validation=3, steps=3, strengths=(20.0,),
                              windows=((0.0, 1.0),), strip_images=2, cross_images=3, cross_per_domain=1, region="auto",
                              early_stop=False, auto_region=AutoRegion(top=0.3))  # fmt: skip
-    result = run_bench(tiny_model, "cats", tmp_path / "cats", settings, readers={"cats": BandReader("cats")}, progress=False)
+    result = run_bench(
+        tiny_model, "cats", tmp_path / "cats", settings, readers={"cats": BandReader("cats")}, progress=False
+    )
     results = json.loads((tmp_path / "cats" / "results.json").read_text())
     for name in ("random", "prompt"):
         local = results["methods"][name]["localized"]
@@ -511,8 +537,13 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
         assert len(local["directions"]) == results["methods"][name]["summary"]["count"]
         for row in local["directions"]:
             assert 0.29 <= row["region_fraction"] <= 1.0 and row["images"] == 4
-            assert all(row[key] is not None for key in ("psnr_global", "psnr_local", "psnr_outside_global", "psnr_outside_local"))
-        assert {"target_strength_global", "target_strength_local", "preservation_global", "preservation_local"} <= set(local["comparison"])
+            assert all(
+                row[key] is not None
+                for key in ("psnr_global", "psnr_local", "psnr_outside_global", "psnr_outside_local")
+            )
+        assert {"target_strength_global", "target_strength_local", "preservation_global", "preservation_local"} <= set(
+            local["comparison"]
+        )
         strip = results["methods"][name]["directions"][0]["strip"]
         assert Image.open(tmp_path / "cats" / strip).height > 6 * 64  # input, recon, -, +, local -, local +, region
     assert "global -> localized" in result.table
@@ -524,7 +555,11 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
         directions = make_directions(tiny_model, 2, seed=len(files), domain=domain)
         records = [DirectionRecord(index=k, name=f, main_factor=f, strength=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0)
                    for k, f in enumerate(factors)]  # fmt: skip
-        files.append(annotate_directions(tiny_model, directions, records, domain=domain, source="test").save(tmp_path / f"{domain}.safetensors"))
+        files.append(
+            annotate_directions(tiny_model, directions, records, domain=domain, source="test").save(
+                tmp_path / f"{domain}.safetensors"
+            )
+        )
     scenes = run_bench(tiny_model, "scenes", tmp_path / "scenes", settings, cross_domain=(files[0], files[1]),
                        readers={"scenes": BandReader("scenes")}, progress=False)  # fmt: skip
     cross = scenes.results["cross_domain"]
@@ -532,7 +567,9 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
     assert local["summary"]["pairs"] == cross["summary"]["pairs"] == 1
     assert 0.0 <= local["summary"]["interference"] <= 1.0 and local["summary"]["region_fraction"] >= 0.3
     assert len(local["alone"]) == len(cross["alone"]) == 2 and "psnr_outside_local" in local["pairs"][0]
-    assert "localized:" in scenes.table and "Localized (auto regions" in (tmp_path / "scenes" / "report.html").read_text()
+    assert (
+        "localized:" in scenes.table and "Localized (auto regions" in (tmp_path / "scenes" / "report.html").read_text()
+    )
 
 
 def test_bench_default_stays_global(tiny_model):
@@ -549,7 +586,9 @@ def test_report_renders_a_strength_grid():
     # The default grid is --strengths (settings["scales"] is None); the report used to fail on it.
     from noiseclr.bench.report import render_report
 
-    page = render_report({"settings": {"scales": None, "strengths": [2.0, 4.0], "windows": [[0.0, 1.0]]}, "methods": {}})
+    page = render_report(
+        {"settings": {"scales": None, "strengths": [2.0, 4.0], "windows": [[0.0, 1.0]]}, "methods": {}}
+    )
     assert "strengths &plusmn;2%, &plusmn;4%" in page
     assert "scales &plusmn;3" in render_report({"settings": {"scales": [3.0], "windows": [[0.0, 1.0]]}, "methods": {}})
 
@@ -598,7 +637,10 @@ def test_an_auto_region_in_a_box_stays_in_it(model64):
     size, resolution = model64.latent_size, model64.resolution
     inversion = invert(model64, random_latents(model64, 2), "ddpm", 5, progress=False)
     left = Region.box((0, 0, resolution // 2, resolution), auto=True)
-    edits = [[DirectionTerm(directions, 0, 6.0, region=left), DirectionTerm(directions, 2, -4.0, region="box=0,0,16,16")], []]
+    edits = [
+        [DirectionTerm(directions, 0, 6.0, region=left), DirectionTerm(directions, 2, -4.0, region="box=0,0,16,16")],
+        [],
+    ]
     latents, union, own = regenerate(model64, inversion, edits, progress=False, return_regions=True, return_term_regions=True,
                                      auto_region=AutoRegion(top=0.25))  # fmt: skip
     outside = torch.ones(size, size, dtype=torch.bool)
@@ -652,12 +694,17 @@ def test_bad_boxes_are_one_line_errors_naming_the_term(faces_file, region, probl
 
 def test_boxes_outside_the_image_are_refused_before_the_model_loads(capsys, tiny_model_dir, image_dir, tmp_path):
     directions = make_directions(DiffusionModel.load(tiny_model_dir, device="cpu")).save(tmp_path / "d.safetensors")
-    for region, problem in (("box=10,10,80,40", "reaches outside the 64x64 image"), ("auto+box=0,0,10,65", "reaches outside")):
+    for region, problem in (
+        ("box=10,10,80,40", "reaches outside the 64x64 image"),
+        ("auto+box=0,0,10,65", "reaches outside"),
+    ):
         spec = f"{directions}:0=4#{region}"
         code, _, err = run_cli(capsys, "edit", "--model", tmp_path / "no-model", "--device", "cpu", "--image",
                                image_dir / "img0.png", "--direction", spec, "--out", tmp_path / "e")  # fmt: skip
         lines = [line for line in err.splitlines() if line.startswith("noiseclr: error:")]
-        assert code == 2 and len(lines) == 1 and f"--direction {spec} on img0.png: box" in lines[0] and problem in lines[0], err
+        assert (
+            code == 2 and len(lines) == 1 and f"--direction {spec} on img0.png: box" in lines[0] and problem in lines[0]
+        ), err
     # A box in the part of a wide image that the centre crop drops.
     Image.new("RGB", (128, 64)).save(tmp_path / "wide.png")
     code, _, err = run_cli(capsys, "edit", "--model", tmp_path / "no-model", "--device", "cpu", "--image", tmp_path / "wide.png",

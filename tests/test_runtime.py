@@ -32,7 +32,9 @@ print(seen[0])
 
 def _policy_when_torch_starts(environment: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")} | environment | {"PYTHONPATH": SRC}
-    return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_passive_waiting_is_set_before_torch_starts_its_thread_pool():

@@ -56,7 +56,11 @@ def test_loads_the_sdxl_layout_and_reads_every_size(sdxl_model, tiny_sdxl_dir):
     assert sdxl_model.scaling_factor == pytest.approx(0.13025)
     # from_pipeline accepts an SDXL pipeline; to_pipeline gives one back.
     again = DiffusionModel.from_pipeline(sdxl_model.to_pipeline(), name="again", device="cpu", dtype="float32")
-    assert again.kind == "sdxl" and again.token_widths == WIDTHS and again.second_encoder_fingerprint() == sdxl_model.second_encoder_fingerprint()
+    assert (
+        again.kind == "sdxl"
+        and again.token_widths == WIDTHS
+        and again.second_encoder_fingerprint() == sdxl_model.second_encoder_fingerprint()
+    )
 
 
 def test_pack_and_unpack_are_inverse():
@@ -80,7 +84,9 @@ def test_tokenizers_of_different_lengths_are_refused(tiny_sdxl_dir):
 def test_prompt_and_null_conditionings_equal_the_pipelines_encode_prompt(sdxl64, tiny_sdxl_dir):
     pipe = sdxl64.to_pipeline()
     prompts = ["a red cat", "two dogs on a long sofa in the sun"]
-    hidden, negative, pooled, negative_pooled = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=True)
+    hidden, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompts, device="cpu", do_classifier_free_guidance=True
+    )
     ours = sdxl64.encode_prompts(prompts)
     assert ours.shape == (2, 17, 80)
     ours_hidden, ours_pooled = unpack_conditioning(ours, sdxl64.pooled_width)
@@ -144,7 +150,9 @@ def test_gradients_reach_both_halves_of_the_drawn_rows_only(sdxl_model):
     latents = random_latents(model, 3, dtype=torch.float32)
     drawn = torch.tensor([3, 0, 1])
     calls: list[tuple[int, bool]] = []
-    handle = model.unet.register_forward_hook(lambda m, args, out: calls.append((args[0].shape[0], torch.is_grad_enabled())))
+    handle = model.unet.register_forward_hook(
+        lambda m, args, out: calls.append((args[0].shape[0], torch.is_grad_enabled()))
+    )
     try:
         result = micro_batch_loss(model, vectors, latents, 400, torch.randn_like(latents), drawn)
     finally:
@@ -222,7 +230,13 @@ def test_zero_scales_return_exactly_the_reconstruction(sdxl_model, method):
     result = edit(sdxl_model, random_pixels(2), terms, EditSettings(steps=4, inversion=method), progress=False)
     assert result.edited.shape == (2, 3, 96, 96)
     assert torch.equal(result.edited_latents, result.reconstruction_latents)
-    changed = edit(sdxl_model, random_pixels(2), [DirectionTerm(directions, 1, 3.0)], EditSettings(steps=4, inversion=method), progress=False)
+    changed = edit(
+        sdxl_model,
+        random_pixels(2),
+        [DirectionTerm(directions, 1, 3.0)],
+        EditSettings(steps=4, inversion=method),
+        progress=False,
+    )
     assert not torch.allclose(changed.edited_latents, changed.reconstruction_latents)
 
 
@@ -244,9 +258,16 @@ def test_text_to_image_matches_diffusers_sdxl_pipeline(sdxl_model):
     prompts, steps, guidance = ["a red cat", "two dogs"], 6, 5.0
     noise = torch.randn(2, 4, 12, 12, generator=torch.Generator().manual_seed(3))
     reference = pipe(
-        prompts, latents=noise.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=0.0, output_type="latent"
+        prompts,
+        latents=noise.clone(),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        eta=0.0,
+        output_type="latent",
     ).images
-    ours = generate_latents(sdxl_model, prompts, [[]], guidance_scale=guidance, steps=steps, noise=noise, progress=False)[0]
+    ours = generate_latents(
+        sdxl_model, prompts, [[]], guidance_scale=guidance, steps=steps, noise=noise, progress=False
+    )[0]
     assert ours.shape == reference.shape == (2, 4, 12, 12)
     # diffusers steps in float32 (and keeps alpha_bar in float32); ours in float64.
     assert float((ours.float() - reference).abs().max()) < 1e-4 * float(reference.abs().max())
@@ -266,6 +287,8 @@ def test_directions_of_the_other_kind_are_refused(sdxl_model, tiny_model, tmp_pa
     assert "\n" not in str(caught.value) and "sd.safetensors" in str(caught.value)
     # Same kind and widths, different second text encoder: refused by fingerprint_2.
     other = Directions.load(sdxl_file)
-    other.second_fingerprint = dict(other.second_fingerprint, sha256="0" * 64, probe=[v + 1.0 for v in other.second_fingerprint["probe"]])
+    other.second_fingerprint = dict(
+        other.second_fingerprint, sha256="0" * 64, probe=[v + 1.0 for v in other.second_fingerprint["probe"]]
+    )
     with pytest.raises(NoiseCLRError, match="second text encoder differs"):
         other.check_compatible(sdxl_model)

@@ -84,7 +84,9 @@ def test_stored_calibration_is_used_and_survives_the_file(model64, tmp_path):
     assert loaded.calibration == directions.calibration
     term = parse_direction_spec(f"{path}:2")  # the stored strength, not a scale
     assert term.strength == -12.0 and term.scale is None
-    resolve_strengths(model64, [term], torch.full((2, 4, 8, 8), float("nan"), dtype=torch.float64))  # not measured again
+    resolve_strengths(
+        model64, [term], torch.full((2, 4, 8, 8), float("nan"), dtype=torch.float64)
+    )  # not measured again
     assert term.scale == pytest.approx(-0.12 / directions.calibration["response"][2])
     assert parse_direction_spec(f"{path}:2=25%").strength == 25.0
     assert parse_direction_spec(f"{path}:2=3").scale == 3.0

@@ -116,8 +116,13 @@ def test_render_is_identical_in_another_process():
         "print(' '.join(hashlib.sha256(b.tobytes() + repr(l).encode()).hexdigest()"
         " for b, l in (R.render_many(d, range(5)) for d in ('faces', 'cats', 'scenes'))))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={"PYTHONHASHSEED": "123", "PATH": ""})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
     assert result.stdout.split() == [_digest(d, range(5)) for d in ("faces", "cats", "scenes")]
 
 
@@ -316,7 +321,12 @@ def test_scene_edits_stay_in_their_half():
         labels = R.labels_for_seed("scenes", seed)
         scene = pixels("scenes", seed)
         face_left = labels["order"] == "face_left"
-        for name, part_is_face in (("face.glasses", True), ("face.hair_style", True), ("cat.stripes", False), ("cat.ear_size", False)):
+        for name, part_is_face in (
+            ("face.glasses", True),
+            ("face.hair_style", True),
+            ("cat.stripes", False),
+            ("cat.ear_size", False),
+        ):
             value = next(v for v in F.get_factor("scenes", name).values if v != labels[name])
             box = changed_box(pixels("scenes", seed, {name: value}), scene)
             on_left = part_is_face == face_left

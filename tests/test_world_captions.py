@@ -19,11 +19,25 @@ from noiseclr.world.render import labels_for_seed
 # ------------------------------------------------------------------------------------ parser
 # Hand-written word -> value tables, independent of captions.py's tables.
 COLOR_SYNONYMS = {"ginger": "red", "golden": "blonde", "silver": "white", "grey": "gray"}
-SKIN = {"light": "light", "pale": "light", "fair": "light", "tan": "tan", "tanned": "tan", "brown": "brown", "dark": "dark"}
+SKIN = {
+    "light": "light",
+    "pale": "light",
+    "fair": "light",
+    "tan": "tan",
+    "tanned": "tan",
+    "brown": "brown",
+    "dark": "dark",
+}
 MOUTH = {
-    "smile": "smile", "smiling": "smile", "happy": "smile",
-    "neutral": "neutral", "straight": "neutral", "serious": "neutral",
-    "frown": "frown", "frowning": "frown", "sad": "frown",
+    "smile": "smile",
+    "smiling": "smile",
+    "happy": "smile",
+    "neutral": "neutral",
+    "straight": "neutral",
+    "serious": "neutral",
+    "frown": "frown",
+    "frowning": "frown",
+    "sad": "frown",
 }
 SUBJECT = r"(?:cartoon )?(?:face|portrait|cat|kitten)"
 BACKGROUND = re.compile(r" ?(?:on|in front of|against) a (\w+) background")
@@ -45,7 +59,7 @@ def parse_object(text: str, domain: str) -> dict[str, str]:
     match = re.match(rf"an? ((?:[a-z]+ )*?){SUBJECT}\b", head)
     assert match, text
     adjectives = match.group(1).split()
-    rest = head[match.end():]
+    rest = head[match.end() :]
     for word in negated.split(" or ") if negated else []:
         put({"glasses": "glasses", "a mustache": "mustache", "lipstick": "lipstick", "stripes": "stripes"}[word], "no")
     if domain == "faces":
@@ -120,8 +134,12 @@ def parse(domain: str, text: str) -> dict[str, str]:
     if domain != "scenes":
         found.update(parse_object(text, domain))
         return found
-    adjectives = "|".join(sorted({a for t in C.WORDING.values() for v in t.values() for w in v.values() for a in w.adjectives}))
-    split = re.split(rf" (?:next to|beside|and) (?=an? (?:(?:{adjectives}|cartoon) )*(?:face|portrait|cat|kitten)\b)", text)
+    adjectives = "|".join(
+        sorted({a for t in C.WORDING.values() for v in t.values() for w in v.values() for a in w.adjectives})
+    )
+    split = re.split(
+        rf" (?:next to|beside|and) (?=an? (?:(?:{adjectives}|cartoon) )*(?:face|portrait|cat|kitten)\b)", text
+    )
     assert len(split) == 2, text
     sides = {}
     for phrase in split:
@@ -188,7 +206,9 @@ def test_captions_are_varied():
     # face with glasses") legitimately recur.
     long_texts = [text for _, text, mentions in sample("faces", 500) if len(mentions) >= 3]
     assert len(set(long_texts)) > 0.95 * len(long_texts) and len(long_texts) > 300
-    assert any("without" in t for t in texts) and any(t.startswith("a smiling") or t.startswith("a happy") for t in texts)
+    assert any("without" in t for t in texts) and any(
+        t.startswith("a smiling") or t.startswith("a happy") for t in texts
+    )
     first_phrase = {t.split(" with ")[1].split(" and ")[0] for t in texts if " with " in t}
     assert len(first_phrase) > 20  # mention order is shuffled
 

@@ -67,13 +67,17 @@ class PipelineSpec:
         """A copy with some config entries replaced, e.g. ``with_changes(scheduler={...})``."""
         names = ("unet", "vae", "text_encoder", "scheduler") + (("text_encoder_2",) if self.is_sdxl else ())
         merged = {name: {**getattr(self, name), **changes.get(name, {})} for name in names}
-        return PipelineSpec(**merged, max_length=self.max_length, force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt)
+        return PipelineSpec(
+            **merged, max_length=self.max_length, force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt
+        )
 
 
 def _text_config(config: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, Any]:
     config = dict(config)
     config.setdefault("max_position_embeddings", max_length)
-    config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config.update(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     return config
 
 
@@ -230,7 +234,6 @@ SDXL_SCHEDULER: dict[str, Any] = {
 
 SDXL_SCALING_FACTOR = 0.13025
 """SDXL's VAE latent scaling factor."""
-
 
 
 def tiny_sdxl_spec(

@@ -156,7 +156,9 @@ def describe(row: Mapping[str, Any], count: int) -> str:
 def random_vectors(model: Any, count: int = DEFAULT_COUNT, seed: int = 0) -> torch.Tensor:
     """[count, W] Gaussian token rows, each encoder's part at its typical token norm (seeded apart
     from the benchmark's random method, so its directions are never their own reference)."""
-    generator = torch.Generator().manual_seed(int(hashlib.sha256(f"noiseclr-random-reference:{seed}".encode()).hexdigest()[:15], 16))
+    generator = torch.Generator().manual_seed(
+        int(hashlib.sha256(f"noiseclr-random-reference:{seed}".encode()).hexdigest()[:15], 16)
+    )
     rows = torch.randn(count, model.token_width, generator=generator, dtype=torch.float64)
     return model.scale_to_token_norms(rows.float()).float()
 
@@ -182,9 +184,17 @@ def measure_reference(
     from .metrics import SIGNS, axis_changed, change_fractions, changed_mask
     from .terms import DirectionTerm
 
-    directions = Directions.for_model(model, random_vectors(model, count, seed), settings={"baseline": "random reference"})
-    edits = [[DirectionTerm(directions, k, None, *window, strength=sign * abs(float(strength)))] for k in range(count) for sign in SIGNS]
-    read, _ = render_and_read(model, split.inversion, reader, edits, passes or PassSizes(), desc="random reference", progress=progress)
+    directions = Directions.for_model(
+        model, random_vectors(model, count, seed), settings={"baseline": "random reference"}
+    )
+    edits = [
+        [DirectionTerm(directions, k, None, *window, strength=sign * abs(float(strength)))]
+        for k in range(count)
+        for sign in SIGNS
+    ]
+    read, _ = render_and_read(
+        model, split.inversion, reader, edits, passes or PassSizes(), desc="random reference", progress=progress
+    )
     edited = read.view(count, len(SIGNS), *read.shape[1:])
     changes = change_fractions(axis_changed(changed_mask(edited, split.recon_indices)))
     return RandomReference(changes.to(torch.float64), tuple(factor_names), float(abs(strength)), int(split.count))
@@ -277,7 +287,9 @@ class ReferenceCache:
         if cached is not None:
             return cached, True
         reference = compute()
-        reference = RandomReference(reference.changes, reference.factor_names, reference.strength, reference.images, key)
+        reference = RandomReference(
+            reference.changes, reference.factor_names, reference.strength, reference.images, key
+        )
         self.put(reference)
         return reference, False
 

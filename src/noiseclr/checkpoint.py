@@ -27,7 +27,9 @@ from .fileio import atomic_save_safetensors, read_safetensors
 log = logging.getLogger("noiseclr")
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer, prefix: str = "optimizer"
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into tensors and a JSON-able rest."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -130,7 +132,10 @@ class DiscoveryCheckpoint:
 
     def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Load the saved state into ``optimizer``, keeping ITS param groups (a changed --lr applies)."""
-        info = {"param_groups": optimizer.state_dict()["param_groups"], "scalars": self.optimizer_info.get("scalars", {})}
+        info = {
+            "param_groups": optimizer.state_dict()["param_groups"],
+            "scalars": self.optimizer_info.get("scalars", {}),
+        }
         load_optimizer_tensors(optimizer, self.optimizer, info)
 
     def optimizer_state(self, param: int = 0) -> dict[str, torch.Tensor]:
@@ -155,7 +160,9 @@ class DiscoveryCheckpoint:
             return atomic_save_safetensors(path, tensors, metadata)
         except OSError as exc:
             reason = exc.strerror or exc
-            raise NoiseCLRError(f"{path}: cannot write the checkpoint ({reason}); free space or pick another --out.") from None
+            raise NoiseCLRError(
+                f"{path}: cannot write the checkpoint ({reason}); free space or pick another --out."
+            ) from None
 
     @classmethod
     def load(cls, path: Path) -> DiscoveryCheckpoint:
@@ -186,7 +193,9 @@ class DiscoveryCheckpoint:
                 path=path,
             )
         except (KeyError, ValueError) as exc:
-            raise NoiseCLRError(f"{path}: damaged checkpoint ({exc}); delete it to fall back to an older one.") from None
+            raise NoiseCLRError(
+                f"{path}: damaged checkpoint ({exc}); delete it to fall back to an older one."
+            ) from None
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[DiscoveryCheckpoint | None, list[tuple[Path, str]]]:

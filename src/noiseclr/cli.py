@@ -77,12 +77,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         "token_width": directions.width,
         "kind": {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "Stable Diffusion XL"}.get(directions.kind or "", "unknown"),
         "token_widths": directions.token_widths,
-        "calibrated": "yes (strengths in % apply)" if directions.calibration else "no (a % strength is measured on the images edited)",
+        "calibrated": "yes (strengths in % apply)"
+        if directions.calibration
+        else "no (a % strength is measured on the images edited)",
         "model": directions.model_id or "unknown",
         "domain": directions.domain or "",
         "max_length": directions.max_length,
         "fingerprint": (directions.fingerprint or {}).get("sha256", "none (unverified: imported file)"),
-        "vector_norm": {"mean": round(float(norms.mean()), 4), "min": round(float(norms.min()), 4), "max": round(float(norms.max()), 4)},
+        "vector_norm": {
+            "mean": round(float(norms.mean()), 4),
+            "min": round(float(norms.min()), 4),
+            "max": round(float(norms.max()), 4),
+        },
         "settings": directions.settings,
     }
     if args.json:
@@ -103,7 +109,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         def short(key: str, value: object) -> str:
             # The per-direction measurements of bench/demo copies: summarised (the lines below show them).
             if key == ANNOTATIONS_KEY and isinstance(value, dict):
-                return f"{key}=({value.get('source', '')}, {len(value.get('records') or [])} directions; --json for all)"
+                return (
+                    f"{key}=({value.get('source', '')}, {len(value.get('records') or [])} directions; --json for all)"
+                )
             return f"{key}={value}"
 
         shown = ", ".join(short(k, v) for k, v in directions.settings.items())
@@ -132,7 +140,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     ensure_output_dir(out)
     written = directions.export(out, fmt)
     kind = f"{directions.kind} " if directions.kind else ""
-    print(f"wrote {len(written)} files to {out}/ ({directions.count} {kind}directions, format {fmt}; see {out / 'README.txt'})")
+    print(
+        f"wrote {len(written)} files to {out}/ ({directions.count} {kind}directions, format {fmt}; see {out / 'README.txt'})"
+    )
     sdxl = directions.kind == "sdxl"
     stem = directions.file_stem(0)
     if fmt in ("textual-inversion", "a1111"):
@@ -159,10 +169,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
         return Terminated.exit_code if stop.terminated else 130
     if not result.is_main_process:
         return 0
-    print(f"discovered {result.directions.count} directions in {_seconds(result.seconds)} ({result.steps} steps, final loss {result.final_loss:.4f})")
+    print(
+        f"discovered {result.directions.count} directions in {_seconds(result.seconds)} ({result.steps} steps, final loss {result.final_loss:.4f})"
+    )
     print(f"  directions: {result.directions_path}")
     print(f"  loss log:   {result.run_dir / 'loss.csv'}")
-    print(f"  next:       noiseclr explore --model {args.model} --directions {result.directions_path} --images {args.images} --out {result.run_dir / 'gallery'}")
+    print(
+        f"  next:       noiseclr explore --model {args.model} --directions {result.directions_path} --images {args.images} --out {result.run_dir / 'gallery'}"
+    )
     return 0
 
 
@@ -179,7 +193,9 @@ def _edit_protocol(args: argparse.Namespace, terms: Sequence, cls: type) -> dict
     from .terms import EDIT_PROTOCOL_KEYS, edit_protocol, stored_edit_protocol
 
     given = {name: getattr(args, name) for name in EDIT_PROTOCOL_KEYS}
-    return edit_protocol(given, stored_edit_protocol(terms), {name: field_default(cls, name) for name in EDIT_PROTOCOL_KEYS})
+    return edit_protocol(
+        given, stored_edit_protocol(terms), {name: field_default(cls, name) for name in EDIT_PROTOCOL_KEYS}
+    )
 
 
 def _auto_region(args: argparse.Namespace):
@@ -218,8 +234,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     started = time.monotonic()
     runtime = _runtime(args)
     terms = _terms(args.direction)
-    settings = from_args(EditSettings, args, **_edit_protocol(args, terms, EditSettings), auto_region=_auto_region(args))
-    check_image_files(args.image, max_pixels=runtime.max_pixels)  # before the model load; --out is created once there is a result
+    settings = from_args(
+        EditSettings, args, **_edit_protocol(args, terms, EditSettings), auto_region=_auto_region(args)
+    )
+    check_image_files(
+        args.image, max_pixels=runtime.max_pixels
+    )  # before the model load; --out is created once there is a result
     _check_masks(args.direction, terms, args.image)
     out = check_output_dir(args.out)
     model = runtime.load(args.model)
@@ -246,7 +266,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
         print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, *-region.png: the edit dimmed outside its region, "
               "comparison.png: input | reconstruction | edited | region)")  # fmt: skip
     else:
-        print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, comparison.png: input | reconstruction | edited)")
+        print(
+            f"  results: {out}/  (*-edited.png, *-reconstruction.png, comparison.png: input | reconstruction | edited)"
+        )
     return 0
 
 
@@ -315,7 +337,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchSettings, check_bench_inputs, parse_directions_args, run_bench
 
     files = parse_directions_args(args.directions)
-    settings = from_args(BenchSettings, args, methods=_methods(args.methods, bool(files)), auto_region=_auto_region(args))
+    settings = from_args(
+        BenchSettings, args, methods=_methods(args.methods, bool(files)), auto_region=_auto_region(args)
+    )
     cross = tuple(args.cross_domain) if args.cross_domain else None
     check_bench_inputs(args.domain, settings, files, cross)
     model = _load_model(args)
@@ -343,10 +367,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
     settings = from_args(DemoSettings, args).validate()
-    print(f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them "
-          "(default sizes: about 6 min on a 2-core CPU)", flush=True)  # before the libraries' loading bars
+    print(
+        f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them "
+        "(default sizes: about 6 min on a 2-core CPU)",
+        flush=True,
+    )  # before the libraries' loading bars
     model = _load_model(args)
-    print(f"  model {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}), writing to {args.out}/", flush=True)
+    print(
+        f"  model {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}), writing to {args.out}/",
+        flush=True,
+    )
     result = run_demo(model, args.out, settings, reader_dir=args.readers, say=lambda text: print(text, flush=True))
     print()
     print(result.text)
@@ -380,7 +410,9 @@ def _discover_parser(sub: Any) -> None:
     p = sub.add_parser("discover", help="learn K edit directions from a folder of unlabeled images")
     _add_model_args(p)
     p.add_argument("--images", required=True, type=Path, help="folder of images of one domain (about 100)")
-    p.add_argument("--out", required=True, type=Path, help="run folder: directions.safetensors, settings, loss log, checkpoints")
+    p.add_argument(
+        "--out", required=True, type=Path, help="run folder: directions.safetensors, settings, loss log, checkpoints"
+    )
     add_options(p.add_argument_group("method"), DiscoverySettings, exclude=("checkpoint_every",))
     g = p.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -439,8 +471,12 @@ def _bench_parser(sub: Any) -> None:
 
     p = sub.add_parser("bench", help="measure what directions change, with the factor readers (ground-truth benchmark)")
     _add_model_args(p)
-    p.add_argument("--domain", required=True, help="faces or cats; scenes runs only the cross-domain part (needs --cross-domain)")
-    p.add_argument("--out", required=True, type=Path, help="output folder: results.json, report.html, one folder per method")
+    p.add_argument(
+        "--domain", required=True, help="faces or cats; scenes runs only the cross-domain part (needs --cross-domain)"
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="output folder: results.json, report.html, one folder per method"
+    )
     p.add_argument("--directions", nargs="+", default=[], metavar="[NAME=]FILE",
                    help="directions files to evaluate (any noiseclr or textual-inversion file); NAME=FILE with NAME "
                         "noiseclr-all or noiseclr-single replaces that discovery")  # fmt: skip
@@ -449,10 +485,17 @@ def _bench_parser(sub: Any) -> None:
     p.add_argument("--cross-domain", nargs=2, metavar=("FACES_FILE", "CATS_FILE"), default=None,
                    help="annotated faces and cats directions (OUT/<method>/directions.safetensors of earlier bench runs) "
                         "applied together on scene renders")  # fmt: skip
-    p.add_argument("--readers", type=Path, default=None, help="folder with <domain>.safetensors reader weights (default: the shipped ones)")
+    p.add_argument(
+        "--readers",
+        type=Path,
+        default=None,
+        help="folder with <domain>.safetensors reader weights (default: the shipped ones)",
+    )
     p.add_argument("--resume", action="store_true", help="reuse finished methods and discovery runs in --out")
     discovery_fields = [f for f in flags(BenchSettings) if f.startswith("discovery_") or f == "num_directions"]
-    add_options(p.add_argument_group("discovery (noiseclr-all / noiseclr-single)"), BenchSettings, only=discovery_fields)
+    add_options(
+        p.add_argument_group("discovery (noiseclr-all / noiseclr-single)"), BenchSettings, only=discovery_fields
+    )
     add_options(p.add_argument_group("evaluation"), BenchSettings, exclude=discovery_fields)
     add_options(p.add_argument_group("auto regions (--region auto)"), AutoRegion)
     p.set_defaults(func=cmd_bench)
@@ -461,7 +504,10 @@ def _bench_parser(sub: Any) -> None:
 def _demo_parser(sub: Any) -> None:
     from .demo import DemoSettings
 
-    p = sub.add_parser("demo", help="the main job: discover, name and show face-edit directions on the embedded model (~6 min on a 2-core CPU)")
+    p = sub.add_parser(
+        "demo",
+        help="the main job: discover, name and show face-edit directions on the embedded model (~6 min on a 2-core CPU)",
+    )
     _add_model_args(p)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     add_options(p, DemoSettings)
@@ -481,7 +527,12 @@ def _export_parser(sub: Any) -> None:
     p.add_argument("file", type=Path, help="directions .safetensors (or any file 'info' accepts)")
     p.add_argument(
         "--format",
-        choices=["textual-inversion", "a1111", "diffusers", "noiseclr-published"],  # directions.EXPORT_FORMATS (no torch import here)
+        choices=[
+            "textual-inversion",
+            "a1111",
+            "diffusers",
+            "noiseclr-published",
+        ],  # directions.EXPORT_FORMATS (no torch import here)
         default="textual-inversion",
         help="textual-inversion (default): one embedding file per direction that AUTOMATIC1111, ComfyUI and diffusers "
         "all read; a1111: one per direction in kohya's layout (emb_params, or clip_l/clip_g for SDXL) for A1111, ComfyUI, "

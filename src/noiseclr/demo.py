@@ -61,7 +61,16 @@ from .demo_text import explanation as _explanation
 from .chance import DEFAULT_COUNT, RandomReference, ReferenceCache, default_cache_dir, judge, split_reference
 from .strength import DEMO_STRENGTH
 from .reuse import discover_or_reuse
-from .options import check_choice, check_count, check_inversion, check_positive, flags, option, option_from, positive_int
+from .options import (
+    check_choice,
+    check_count,
+    check_inversion,
+    check_positive,
+    flags,
+    option,
+    option_from,
+    positive_int,
+)
 
 log = logging.getLogger("noiseclr")
 
@@ -76,8 +85,14 @@ DEMO_DIVERSITY_WEIGHT, DEMO_RESEED = 1.0, 0.8
 class DemoSettings:
     """Sizes of the demo; the defaults fit the 10-minute budget on a 2-core CPU."""
 
-    directions: int = option(10, flag="--num-directions", help="directions to discover", type=positive_int, metavar="K",
-                             aliases=("--directions",))
+    directions: int = option(
+        10,
+        flag="--num-directions",
+        help="directions to discover",
+        type=positive_int,
+        metavar="K",
+        aliases=("--directions",),
+    )
     """K, directions discovered."""
     steps: int = option(200, flag="--steps", help="discovery steps", type=positive_int)
     """Discovery optimizer steps (one micro-batch each)."""
@@ -92,13 +107,17 @@ class DemoSettings:
     magnitude_floor: float = option_from(DiscoverySettings, "magnitude_floor",
                                          help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)")  # fmt: skip
     init: str = option_from(DiscoverySettings, "init", help="how discovery's rows start (see noiseclr discover)")
-    axis_negatives: bool = option_from(DiscoverySettings, "axis_negatives", help="discovery's negatives by |cos| (see noiseclr discover)")
+    axis_negatives: bool = option_from(
+        DiscoverySettings, "axis_negatives", help="discovery's negatives by |cos| (see noiseclr discover)"
+    )
     # The remedies the screen kept for the demo (benchmarks/quality.md, issue 21); 0 turns each off.
     diversity_weight: float = option_from(DiscoverySettings, "diversity_weight", default=DEMO_DIVERSITY_WEIGHT,
                                           help="discovery's decorrelation of the directions' mean changes (0: the paper's objective)")  # fmt: skip
     reseed_duplicates: float = option_from(DiscoverySettings, "reseed_duplicates", default=DEMO_RESEED,
                                            help="discovery restarts a direction repeating another above this |cos| (0: off)")  # fmt: skip
-    edit_steps: int = option(20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int)
+    edit_steps: int = option(
+        20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int
+    )
     """Inversion and denoising steps for naming and the gallery."""
     strength: float = option(DEMO_STRENGTH, flag="--strength", metavar="PERCENT",
                              help="each direction is tried at +/- this calibrated strength: the percent its term changes "
@@ -106,7 +125,9 @@ class DemoSettings:
     """One shared calibrated strength (:mod:`noiseclr.strength`); each direction is tried at +S% and -S%."""
     scale: float | None = option(None, flag="--scale", help="a raw lambda for every direction instead of --strength",
                                  default_text="")  # fmt: skip
-    naming_images: int = option(6, flag="--naming-images", help="new images each direction is measured on", type=positive_int)
+    naming_images: int = option(
+        6, flag="--naming-images", help="new images each direction is measured on", type=positive_int
+    )
     """New faces each direction is applied to for naming (and the first --gallery-images of them are shown)."""
     gallery_images: int = option(4, flag="--gallery-images", help="images per gallery strip", type=positive_int)
     domain: str = option("faces", flag="--domain", help="faces or cats")
@@ -124,11 +145,15 @@ class DemoSettings:
         check_count(self.negatives, "negatives")
         check_count(self.random_reference, flag["random_reference"], 0, "must be 0 (none) or at least 2, e.g. 20.")
         if self.random_reference == 1:
-            raise NoiseCLRError(f"{flag['random_reference']} 1: a reference needs at least 2 random directions; use 0 or e.g. 20.")
+            raise NoiseCLRError(
+                f"{flag['random_reference']} 1: a reference needs at least 2 random directions; use 0 or e.g. 20."
+            )
         check_count(self.directions, flag["directions"], 2, "discovery needs at least 2 directions.")
         check_count(self.batch, flag["batch"], 2, "the contrast needs at least 2 images per micro-batch.")
         if self.images < self.batch:
-            raise NoiseCLRError(f"{flag['images']} {self.images}: fewer than {flag['batch']} {self.batch}; render more faces.")
+            raise NoiseCLRError(
+                f"{flag['images']} {self.images}: fewer than {flag['batch']} {self.batch}; render more faces."
+            )
         check_positive(self.strength, flag["strength"], "each direction is tried at +/- it, e.g. 3.")
         check_positive(self.lr, flag["lr"])
         if self.scale is not None:
@@ -212,9 +237,13 @@ def name_directions(
     factor_names = reader_factor_names(reader, settings.domain)
     values = [factor.values for factor in domain_factors(settings.domain)]
     if test is None:
-        test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress)
+        test = prepare_split(
+            model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress
+        )
     edits = [[settings.term(directions, k, sign)] for k in range(directions.count) for sign in SIGNS]
-    edited, _ = render_and_read(model, test.inversion, reader, edits, protocol.passes, desc="naming directions", progress=progress)
+    edited, _ = render_and_read(
+        model, test.inversion, reader, edits, protocol.passes, desc="naming directions", progress=progress
+    )
     edited = edited.view(directions.count, len(SIGNS), *edited.shape[1:])
     changed = changed_mask(edited, test.recon_indices)
     records = direction_records(change_fractions(axis_changed(changed)), edited, changed, factor_names, values)
@@ -242,7 +271,9 @@ class TryEdit:
     """Fraction of the image's pixels that changed by more than :data:`VISIBLE_LEVELS` of 255."""
 
     def amount(self, settings: DemoSettings) -> str:
-        return f"{self.sign * settings.scale:g}" if settings.scale is not None else f"{self.sign * settings.strength:g}%"
+        return (
+            f"{self.sign * settings.scale:g}" if settings.scale is not None else f"{self.sign * settings.strength:g}%"
+        )
 
 
 def pick_try_edit(
@@ -279,7 +310,9 @@ def pick_try_edit(
         result = edit(model, pixels, [settings.term(directions, row.index, sign)], protocol, progress=False)
         before, after = (read_factor_values(reader, t, factors)[0][f] for t in (result.reconstruction, result.edited))
         moved = (result.edited - result.reconstruction).abs().amax(dim=1) * 127.5 > VISIBLE_LEVELS
-        tried.append(TryEdit(images[image_index], row.index, sign, row.main_factor, before, after, float(moved.float().mean())))
+        tried.append(
+            TryEdit(images[image_index], row.index, sign, row.main_factor, before, after, float(moved.float().mean()))
+        )
         if before != after:
             return tried[-1]
     best = max(tried, key=lambda t: t.visible, default=None)
@@ -383,12 +416,22 @@ def _name_stage(
     protocol = settings.protocol()
     if reader is None:
         say("[3/4] naming skipped (no factor reader)")
-        rows = [DirectionRecord(index=k, name=f"direction {k}").set_edit(**settings.edit()) for k in range(directions.count)]
-        directions.edit_defaults = [{**row.edit_default(), "inversion": protocol.inversion, "steps": protocol.steps} for row in rows]
+        rows = [
+            DirectionRecord(index=k, name=f"direction {k}").set_edit(**settings.edit()) for k in range(directions.count)
+        ]
+        directions.edit_defaults = [
+            {**row.edit_default(), "inversion": protocol.inversion, "steps": protocol.steps} for row in rows
+        ]
         return Named(rows, None, None, directions)
-    say(f"[3/4] naming each direction: +/-{settings.amount()} on {settings.naming_images} test {settings.domain}, read by the factor reader")
-    test = prepare_split(model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress)
-    rows, changes = name_directions(model, directions, reader, settings, progress=progress, return_changes=True, test=test)
+    say(
+        f"[3/4] naming each direction: +/-{settings.amount()} on {settings.naming_images} test {settings.domain}, read by the factor reader"
+    )
+    test = prepare_split(
+        model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress
+    )
+    rows, changes = name_directions(
+        model, directions, reader, settings, progress=progress, return_changes=True, test=test
+    )
     reference = compare_with_random(model, reader, test, rows, changes, settings, say=say, progress=progress)
     annotated = annotate_directions(
         model, directions, rows, domain=settings.domain, source="noiseclr demo", protocol=protocol,
@@ -426,6 +469,46 @@ def reference_summary(reference: RandomReference | None, rows: Sequence[Directio
     }  # fmt: skip
 
 
+def _write_summaries(
+    out: Path, model: DiffusionModel, settings: DemoSettings, named: Named, named_file: Directions, directions_path: Path,
+    named_ok: bool, gallery: str, try_edit: TryEdit | None, vae_psnr: float, timings: dict[str, float], seconds: float,
+    intro: str, files: str,
+) -> tuple[str, Path, Path]:  # fmt: skip
+    """The printed text, summary.md and summary.json."""
+    rows = named.rows
+    repeated = repeats(named_file)
+    notes = "\n".join(
+        textwrap.fill(note, width=100)
+        for note in (random_note(rows, named.reference), duplicate_note(named_file))
+        if note
+    )
+    table = summary_table(rows, repeated=repeated) + (f"\n{notes}" if notes else "")
+    text = f"{intro}\n\n{table}\n\n{files}\n\nDone in {seconds / 60:.1f} min."
+    summary_md = atomic_write_text(
+        out / "summary.md",
+        f"# NoiseCLR demo\n\n{intro}\n\n{summary_table(rows, markdown=True, repeated=repeated)}\n\n{notes}\n\n```\n{files}\n```\n",
+    )
+    summary_json = atomic_write_json(
+        out / "summary.json",
+        {
+            "model": model.describe(),
+            "settings": asdict(settings),
+            "named": named_ok,
+            "directions_file": str(directions_path),
+            "duplicates": (named_file.calibration or {}).get("duplicates", []),
+            "clean_factors": clean_factors(rows) if named_ok else None,
+            "random_reference": reference_summary(named.reference, rows),
+            "vae_round_trip_psnr_db": round(vae_psnr, 2),
+            "try_edit": None if try_edit is None else {**asdict(try_edit), "image": str(try_edit.image)},
+            "gallery": gallery,
+            "directions": [row.to_json() for row in rows],
+            "timings_seconds": timings,
+            "seconds": round(seconds, 1),
+        },
+    )
+    return text, summary_md, summary_json
+
+
 def run_demo(
     model: DiffusionModel,
     out: str | Path,
@@ -450,10 +533,16 @@ def run_demo(
         timings[name] = round(now - since, 1)
         return now
 
-    say(f"[1/4] rendering {settings.images} training {settings.domain} and {settings.naming_images} test {settings.domain}")
+    say(
+        f"[1/4] rendering {settings.images} training {settings.domain} and {settings.naming_images} test {settings.domain}"
+    )
     clock = time.monotonic()
-    train_pixels, _ = render_pixels(settings.domain, seeds_for("demo-train", settings.images, settings.seed), model.resolution)
-    test_pixels, _ = render_pixels(settings.domain, seeds_for("demo-test", settings.naming_images, settings.seed), model.resolution)
+    train_pixels, _ = render_pixels(
+        settings.domain, seeds_for("demo-train", settings.images, settings.seed), model.resolution
+    )
+    test_pixels, _ = render_pixels(
+        settings.domain, seeds_for("demo-test", settings.naming_images, settings.seed), model.resolution
+    )
     _save_renders(train_pixels, out / "train-images", subject)
     test_paths = _save_renders(test_pixels, out / "test-images", subject)
     clock = stage("render", clock)
@@ -468,43 +557,27 @@ def run_demo(
     directions_path = named.annotated.save(out / "directions.safetensors")
     named_file = Directions.load(directions_path)
 
-    say(f"[4/4] drawing the gallery ({settings.gallery_images} test {settings.domain} x -{settings.amount()}, 0, +{settings.amount()})")
+    say(
+        f"[4/4] drawing the gallery ({settings.gallery_images} test {settings.domain} x -{settings.amount()}, 0, +{settings.amount()})"
+    )
     gallery = _gallery(model, named_file, test_pixels, test_paths, out, settings, progress)
     rows = named.rows
     for row, strip in zip(rows, gallery.strips):
         row.strip = str(strip.relative_to(out))
-    try_edit = pick_try_edit(model, named_file, reader, rows, named.changes, test_paths, settings) if reader is not None else None
+    try_edit = (
+        pick_try_edit(model, named_file, reader, rows, named.changes, test_paths, settings)
+        if reader is not None
+        else None
+    )
     vae_psnr = vae_round_trip_psnr(model, test_pixels)
     stage("gallery", clock)
 
     seconds = time.monotonic() - started
     intro, files = _explanation(model, settings, out, rows, reader is not None, why_unnamed, try_edit, vae_psnr)
-    repeated = repeats(named_file)
-    notes = "\n".join(textwrap.fill(note, width=100) for note in (random_note(rows, named.reference), duplicate_note(named_file)) if note)
-    table = summary_table(rows, repeated=repeated) + (f"\n{notes}" if notes else "")
-    text = f"{intro}\n\n{table}\n\n{files}\n\nDone in {seconds / 60:.1f} min."
-    summary_md = atomic_write_text(
-        out / "summary.md",
-        f"# NoiseCLR demo\n\n{intro}\n\n{summary_table(rows, markdown=True, repeated=repeated)}\n\n{notes}\n\n```\n{files}\n```\n",
-    )
-    summary_json = atomic_write_json(
-        out / "summary.json",
-        {
-            "model": model.describe(),
-            "settings": asdict(settings),
-            "named": reader is not None,
-            "directions_file": str(directions_path),
-            "duplicates": (named_file.calibration or {}).get("duplicates", []),
-            "clean_factors": clean_factors(rows) if reader is not None else None,
-            "random_reference": reference_summary(named.reference, rows),
-            "vae_round_trip_psnr_db": round(vae_psnr, 2),
-            "try_edit": None if try_edit is None else {**asdict(try_edit), "image": str(try_edit.image)},
-            "gallery": str(gallery.index_html),
-            "directions": [row.to_json() for row in rows],
-            "timings_seconds": timings,
-            "seconds": round(seconds, 1),
-        },
-    )
+    text, summary_md, summary_json = _write_summaries(
+        out, model, settings, named, named_file, directions_path, reader is not None, f"{gallery.index_html}",
+        try_edit, vae_psnr, timings, seconds, intro, files,
+    )  # fmt: skip
     return DemoResult(
         out=out,
         directions_path=directions_path,

@@ -40,7 +40,17 @@ def summary_table(
     """The per-direction table (plain text or markdown); ``repeated`` marks a direction that repeats an
     earlier one (:func:`repeats`)."""
     repeated = repeated or {}
-    header = ["#", "name (what it changes)", "strength", "changed", "purity", "vs random", "repeats", "also changes", "strip"]
+    header = [
+        "#",
+        "name (what it changes)",
+        "strength",
+        "changed",
+        "purity",
+        "vs random",
+        "repeats",
+        "also changes",
+        "strip",
+    ]
     body = [
         [
             str(row.index),
@@ -61,7 +71,9 @@ def summary_table(
         return "\n".join(lines)
     widths = [max(len(header[i]), *(len(cells[i]) for cells in body)) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i in (1, 5, 6, 7, 8) else f"{{:>{w}}}" for i, w in enumerate(widths))
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*cells) for cells in body])
+    return "\n".join(
+        [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*cells) for cells in body]
+    )
 
 
 def random_note(rows: Sequence[DirectionRecord], reference: RandomReference | None) -> str:

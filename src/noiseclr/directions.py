@@ -190,7 +190,8 @@ class Directions:
             names=[self.names[i] for i in indices] if self.names else None,
             edit_defaults=[self.edit_defaults[i] for i in indices] if self.edit_defaults else None,
             calibration={**self.calibration, "response": [self.calibration["response"][i] for i in indices]}
-            if self.calibration else None,
+            if self.calibration
+            else None,
         )
 
     def response(self, index: int) -> float | None:
@@ -231,7 +232,11 @@ class Directions:
                 f"pass --model {made_for} or discover directions for this model."
             )
         second = model.second_encoder_fingerprint()
-        if self.second_fingerprint is not None and second is not None and not fingerprints_match(self.second_fingerprint, second):
+        if (
+            self.second_fingerprint is not None
+            and second is not None
+            and not fingerprints_match(self.second_fingerprint, second)
+        ):
             raise NoiseCLRError(
                 f"{where}: made for model {made_for}, whose second text encoder differs from {model.name}'s; "
                 f"pass --model {made_for} or discover directions for this model."
@@ -484,7 +489,9 @@ class Directions:
                     path = folder / sub / f"{stem}-{key}.safetensors"
                     written.append(atomic_save_safetensors(path, {token: part.clone()}))
             else:
-                written.append(atomic_save_safetensors(folder / f"{stem}.safetensors", {token: self.vectors[index].clone()}))
+                written.append(
+                    atomic_save_safetensors(folder / f"{stem}.safetensors", {token: self.vectors[index].clone()})
+                )
         return written
 
     def _listing(self, tokens: bool = False) -> str:
@@ -612,7 +619,7 @@ class _MetadataReader:
                 continue
             where = f"edit_defaults[{index}]"
             if not isinstance(entry, dict):
-                raise self.bad(where, entry, "a JSON object such as {\"strength\": 3, \"start\": 0, \"end\": 1}")
+                raise self.bad(where, entry, 'a JSON object such as {"strength": 3, "start": 0, "end": 1}')
             for key, (ok, expected) in EDIT_DEFAULT_FIELDS.items():
                 if key in entry and not ok(entry[key]):
                     raise self.bad(f"{where}.{key}", entry[key], expected)
@@ -625,14 +632,20 @@ class _MetadataReader:
         if record is None:
             return None
         response = record.get("response")
-        if not (isinstance(response, list) and len(response) == count and all(_is_number(r) and r >= 0 for r in response)):
-            raise self.bad("calibration.response", response, f"a list of {count} non-negative numbers (one per direction)")
+        if not (
+            isinstance(response, list) and len(response) == count and all(_is_number(r) and r >= 0 for r in response)
+        ):
+            raise self.bad(
+                "calibration.response", response, f"a list of {count} non-negative numbers (one per direction)"
+            )
         pairs = record.get("duplicates", [])
         if not (isinstance(pairs, list) and all(
             isinstance(p, list) and len(p) == 3 and _is_int(p[0]) and _is_int(p[1]) and _is_number(p[2])
             and 0 <= p[0] < count and 0 <= p[1] < count for p in pairs
         )):  # fmt: skip
-            raise self.bad("calibration.duplicates", pairs, f"a list of [i, j, cos] with direction indices below {count}")
+            raise self.bad(
+                "calibration.duplicates", pairs, f"a list of [i, j, cos] with direction indices below {count}"
+            )
         return record
 
 
@@ -678,7 +691,9 @@ def textual_inversion_vectors(state: Any, path: Path | str = "file") -> tuple[li
         )
     widths = {vector.shape[0] for _, vector in found}
     if len(widths) != 1:
-        raise NoiseCLRError(f"{path}: vectors of different widths {sorted(widths)}; a file must hold one model's tokens.")
+        raise NoiseCLRError(
+            f"{path}: vectors of different widths {sorted(widths)}; a file must hold one model's tokens."
+        )
     return [name for name, _ in found], [vector for _, vector in found]
 
 
@@ -691,7 +706,9 @@ def sdxl_pair_vectors(state: Any, path: Path | str = "file") -> tuple[list[str],
     parts = [part.unsqueeze(0) if part.ndim == 1 else part for part in parts]
     if any(part.ndim != 2 for part in parts) or parts[0].shape[0] != parts[1].shape[0]:
         shapes = ", ".join(f"{key} {tuple(state[key].shape)}" for key in SDXL_KEYS)
-        raise NoiseCLRError(f"{path}: SDXL embedding with mismatched tensors ({shapes}); expected [n, W] each with the same n.")
+        raise NoiseCLRError(
+            f"{path}: SDXL embedding with mismatched tensors ({shapes}); expected [n, W] each with the same n."
+        )
     stem = Path(path).stem
     count = parts[0].shape[0]
     names = [stem] if count == 1 else [f"{stem}[{i}]" for i in range(count)]
@@ -724,6 +741,8 @@ def _diffusers_sdxl_pair(path: Path, state: Any) -> tuple[list[str], torch.Tenso
     states = (state, other_state) if other == second else (other_state, state)
     (names, part_1), (_, part_2) = (textual_inversion_vectors(st, p) for st, p in zip(states, (first, second)))
     if len(part_1) != len(part_2):
-        raise NoiseCLRError(f"{path}: {first} and {second} hold {len(part_1)} and {len(part_2)} vectors; an SDXL pair needs the same number.")
+        raise NoiseCLRError(
+            f"{path}: {first} and {second} hold {len(part_1)} and {len(part_2)} vectors; an SDXL pair needs the same number."
+        )
     vectors = torch.cat([torch.stack(part_1), torch.stack(part_2)], dim=1)
     return names, vectors, [int(part_1[0].shape[0]), int(part_2[0].shape[0])]

@@ -172,9 +172,12 @@ def initial_directions(model: DiffusionModel, count: int, seed: int, init: str =
     special = {model.tokenizer.bos_token_id, model.tokenizer.eos_token_id, model.tokenizer.pad_token_id}
     candidates = torch.tensor([i for i in range(vocab) if i not in special])
     if count > len(candidates):
-        raise NoiseCLRError(f"--init tokens: {count} directions but only {len(candidates)} real tokens; use --init random.")
+        raise NoiseCLRError(
+            f"--init tokens: {count} directions but only {len(candidates)} real tokens; use --init random."
+        )
     ids = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
     return torch.cat([table[ids] for table in tables], dim=1)
+
 
 # ------------------------------------------------------------------------ images
 def _prepare_pixels(
@@ -197,7 +200,9 @@ def _prepare_pixels(
             "load them with noiseclr.images.load_image_folder."
         )
     if pixels.shape[0] < needed:
-        raise NoiseCLRError(f"{flag}: only {pixels.shape[0]} image(s), need at least {needed}; add images or lower --batch.")
+        raise NoiseCLRError(
+            f"{flag}: only {pixels.shape[0]} image(s), need at least {needed}; add images or lower --batch."
+        )
     return pixels, source
 
 
@@ -258,7 +263,9 @@ def discover(
     _log_global_batch(settings, global_batch)
     pixels, image_source = _prepare_pixels(images, model, global_batch, "--images", runtime.max_pixels)
     fingerprint = image_fingerprint(pixels)
-    settings = _check_resumed(checkpoint, resume, model, settings, run_dir, pixels, global_batch, fingerprint, image_source)
+    settings = _check_resumed(
+        checkpoint, resume, model, settings, run_dir, pixels, global_batch, fingerprint, image_source
+    )
     ensure_output_dir(run_dir, "--out")
     if procs.is_main:
         runfolder.set_aside(unreadable)

@@ -31,7 +31,9 @@ class DiscoverySettings:
     beside it: those knobs never change what is learned beyond float rounding.
     """
 
-    num_directions: int = option(100, flag="--num-directions", help="number of directions", metavar="K", aliases=("--directions",))
+    num_directions: int = option(
+        100, flag="--num-directions", help="number of directions", metavar="K", aliases=("--directions",)
+    )
     """K, the number of directions learned."""
     steps: int = option(1000, flag="--steps", help="optimizer steps")
     batch_size: int = option(6, flag="--batch", help="images per micro-batch per process", metavar="N")
@@ -53,13 +55,17 @@ class DiscoverySettings:
     hflip: bool = option(True, flag="--no-hflip", help="do not mirror training images")
     """Randomly mirror training images (both versions are encoded once at the start)."""
     seed: int = option(0, flag="--seed", help="seed of every random draw", default_text="")
-    domain: str = option("", flag="--domain", help="label stored with the directions (faces, cats, ...)", default_text="")
+    domain: str = option(
+        "", flag="--domain", help="label stored with the directions (faces, cats, ...)", default_text=""
+    )
     """Free-text label of the image domain, stored with the directions."""
     magnitude_floor: float = option(0.0, flag="--magnitude-floor", metavar="R",
                                     help="keep every direction's noise response ||eps_k - eps_0|| / ||eps_0|| above R with a "
                                          "hinge penalty (0: the paper's objective)")  # fmt: skip
     """Remedy for collapsed directions (``magnitude_hinge``); 0 is the paper's objective."""
-    floor_weight: float = option(1.0, flag="--floor-weight", help="weight of the magnitude floor's hinge (on log response)")
+    floor_weight: float = option(
+        1.0, flag="--floor-weight", help="weight of the magnitude floor's hinge (on log response)"
+    )
     diversity_weight: float = option(0.0, flag="--diversity-weight", metavar="W",
                                      help="penalise W * mean squared cosine between the directions' mean noise changes "
                                           "over the batch (0: the paper's objective)")  # fmt: skip
@@ -90,13 +96,22 @@ class DiscoverySettings:
     def validate(self) -> DiscoverySettings:
         """One-line :class:`NoiseCLRError` for any setting that cannot work."""
         flag = flags(DiscoverySettings)
-        check_count(self.num_directions, flag["num_directions"], 2, "need at least 2 directions to contrast; use 2 or more.")
-        if self.num_negatives is not None and not (is_whole(self.num_negatives) and 1 <= self.num_negatives < self.num_directions):
+        check_count(
+            self.num_directions, flag["num_directions"], 2, "need at least 2 directions to contrast; use 2 or more."
+        )
+        if self.num_negatives is not None and not (
+            is_whole(self.num_negatives) and 1 <= self.num_negatives < self.num_directions
+        ):
             raise NoiseCLRError(
                 f"{flag['num_negatives']} {self.num_negatives}: must be between 1 and "
                 f"{flag['num_directions']} - 1 = {self.num_directions - 1}."
             )
-        check_count(self.batch_size, flag["batch_size"], 2, "the contrast needs at least 2 images per micro-batch; use 2 or more.")
+        check_count(
+            self.batch_size,
+            flag["batch_size"],
+            2,
+            "the contrast needs at least 2 images per micro-batch; use 2 or more.",
+        )
         check_count(self.micro_batches, flag["micro_batches"], why="must be at least 1.")
         check_count(self.steps, flag["steps"], why="must be at least 1.")
         check_positive(self.lr, flag["lr"])
@@ -104,13 +119,19 @@ class DiscoverySettings:
         check_choice(self.loss_variant, VARIANTS, flag["loss_variant"])
         check_window(*self.timestep_range, flag["timestep_range"], of="the training timesteps")
         if not (isinstance(self.magnitude_floor, (int, float)) and 0.0 <= self.magnitude_floor < float("inf")):
-            raise NoiseCLRError(f"{flag['magnitude_floor']} {self.magnitude_floor}: must be 0 (off) or a positive number, e.g. 0.05.")
+            raise NoiseCLRError(
+                f"{flag['magnitude_floor']} {self.magnitude_floor}: must be 0 (off) or a positive number, e.g. 0.05."
+            )
         if not (isinstance(self.floor_weight, (int, float)) and 0.0 <= self.floor_weight < float("inf")):
             raise NoiseCLRError(f"{flag['floor_weight']} {self.floor_weight}: must be 0 or a positive number.")
         if not (isinstance(self.reseed_duplicates, (int, float)) and 0.0 <= self.reseed_duplicates <= 1.0):
-            raise NoiseCLRError(f"{flag['reseed_duplicates']} {self.reseed_duplicates}: must be 0 (off) or a cosine in (0, 1], e.g. 0.9.")
+            raise NoiseCLRError(
+                f"{flag['reseed_duplicates']} {self.reseed_duplicates}: must be 0 (off) or a cosine in (0, 1], e.g. 0.9."
+            )
         if not (isinstance(self.diversity_weight, (int, float)) and 0.0 <= self.diversity_weight < float("inf")):
-            raise NoiseCLRError(f"{flag['diversity_weight']} {self.diversity_weight}: must be 0 (off) or a positive number, e.g. 1.")
+            raise NoiseCLRError(
+                f"{flag['diversity_weight']} {self.diversity_weight}: must be 0 (off) or a positive number, e.g. 1."
+            )
         check_choice(self.init, INITS, flag["init"])
         check_count(self.checkpoint_every, flag["checkpoint_every"], 0, "must be 0 (off) or positive.")
         check_count(self.keep_checkpoints, "keep_checkpoints", why="must be at least 1.")
@@ -134,7 +155,6 @@ class DiscoverySettings:
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
-
 
 
 def changed_trajectory(before: DiscoverySettings, now: DiscoverySettings) -> list[str]:

@@ -26,14 +26,10 @@ or, for one edit with before/after, :func:`edit`; for prompts, :func:`generate`.
 The terms (directions and prompts alike) and the command line's ``FILE:INDEX=SCALE`` syntax are
 in :mod:`noiseclr.terms`.
 
-Localized edits (:mod:`noiseclr.regions` has the math): a term with a ``region`` (``"auto"``, a
-mask image or tensor) contributes ``w * R * (eps_k - eps_0)`` only inside its region ``R``, and an
-edit whose acting terms all have regions is blended back onto the same image's reconstruction
-outside the union of its regions after every step. The reconstruction is then one more
-trajectory of the same batch: :func:`regenerate` and :func:`generate_latents` add the plain
-variant (``[]``) when it is not among the edits and a term has a region, so there is still ONE
-UNet call per step. Gated pairs are listed in a :class:`~noiseclr.regions.RegionPlan`
-(:func:`~noiseclr.regions.plan_regions`); :func:`denoise` without one is exactly the global kernel.
+Localized edits (:mod:`noiseclr.regions` has the math): a term with a ``region`` contributes only
+inside it, and an edit whose acting terms all have regions is blended back onto the image's
+reconstruction outside their union after every step; the reconstruction rides in the same batch
+(still ONE UNet call per step), and :func:`denoise` without a region plan is the global kernel.
 """
 
 from __future__ import annotations
@@ -128,12 +124,12 @@ def edit_weights(
     for e, terms in enumerate(edits):
         for term in terms:
             if term.scale is None:
-                raise ValueError(f"{term.describe()}: strength not resolved to a scale (noiseclr.terms.resolve_strengths)")
+                raise ValueError(
+                    f"{term.describe()}: strength not resolved to a scale (noiseclr.terms.resolve_strengths)"
+                )
             column = offset + rows[term.key]
             weights[e, column] += term.scale * term.active_steps(steps).to(torch.float64)
     return weights
-
-
 
 
 # --------------------------------------------------------------------------- the kernel
@@ -210,7 +206,9 @@ def denoise(
     weights = weights.to(torch.float64).cpu()
     base_rows = torch.arange(count)
     if regions is not None and regions.index.shape != (count, conditionings.shape[0]):
-        raise ValueError(f"regions.index must be [M={count}, J={conditionings.shape[0]}], got {tuple(regions.index.shape)}")
+        raise ValueError(
+            f"regions.index must be [M={count}, J={conditionings.shape[0]}], got {tuple(regions.index.shape)}"
+        )
     memory = None if regions is None else RegionState.empty(regions, tuple(state.shape[2:]), state.dtype, device)
     for step in tqdm(range(schedule.steps), desc=desc, disable=not progress, leave=False):
         steering = weights[:, 1:, step]
@@ -638,7 +636,9 @@ class GenerateResult:
             labels.append("region")
         rows = [[tensor_to_pil(column[i]) for column in columns] for i in range(len(self))]
         title = "; ".join(term.describe() for term in self.terms) or None
-        return make_grid(rows, column_labels=labels, row_labels=[p[:24] or "(empty)" for p in self.prompts], title=title)
+        return make_grid(
+            rows, column_labels=labels, row_labels=[p[:24] or "(empty)" for p in self.prompts], title=title
+        )
 
 
 def generate(

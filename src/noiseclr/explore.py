@@ -52,7 +52,9 @@ class ExploreSettings:
     """Calibrated strengths (percent, :mod:`noiseclr.strength`), one column each, the same for every direction."""
     num_images: int = option(4, flag="--num-images", help="images per strip", type=positive_int)
     """Images per strip (the first ones of the folder, by name)."""
-    indices: list[int] | None = option(None, flag="--indices", help="only these directions", type=int, nargs="+", default_text="")
+    indices: list[int] | None = option(
+        None, flag="--indices", help="only these directions", type=int, nargs="+", default_text=""
+    )
     """Directions to show (default: all)."""
     window: tuple[float, float] | None = option(
         None, flag="--window", help="active part of the schedule", type=window, metavar="START:END",
@@ -165,7 +167,9 @@ def _stored_protocol(directions: Directions, indices: Sequence[int], settings: E
     """Inversion and steps: as given, else as stored with the directions (how they were measured)."""
     stored: dict = {}
     for index in indices:
-        stored = {k: v for k, v in stored_defaults(directions, index).items() if k in EDIT_PROTOCOL_KEYS and v is not None}
+        stored = {
+            k: v for k, v in stored_defaults(directions, index).items() if k in EDIT_PROTOCOL_KEYS and v is not None
+        }
         if stored:
             break
     given = {"inversion": settings.inversion or None, "steps": settings.steps or None}
@@ -204,17 +208,27 @@ def explore(
 
     latents = model.encode_images(pixels)
     inversion = invert(
-        model, latents, inversion_method, steps, generator=torch.Generator().manual_seed(settings.seed), progress=progress
+        model,
+        latents,
+        inversion_method,
+        steps,
+        generator=torch.Generator().manual_seed(settings.seed),
+        progress=progress,
     )
     needs_reconstruction = any(amount == 0 for columns in columns_of.values() for amount, _ in columns)
     reconstruction = render_edits(model, inversion, [[]], progress=False)[0] if needs_reconstruction else None
 
     strips: list[Path] = []
     cards: dict[int, str] = {}
-    chunks = [indices[i : i + settings.directions_per_pass] for i in range(0, len(indices), settings.directions_per_pass)]
+    chunks = [
+        indices[i : i + settings.directions_per_pass] for i in range(0, len(indices), settings.directions_per_pass)
+    ]
     for chunk in chunks:
         pairs = [(index, column) for index in chunk for column in columns_of[index] if column[0] != 0]
-        edits = [[_term(directions, index, column, _window_for(directions, index, settings), region)] for index, column in pairs]
+        edits = [
+            [_term(directions, index, column, _window_for(directions, index, settings), region)]
+            for index, column in pairs
+        ]
         # Localized strips: the strongest column once more, globally, to compare with.
         compared = [index for index in chunk if region is not None and _strongest(columns_of[index])[0] != 0]
         edits += [[_term(directions, index, _strongest(columns_of[index]), _window_for(directions, index, settings))]
@@ -233,7 +247,9 @@ def explore(
                 strongest = _strongest(columns_of[index])
                 local = pairs.index((index, strongest))
                 columns.append(rendered[len(pairs) + compared.index(index)])
-                columns.append(torch.stack([region_overlay(rendered[local][b], regions[local][b]) for b in range(count)]))
+                columns.append(
+                    torch.stack([region_overlay(rendered[local][b], regions[local][b]) for b in range(count)])
+                )
                 labels += [f"{_label(strongest)} global", f"{_label(strongest)} region"]
             rows = [[tensor_to_pil(column[b]) for column in columns] for b in range(count)]
             start, end = _window_for(directions, index, settings)
@@ -247,8 +263,16 @@ def explore(
                                    columns_of[index], (start, end), inversion_method, steps, stored,
                                    region=settings.region)  # fmt: skip
             cards[index] = _card(directions, index, path.name, commands, _verdict(directions, index))
-    page = _page(directions, model, names, _grouped(directions, cards), inversion_method, steps, settings.scales is None and settings.strengths is None,
-                 region=region)
+    page = _page(
+        directions,
+        model,
+        names,
+        _grouped(directions, cards),
+        inversion_method,
+        steps,
+        settings.scales is None and settings.strengths is None,
+        region=region,
+    )
     index_html = atomic_write_text(out / "index.html", page)
     return ExploreResult(out=out, index_html=index_html, strips=strips, seconds=time.monotonic() - started)
 
@@ -277,13 +301,20 @@ def edit_commands(
     stored = stored_defaults(directions, index)
     window_part = f"@{window[0]:g}:{window[1]:g}" if window != (0.0, 1.0) else ""
     if stored_setting and stored:
-        amount, unit = (stored["strength"], "strength") if stored.get("strength") is not None else (stored.get("scale"), "scale")
-        specs = [f"{source}:{index}"]  # the stored setting itself; its opposite below (an amount drops the stored window)
+        amount, unit = (
+            (stored["strength"], "strength") if stored.get("strength") is not None else (stored.get("scale"), "scale")
+        )
+        specs = [
+            f"{source}:{index}"
+        ]  # the stored setting itself; its opposite below (an amount drops the stored window)
         if amount is not None:
             specs.append(f"{source}:{index}={-float(amount):g}{'%' if unit == 'strength' else ''}{window_part}")
     else:
         amount, unit = max(columns, key=lambda column: abs(column[0]))
-        specs = [f"{source}:{index}={sign * abs(amount):g}{'%' if unit == 'strength' else ''}{window_part}" for sign in (1, -1)]
+        specs = [
+            f"{source}:{index}={sign * abs(amount):g}{'%' if unit == 'strength' else ''}{window_part}"
+            for sign in (1, -1)
+        ]
     if region is not None:
         mark = "#auto" if region == "auto" else f"#{here(Path(region))}"
         specs = [spec + mark for spec in specs]
@@ -344,8 +375,14 @@ def _card(directions: Directions, index: int, image: str, commands: Sequence[str
 
 
 def _page(
-    directions: Directions, model: DiffusionModel, names: Sequence[str], cards: list[str], inversion: str, steps: int,
-    stored: bool, region: Region | None = None,
+    directions: Directions,
+    model: DiffusionModel,
+    names: Sequence[str],
+    cards: list[str],
+    inversion: str,
+    steps: int,
+    stored: bool,
+    region: Region | None = None,
 ) -> str:
     title = f"NoiseCLR directions: {directions.path.name if directions.path else 'directions'}"
     columns = ("-2, -1, 0, +1 and +2 times each direction's stored strength (or scale)" if stored

@@ -97,13 +97,17 @@ def read_tensor_file(path: str | os.PathLike) -> Any:
             raise UnsafePickleError(
                 f"{path}: refused: it holds Python objects besides tensors, and noiseclr loads only plain tensor files "
                 "(unpickling can run code). If you trust its source, convert it to safetensors once: "
-                f"python -c \"import torch; from safetensors.torch import save_file; "
+                f'python -c "import torch; from safetensors.torch import save_file; '
                 f"save_file({{k: v.contiguous() for k, v in torch.load('{path}', weights_only=False).items()}}, "
                 f"'{path.with_suffix('.safetensors')}')\""
             ) from None
-        raise NoiseCLRError(f"{path}: not a readable tensor file (not a torch.save file); check the path or re-export it.") from None
+        raise NoiseCLRError(
+            f"{path}: not a readable tensor file (not a torch.save file); check the path or re-export it."
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError):
-        raise NoiseCLRError(f"{path}: not a readable tensor file (damaged or of another type); check the path or re-export it.") from None
+        raise NoiseCLRError(
+            f"{path}: not a readable tensor file (damaged or of another type); check the path or re-export it."
+        ) from None
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -119,7 +123,9 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     if not existing.is_dir():
         raise NoiseCLRError(f"{flag} {path}: cannot write there ({existing} is a file); choose a writable folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise NoiseCLRError(f"{flag} {path}: cannot write there (permission denied on {existing}); choose a writable folder.")
+        raise NoiseCLRError(
+            f"{flag} {path}: cannot write there (permission denied on {existing}); choose a writable folder."
+        )
     return path
 
 

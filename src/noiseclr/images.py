@@ -240,7 +240,9 @@ def _unusable(flag: str, path: Path, reason: str) -> NoiseCLRError:
     return NoiseCLRError(f"{flag} {path}: cannot read it as an image ({reason}); pass a PNG, JPEG or similar.")
 
 
-def check_image_files(paths: Sequence[str | Path], *, flag: str = "--image", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+def check_image_files(
+    paths: Sequence[str | Path], *, flag: str = "--image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> None:
     """What :func:`load_image_files` checks, from the files' headers alone (before any model is loaded)."""
     if not paths:
         raise NoiseCLRError(f"{flag}: no images given; pass at least one image file.")

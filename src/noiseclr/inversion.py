@@ -279,7 +279,9 @@ def _invert_ddpm(
     for start in tqdm(range(0, rows.shape[0], per_call), desc="inverting (ddpm)", disable=not progress, leave=False):
         part = slice(start, start + per_call)
         count = rows[part].shape[0]
-        eps_parts.append(model.predict_eps_rows(rows[part], row_t[part], null.expand(count, -1, -1), max_batch).to(x0.dtype))
+        eps_parts.append(
+            model.predict_eps_rows(rows[part], row_t[part], null.expand(count, -1, -1), max_batch).to(x0.dtype)
+        )
     eps = torch.cat(eps_parts).view(steps, *x0.shape)
     noise_maps = torch.empty_like(chain)
     for step in range(steps):

@@ -90,7 +90,6 @@ def check_float64(dtype: torch.dtype) -> None:
         )
 
 
-
 def quiet_transformers() -> None:
     # transformers warns about an optional torchvision backend on every CLIP import.
     try:
@@ -107,7 +106,6 @@ def quiet_transformers() -> None:
         pass
 
 
-
 # ------------------------------------------------------------------ the pipeline object
 def pipeline_class(sdxl: bool) -> tuple[Any, dict[str, Any]]:
     """The diffusers pipeline class and the keyword arguments noiseclr always gives it: no safety
@@ -116,7 +114,11 @@ def pipeline_class(sdxl: bool) -> tuple[Any, dict[str, Any]]:
 
     if sdxl:
         return StableDiffusionXLPipeline, {"add_watermarker": False}
-    return StableDiffusionPipeline, {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    return StableDiffusionPipeline, {
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
 
 
 def assemble_pipeline(
@@ -222,7 +224,9 @@ def _model_index(source: str | Path, name: str, revision: str | None, local_file
         try:
             return json.loads((source / "model_index.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise NoiseCLRError(f"--model {name}: cannot read model_index.json ({exc}); re-save the pipeline with save_pretrained.") from None
+            raise NoiseCLRError(
+                f"--model {name}: cannot read model_index.json ({exc}); re-save the pipeline with save_pretrained."
+            ) from None
     try:
         from diffusers import DiffusionPipeline
 
@@ -257,7 +261,10 @@ def damaged_weights(folder: Path) -> tuple[Path, str] | None:
         try:
             read_tensor_file(path)
         except UnsafePickleError:
-            return path, "a pickle holding Python objects: noiseclr never unpickles those, as that can run code; use safetensors weights"
+            return (
+                path,
+                "a pickle holding Python objects: noiseclr never unpickles those, as that can run code; use safetensors weights",
+            )
         except NoiseCLRError:
             return path, "damaged or not a torch weights file"
     return None
@@ -296,15 +303,29 @@ def load_failure(exc: BaseException, name: str, what: str = "a Stable Diffusion"
             f"--model {name}: the Hugging Face hub has no model by that id that you may read (misspelt, private "
             f"or gated); check the id (org/name), log in to the hub (hf auth login) for a gated one, or {local}."
         )
-    network = ("ConnectError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "gaierror", "MaxRetryError")
-    if hub and (any(k in kinds for k in network) or "name or service not known" in text or "network is unreachable" in text):
+    network = (
+        "ConnectError",
+        "ConnectionError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "Timeout",
+        "gaierror",
+        "MaxRetryError",
+    )
+    if hub and (
+        any(k in kinds for k in network) or "name or service not known" in text or "network is unreachable" in text
+    ):
         return (
             f"--model {name}: could not reach the Hugging Face hub, and the model is not in the local cache; "
             f"connect to the network and retry, or download it elsewhere and {local}."
         )
     reason = next((_without_traceback_pointers(str(e)) for e in chain if str(e).strip()), type(exc).__name__)
     reason = reason.splitlines()[0][:300]
-    fix = "check the hub id, your network and HF_HUB_OFFLINE, or " + local if hub else "re-save the pipeline with save_pretrained"
+    fix = (
+        "check the hub id, your network and HF_HUB_OFFLINE, or " + local
+        if hub
+        else "re-save the pipeline with save_pretrained"
+    )
     return f"--model {name}: could not load {what} pipeline ({reason}); {fix}."
 
 
@@ -312,4 +333,3 @@ def _is_sdxl_index(index: dict[str, Any]) -> bool:
     entry = index.get("text_encoder_2")
     has_second = isinstance(entry, (list, tuple)) and bool(entry) and entry[0] is not None
     return "XL" in str(index.get("_class_name", "")) or has_second
-

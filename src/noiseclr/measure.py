@@ -32,7 +32,14 @@ from .editing import regenerate
 from .terms import EditTerm
 from .errors import NoiseCLRError
 from .inversion import Inversion, invert
-from .metrics import EFFECTIVE_STRENGTH, direction_metrics, discovered_factors, dominant_value, masked_psnr, upsample_region
+from .metrics import (
+    EFFECTIVE_STRENGTH,
+    direction_metrics,
+    discovered_factors,
+    dominant_value,
+    masked_psnr,
+    upsample_region,
+)
 from .model import DiffusionModel
 from .options import check_count, check_inversion, check_max_batch
 from .regions import AutoRegion, Region
@@ -90,7 +97,9 @@ def seeds_for(role: str, count: int, seed: int = 0) -> list[int]:
         raise ValueError(f"unknown seed role {role!r}; one of {BENCH_ROLES}")
     start = EVAL_SEED_BASE + EVAL_OFFSETS[role] + SEED_STRIDE * int(seed)
     if count < 0 or count >= SEED_STRIDE or not 0 <= seed < 5:
-        raise NoiseCLRError(f"--seed {seed} / count {count}: out of the benchmark's seed range (seed 0..4, count < 1e6).")
+        raise NoiseCLRError(
+            f"--seed {seed} / count {count}: out of the benchmark's seed range (seed 0..4, count < 1e6)."
+        )
     return list(range(start, start + count))
 
 
@@ -100,7 +109,9 @@ def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
         return pixels
     import torch.nn.functional as F
 
-    return F.interpolate(pixels.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    return F.interpolate(pixels.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(
+        -1, 1
+    )
 
 
 def render_pixels(domain: str, seeds: Sequence[int], resolution: int) -> tuple[torch.Tensor, list[dict[str, str]]]:
@@ -124,7 +135,9 @@ def load_reader(domain: str, reader_dir: str | Path | None = None, device: str |
     if reader_dir is not None:
         path = Path(reader_dir) / f"{domain}.safetensors"
         if not path.is_file():
-            raise NoiseCLRError(f"--readers {reader_dir}: no {domain}.safetensors there; pass the folder of reader weights.")
+            raise NoiseCLRError(
+                f"--readers {reader_dir}: no {domain}.safetensors there; pass the folder of reader weights."
+            )
     return FactorReader.load(domain, path, device=device)
 
 
@@ -282,7 +295,13 @@ def prepare_split(
     latents = model.encode_images(pixels, batch_size=passes.decode_batch)
     generator = torch.Generator().manual_seed(protocol.seed * 1000 + sorted(BENCH_ROLES).index(role))
     inversion = invert(
-        model, latents, protocol.inversion, protocol.steps, generator=generator, max_batch=passes.max_batch, progress=progress
+        model,
+        latents,
+        protocol.inversion,
+        protocol.steps,
+        generator=generator,
+        max_batch=passes.max_batch,
+        progress=progress,
     )
     small = torch.zeros(count, 3, READER_SIZE, READER_SIZE) if keep_recon_pixels else None
 
@@ -311,7 +330,9 @@ REGION_MODES = ("global", "auto", "box", "auto-in-box")
 object (:func:`~noiseclr.world.render.object_box`), or ``#auto`` kept inside that box."""
 
 
-def object_region(mode: str, seeds: Sequence[int], labels: Sequence[Mapping[str, str]], part: str) -> Region | str | None:
+def object_region(
+    mode: str, seeds: Sequence[int], labels: Sequence[Mapping[str, str]], part: str
+) -> Region | str | None:
     """The region of a term on scene object ``part`` for every render ``(seeds[b], labels[b])`` of a
     batch, in ``mode`` (:data:`REGION_MODES`); boxes are in the renders' own pixels."""
     from .world.render import IMAGE_SIZE, object_box
@@ -339,7 +360,6 @@ def split_diagnostics(split: Split, factor_names: Sequence[str]) -> dict[str, An
     }
 
 
-
 def direction_name(factor: str, plus: str | None, minus: str | None, strength: float) -> str:
     """Human name of what a direction does, e.g. ``glasses (+yes -no)``, ``mouth +smile`` or
     ``hair_color (mixed)``; ``plus``/``minus`` are the values the factor mostly moves to under
@@ -355,7 +375,9 @@ def direction_name(factor: str, plus: str | None, minus: str | None, strength: f
     return f"{factor} ({targets})" if plus is not None and minus is not None else f"{factor} {targets}"
 
 
-def _target(edited: torch.Tensor, changed: torch.Tensor, factor: int, values: Sequence[str]) -> tuple[str | None, float, float]:
+def _target(
+    edited: torch.Tensor, changed: torch.Tensor, factor: int, values: Sequence[str]
+) -> tuple[str | None, float, float]:
     """The value ``factor`` mostly moves to under one sign (None unless >= 60% of its changes), its
     share of those changes, and the fraction of images it changed."""
     value, share = dominant_value(edited, changed, factor)
@@ -517,13 +539,15 @@ def annotate_directions(
         names=[str(record.name) for record in records],
         domain=directions.domain or domain,
         edit_defaults=[
-            {**r.edit_default(), **({"inversion": protocol.inversion, "steps": protocol.steps} if protocol is not None else {})}
+            {
+                **r.edit_default(),
+                **({"inversion": protocol.inversion, "steps": protocol.steps} if protocol is not None else {}),
+            }
             for r in records
         ],
         settings={**directions.settings, ANNOTATIONS_KEY: annotations},
         path=None,
     )
-
 
 
 def annotations_of(directions: Directions, flag: str, domain: str) -> list[dict[str, Any]]:
@@ -536,9 +560,12 @@ def annotations_of(directions: Directions, flag: str, domain: str) -> list[dict[
             "the annotated copy it writes (OUT/<method>/directions.safetensors)."
         )
     if annotations.get("domain") != domain:
-        raise NoiseCLRError(f"{flag} {where}: annotated for domain {annotations.get('domain')!r}, not {domain}; pass the {domain} file.")
+        raise NoiseCLRError(
+            f"{flag} {where}: annotated for domain {annotations.get('domain')!r}, not {domain}; pass the {domain} file."
+        )
     records = annotations["records"]
     if len(records) != directions.count:
-        raise NoiseCLRError(f"{flag} {where}: {len(records)} annotations for {directions.count} directions; the file is damaged.")
+        raise NoiseCLRError(
+            f"{flag} {where}: {len(records)} annotations for {directions.count} directions; the file is damaged."
+        )
     return records
-

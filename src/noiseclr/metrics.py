@@ -336,7 +336,9 @@ def select_edit(validation_changes: torch.Tensor, grid: Sequence[EditConfig], mi
 # ---------------------------------------------------------------------------- baselines
 def random_directions(reference: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Gaussian directions with the count and the per-row L2 norms of ``reference`` [K, W]."""
-    generator = torch.Generator().manual_seed(int(hashlib.sha256(f"noiseclr-bench-random:{seed}".encode()).hexdigest()[:15], 16))
+    generator = torch.Generator().manual_seed(
+        int(hashlib.sha256(f"noiseclr-bench-random:{seed}".encode()).hexdigest()[:15], 16)
+    )
     rows = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
     norms = reference.to(torch.float64).norm(dim=1, keepdim=True)
     return (rows / rows.norm(dim=1, keepdim=True) * norms).float()

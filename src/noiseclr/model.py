@@ -283,7 +283,6 @@ class DiffusionModel:
             force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
         )
 
-
     # ---------------------------------------------------------------- speed-ups
     def optimize(
         self,
@@ -376,11 +375,17 @@ class DiffusionModel:
             hidden = self.text_encoder(ids, attention_mask=mask)[0]
         return hidden
 
-    def _encode_sdxl(self, ids_per_encoder: Sequence[torch.Tensor], parts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def _encode_sdxl(
+        self, ids_per_encoder: Sequence[torch.Tensor], parts: Sequence[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Both encoders as StableDiffusionXLPipeline.encode_prompt runs them (no clip_skip), packed."""
         hidden = []
         for index, ((encoder, _), ids) in enumerate(zip(self.encoders, ids_per_encoder)):
-            inject = self._inject(parts[index], encoder, self._slots[index]) if parts is not None else contextlib.nullcontext()
+            inject = (
+                self._inject(parts[index], encoder, self._slots[index])
+                if parts is not None
+                else contextlib.nullcontext()
+            )
             with inject, self.autocast():
                 out = encoder(ids.to(self.device), output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
@@ -564,7 +569,9 @@ class DiffusionModel:
         if self.kind == "sd":
             return rows / rows.norm(dim=1, keepdim=True) * self.typical_token_norm()
         parts = self.split_directions(rows)
-        return torch.cat([p / p.norm(dim=1, keepdim=True) * n for p, n in zip(parts, self.typical_token_norms())], dim=1)
+        return torch.cat(
+            [p / p.norm(dim=1, keepdim=True) * n for p, n in zip(parts, self.typical_token_norms())], dim=1
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         """Identity of the (first) text encoder's token table, stable across dtypes.

@@ -120,13 +120,12 @@ def reference_loss(
 
     def loss_for(k: int) -> torch.Tensor:
         positive = sum(
-            torch.exp(cos(rows[k, n], rows[k, m]) / temperature)
-            for n in range(batch)
-            for m in range(batch)
-            if n != m
+            torch.exp(cos(rows[k, n], rows[k, m]) / temperature) for n in range(batch) for m in range(batch) if n != m
         )
         negative = sum(
-            torch.exp((cos(rows[k, n], rows[l, n]).abs() if axis_negatives else cos(rows[k, n], rows[l, n])) / temperature)
+            torch.exp(
+                (cos(rows[k, n], rows[l, n]).abs() if axis_negatives else cos(rows[k, n], rows[l, n])) / temperature
+            )
             for n in range(batch)
             for l in range(count)  # noqa: E741 - the paper's index name
             if l != k

@@ -98,7 +98,10 @@ def format_default(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (tuple, list)):
-        return " ".join(format_default(v) if not isinstance(v, (tuple, list)) else ":".join(format_default(x) for x in v) for v in value)
+        return " ".join(
+            format_default(v) if not isinstance(v, (tuple, list)) else ":".join(format_default(x) for x in v)
+            for v in value
+        )
     return str(value)
 
 
@@ -148,7 +151,10 @@ def add_options(
             negative = meta["flag"].startswith("--no-")
             kwargs["action"] = "store_false" if negative else "store_true"
         else:
-            kwargs.setdefault("type", type(default) if isinstance(default, (int, float, str)) and not isinstance(default, bool) else None)
+            kwargs.setdefault(
+                "type",
+                type(default) if isinstance(default, (int, float, str)) and not isinstance(default, bool) else None,
+            )
             if kwargs["type"] is None:
                 del kwargs["type"]
             shown = texts.get(field.name, meta["default_text"])

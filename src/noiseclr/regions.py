@@ -85,8 +85,14 @@ class AutoRegion:
     def validate(self) -> AutoRegion:
         if not (isinstance(self.top, (int, float)) and 0.0 < float(self.top) <= 1.0):
             raise NoiseCLRError(f"--region-top {self.top}: must be a fraction in (0, 1], e.g. 0.25.")
-        if not (isinstance(self.smoothing, (int, float)) and math.isfinite(float(self.smoothing)) and float(self.smoothing) >= 0):
-            raise NoiseCLRError(f"--region-smoothing {self.smoothing}: must be 0 or a positive number of latent cells, e.g. 1.")
+        if not (
+            isinstance(self.smoothing, (int, float))
+            and math.isfinite(float(self.smoothing))
+            and float(self.smoothing) >= 0
+        ):
+            raise NoiseCLRError(
+                f"--region-smoothing {self.smoothing}: must be 0 or a positive number of latent cells, e.g. 1."
+            )
         self.top, self.smoothing = float(self.top), float(self.smoothing)
         return self
 
@@ -137,10 +143,13 @@ class Region:
     def same_as(self, other: Region) -> bool:
         if self.kind != other.kind or self.boxes != other.boxes or self.frames != other.frames:
             return False
-        return self.kind in ("auto", "box") or (self.mask.shape == other.mask.shape and bool(torch.equal(self.mask, other.mask)))
+        return self.kind in ("auto", "box") or (
+            self.mask.shape == other.mask.shape and bool(torch.equal(self.mask, other.mask))
+        )
 
     def _box_of(self, image: int, resolution: int, frame: tuple[int, int] | None) -> tuple[Box, tuple[int, int]]:
         assert self.boxes is not None
+
         def pick(values: tuple, what: str):
             if len(values) == 1:
                 return values[0]
@@ -148,6 +157,7 @@ class Region:
                 raise NoiseCLRError(f"region {self.label()}: {len(values)} {what} for the images, but image {image} is "
                                     f"edited; give one {what[:-1] if what.endswith('s') else what} or one per image.")  # fmt: skip
             return values[image]
+
         box = pick(self.boxes, "boxes")
         if self.frames is not None:
             return box, pick(self.frames, "image sizes")
@@ -192,7 +202,9 @@ def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     if side == size:
         return square[0, 0].clone()
     mode = "area" if side > size else "bilinear"
-    resized = F.interpolate(square, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    resized = F.interpolate(
+        square, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False})
+    )
     return resized[0, 0].clamp(0.0, 1.0)
 
 
@@ -214,7 +226,9 @@ def check_box(box: Sequence[Any]) -> Box:
     try:
         x0, y0, x1, y1 = (float(v) for v in values)
     except (TypeError, ValueError):
-        raise NoiseCLRError(f"box {','.join(map(str, values))}: not numbers; give pixels x0,y0,x1,y1, e.g. box=10,20,200,240.") from None
+        raise NoiseCLRError(
+            f"box {','.join(map(str, values))}: not numbers; give pixels x0,y0,x1,y1, e.g. box=10,20,200,240."
+        ) from None
     shown = ",".join(f"{v:g}" for v in (x0, y0, x1, y1))
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
         raise NoiseCLRError(f"box {shown}: not finite numbers; give pixels x0,y0,x1,y1, e.g. box=10,20,200,240.")
@@ -250,7 +264,9 @@ def check_box_fits(box: Box, frame: tuple[int, int], what: str) -> None:
 def _cover(start: float, end: float, origin: float, cell: float, size: int) -> torch.Tensor:
     """[size] fraction of each cell ``[origin + i cell, origin + (i+1) cell)`` inside ``[start, end)``."""
     edges = origin + cell * torch.arange(size + 1, dtype=torch.float64)
-    return (torch.minimum(edges[1:], torch.tensor(end)) - torch.maximum(edges[:-1], torch.tensor(start))).clamp_min(0) / cell
+    return (torch.minimum(edges[1:], torch.tensor(end)) - torch.maximum(edges[:-1], torch.tensor(start))).clamp_min(
+        0
+    ) / cell
 
 
 def box_mask(box: Box, frame: tuple[int, int], size: int, what: str = "region") -> torch.Tensor:
@@ -278,8 +294,14 @@ def load_mask(path: str | Path) -> Region:
     try:
         image = open_image(path)
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
-        reason = "not an image" if isinstance(exc, Image.UnidentifiedImageError) else (str(exc).splitlines() or ["unreadable"])[0][:120]
-        raise NoiseCLRError(f"mask {path}: cannot read it as an image ({reason}); pass a PNG where white marks the region.") from None
+        reason = (
+            "not an image"
+            if isinstance(exc, Image.UnidentifiedImageError)
+            else (str(exc).splitlines() or ["unreadable"])[0][:120]
+        )
+        raise NoiseCLRError(
+            f"mask {path}: cannot read it as an image ({reason}); pass a PNG where white marks the region."
+        ) from None
     grey = to_rgb(image).convert("L")
     mask = torch.from_numpy(np.asarray(grey, dtype=np.float64) / 255.0)
     if float(mask.max()) == 0.0:
@@ -301,10 +323,11 @@ def as_region(value: Any) -> Region | None:
             return None
         for prefix, auto in (("box=", False), ("auto+box=", True)):
             if text.startswith(prefix):
-                return Region.box(parse_box(text[len(prefix):]), auto=auto)
+                return Region.box(parse_box(text[len(prefix) :]), auto=auto)
         return load_mask(text)
-    raise NoiseCLRError(f"region {value!r}: use None, 'auto', 'box=X0,Y0,X1,Y1', 'auto+box=...', a mask image path "
-                        "or a [H, W] tensor.")
+    raise NoiseCLRError(
+        f"region {value!r}: use None, 'auto', 'box=X0,Y0,X1,Y1', 'auto+box=...', a mask image path or a [H, W] tensor."
+    )
 
 
 def check_mask_aspect(region: Region | None, image_sizes: dict[str, tuple[int, int]], what: str) -> None:
@@ -593,8 +616,14 @@ def plan_regions(
                 zeros = torch.zeros(latent_size, latent_size, dtype=torch.float64)
                 frame = tuple(image_sizes[images[b]]) if image_sizes else None
                 try:
-                    masks.append(zeros if region.kind == "auto" else region.latent_mask(latent_size, images[b], resolution, frame))
-                    within.append(region.within(latent_size, images[b], resolution, frame) if boxed[-1] else zeros + 1.0)
+                    masks.append(
+                        zeros
+                        if region.kind == "auto"
+                        else region.latent_mask(latent_size, images[b], resolution, frame)
+                    )
+                    within.append(
+                        region.within(latent_size, images[b], resolution, frame) if boxed[-1] else zeros + 1.0
+                    )
                 except NoiseCLRError as exc:
                     raise NoiseCLRError(f"{terms_by_column[column].describe()}: {exc}") from None
     return RegionPlan(

@@ -123,8 +123,11 @@ def check_resume(
     if int(ckpt.meta.get("global_batch", global_batch)) != global_batch:
         changed.append("batch size x processes")
     if changed:
-        log.warning("resuming %s with changed settings (%s); the run will not match an uninterrupted one", where, ", ".join(changed))
-
+        log.warning(
+            "resuming %s with changed settings (%s); the run will not match an uninterrupted one",
+            where,
+            ", ".join(changed),
+        )
 
 
 def run_settings(run: str | Path) -> DiscoverySettings | None:
@@ -157,7 +160,6 @@ def finished_run(run: str | Path, settings: DiscoverySettings, images: torch.Ten
         return None
     log.info("reusing the finished discovery run %s", run)
     return Directions.load(path)
-
 
 
 # ------------------------------------------------------------------ during the run
@@ -201,4 +203,3 @@ def responses_csv(rows: list[dict[str, Any]]) -> str:
         for k, (response, change) in enumerate(zip(row["response"], row["conditioning_change"])):
             out.write(f"{row['step']},{k},{response:.6g},{change:.6g}\n")
     return out.getvalue()
-

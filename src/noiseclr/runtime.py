@@ -40,7 +40,9 @@ class RuntimeSettings:
         None, flag="--threads", type=int, metavar="N",
         help="CPU threads for torch", default_text="torch's default, or OMP_NUM_THREADS",
     )  # fmt: skip
-    gradient_checkpointing: bool = option(False, flag="--gradient-checkpointing", help="recompute UNet activations (saves memory)")
+    gradient_checkpointing: bool = option(
+        False, flag="--gradient-checkpointing", help="recompute UNet activations (saves memory)"
+    )
     channels_last: bool = option(False, flag="--channels-last", help="channels-last memory format (GPU)")
     compile: bool = option(False, flag="--compile", help="torch.compile the UNet (GPU)")
     max_megapixels: float = option(

@@ -110,7 +110,13 @@ def direction_response(
 
 @torch.no_grad()
 def change_similarity(
-    model: DiffusionModel, directions: Directions, latents: torch.Tensor, timestep: int, *, seed: int = 0, rows_per_call: int = 256
+    model: DiffusionModel,
+    directions: Directions,
+    latents: torch.Tensor,
+    timestep: int,
+    *,
+    seed: int = 0,
+    rows_per_call: int = 256,
 ) -> torch.Tensor:
     """Signed cosine [K, K] between directions' noise changes ``eps(c_k) - eps(c_0)`` on the same
     images and noise at one ``timestep``, each direction's changes over the images as one vector.

@@ -155,7 +155,9 @@ EditTerm = DirectionTerm | PromptTerm
 def _check_scale_and_window(term: Term) -> None:
     """Normalise a term's scale (or strength) and window to floats; a one-line error if they cannot work."""
     if (term.scale is None) == (term.strength is None):
-        raise NoiseCLRError(f"{term.describe()}: give a scale or a strength (percent), not {'both' if term.scale is not None else 'neither'}.")
+        raise NoiseCLRError(
+            f"{term.describe()}: give a scale or a strength (percent), not {'both' if term.scale is not None else 'neither'}."
+        )
     for name in ("scale", "strength"):
         value = getattr(term, name)
         if value is not None:
@@ -327,7 +329,9 @@ def stored_defaults(directions: Directions, index: int) -> dict[str, Any]:
 def edit_protocol(given: Mapping[str, Any], stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """Inversion and steps: as ``given`` (None: not given), else as ``stored`` with the directions,
     else the ``defaults`` (:class:`~noiseclr.editing.EditSettings`')."""
-    return {key: given[key] if given.get(key) is not None else stored.get(key, defaults[key]) for key in EDIT_PROTOCOL_KEYS}
+    return {
+        key: given[key] if given.get(key) is not None else stored.get(key, defaults[key]) for key in EDIT_PROTOCOL_KEYS
+    }
 
 
 def stored_edit_protocol(terms: Sequence[EditTerm]) -> dict[str, Any]:
@@ -379,7 +383,9 @@ def resolve_strengths(model: DiffusionModel, terms: Sequence[EditTerm], latents:
             continue
         if isinstance(term, PromptTerm):
             conditioning = model.encode_prompts([term.prompt])
-            measured[key] = float(noise_response(model, conditioning, latents[:CALIBRATION_IMAGES], calibration_timesteps(model))[0])
+            measured[key] = float(
+                noise_response(model, conditioning, latents[:CALIBRATION_IMAGES], calibration_timesteps(model))[0]
+            )
             continue
         stored = (term.directions.calibration or {}).get("response")
         if stored is not None and len(stored) == term.directions.count:

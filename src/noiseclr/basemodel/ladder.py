@@ -55,7 +55,9 @@ class LadderSettings:
     samples_per_value: int = 4
     """Generation from a caption: samples per value."""
     generation_steps: int = 20
-    probe: quality.ProbeSettings = field(default_factory=lambda: quality.ProbeSettings(images=8, steps=10, scales=(2.0, 4.0)))
+    probe: quality.ProbeSettings = field(
+        default_factory=lambda: quality.ProbeSettings(images=8, steps=10, scales=(2.0, 4.0))
+    )
     seed: int = 0
 
 
@@ -117,7 +119,9 @@ def vae_rung(model: DiffusionModel, readers: dict[str, FactorReader], settings: 
             inside = [masked_psnr(recon01[i], target01[i], masks[i][factor.name]) for i in range(len(seeds))]
             inside = [v for v in inside if np.isfinite(v)]
             psnr[factor.name] = statistics.fmean(inside) if inside else float("nan")
-        whole = statistics.fmean(masked_psnr(recon01[i], target01[i], np.ones(recon01.shape[1:3], bool)) for i in range(len(seeds)))
+        whole = statistics.fmean(
+            masked_psnr(recon01[i], target01[i], np.ones(recon01.shape[1:3], bool)) for i in range(len(seeds))
+        )
         accuracy = {f: float((read[:, c] == truth[:, c]).double().mean()) for c, f in enumerate(reader.factor_names)}
         result[domain] = {"per_value": per_value, "accuracy": accuracy, "psnr_inside": psnr, "psnr_image": whole,
                           "images": len(seeds)}  # fmt: skip
@@ -135,10 +139,19 @@ def text_rung(model: DiffusionModel, settings: LadderSettings) -> dict[str, Any]
         per_value: dict[str, dict[str, float]] = {}
         per_factor: dict[str, float] = {}
         for factor in domain_factors(domain):
-            hidden = model.encode_prompts([caption_for_value(domain, factor.name, v) for v in factor.values]).float().cpu()
-            pairs = {(i, j): relative_distance(hidden[i], hidden[j]) for i in range(len(hidden)) for j in range(len(hidden)) if i < j}
+            hidden = (
+                model.encode_prompts([caption_for_value(domain, factor.name, v) for v in factor.values]).float().cpu()
+            )
+            pairs = {
+                (i, j): relative_distance(hidden[i], hidden[j])
+                for i in range(len(hidden))
+                for j in range(len(hidden))
+                if i < j
+            }
             for i, value in enumerate(factor.values):
-                per_value.setdefault(factor.name, {})[value] = statistics.fmean(d for (a, b), d in pairs.items() if i in (a, b))
+                per_value.setdefault(factor.name, {})[value] = statistics.fmean(
+                    d for (a, b), d in pairs.items() if i in (a, b)
+                )
             per_factor[factor.name] = statistics.fmean(pairs.values())
         result[domain] = {"per_value": per_value, "per_factor": per_factor}
     return result
@@ -190,13 +203,19 @@ def unet_rung(model: DiffusionModel, settings: LadderSettings) -> dict[str, Any]
     for domain in settings.domains:
         seeds, _, _ = ladder_renders(domain, settings.unet_images, start=50_000)
         per_value = counterfactual_response(model, domain, seeds, settings.timesteps, settings.seed)
-        per_factor = {f: {t: statistics.fmean(vs[v][t] for v in vs) for t in settings.timesteps} for f, vs in per_value.items()}
+        per_factor = {
+            f: {t: statistics.fmean(vs[v][t] for v in vs) for t in settings.timesteps} for f, vs in per_value.items()
+        }
         result[domain] = {"per_value": per_value, "per_factor": per_factor, "images": len(seeds)}
     return result
 
 
-def generation_rung(model: DiffusionModel, readers: dict[str, FactorReader], settings: LadderSettings) -> dict[str, Any]:
-    qs = quality.QualitySettings(samples_per_value=settings.samples_per_value, steps=settings.generation_steps, seed=settings.seed)
+def generation_rung(
+    model: DiffusionModel, readers: dict[str, FactorReader], settings: LadderSettings
+) -> dict[str, Any]:
+    qs = quality.QualitySettings(
+        samples_per_value=settings.samples_per_value, steps=settings.generation_steps, seed=settings.seed
+    )
     return quality.evaluate_text_conditioning(model, readers, qs, domains=settings.domains)
 
 
@@ -261,7 +280,9 @@ def domain_means(ladder: dict[str, Any]) -> dict[str, dict[str, float]]:
     means = {}
     for domain, factors in table.items():
         columns = next(iter(factors.values())).keys()
-        means[domain] = {c: statistics.fmean(row[c] for row in factors.values() if np.isfinite(row[c])) for c in columns}
+        means[domain] = {
+            c: statistics.fmean(row[c] for row in factors.values() if np.isfinite(row[c])) for c in columns
+        }
     return means
 
 
@@ -304,11 +325,28 @@ def _value_lines(ladder: dict[str, Any], domain: str) -> list[str]:
              "|---|---|---:|---:|---|---:|---:|"]  # fmt: skip
     for factor in domain_factors(domain):
         for value in factor.values:
-            vae = rungs.get("vae", {}).get(domain, {}).get("per_value", {}).get(factor.name, {}).get(value, float("nan"))
-            text = rungs.get("text", {}).get(domain, {}).get("per_value", {}).get(factor.name, {}).get(value, float("nan"))
+            vae = (
+                rungs.get("vae", {}).get(domain, {}).get("per_value", {}).get(factor.name, {}).get(value, float("nan"))
+            )
+            text = (
+                rungs.get("text", {}).get(domain, {}).get("per_value", {}).get(factor.name, {}).get(value, float("nan"))
+            )
             unet = rungs.get("unet", {}).get(domain, {}).get("per_value", {}).get(factor.name, {}).get(value, {})
-            gen = rungs.get("generation", {}).get("per_value", {}).get(domain, {}).get(factor.name, {}).get(value, float("nan"))
-            probe = rungs.get("probe", {}).get("domains", {}).get(domain, {}).get("per_value", {}).get(factor.name, {}).get(value, {})
+            gen = (
+                rungs.get("generation", {})
+                .get("per_value", {})
+                .get(domain, {})
+                .get(factor.name, {})
+                .get(value, float("nan"))
+            )
+            probe = (
+                rungs.get("probe", {})
+                .get("domains", {})
+                .get(domain, {})
+                .get("per_value", {})
+                .get(factor.name, {})
+                .get(value, {})
+            )
             unet_cell = " / ".join(f"{v:.2f}" for v in unet.values()) if unet else "–"
             lines.append(f"| {factor.name} | {value} | {_cell('vae_acc', vae)} | {_cell('text_dist', text)} | {unet_cell} | "
                          f"{_cell('generation', gen)} | {_cell('probe', probe.get('reached', float('nan')))} |")  # fmt: skip

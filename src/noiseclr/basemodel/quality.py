@@ -38,7 +38,11 @@ from ..world.render import render_many
 
 RENDER_DOMAINS = tuple(DOMAINS)
 # Offsets into the evaluation seed range, one per measurement (noiseclr.world.seeds).
-VAE_OFFSET, INVERSION_OFFSET, DOMAIN_EVAL_OFFSET = EVAL_OFFSETS["vae"], EVAL_OFFSETS["inversion"], EVAL_OFFSETS["domain"]
+VAE_OFFSET, INVERSION_OFFSET, DOMAIN_EVAL_OFFSET = (
+    EVAL_OFFSETS["vae"],
+    EVAL_OFFSETS["inversion"],
+    EVAL_OFFSETS["domain"],
+)
 
 
 @dataclass
@@ -76,20 +80,29 @@ def evaluate_readers(readers: dict[str, FactorReader], settings: QualitySettings
     return result
 
 
-def evaluate_vae(model: DiffusionModel, readers: dict[str, FactorReader], settings: QualitySettings) -> dict[str, dict[str, float]]:
+def evaluate_vae(
+    model: DiffusionModel, readers: dict[str, FactorReader], settings: QualitySettings
+) -> dict[str, dict[str, float]]:
     """Reader accuracy (against the true labels) on encode -> decode round trips."""
     result = {}
     for domain, reader in readers.items():
         images, labels = eval_renders(domain, settings.vae_images, start=VAE_OFFSET)
         pixels = _pixels(images)
-        recon = torch.cat([model.decode_latents(model.encode_images(chunk)).cpu() for chunk in pixels.split(settings.batch)])
+        recon = torch.cat(
+            [model.decode_latents(model.encode_images(chunk)).cpu() for chunk in pixels.split(settings.batch)]
+        )
         result[domain] = reader_accuracy(reader, recon, labels)
     return result
 
 
 # ------------------------------------------------------------------------------------ sampling
 def sample(
-    model: DiffusionModel, prompts: Sequence[str], settings: QualitySettings, *, guidance: float | None = None, progress: bool = False
+    model: DiffusionModel,
+    prompts: Sequence[str],
+    settings: QualitySettings,
+    *,
+    guidance: float | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """DDIM samples (pixels [P, 3, S, S] on the CPU) for ``prompts``, in passes of ``settings.batch``."""
     from ..editing import generate_latents
@@ -106,7 +119,10 @@ def sample(
 
 
 def evaluate_text_conditioning(
-    model: DiffusionModel, readers: dict[str, FactorReader], settings: QualitySettings, domains: Sequence[str] = RENDER_DOMAINS
+    model: DiffusionModel,
+    readers: dict[str, FactorReader],
+    settings: QualitySettings,
+    domains: Sequence[str] = RENDER_DOMAINS,
 ) -> dict[str, Any]:
     """For each factor value: the fraction of samples of ``caption_for_value`` whose reader reads that value.
 
@@ -128,7 +144,9 @@ def evaluate_text_conditioning(
         per_value.setdefault(domain, {}).setdefault(factor, {})[value] = float(hits)
     per_factor = {d: {f: statistics.fmean(v.values()) for f, v in fs.items()} for d, fs in per_value.items()}
     return {
-        "captions": {d: {f: caption_for_value(d, f, next(iter(v))) for f, v in fs.items()} for d, fs in per_value.items()},
+        "captions": {
+            d: {f: caption_for_value(d, f, next(iter(v))) for f, v in fs.items()} for d, fs in per_value.items()
+        },
         "per_value": per_value,
         "per_factor": per_factor,
         "per_domain": {d: statistics.fmean(fs.values()) for d, fs in per_factor.items()},
@@ -137,7 +155,9 @@ def evaluate_text_conditioning(
 
 
 # --------------------------------------------------------------------------- domain of a sample
-def train_domain_classifier(steps: int = 300, images_per_domain: int = 2000, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+def train_domain_classifier(
+    steps: int = 300, images_per_domain: int = 2000, seed: int = 0
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A 3-way faces/cats/scenes classifier (the readers' CNN with one head), for unconditional samples.
 
     Trained on the readers' training seed range with the readers' augmentations; returns a function
@@ -209,7 +229,9 @@ def evaluate_unconditional(
 
 
 # ----------------------------------------------------------------------------------- inversion
-def evaluate_inversion(model: DiffusionModel, readers: dict[str, FactorReader], settings: QualitySettings) -> dict[str, dict[str, float]]:
+def evaluate_inversion(
+    model: DiffusionModel, readers: dict[str, FactorReader], settings: QualitySettings
+) -> dict[str, dict[str, float]]:
     """DDIM inversion with the null prompt, regeneration with the null prompt: reader accuracy vs the labels."""
     from ..editing import regenerate
     from ..inversion import invert
@@ -226,7 +248,9 @@ def evaluate_inversion(model: DiffusionModel, readers: dict[str, FactorReader], 
 
 
 # ------------------------------------------------------------------------------------- speed
-def time_discovery_step(model: DiffusionModel, *, images: int = 6, directions: int = 8, repeats: int = 5) -> dict[str, float]:
+def time_discovery_step(
+    model: DiffusionModel, *, images: int = 6, directions: int = 8, repeats: int = 5
+) -> dict[str, float]:
     """Median seconds of one micro-batch (``images`` x ``directions``, fast path) with backward."""
     from ..discovery import initial_directions, micro_batch_loss
 
@@ -289,17 +313,29 @@ def controllability_probe(
         from ..inversion import invert
 
         generator = torch.Generator().manual_seed(settings.seed)
-        inversion = invert(model, model.encode_images(pixels), "ddpm", settings.steps, generator=generator, progress=False)
+        inversion = invert(
+            model, model.encode_images(pixels), "ddpm", settings.steps, generator=generator, progress=False
+        )
         recon = render_and_read(model, inversion, reader, [[]], protocol.passes, progress=False)[0][0]
-        jobs = [(f_index, factor, v_index, value) for f_index, factor in enumerate(factors) for v_index, value in enumerate(factor.values)]
+        jobs = [
+            (f_index, factor, v_index, value)
+            for f_index, factor in enumerate(factors)
+            for v_index, value in enumerate(factor.values)
+        ]
         edits = [[PromptTerm(caption_for_value(domain, factor.name, value), scale)]
                  for _, factor, _, value in jobs for scale in settings.scales]  # fmt: skip
-        edited = render_and_read(model, inversion, reader, edits, protocol.passes, desc=f"probe {domain}", progress=False)[0]
+        edited = render_and_read(
+            model, inversion, reader, edits, protocol.passes, desc=f"probe {domain}", progress=False
+        )[0]
         edited = edited.view(len(jobs), len(settings.scales), *edited.shape[1:])  # [V, S, B, F]
         per_value: dict[str, dict[str, Any]] = {}
         for j, (f_index, factor, v_index, value) in enumerate(jobs):
             rows = recon[:, f_index] != v_index  # images not already at the value
-            entry: dict[str, Any] = {"caption": caption_for_value(domain, factor.name, value), "images": int(rows.sum()), "scales": {}}
+            entry: dict[str, Any] = {
+                "caption": caption_for_value(domain, factor.name, value),
+                "images": int(rows.sum()),
+                "scales": {},
+            }
             for s_index, scale in enumerate(settings.scales):
                 read = edited[j, s_index][rows]
                 if not len(read):
@@ -314,7 +350,9 @@ def controllability_probe(
                     "changed": {name: round(v, 3) for name, v in top[:3] if v > 0},
                 }
             if entry["scales"]:
-                best = max(entry["scales"], key=lambda key: (entry["scales"][key]["reached"], -entry["scales"][key]["others"]))
+                best = max(
+                    entry["scales"], key=lambda key: (entry["scales"][key]["reached"], -entry["scales"][key]["others"])
+                )
                 entry["best_scale"] = float(best)
                 entry["reached"] = entry["scales"][best]["reached"]
                 entry["others"] = entry["scales"][best]["others"]
@@ -331,7 +369,10 @@ def controllability_probe(
             "per_factor": per_factor,
             "reached": statistics.fmean(f["reached"] for f in per_factor.values()),
             "others": statistics.fmean(f["others"] for f in per_factor.values()),
-            "reader_vs_recon": {f.name: round(float(a), 4) for f, a in zip(factors, (read_factors(reader, pixels) == recon).double().mean(dim=0))},
+            "reader_vs_recon": {
+                f.name: round(float(a), 4)
+                for f, a in zip(factors, (read_factors(reader, pixels) == recon).double().mean(dim=0))
+            },
         }
     result["score"] = statistics.fmean(d["reached"] for d in result["domains"].values())
     return result

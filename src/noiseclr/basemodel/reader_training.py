@@ -40,12 +40,20 @@ def gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
 def gaussian_blur(pixels: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of ``[N, C, H, W]`` (one sigma, or one per image), reflect-padded."""
     count, channels, height, width = pixels.shape
-    sigmas = torch.as_tensor(sigma, dtype=torch.float32).expand(count) if not torch.is_tensor(sigma) or sigma.ndim == 0 else sigma
+    sigmas = (
+        torch.as_tensor(sigma, dtype=torch.float32).expand(count)
+        if not torch.is_tensor(sigma) or sigma.ndim == 0
+        else sigma
+    )
     radius = max(1, math.ceil(3.0 * float(sigmas.max())))
     kernels = gaussian_kernels(sigmas, radius).repeat_interleave(channels, dim=0).to(pixels)
     flat = pixels.reshape(1, count * channels, height, width)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernels[:, None, None, :], groups=count * channels)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernels[:, None, :, None], groups=count * channels)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernels[:, None, None, :], groups=count * channels
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernels[:, None, :, None], groups=count * channels
+    )
     return flat.reshape(count, channels, height, width)
 
 
@@ -68,7 +76,9 @@ class AugmentSettings:
     """Standard deviation of additive Gaussian noise, fraction of the range, drawn per image."""
 
 
-def augment_for_reading(pixels: torch.Tensor, rng: np.random.Generator, settings: AugmentSettings = AugmentSettings()) -> torch.Tensor:
+def augment_for_reading(
+    pixels: torch.Tensor, rng: np.random.Generator, settings: AugmentSettings = AugmentSettings()
+) -> torch.Tensor:
     """Randomly degrade float images ``[N, 3, H, W]`` in ``[-1, 1]``; deterministic in ``rng``."""
     count, _, height, width = pixels.shape
     generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
@@ -82,7 +92,9 @@ def augment_for_reading(pixels: torch.Tensor, rng: np.random.Generator, settings
     # Down/up-sampling: the VAE's and the diffusion model's loss of fine detail.
     for i in np.flatnonzero(rng.random(count) < settings.resample_prob):
         scale = rng.uniform(0.5, 0.85)
-        small = F.interpolate(images[i : i + 1], scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
+        small = F.interpolate(
+            images[i : i + 1], scale_factor=scale, mode="bilinear", antialias=True, align_corners=False
+        )
         images[i : i + 1] = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
     # Gaussian blur, one sigma per image.
     sigmas = torch.from_numpy(rng.uniform(0.0, settings.max_blur_sigma, size=count)).float()
@@ -96,9 +108,13 @@ def augment_for_reading(pixels: torch.Tensor, rng: np.random.Generator, settings
         decoded = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.uint8)
         images[i] = torch.from_numpy(decoded.copy()).permute(2, 0, 1).float().div(255.0)
     # Brightness, contrast (around each image's mean) and tiny per-channel offsets.
-    brightness = 1.0 + torch.from_numpy(rng.uniform(-settings.brightness, settings.brightness, size=(count, 1, 1, 1))).float()
+    brightness = (
+        1.0 + torch.from_numpy(rng.uniform(-settings.brightness, settings.brightness, size=(count, 1, 1, 1))).float()
+    )
     contrast = 1.0 + torch.from_numpy(rng.uniform(-settings.contrast, settings.contrast, size=(count, 1, 1, 1))).float()
-    offset = torch.from_numpy(rng.uniform(-settings.channel_offset, settings.channel_offset, size=(count, 3, 1, 1))).float()
+    offset = torch.from_numpy(
+        rng.uniform(-settings.channel_offset, settings.channel_offset, size=(count, 3, 1, 1))
+    ).float()
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     images = (images - mean) * contrast + mean * brightness + offset
     # Additive noise.
@@ -148,7 +164,10 @@ def _learning_rate(settings: ReaderTrainSettings, step: int) -> float:
 
 
 def train_reader(
-    domain: str, settings: ReaderTrainSettings = ReaderTrainSettings(), progress: bool = True, device: str | torch.device = "cpu"
+    domain: str,
+    settings: ReaderTrainSettings = ReaderTrainSettings(),
+    progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> ReaderTrainResult:
     """Train one domain's reader from scratch on renders; deterministic in ``settings.seed`` (per device).
 
@@ -161,11 +180,21 @@ def train_reader(
     if settings.train_images > 50_000_000:
         raise NoiseCLRError("--train-images: at most 50 000 000 (the reader training seed range).")
     started = time.monotonic()
-    train_pixels, train_labels = render_many(domain, range(READER_TRAIN_SEED_BASE, READER_TRAIN_SEED_BASE + settings.train_images))
-    val_pixels, val_labels = render_many(domain, range(READER_VAL_SEED_BASE, READER_VAL_SEED_BASE + settings.val_images))
+    train_pixels, train_labels = render_many(
+        domain, range(READER_TRAIN_SEED_BASE, READER_TRAIN_SEED_BASE + settings.train_images)
+    )
+    val_pixels, val_labels = render_many(
+        domain, range(READER_VAL_SEED_BASE, READER_VAL_SEED_BASE + settings.val_images)
+    )
     render_seconds = time.monotonic() - started
     train_targets = encode_many(domain, train_labels)
-    log.info("reader %s: rendered %d + %d images in %.1f s", domain, settings.train_images, settings.val_images, render_seconds)
+    log.info(
+        "reader %s: rendered %d + %d images in %.1f s",
+        domain,
+        settings.train_images,
+        settings.val_images,
+        render_seconds,
+    )
 
     torch.manual_seed(settings.seed)
     device = torch.device(device)
@@ -183,7 +212,10 @@ def train_reader(
         pixels = augment_for_reading(to_reader_input(train_pixels[batch]), rng, settings.augment).to(device)
         targets = train_targets[batch].to(device)
         logits = net.split_logits(net(pixels))
-        loss = sum(F.cross_entropy(head, targets[:, j], label_smoothing=settings.label_smoothing) for j, head in enumerate(logits)) / len(logits)
+        loss = sum(
+            F.cross_entropy(head, targets[:, j], label_smoothing=settings.label_smoothing)
+            for j, head in enumerate(logits)
+        ) / len(logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

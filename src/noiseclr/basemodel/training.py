@@ -316,7 +316,9 @@ class BaseModelTrainer:
             for group in optimizer.param_groups:
                 group["lr"] = _warmup_lr(settings.lr, step, warmup=200)
                 if sharpening:
-                    group["lr"] *= 1.0 - 0.9 * (step - settings.sharpen_from) / max(1, settings.steps - settings.sharpen_from)
+                    group["lr"] *= 1.0 - 0.9 * (step - settings.sharpen_from) / max(
+                        1, settings.steps - settings.sharpen_from
+                    )
             with self._autocast():
                 posterior = vae.encode(images).latent_dist
                 latents = posterior.sample(generator=_torch_generator(settings.seed, step, 2))
@@ -334,13 +336,21 @@ class BaseModelTrainer:
             if step % settings.log_every == 0 or step == settings.steps:
                 psnr = self._vae_psnr(vae, val)
                 rate = seen / max(time.monotonic() - tick, 1e-9)
-                self.log(f"vae step {step}/{settings.steps}  loss {loss.item():.4f}  val PSNR {psnr:.2f} dB  {rate:.0f} img/s")
-                self._log_row(folder / "log.csv", {"step": step, "loss": round(loss.item(), 6), "val_psnr": round(psnr, 3)})
+                self.log(
+                    f"vae step {step}/{settings.steps}  loss {loss.item():.4f}  val PSNR {psnr:.2f} dB  {rate:.0f} img/s"
+                )
+                self._log_row(
+                    folder / "log.csv", {"step": step, "loss": round(loss.item(), 6), "val_psnr": round(psnr, 3)}
+                )
                 seen, tick = 0, time.monotonic()
             if step % settings.checkpoint_every == 0 or step == settings.steps or self.clock.expired():
                 tensors = module_tensors(vae, "vae")
                 opt_tensors, opt_info = optimizer_tensors(optimizer)
-                save_checkpoint(ckpt, {**tensors, **opt_tensors}, {"step": step, "optimizer": opt_info, "settings": asdict(settings)})
+                save_checkpoint(
+                    ckpt,
+                    {**tensors, **opt_tensors},
+                    {"step": step, "optimizer": opt_info, "settings": asdict(settings)},
+                )
         if step >= settings.steps:
             vae.eval().save_pretrained(folder / "final")
             self.log(f"vae: finished {step} steps -> {folder / 'final'}")
@@ -413,7 +423,9 @@ class BaseModelTrainer:
             if pair_latents:
                 extras["pair_latents"] = (torch.cat(pair_latents).float() * scaling).half()
                 extras["pair_index"] = torch.tensor(pair_index, dtype=torch.long)
-            atomic_save_safetensors(self.work / "pool" / "extras.safetensors", extras, {"pair_changes": json.dumps(pair_changes)})
+            atomic_save_safetensors(
+                self.work / "pool" / "extras.safetensors", extras, {"pair_changes": json.dumps(pair_changes)}
+            )
         atomic_save_safetensors(
             self.pool_path(),
             {"latents": (stacked * scaling).half()},
@@ -532,7 +544,9 @@ class BaseModelTrainer:
             if ckpt.is_file() and "readout.linear.weight" in tensors:
                 load_module_tensors(readout, tensors, "readout")
                 if "readout_optimizer" in state:
-                    load_optimizer_tensors(readout_optimizer, tensors, state["readout_optimizer"], prefix="readout_optimizer")
+                    load_optimizer_tensors(
+                        readout_optimizer, tensors, state["readout_optimizer"], prefix="readout_optimizer"
+                    )
         alphas = modules["scheduler"].alphas_cumprod.float()
         num_t = len(alphas)
         smoothed, smoothed_aux, seen, tick, cpu = None, None, 0, time.monotonic(), time.process_time()
@@ -559,7 +573,13 @@ class BaseModelTrainer:
                     captions.append(text)
                     mentions.append(said)
                 partners = extras["pair_latents"][torch.from_numpy(pair_ids)]
-            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+            ids = tokenizer(
+                captions,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
             generator = _torch_generator(settings.seed, step, 5)
             index = torch.tensor(rows, dtype=torch.long)
             clean = latents_pool[index[: n_single + n_pairs]]
@@ -580,7 +600,9 @@ class BaseModelTrainer:
             pixel_weights = None
             if settings.mask_weight:
                 pixel_weights = mask_loss_weights(extras["weight_maps"][index], settings.mask_weight).to(self.device)
-            loss = diffusion_loss(pred, noise.to(self.device), alpha_bar.to(self.device), settings.min_snr_gamma, pixel_weights)
+            loss = diffusion_loss(
+                pred, noise.to(self.device), alpha_bar.to(self.device), settings.min_snr_gamma, pixel_weights
+            )
             aux = None
             if readout is not None:
                 targets = readout_targets(batch_domains, mentions, readout.heads).to(self.device)
@@ -624,7 +646,9 @@ class BaseModelTrainer:
                 record = {"step": step, "warmup_from": warmup_from, "optimizer": opt_info, "settings": asdict(settings)}
                 if readout is not None:
                     tensors.update(module_tensors(readout, "readout"))
-                    readout_tensors, record["readout_optimizer"] = optimizer_tensors(readout_optimizer, "readout_optimizer")
+                    readout_tensors, record["readout_optimizer"] = optimizer_tensors(
+                        readout_optimizer, "readout_optimizer"
+                    )
                     opt_tensors.update(readout_tensors)
                 save_checkpoint(ckpt, {**tensors, **opt_tensors}, record)
             if settings.snapshot_every and step % settings.snapshot_every == 0:
@@ -701,7 +725,9 @@ class BaseModelTrainer:
         images = pipe(
             prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="pt"
         ).images
-        grid = make_grid([[tensor_to_pil(img * 2 - 1) for img in images]], column_labels=[p[:18] or "(empty)" for p in prompts])
+        grid = make_grid(
+            [[tensor_to_pil(img * 2 - 1) for img in images]], column_labels=[p[:18] or "(empty)" for p in prompts]
+        )
         return save_image(grid, out)
 
 

@@ -38,6 +38,7 @@ from .settings import BenchSettings
 
 # ---------------------------------------------------------------------------- cross-domain
 
+
 def pick_cross_directions(records: Sequence[Mapping[str, Any]], limit: int) -> list[int]:
     """Best direction per factor (by strength * purity; background left out), strongest first, at most ``limit``."""
     best: dict[str, Mapping[str, Any]] = {}
@@ -92,7 +93,9 @@ def cross_term(loaded: Loaded, part: str, index: int, sign: float, region: Any =
     defaults = stored_defaults(directions, index) or record
     window = (float(defaults.get("start", 0.0)), float(defaults.get("end", 1.0)))
     if defaults.get("strength") is not None and defaults is not record:  # an edit strength (edit_defaults)
-        return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["strength"])), region=region)
+        return DirectionTerm(
+            directions, index, None, *window, strength=sign * abs(float(defaults["strength"])), region=region
+        )
     if defaults.get("edit_strength") is not None:
         return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["edit_strength"])),
                              region=region)  # fmt: skip
@@ -118,11 +121,16 @@ def _main_of(loaded: Loaded, part: str, k: int) -> str:
     return str(loaded[part][1][k]["main_factor"])
 
 
-def _per_part(read: torch.Tensor, e: int, recon_labels: list[dict[str, str]]) -> dict[str, tuple[list[str], torch.Tensor]]:
+def _per_part(
+    read: torch.Tensor, e: int, recon_labels: list[dict[str, str]]
+) -> dict[str, tuple[list[str], torch.Tensor]]:
     """Changes of edit ``e`` under either sign, per scene object."""
     result = {}
     for part in ("face", "cat"):
-        signed = [part_changes(_decode_labels("scenes", read[len(SIGNS) * e + s]), recon_labels, part) for s in range(len(SIGNS))]
+        signed = [
+            part_changes(_decode_labels("scenes", read[len(SIGNS) * e + s]), recon_labels, part)
+            for s in range(len(SIGNS))
+        ]
         result[part] = (signed[0][0], torch.stack([changed for _, changed in signed]).any(dim=0))
     return result
 
@@ -174,7 +182,11 @@ def save_pair_strips(pair_rows: list[dict[str, Any]], first: int, kept: torch.Te
             title = f"face {row['face']['index']}: {row['face']['name']}  +  cat {row['cat']['index']}: {row['cat']['name']}"
             rows, labels = [kept[2 * e + 1], kept[2 * e]], ["both -", "both +"]
             if twins is not None and twins.kept is not None:
-                rows += [twins.kept[2 * e + 1], twins.kept[2 * e], overlays(twins.kept[2 * e], twins.inside[2 * e, :keep])]
+                rows += [
+                    twins.kept[2 * e + 1],
+                    twins.kept[2 * e],
+                    overlays(twins.kept[2 * e], twins.inside[2 * e, :keep]),
+                ]
                 labels += ["local both -", "local both +", "regions +"]
             image = strip_image(scenes.pixels[:keep], scenes.recon_kept[:keep], rows, title, labels=labels)
             row["strip"] = str(save_image(image, folder / f"pair-{p:02d}.png").relative_to(out))
@@ -193,8 +205,10 @@ def cross_localized(twins: Twins, loaded: Loaded, alone: Sequence[tuple[str, int
     return {
         "region": settings.region,
         "auto_region": asdict(settings.auto_region),
-        "summary": {**cross_summary(local_alone, local_pairs),
-                    **_pixels_of(twins, range(len(SIGNS) * len(alone), len(SIGNS) * (len(alone) + len(pairs))))},  # fmt: skip
+        "summary": {
+            **cross_summary(local_alone, local_pairs),
+            **_pixels_of(twins, range(len(SIGNS) * len(alone), len(SIGNS) * (len(alone) + len(pairs)))),
+        },  # fmt: skip
         "alone": local_alone,
         "pairs": local_pairs,
     }
@@ -218,8 +232,10 @@ def cross_modes(model: DiffusionModel, reader: Any, scenes: Split, loaded: Loade
         alone_rows, pair_rows = cross_rows(read, loaded, alone, pairs, recon_labels)
         pixels = {"region_fraction": measured.region, "psnr_outside": measured.psnr_outside, "psnr": measured.psnr}
         modes[mode] = {
-            "summary": {**cross_summary(alone_rows, pair_rows),
-                        **pixel_means({key: values[first : first + count] for key, values in pixels.items()})},  # fmt: skip
+            "summary": {
+                **cross_summary(alone_rows, pair_rows),
+                **pixel_means({key: values[first : first + count] for key, values in pixels.items()}),
+            },  # fmt: skip
             "alone": alone_rows,
             "pairs": pair_rows,
         }

@@ -45,7 +45,14 @@ from .settings import BenchSettings
 log = logging.getLogger("noiseclr")
 
 
-def strip_image(inputs: torch.Tensor, recon: torch.Tensor, edited: Sequence[torch.Tensor], title: str, *, labels: Sequence[str] = ("-scale", "+scale")):
+def strip_image(
+    inputs: torch.Tensor,
+    recon: torch.Tensor,
+    edited: Sequence[torch.Tensor],
+    title: str,
+    *,
+    labels: Sequence[str] = ("-scale", "+scale"),
+):
     """Rows input / recon / each edit, one column per image."""
     rows = [[tensor_to_pil(t[i]) for i in range(t.shape[0])] for t in (inputs, recon, *edited)]
     return make_grid(rows, row_labels=["input", "recon", *labels], title=title)
@@ -149,7 +156,9 @@ def localized_result(
         row["images"] = int(local_edited[k].shape[1])
         row.update(pixel_means(local_pixels[k]))
         directions.append(row)
-    effective = [k for k in range(changes.shape[0]) if float(compared["strength_global"][k]) >= EFFECTIVE_STRENGTH - 1e-9]
+    effective = [
+        k for k in range(changes.shape[0]) if float(compared["strength_global"][k]) >= EFFECTIVE_STRENGTH - 1e-9
+    ]
     picked = torch.as_tensor(effective, dtype=torch.long)
 
     def mean(key: str) -> float | None:
@@ -163,8 +172,12 @@ def localized_result(
         "preservation_local": mean("preservation_local"),
     }
     if effective:
-        comparison.update(pixel_means({key: torch.cat([local_pixels[k][key].flatten() for k in effective]) for key in PIXEL_KEYS}))
-        comparison["target_strength_drop"] = round(comparison["target_strength_global"] - comparison["target_strength_local"], 4)
+        comparison.update(
+            pixel_means({key: torch.cat([local_pixels[k][key].flatten() for k in effective]) for key in PIXEL_KEYS})
+        )
+        comparison["target_strength_drop"] = round(
+            comparison["target_strength_global"] - comparison["target_strength_local"], 4
+        )
     return {
         "region": settings.region,
         "auto_region": asdict(settings.auto_region),
@@ -221,7 +234,11 @@ def select_method_edits(model: DiffusionModel, reader: Any, method: MethodDirect
     screen, *_ = _axis_changes(model, reader, validation, edits, first, f"{method.name}: validation grid", settings,
                                progress=progress)  # fmt: skip
     screen = screen.view(count, len(grid), -1)
-    survivors = screen_settings(screen, settings.keep_settings, settings.min_preservation) if rest else [list(range(len(grid)))] * count
+    survivors = (
+        screen_settings(screen, settings.keep_settings, settings.min_preservation)
+        if rest
+        else [list(range(len(grid)))] * count
+    )
     validation_changes = screen.clone()
     if rest:
         edits = [[method.term(k, grid[g], sign)] for k in range(count) for g in survivors[k] for sign in SIGNS]
@@ -234,7 +251,9 @@ def select_method_edits(model: DiffusionModel, reader: Any, method: MethodDirect
                 cursor += 1
     selections = []
     for k in range(count):
-        pick = select_edit(validation_changes[k, survivors[k]], [grid[g] for g in survivors[k]], settings.min_preservation)
+        pick = select_edit(
+            validation_changes[k, survivors[k]], [grid[g] for g in survivors[k]], settings.min_preservation
+        )
         selections.append(replace(pick, index=survivors[k][pick.index]))
     return Selection(selections, validation_changes, survivors, screened)
 
@@ -268,7 +287,11 @@ def measure_method_edits(model: DiffusionModel, reader: Any, method: MethodDirec
         model, reader, heldout, edits, head, f"{method.name}: held-out", settings, progress=progress,
         keep=settings.strip_images, local_edits=_localized_edits(method, selections, settings, range(count)))  # fmt: skip
     local_edited = None if twins is None else [twins.edited[2 * k : 2 * k + 2] for k in range(count)]
-    local_pixels = None if twins is None else [{key: v[2 * k : 2 * k + 2] for key, v in twins.pixels.items()} for k in range(count)]
+    local_pixels = (
+        None
+        if twins is None
+        else [{key: v[2 * k : 2 * k + 2] for key, v in twins.pixels.items()} for k in range(count)]
+    )
     stopped = clearly_ineffective(changes, head_count) if tail else torch.zeros(count, dtype=torch.bool)
     going = [k for k in range(count) if not bool(stopped[k])]
     edited: list[torch.Tensor] = list(edited_head)
@@ -285,11 +308,15 @@ def measure_method_edits(model: DiffusionModel, reader: Any, method: MethodDirec
             if local_edited is not None and local_pixels is not None and twins_tail is not None:
                 rows = slice(2 * position, 2 * position + 2)
                 local_edited[k] = torch.cat([local_edited[k], twins_tail.edited[rows]], dim=1)
-                local_pixels[k] = {key: torch.cat([v, twins_tail.pixels[key][rows]], dim=1) for key, v in local_pixels[k].items()}
+                local_pixels[k] = {
+                    key: torch.cat([v, twins_tail.pixels[key][rows]], dim=1) for key, v in local_pixels[k].items()
+                }
     return Measurement(changes, edited, changed, kept, twins, local_edited, local_pixels, stopped, head_count)
 
 
-def _save_strip(k: int, record: Any, selection: Any, measured: Measurement, heldout: Split, folder: Path, out: Path) -> None:
+def _save_strip(
+    k: int, record: Any, selection: Any, measured: Measurement, heldout: Split, folder: Path, out: Path
+) -> None:
     """Direction ``k``'s strip (held-out images, both signs, and with --region its localized twins)."""
     kept, twins = measured.kept, measured.twins
     assert kept is not None and heldout.recon_kept is not None
@@ -368,10 +395,15 @@ def write_method_result(model: DiffusionModel, method: MethodDirections, validat
         "grid": [config.to_json() for config in grid],
         "validation_seeds": [validation.seeds[0], validation.seeds[-1]],
         "heldout_seeds": [heldout.seeds[0], heldout.seeds[-1]],
-        "validation_changes": [[[round(float(v), 4) for v in row] for row in table] for table in selection.validation_changes],
+        "validation_changes": [
+            [[round(float(v), 4) for v in row] for row in table] for table in selection.validation_changes
+        ],
         "validation_survivors": selection.survivors,
-        "screening": {"validation_images": selection.screened, "heldout_head": measured.head_count,
-                      "stopped_early": [k for k in range(count) if bool(stopped[k])]},  # fmt: skip
+        "screening": {
+            "validation_images": selection.screened,
+            "heldout_head": measured.head_count,
+            "stopped_early": [k for k in range(count) if bool(stopped[k])],
+        },  # fmt: skip
         "directions": [record.to_json() for record in records],
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -401,7 +433,13 @@ def evaluate_method(
     started = time.monotonic()
     grid = settings.grid()
     folder = ensure_output_dir(out / method_dirname(method.name))
-    log.info("%s: %d directions x %d edit settings on %d validation images", method.name, method.count, len(grid), validation.count)
+    log.info(
+        "%s: %d directions x %d edit settings on %d validation images",
+        method.name,
+        method.count,
+        len(grid),
+        validation.count,
+    )
     selection = select_method_edits(model, reader, method, validation, settings, grid, progress=progress)
     measured = measure_method_edits(model, reader, method, heldout, settings, selection.selections, progress=progress)
     values = [factor.values for factor in domain_factors(heldout.domain)]

@@ -138,7 +138,9 @@ def check_bench_inputs(
     if domain not in (*BENCH_DOMAINS, "scenes"):
         raise NoiseCLRError(f"--domain {domain}: unknown; use faces or cats (or scenes with --cross-domain).")
     if domain == "scenes" and cross_domain is None:
-        raise NoiseCLRError("--domain scenes: the scene benchmark is the cross-domain one; pass --cross-domain FACES_FILE CATS_FILE.")
+        raise NoiseCLRError(
+            "--domain scenes: the scene benchmark is the cross-domain one; pass --cross-domain FACES_FILE CATS_FILE."
+        )
     if domain != "scenes" and not settings.methods and not files and cross_domain is None:
         raise NoiseCLRError("--methods: nothing to run; name at least one method or pass --directions FILE.")
     for path in files.values():
@@ -180,4 +182,3 @@ def _method_order(methods: Sequence[str], files: Mapping[str, Path]) -> list[str
     order += [name for name in files if name not in order]
     order += [m for m in ("random", "prompt") if m in methods]
     return order
-

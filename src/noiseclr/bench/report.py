@@ -52,7 +52,9 @@ def format_table(results: Mapping[str, Any]) -> str:
         )
         localized = [(name, result["localized"]) for name, result in methods.items() if result.get("localized")]
         if localized:
-            lines.append(f"global -> localized ({localized[0][1]['region']} regions), same picks, effective directions:")
+            lines.append(
+                f"global -> localized ({localized[0][1]['region']} regions), same picks, effective directions:"
+            )
             for name, block in localized:
                 lines.append(f"  {name:<16} {_comparison(block['comparison'])}")
     cross = results.get("cross_domain")
@@ -132,7 +134,11 @@ def _direction_card(record: Mapping[str, Any]) -> str:
         flags.append('<b class="ok">discovers</b>')
     if not validation.get("constraint_met", True):
         flags.append('<span class="warn">no setting met the preservation constraint</span>')
-    prompt = f'<div class="muted">prompt: &ldquo;{html.escape(record["prompt"])}&rdquo;</div>' if record.get("prompt") else ""
+    prompt = (
+        f'<div class="muted">prompt: &ldquo;{html.escape(record["prompt"])}&rdquo;</div>'
+        if record.get("prompt")
+        else ""
+    )
     strip = (
         f'<a href="{html.escape(record["strip"])}"><img src="{html.escape(record["strip"])}" loading="lazy" alt=""></a>'
         if record.get("strip")
@@ -140,10 +146,10 @@ def _direction_card(record: Mapping[str, Any]) -> str:
     )
     return (
         f'<div class="card"><div class="title">{html.escape(str(record.get("label", record["index"])))}: '
-        f'<b>{html.escape(str(record["name"]))}</b> {" ".join(flags)}</div>{prompt}'
+        f"<b>{html.escape(str(record['name']))}</b> {' '.join(flags)}</div>{prompt}"
         f'<div class="muted">{_amount(record)}, window {record["start"]:g}:{record["end"]:g} '
-        f'(validation score {_num(validation.get("score"))}); strength {_num(record["strength"])}, purity '
-        f'{_num(record["purity"])}, preservation {_num(record["preservation"])}</div>'
+        f"(validation score {_num(validation.get('score'))}); strength {_num(record['strength'])}, purity "
+        f"{_num(record['purity'])}, preservation {_num(record['preservation'])}</div>"
         f'<div class="body">{strip}{_bars(record["changes"], record["main_factor"])}</div></div>'
     )
 
@@ -161,7 +167,9 @@ def _coverage_matrix(results: Mapping[str, Any]) -> str:
             # The best direction with this main factor, discovered or not.
             best = None
             for record in result["directions"]:
-                if record["main_factor"] == factor and (best is None or record["strength"] * record["purity"] > best["strength"] * best["purity"]):
+                if record["main_factor"] == factor and (
+                    best is None or record["strength"] * record["purity"] > best["strength"] * best["purity"]
+                ):
                     best = record
             if best is None:
                 cells.append('<td class="muted">-</td>')
@@ -208,7 +216,7 @@ def _summary_table(results: Mapping[str, Any]) -> str:
             f"<td>{summary['coverage']:.2f} ({len(summary['discovered'])}/{summary['num_factors']})</td>"
             f"<td>{_num(summary.get('mean_purity'))}</td><td>{_num(summary.get('preservation'))}</td>"
             f"<td>{_num(summary.get('preservation_all'))}</td><td>{summary['effective_directions']}</td>"
-            f"<td class=\"muted\">{html.escape(result.get('source', ''))}</td></tr>"
+            f'<td class="muted">{html.escape(result.get("source", ""))}</td></tr>'
         )
     return (
         "<h2>Summary</h2><table><tr><th>method</th><th>K</th><th>coverage</th><th>mean purity</th>"
@@ -219,7 +227,11 @@ def _summary_table(results: Mapping[str, Any]) -> str:
 
 
 def _localized(results: Mapping[str, Any]) -> str:
-    methods = [(name, result["localized"]) for name, result in (results.get("methods") or {}).items() if result.get("localized")]
+    methods = [
+        (name, result["localized"])
+        for name, result in (results.get("methods") or {}).items()
+        if result.get("localized")
+    ]
     if not methods:
         return ""
     rows = []
@@ -255,7 +267,7 @@ def _cross(results: Mapping[str, Any]) -> str:
         strip = f'<img src="{html.escape(row["strip"])}" loading="lazy" alt="">' if row.get("strip") else ""
         cards.append(
             f'<div class="card"><div class="title">face #{row["face"]["index"]} <b>{html.escape(str(row["face"]["name"]))}</b> + '
-            f'cat #{row["cat"]["index"]} <b>{html.escape(str(row["cat"]["name"]))}</b></div>'
+            f"cat #{row['cat']['index']} <b>{html.escape(str(row['cat']['name']))}</b></div>"
             f'<div class="body">{strip}'
             + _bars(
                 {
@@ -306,9 +318,11 @@ def _modes_table(cross: Mapping[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in MODE_COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _mode_cells(mode, block["summary"])) + "</tr>"
                    for mode, block in modes.items())  # fmt: skip
-    return ("<p>Region modes side by side (each term localized on its own object: <code>box</code> is the box a user "
-            "would draw around it, <code>auto-in-box</code> an auto region kept inside that box):</p>"
-            f"<table><tr>{head}</tr>{body}</table>")
+    return (
+        "<p>Region modes side by side (each term localized on its own object: <code>box</code> is the box a user "
+        "would draw around it, <code>auto-in-box</code> an auto region kept inside that box):</p>"
+        f"<table><tr>{head}</tr>{body}</table>"
+    )
 
 
 STYLE = """
@@ -342,7 +356,7 @@ def render_report(results: Mapping[str, Any]) -> str:
     for name, result in (results.get("methods") or {}).items():
         cards = "".join(_direction_card(record) for record in result["directions"])
         file_note = (
-            f' Annotated directions: <code>{html.escape(result["directions_file"])}</code> '
+            f" Annotated directions: <code>{html.escape(result['directions_file'])}</code> "
             "(names and chosen edit defaults; use <code>noiseclr edit --direction FILE:INDEX</code>)."
             if result.get("directions_file")
             else ""

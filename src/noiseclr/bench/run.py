@@ -93,8 +93,11 @@ def _results_header(model: DiffusionModel, domain: str, settings: BenchSettings,
         "settings": settings.to_json(),
         "methods_run": methods,
         "definitions": DEFINITIONS,
-        "thresholds": {"discovered_strength": DISCOVERED_STRENGTH, "discovered_purity": DISCOVERED_PURITY,
-                       "effective_strength": EFFECTIVE_STRENGTH},  # fmt: skip
+        "thresholds": {
+            "discovered_strength": DISCOVERED_STRENGTH,
+            "discovered_purity": DISCOVERED_PURITY,
+            "effective_strength": EFFECTIVE_STRENGTH,
+        },  # fmt: skip
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "methods": {},
         "cross_domain": None,
@@ -145,7 +148,9 @@ class _Shared:
     token_sets: dict[str, Directions] = field(default_factory=dict)
 
 
-def _random_method(model: DiffusionModel, name: str, domain: str, settings: BenchSettings, shared: _Shared) -> MethodDirections:
+def _random_method(
+    model: DiffusionModel, name: str, domain: str, settings: BenchSettings, shared: _Shared
+) -> MethodDirections:
     reference_name = next(iter(shared.token_sets), None)
     if reference_name is not None:
         reference = shared.token_sets[reference_name].vectors
@@ -169,14 +174,18 @@ def _method_directions(model: DiffusionModel, name: str, domain: str, settings: 
             # Unlabeled: only the pixels of the discovery renders reach the method.
             shared.discovery_pixels = render_pixels(domain, seeds_for("discovery", settings.discovery_images, settings.seed),
                                                     model.resolution)[0]  # fmt: skip
-        directions = _discovered(model, name, shared.discovery_pixels, out, settings, domain, resume=resume, progress=progress)
+        directions = _discovered(
+            model, name, shared.discovery_pixels, out, settings, domain, resume=resume, progress=progress
+        )
         source = (f"discovered in this run ({_variant(name)}, {settings.discovery_steps} steps, "
                   f"{settings.discovery_images} unlabeled renders)")  # fmt: skip
         method = MethodDirections(name, source, directions=directions)
     elif name == "random":
         method = _random_method(model, name, domain, settings, shared)
     else:
-        method = MethodDirections(name, "captions of each factor value (supervised reference)", prompts=prompt_captions(domain))
+        method = MethodDirections(
+            name, "captions of each factor value (supervised reference)", prompts=prompt_captions(domain)
+        )
     if method.directions is not None and name != "random":
         shared.token_sets[name] = method.directions
     if shared.calibration_latents is None:
@@ -208,7 +217,9 @@ def _run_methods(model: DiffusionModel, domain: str, methods: list[str], setting
     base_fingerprint = _base_fingerprint(model, domain, settings)
     shared = _Shared()
     for name in methods:
-        method = _method_directions(model, name, domain, settings, given, files, out, shared, resume=resume, progress=progress)
+        method = _method_directions(
+            model, name, domain, settings, given, files, out, shared, resume=resume, progress=progress
+        )
         fingerprint = _fingerprint({**base_fingerprint, "method": name, "source": method.source,
                                     "vectors": hashlib.sha256(method.directions.vectors.numpy().tobytes()).hexdigest()
                                     if method.directions is not None else None})  # fmt: skip
@@ -250,7 +261,9 @@ def run_bench(
     check_steps(model, settings.steps)
     out = Path(out)
     if (out / "settings.json").is_file() and not resume:
-        raise NoiseCLRError(f"--out {out}: already holds a benchmark; pass --resume to reuse its finished parts or pick another folder.")
+        raise NoiseCLRError(
+            f"--out {out}: already holds a benchmark; pass --resume to reuse its finished parts or pick another folder."
+        )
     ensure_output_dir(out)
     given = _load_given(model, files)
     methods = _method_order(settings.methods, files) if domain != "scenes" else []

@@ -78,10 +78,14 @@ class BenchSettings:
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     """Which methods to run (files given separately are added); the CLI's ``--methods`` is a comma list."""
-    num_directions: int = option(20, flag="--num-directions", help="directions per method", type=positive_int, metavar="K")
+    num_directions: int = option(
+        20, flag="--num-directions", help="directions per method", type=positive_int, metavar="K"
+    )
     """K for the discovered (and random) directions."""
     discovery_steps: int = _discovery_option("steps", type=positive_int)
-    discovery_images: int = option(100, flag="--discovery-images", help="unlabeled renders to learn from", type=positive_int)
+    discovery_images: int = option(
+        100, flag="--discovery-images", help="unlabeled renders to learn from", type=positive_int
+    )
     """Unlabeled renders the discovery runs learn from."""
     discovery_batch: int = _discovery_option("batch_size", help="images per micro-batch", type=positive_int,
                                              metavar=None)  # fmt: skip
@@ -91,12 +95,16 @@ class BenchSettings:
     discovery_micro_batches: int = _discovery_option("micro_batches", help="micro-batches per step", type=positive_int)
     discovery_lr: float = _discovery_option("lr")
     heldout: int = option(200, flag="--heldout", help="held-out renders every number is measured on", type=positive_int)
-    validation: int = option(40, flag="--validation", help="validation renders that pick scale and window", type=positive_int)
+    validation: int = option(
+        40, flag="--validation", help="validation renders that pick scale and window", type=positive_int
+    )
     steps: int = option(12, flag="--steps", help="inversion and denoising steps per edit", type=positive_int)
     """Inversion and denoising steps of every edit. Edit-friendly DDPM inversion reconstructs the latents exactly at
     any count; 12 and 25 steps named the same main factor for 10 of 10 demo directions (strengths
     within 0.08, the sampling error of 12 images), 8 steps for 9 of 10 (benchmarks/quality.md)."""
-    inversion: str = option("ddpm", flag="--inversion", help="ddpm (reconstructs the latents exactly) or ddim (the paper's)")
+    inversion: str = option(
+        "ddpm", flag="--inversion", help="ddpm (reconstructs the latents exactly) or ddim (the paper's)"
+    )
     strengths: tuple[float, ...] = option(BENCH_STRENGTHS, flag="--strengths", metavar="PERCENT",
                                           help="calibrated strengths (percent change of the noise prediction), each tried with both signs",
                                           type=float, nargs="+")  # fmt: skip
@@ -122,7 +130,9 @@ class BenchSettings:
     strength on the first quarter of the held-out images) are reported on that quarter only."""
     strip_images: int = option(4, flag="--strip-images", help="held-out images per direction strip in the report")
     """Held-out images shown per direction in the report."""
-    seed: int = option(0, flag="--seed", help="0..4: fresh image sets and seeds for discovery/random/inversion", default_text="")
+    seed: int = option(
+        0, flag="--seed", help="0..4: fresh image sets and seeds for discovery/random/inversion", default_text=""
+    )
     """Shifts every role's seed range (fresh images) and seeds discovery, random directions and inversion."""
     cross_images: int = option(100, flag="--cross-images", help="scene renders for --cross-domain", type=positive_int)
     """Scene renders of the cross-domain evaluation."""
@@ -193,18 +203,26 @@ class BenchSettings:
         for name, values in (("strengths", self.strengths), ("scales", self.scales)):
             if values is None and name == "scales":
                 continue
-            if not values or not all(isinstance(v, (int, float)) and float(v) != 0.0 and abs(float(v)) < float("inf") for v in values):
-                raise NoiseCLRError(f"{flag[name]}: give one or more nonzero finite magnitudes, e.g. {flag[name]} 5 10.")
+            if not values or not all(
+                isinstance(v, (int, float)) and float(v) != 0.0 and abs(float(v)) < float("inf") for v in values
+            ):
+                raise NoiseCLRError(
+                    f"{flag[name]}: give one or more nonzero finite magnitudes, e.g. {flag[name]} 5 10."
+                )
         if not self.windows:
             raise NoiseCLRError(f"{flag['windows']}: give at least one START:END window, e.g. --windows 0:1 0:0.5.")
         for start, end in self.windows:
             check_window(start, end, flag["windows"])
         if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 5):
-            raise NoiseCLRError(f"--seed {self.seed}: use 0..4 (each picks fresh image sets inside the evaluation seed range).")
+            raise NoiseCLRError(
+                f"--seed {self.seed}: use 0..4 (each picks fresh image sets inside the evaluation seed range)."
+            )
         check_positive(self.discovery_lr, flag["discovery_lr"])
         check_fraction(self.min_preservation, flag["min_preservation"])
         if not (isinstance(self.screen_fraction, (int, float)) and 0.0 < self.screen_fraction <= 1.0):
-            raise NoiseCLRError(f"{flag['screen_fraction']} {self.screen_fraction}: must be in (0, 1]; 1 tries every setting on every image.")
+            raise NoiseCLRError(
+                f"{flag['screen_fraction']} {self.screen_fraction}: must be in (0, 1]; 1 tries every setting on every image."
+            )
         check_count(self.strip_images, flag["strip_images"], 0, "must be 0 or more.")
         check_max_batch(self.max_batch)
         check_choice(self.region, REGION_MODES, flag["region"], "unknown region mode")
@@ -226,5 +244,3 @@ class BenchSettings:
         data["strengths"] = [float(s) for s in self.strengths]
         data["windows"] = [[float(a), float(b)] for a, b in self.windows]
         return data
-
-

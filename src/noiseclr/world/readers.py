@@ -83,8 +83,11 @@ class ReaderConfig:
 
 
 def _conv_block(cin: int, cout: int, kernel: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2 if kernel % 2 else 1, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2 if kernel % 2 else 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class ReaderNet(nn.Module):
@@ -110,7 +113,9 @@ class ReaderNet(nn.Module):
         self.trunk = nn.Sequential(*layers)
         side = IMAGE_SIZE // 2 ** (1 + len(config.stage_channels))
         self.shared = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * side * side, config.hidden), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(channels * side * side, config.hidden),
+            nn.ReLU(inplace=True),
             nn.Dropout(config.dropout),
         )
         self.heads = nn.Linear(config.hidden, sum(self.head_sizes))
@@ -145,7 +150,9 @@ def to_reader_input(images: ImageInput) -> torch.Tensor:
             )
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
-        raise NoiseCLRError(f"reader: unsupported image type {type(images).__name__}; pass uint8 arrays, PIL images or tensors.")
+        raise NoiseCLRError(
+            f"reader: unsupported image type {type(images).__name__}; pass uint8 arrays, PIL images or tensors."
+        )
     if images.dtype == torch.uint8:
         if images.ndim == 3:
             images = images[None]
@@ -186,11 +193,15 @@ class FactorReader:
     ``factors`` are the domain's factors in registry order; ``predict_indices`` columns follow it.
     """
 
-    def __init__(self, domain: str, net: ReaderNet, metadata: Mapping[str, str] | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self, domain: str, net: ReaderNet, metadata: Mapping[str, str] | None = None, device: str | torch.device = "cpu"
+    ):
         self.domain = domain
         self.factors: tuple[Factor, ...] = domain_factors(domain)
         if net.head_sizes != [len(factor.values) for factor in self.factors]:
-            raise NoiseCLRError(f"reader for {domain}: head sizes do not match its factors; re-run {TRAIN_SCRIPT} --domain {domain}.")
+            raise NoiseCLRError(
+                f"reader for {domain}: head sizes do not match its factors; re-run {TRAIN_SCRIPT} --domain {domain}."
+            )
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.metadata: dict[str, str] = dict(metadata or {})
@@ -212,7 +223,9 @@ class FactorReader:
             raise NoiseCLRError(f"reader for {domain}: no weights at {path}; run {TRAIN_SCRIPT} --domain {domain}.")
         tensors, metadata = read_safetensors(path, f"re-run {TRAIN_SCRIPT}.", what=f"reader for {domain}")
         if metadata.get("format") != FORMAT_NAME:
-            raise NoiseCLRError(f"reader for {domain}: {path} is not a factor reader file; pass a file written by {TRAIN_SCRIPT}.")
+            raise NoiseCLRError(
+                f"reader for {domain}: {path} is not a factor reader file; pass a file written by {TRAIN_SCRIPT}."
+            )
         if metadata.get("format_version") != str(FORMAT_VERSION):
             raise NoiseCLRError(
                 f"reader for {domain}: {path} has format version {metadata.get('format_version')}, expected {FORMAT_VERSION}; "
@@ -233,10 +246,14 @@ class FactorReader:
         try:
             config = ReaderConfig.from_json(metadata["config"])
             net = ReaderNet([len(factor.values) for factor in factors], config)
-            net.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in tensors.items()})
+            net.load_state_dict(
+                {key: value.float() if value.is_floating_point() else value for key, value in tensors.items()}
+            )
         except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            raise NoiseCLRError(f"reader for {domain}: {path} does not match its architecture ({reason}); re-run {TRAIN_SCRIPT} --domain {domain}.") from None
+            raise NoiseCLRError(
+                f"reader for {domain}: {path} does not match its architecture ({reason}); re-run {TRAIN_SCRIPT} --domain {domain}."
+            ) from None
         return cls(domain, net, metadata, device)
 
     def save(self, path: str | Path, extra_metadata: Mapping[str, Any] | None = None) -> Path:
@@ -282,7 +299,9 @@ class FactorReader:
         return [{factor.name: factor.values[i] for factor, i in zip(self.factors, row)} for row in indices]
 
     def __repr__(self) -> str:
-        return f"FactorReader(domain={self.domain!r}, factors={len(self.factors)}, date={self.metadata.get('date', '?')})"
+        return (
+            f"FactorReader(domain={self.domain!r}, factors={len(self.factors)}, date={self.metadata.get('date', '?')})"
+        )
 
 
 def encode_many(domain: str, labels: Sequence[Mapping[str, str]]) -> torch.Tensor:
@@ -295,7 +314,9 @@ def reader_accuracy(reader: FactorReader, images: ImageInput, labels: Sequence[M
     truth = encode_many(reader.domain, labels)
     predicted = reader.predict_indices(images)
     if len(truth) != len(predicted):
-        raise NoiseCLRError(f"reader_accuracy: got {len(labels)} labels for {len(predicted)} images; give one per image.")
+        raise NoiseCLRError(
+            f"reader_accuracy: got {len(labels)} labels for {len(predicted)} images; give one per image."
+        )
     correct = (predicted == truth).float().mean(dim=0)
     return {factor.name: float(value) for factor, value in zip(reader.factors, correct)}
 

@@ -275,8 +275,16 @@ class _Pen:
     def stroke(self, width: float) -> int:
         return max(1, round(width * self.s))
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, fill: RGB | None, outline: RGB | None = None,
-                width: float = 0.0) -> None:
+    def ellipse(
+        self,
+        cx: float,
+        cy: float,
+        rx: float,
+        ry: float,
+        fill: RGB | None,
+        outline: RGB | None = None,
+        width: float = 0.0,
+    ) -> None:
         x0, y0 = self.xy(cx - rx, cy - ry)
         x1, y1 = self.xy(cx + rx, cy + ry)
         if outline is None:
@@ -284,8 +292,9 @@ class _Pen:
         else:
             self.draw.ellipse((x0, y0, x1, y1), fill=fill, outline=outline, width=self.stroke(width))
 
-    def polygon(self, points: Sequence[tuple[float, float]], fill: RGB | None, outline: RGB | None = None,
-                width: float = 0.0) -> None:
+    def polygon(
+        self, points: Sequence[tuple[float, float]], fill: RGB | None, outline: RGB | None = None, width: float = 0.0
+    ) -> None:
         pixels = [self.xy(x, y) for x, y in points]
         if outline is None:
             self.draw.polygon(pixels, fill=fill)
@@ -474,7 +483,10 @@ def draw_cat(pen: _Pen, labels: Mapping[str, str]) -> None:
             edge = _head_half_width(y, CAT_RX, CAT_RY) - 1.2
             for side in (-1.0, 1.0):
                 inner = edge - 13.5
-                pen.polygon([(side * edge, y - 3.0), (side * edge, y + 3.0), (side * inner, y + 1.1), (side * inner, y - 1.1)], stripe)
+                pen.polygon(
+                    [(side * edge, y - 3.0), (side * edge, y + 3.0), (side * inner, y + 1.1), (side * inner, y - 1.1)],
+                    stripe,
+                )
 
     eye = CAT_EYE_RGB[labels["eye_color"]]
     for side in (-1.0, 1.0):
@@ -585,14 +597,18 @@ def _check_palettes() -> None:
 _check_palettes()
 
 
-def object_box(domain: str, seed: int, part: str, labels: Mapping[str, str] | None = None, margin: int = 3) -> tuple[int, int, int, int]:
+def object_box(
+    domain: str, seed: int, part: str, labels: Mapping[str, str] | None = None, margin: int = 3
+) -> tuple[int, int, int, int]:
     """The box ``(x0, y0, x1, y1)`` (pixels, far edges exclusive) a user would draw around object
     ``part`` (``"face"``/``"cat"``) of ``render(domain, seed, labels)``: the extent of its pixels that
     differ from the background, ``margin`` pixels wider, kept inside the object's own half in scenes."""
     image, full = render_array(domain, seed, labels)
     placement = layout(domain, seed, full).get(part)
     if placement is None:
-        raise NoiseCLRError(f"object_box: {domain} renders have no {part!r}; use one of {', '.join(layout(domain, seed, full))}.")
+        raise NoiseCLRError(
+            f"object_box: {domain} renders have no {part!r}; use one of {', '.join(layout(domain, seed, full))}."
+        )
     background = np.asarray(BACKGROUND_RGB[full[BACKGROUND.name]], dtype=np.int16)
     left, right = round(placement.left), round(placement.right)
     drawn = (np.abs(image.astype(np.int16) - background).max(axis=-1) > 12)[:, left:right]
