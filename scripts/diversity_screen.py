@@ -4,11 +4,11 @@
     python scripts/diversity_screen.py --domain faces --out work/screen/faces-div1 --diversity-weight 1
     python scripts/diversity_screen.py --table work/screen/*/result.json
 
-Each arm discovers K directions on the demo's training renders (seed 0, batch 6, one micro-batch
-per step, the demo's 7 negatives unless --negatives), then applies each at +/- the demo's 3%
-calibrated strength to ``--test-images`` held-out demo-test renders (DDPM, 20 steps) and reads them.
+Each arm is the demo (``noiseclr.demo``: its discovery, naming and random reference) with the
+arm's discovery knobs, which default to off here (the paper's objective) rather than to the demo's
+remedies, and ``--test-images`` naming renders.
 It reports the clean directions (main factor changed on >= half the images, purity >= 0.5), the
-distinct factors among them, the duplicate pairs of the end-of-discovery calibration (|cos| >= 0.9),
+distinct factors among them, the duplicate pairs of the end-of-discovery calibration (|cos| >= 0.8),
 and how many beat the random reference (``noiseclr.chance``: 20 calibrated random directions on the
 same images; cached in ``--cache``).
 """
@@ -17,88 +17,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
-from noiseclr.chance import ReferenceCache, judge, split_reference
-from noiseclr.discovery import DiscoverySettings, discover
+from noiseclr.chance import judge
+from noiseclr.demo import DemoSettings, clean_factors, compare_with_random, is_clean, name_directions
+from noiseclr.discovery import discover
 from noiseclr.fileio import atomic_write_json
-from noiseclr.measure import (
-    EditProtocol,
-    direction_records,
-    load_reader,
-    prepare_split,
-    reader_factor_names,
-    render_and_read,
-)
-from noiseclr.measure import render_pixels, seeds_for
-from noiseclr.metrics import SIGNS, axis_changed, change_fractions, changed_mask
+from noiseclr.measure import load_reader, prepare_split, render_pixels, seeds_for
 from noiseclr.model import DiffusionModel
-from noiseclr.terms import DirectionTerm
-from noiseclr.world.factors import domain_factors
-
-CLEAN_STRENGTH, CLEAN_PURITY = 0.5, 0.5
 
 
 def run_arm(args: argparse.Namespace) -> dict:
+    """One arm: the demo's discovery with this arm's knobs, then the demo's naming and random reference."""
     started = time.process_time()
     model = DiffusionModel.load(args.model, device="cpu")
-    pixels, _ = render_pixels(args.domain, seeds_for("demo-train", args.images, 0), model.resolution)
-    settings = DiscoverySettings(
-        num_directions=args.directions, steps=args.steps, batch_size=6, micro_batches=1,
-        num_negatives=min(args.negatives, args.directions - 1), seed=0, domain=args.domain, checkpoint_every=100,
-        diversity_weight=args.diversity_weight, reseed_duplicates=args.reseed_duplicates,
-        magnitude_floor=args.magnitude_floor, axis_negatives=args.axis_negatives,
-    )  # fmt: skip
-    found = discover(model, pixels, args.out / "run", settings, resume=True, progress=False).directions
+    demo = DemoSettings(
+        directions=args.directions, steps=args.steps, images=args.images, negatives=args.negatives,
+        magnitude_floor=args.magnitude_floor, axis_negatives=args.axis_negatives, diversity_weight=args.diversity_weight,
+        reseed_duplicates=args.reseed_duplicates, domain=args.domain, strength=args.strength,
+        naming_images=args.test_images,
+    ).validate()  # fmt: skip
+    pixels, _ = render_pixels(args.domain, seeds_for("demo-train", args.images, demo.seed), model.resolution)
+    found = discover(model, pixels, args.out / "run", demo.discovery(), resume=True, progress=False).directions
     discovery_minutes = (time.process_time() - started) / 60
 
     reader = load_reader(args.domain)
-    names = reader_factor_names(reader, args.domain)
-    protocol = EditProtocol(steps=20, inversion="ddpm")
-    split = prepare_split(model, reader, args.domain, "demo-test", args.test_images, protocol, progress=False)
-    edits = [
-        [DirectionTerm(found, k, None, strength=sign * args.strength)] for k in range(found.count) for sign in SIGNS
-    ]
-    read, _ = render_and_read(model, split.inversion, reader, edits, protocol.passes, progress=False)
-    edited = read.view(found.count, len(SIGNS), *read.shape[1:])
-    changed = changed_mask(edited, split.recon_indices)
-    changes = change_fractions(axis_changed(changed))
-    records = direction_records(changes, edited, changed, names, [f.values for f in domain_factors(args.domain)])
-    reference, cached = split_reference(model, reader, split, names, args.strength, protocol=protocol,
-                                        cache=ReferenceCache(args.cache), progress=False)  # fmt: skip
-    verdicts = judge(changes, reference)
-    clean = [r for r in records if r.strength >= CLEAN_STRENGTH - 1e-9 and r.purity >= CLEAN_PURITY - 1e-9]
-    duplicates = (found.calibration or {}).get("duplicates", [])
+    test = prepare_split(model, reader, args.domain, "demo-test", args.test_images, demo.protocol(), progress=False)
+    records, changed = name_directions(model, found, reader, demo, progress=False, return_changes=True, test=test)
+    reference = compare_with_random(model, reader, test, records, changed, demo, say=lambda _: None, progress=False)
     random_wins = judge(reference.changes, reference)  # the reference against itself (not leave-one-out)
+    settings = demo.discovery()
+    knobs = ("num_directions", "steps", "num_negatives", "diversity_weight", "reseed_duplicates", "magnitude_floor",
+             "axis_negatives")  # fmt: skip
     return {
         "arm": args.out.name,
         "domain": args.domain,
-        "settings": {
-            k: getattr(settings, k)
-            for k in (
-                "num_directions",
-                "steps",
-                "num_negatives",
-                "diversity_weight",
-                "reseed_duplicates",
-                "magnitude_floor",
-                "axis_negatives",
-            )
-        },  # fmt: skip
-        "clean": len(clean),
-        "distinct_clean_factors": sorted({r.main_factor for r in clean}),
-        "duplicate_pairs": duplicates,
-        "beats_random": sum(v["beats_random"] for v in verdicts),
-        "beats_random_and_clean_factors": sorted(
-            {v["factor"] for v, r in zip(verdicts, records) if v["beats_random"] and r in clean}
-        ),  # fmt: skip
+        "settings": {k: getattr(settings, k) for k in knobs},
+        "clean": sum(is_clean(r) for r in records),
+        "distinct_clean_factors": clean_factors(records),
+        "duplicate_pairs": (found.calibration or {}).get("duplicates", []),
+        "beats_random": sum(r.random["beats_random"] for r in records),
         "random_threshold": round(reference.threshold(), 4),
         "random_self_wins": sum(v["beats_random"] for v in random_wins),
-        "reference_cached": cached,
-        "directions": [{**r.to_json(), "random": v} for r, v in zip(records, verdicts)],
+        "directions": [r.to_json() for r in records],
         "discovery_cpu_minutes": round(discovery_minutes, 1),
         "cpu_minutes": round((time.process_time() - started) / 60, 1),
         "date": time.strftime("%Y-%m-%d"),
@@ -142,6 +107,7 @@ def main() -> None:
     if args.out is None:
         parser.error("--out is required")
     torch.set_num_threads(args.threads)
+    os.environ["NOISECLR_CACHE"] = str(args.cache)  # the random reference's cache (noiseclr.chance)
     result = run_arm(args)
     atomic_write_json(args.out / "result.json", result)
     print(table([args.out / "result.json"]))

@@ -632,3 +632,10 @@ def test_remedy_methods_discover_with_their_settings():
     assert floor.magnitude_floor == 0.01 and floor.loss_variant == "all-anchors" and floor.init == "random"
     assert settings.discovery("noiseclr-tokens", "faces").init == "tokens"
     assert settings.methods == ("noiseclr-all", "noiseclr-single", "random", "prompt")
+
+
+def test_bad_cross_region_modes_are_one_line_errors():
+    with pytest.raises(NoiseCLRError, match=r"--cross-regions boxes: unknown region mode") as caught:
+        tiny_settings(cross_regions=("boxes",)).validate()
+    assert "\n" not in str(caught.value)
+    assert tiny_settings(cross_regions=("none",)).validate().cross_regions == ()

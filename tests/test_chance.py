@@ -66,7 +66,7 @@ def test_real_changes_beat_random_and_random_like_ones_do_not():
     # Skin on every image is no evidence: random directions at this strength do nearly as much.
     assert rows[3]["factor"] == "skin" and not rows[3]["beats_random"]
     assert [r["beats_random"] for r in rows] == beats_random(changes, reference).tolist()
-    assert describe(rows[0], 20).startswith("beats random (mouth 0.90 vs 95th of 20 random 0.00")
+    assert describe(rows[0]).startswith("beats random (mouth 0.90 vs 95th of 20 random 0.00")
 
 
 def test_the_cache_round_trips_and_recomputes_damaged_or_stale_files(tmp_path):

@@ -148,6 +148,9 @@ def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
     for flag in ("--lr", "--strength"):
         code, _, err = run_demo_cli(capsys, tiny_model_dir, tmp_path / "e", flag, "0")
         assert code == 2 and err.count("noiseclr: error:") == 1 and flag in err
+    for flag, value in (("--random-reference", "1"), ("--diversity-weight", "-1"), ("--reseed-duplicates", "2")):
+        code, _, err = run_demo_cli(capsys, tiny_model_dir, tmp_path / "e", flag, value)
+        assert code == 2 and err.count("noiseclr: error:") == 1 and f"{flag} " in err, (flag, err)
 
 
 def test_summary_table_formats():

@@ -136,6 +136,7 @@ def judge(changes: torch.Tensor, reference: RandomReference) -> list[dict[str, A
             "margin": round(float(value[k]), 4),
             "threshold": round(tau, 4),
             "beats_random": bool(float(value[k]) > tau + 1e-12),
+            "count": reference.count,
         })  # fmt: skip
     return rows
 
@@ -146,10 +147,10 @@ def beats_random(changes: torch.Tensor, reference: RandomReference) -> torch.Ten
     return value > reference.threshold() + 1e-12
 
 
-def describe(row: Mapping[str, Any], count: int) -> str:
-    """One line for a table: ``beats random (hair_color 0.83 vs 95th of 20 random 0.20)``."""
+def describe(row: Mapping[str, Any]) -> str:
+    """One line for a :func:`judge` row: ``beats random (hair_color 0.83 vs 95th of 20 random 0.20)``."""
     verdict = "beats random" if row["beats_random"] else "within chance"
-    return f"{verdict} ({row['factor']} {row['change']:.2f} vs 95th of {count} random {row['random_p95']:.2f})"
+    return f"{verdict} ({row['factor']} {row['change']:.2f} vs 95th of {row.get('count', '?')} random {row['random_p95']:.2f})"
 
 
 # -------------------------------------------------------------------------- measuring it
@@ -180,8 +181,8 @@ def measure_reference(
     the split's own latents) in ``window``, both signs, on every image of ``split`` (a
     :class:`~noiseclr.measure.Split`), read by ``reader``."""
     from .directions import Directions
-    from .measure import PassSizes, render_and_read
-    from .metrics import SIGNS, axis_changed, change_fractions, changed_mask
+    from .measure import PassSizes, read_axis_edits
+    from .metrics import SIGNS, axis_changed, change_fractions
     from .terms import DirectionTerm
 
     directions = Directions.for_model(
@@ -192,11 +193,10 @@ def measure_reference(
         for k in range(count)
         for sign in SIGNS
     ]
-    read, _ = render_and_read(
-        model, split.inversion, reader, edits, passes or PassSizes(), desc="random reference", progress=progress
+    _, changed = read_axis_edits(
+        model, split, reader, edits, passes or PassSizes(), desc="random reference", progress=progress
     )
-    edited = read.view(count, len(SIGNS), *read.shape[1:])
-    changes = change_fractions(axis_changed(changed_mask(edited, split.recon_indices)))
+    changes = change_fractions(axis_changed(changed))
     return RandomReference(changes.to(torch.float64), tuple(factor_names), float(abs(strength)), int(split.count))
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .directions import Directions
-from .discovery import INITS, DiscoverySettings
+from .discovery import DiscoverySettings
 from .terms import DirectionTerm
 from .errors import NoiseCLRError
 from .fileio import atomic_write_json, atomic_write_text, ensure_output_dir
@@ -48,18 +48,18 @@ from .measure import (
     load_reader,
     prepare_split,
     Split,
+    read_axis_edits,
     read_factors,
     reader_factor_names,
-    render_and_read,
     render_pixels,
     seeds_for,
 )
-from .metrics import SIGNS, axis_changed, change_fractions, changed_mask, masked_psnr
+from .metrics import SIGNS, axis_changed, change_fractions, masked_psnr
 from .model import DiffusionModel
 from .demo_text import EMBEDDED_NAME, duplicate_note, random_note, summary_table  # noqa: F401 (EMBEDDED_NAME re-exported)
 from .demo_text import explanation as _explanation
 from .chance import DEFAULT_COUNT, RandomReference, ReferenceCache, default_cache_dir, judge, split_reference
-from .strength import DEMO_STRENGTH
+from .strength import DEMO_STRENGTH, repeats
 from .reuse import discover_or_reuse
 from .options import (
     check_choice,
@@ -241,11 +241,9 @@ def name_directions(
             model, reader, settings.domain, "demo-test", settings.naming_images, protocol, progress=progress
         )
     edits = [[settings.term(directions, k, sign)] for k in range(directions.count) for sign in SIGNS]
-    edited, _ = render_and_read(
-        model, test.inversion, reader, edits, protocol.passes, desc="naming directions", progress=progress
+    edited, changed = read_axis_edits(
+        model, test, reader, edits, protocol.passes, desc="naming directions", progress=progress
     )
-    edited = edited.view(directions.count, len(SIGNS), *edited.shape[1:])
-    changed = changed_mask(edited, test.recon_indices)
     records = direction_records(change_fractions(axis_changed(changed)), edited, changed, factor_names, values)
     for record in records:
         record.set_edit(**settings.edit())
@@ -367,19 +365,14 @@ def compare_with_random(
     return reference
 
 
+def is_clean(row: DirectionRecord) -> bool:
+    """Its main factor changed on at least half the images and is at least half of all changes."""
+    return row.strength is not None and row.strength >= 0.5 - 1e-9 and (row.purity or 0) >= 0.5 - 1e-9
+
+
 def clean_factors(rows: Sequence[DirectionRecord]) -> list[str]:
-    """Distinct main factors of the clean directions: the factor changed on at least half the images
-    and at least half of all changes (strength and purity >= 0.5)."""
-    clean = [r for r in rows if r.strength is not None and r.strength >= 0.5 - 1e-9 and (r.purity or 0) >= 0.5 - 1e-9]
-    return sorted({str(r.main_factor) for r in clean})
-
-
-def repeats(directions: Directions) -> dict[int, tuple[int, float]]:
-    """Direction -> (the earlier direction it repeats, cos) from the calibration's duplicate pairs."""
-    found: dict[int, tuple[int, float]] = {}
-    for i, j, cos in (directions.calibration or {}).get("duplicates") or []:
-        found.setdefault(int(j), (int(i), float(cos)))
-    return found
+    """Distinct main factors of the clean directions (:func:`is_clean`)."""
+    return sorted({str(r.main_factor) for r in rows if is_clean(r)})
 
 
 def _demo_reader(
@@ -476,7 +469,7 @@ def _write_summaries(
 ) -> tuple[str, Path, Path]:  # fmt: skip
     """The printed text, summary.md and summary.json."""
     rows = named.rows
-    repeated = repeats(named_file)
+    repeated = repeats((named_file.calibration or {}).get("duplicates") or [])
     notes = "\n".join(
         textwrap.fill(note, width=100)
         for note in (random_note(rows, named.reference), duplicate_note(named_file))

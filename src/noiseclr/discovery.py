@@ -539,8 +539,10 @@ class _Trainer:
         threshold, step = self.settings.reseed_duplicates, self.step
         if threshold <= 0 or step % RESEED_EVERY or step >= self.settings.steps:
             return None
+        seed = self.settings.seed
         return restart_duplicates(self.model, self.vectors, self.optimizer, self.latents[0], threshold,
-                                  self.settings.timestep_range, seed=self.settings.seed, step=step)  # fmt: skip
+                                  self.settings.timestep_range, seed=seed, step=step,
+                                  stream_seed=lambda stream: _stream_seed(seed, stream))  # fmt: skip
 
     def diverged(self, what: str) -> TrainingDiverged:
         last = self.last_checkpoint

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from .chance import describe
 from .directions import Directions
+from .strength import repeats
 from .editing import EditSettings, render_edits
 from .errors import NoiseCLRError
 from .fileio import atomic_write_text, ensure_output_dir
@@ -340,11 +342,10 @@ def _verdict(directions: Directions, index: int) -> str:
     records = _records(directions)
     random = records[index].get("random") if records and isinstance(records[index], dict) else None
     if isinstance(random, dict) and "beats_random" in random:
-        parts.append("beats random" if random["beats_random"] else "within chance (no more than a random direction)")
-    for i, j, cos in (directions.calibration or {}).get("duplicates") or []:
-        if int(j) == index:
-            parts.append(f"repeats direction {int(i)} (cos {float(cos):+.2f})")
-            break
+        parts.append(describe(random))
+    repeated = repeats((directions.calibration or {}).get("duplicates") or []).get(index)
+    if repeated is not None:
+        parts.append(f"repeats direction {repeated[0]} (cos {repeated[1]:+.2f})")
     return "".join(f" · {part}" for part in parts)
 
 

@@ -275,6 +275,26 @@ def render_and_read(
     return read, kept
 
 
+def read_axis_edits(
+    model: DiffusionModel,
+    split: Split,
+    reader: Any,
+    edits: Sequence[Sequence[EditTerm]],
+    passes: PassSizes = PassSizes(),
+    *,
+    desc: str = "editing",
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every direction's edits at both signs (adjacent, in :data:`~noiseclr.metrics.SIGNS` order) on
+    every image of ``split``, read: the read values and which factors changed against the
+    reconstruction, both [K, 2, B, F]."""
+    from .metrics import SIGNS, changed_mask
+
+    read, _ = render_and_read(model, split.inversion, reader, edits, passes, desc=desc, progress=progress)
+    edited = read.view(len(edits) // len(SIGNS), len(SIGNS), *read.shape[1:])
+    return edited, changed_mask(edited, split.recon_indices)
+
+
 def prepare_split(
     model: DiffusionModel,
     reader: Any,

@@ -8,8 +8,8 @@ embedding, with its optimizer state zeroed, so it looks for something else.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,11 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("noiseclr")
 
 
-def _seed(seed: int, step: int, index: int) -> int:
-    digest = hashlib.sha256(f"noiseclr-discovery:{seed}:reseed:{step}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 @torch.no_grad()
 def restart_duplicates(
     model: DiffusionModel,
@@ -39,16 +34,20 @@ def restart_duplicates(
     *,
     seed: int,
     step: int,
+    stream_seed: Callable[[str], int],
 ) -> int:
     """Restart, in place, the later direction of each pair of ``vectors`` whose noise changes on the first
-    latents have ``|cos| >= threshold``; deterministic in (seed, step), so a resumed run does the same.
-    Returns how many restarted."""
+        latents have ``|cos| >= threshold``; fresh rows come from ``stream_seed`` (discovery's named streams),
+    so a resumed run does the same.
+        Returns how many restarted."""
     timesteps = calibration_timesteps(model, timestep_range)
     similarity = change_similarity(model, Directions(vectors=vectors.detach()), latents[:CALIBRATION_IMAGES],
                                    timesteps[len(timesteps) // 2], seed=seed + step)  # fmt: skip
     restart = sorted({int(j) for _, j, _ in duplicate_pairs(similarity, threshold)})
     for index in restart:
-        fresh = torch.randn(1, vectors.shape[1], generator=torch.Generator().manual_seed(_seed(seed, step, index)))
+        fresh = torch.randn(
+            1, vectors.shape[1], generator=torch.Generator().manual_seed(stream_seed(f"reseed:{step}:{index}"))
+        )
         vectors[index] = model.scale_to_token_norms(fresh)[0].to(vectors)
         for value in optimizer.state.get(vectors, {}).values():
             if isinstance(value, torch.Tensor) and value.shape == vectors.shape:

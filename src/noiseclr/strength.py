@@ -148,6 +148,14 @@ def duplicate_pairs(similarity: torch.Tensor, threshold: float = DUPLICATE_COSIN
     return sorted(pairs, key=lambda pair: -abs(pair[2]))
 
 
+def repeats(pairs: Sequence[Sequence[float]]) -> dict[int, tuple[int, float]]:
+    """Direction -> (the earlier direction it repeats, cos), from :func:`duplicate_pairs` (most similar first)."""
+    found: dict[int, tuple[int, float]] = {}
+    for i, j, cos in pairs:
+        found.setdefault(int(j), (int(i), float(cos)))
+    return found
+
+
 def calibrate(
     model: DiffusionModel,
     directions: Directions,
