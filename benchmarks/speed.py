@@ -226,9 +226,15 @@ def run_reference(
     vectors = _leaf_for(model, inputs["vectors"])
     stats: dict[str, float] = {}
     loss = reference_micro_batch_loss(
-        model, vectors, inputs["latents"], inputs["timestep"], inputs["noise"], inputs["drawn"],
-        checkpointing=checkpointing, stats=stats,
-    )  # fmt: skip
+        model,
+        vectors,
+        inputs["latents"],
+        inputs["timestep"],
+        inputs["noise"],
+        inputs["drawn"],
+        checkpointing=checkpointing,
+        stats=stats,
+    )
     loss.backward()
     return float(loss.detach()), vectors.grad[inputs["drawn"].to(vectors.device)].double().cpu(), stats
 
@@ -450,9 +456,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     optimize = args.channels_last or args.compile or args.gradient_checkpointing
     warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
     checkpointing = args.reference_checkpointing == "on"
-    settings.update(dtype=str(dtype).replace("torch.", ""), channels_last=args.channels_last, compile=args.compile,
-                    gradient_checkpointing=args.gradient_checkpointing, warmup=warmup, repeats=args.repeats,
-                    reference_checkpointing=checkpointing, threads=torch.get_num_threads())  # fmt: skip
+    settings.update(
+        dtype=str(dtype).replace("torch.", ""),
+        channels_last=args.channels_last,
+        compile=args.compile,
+        gradient_checkpointing=args.gradient_checkpointing,
+        warmup=warmup,
+        repeats=args.repeats,
+        reference_checkpointing=checkpointing,
+        threads=torch.get_num_threads(),
+    )
 
     if "peak" not in args.skip:
         peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

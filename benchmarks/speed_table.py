@@ -39,21 +39,42 @@ def _cost_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[
     """FLOPs, the floor, the matmul peak and the activations kept."""
     rows: list[tuple[str, str, str]] = []
     flops = results["flops"]
-    rows.append(("UNet forward, 1 image", _fmt_flop(flops["unet_forward_per_image"]),
-                 f"text encoder per direction {_fmt_flop(flops['text_encoder_per_direction'])}"))  # fmt: skip
-    rows.append((
-        f"fast micro-batch FLOPs (N={settings['batch']}, J={settings['directions']})",
-        _fmt_flop(flops["fast"]["total"]),
-        f"backward/forward of the grad rows {flops['fast_backward_over_forward']:.2f}"
-        + (f"; with checkpointing recompute {_fmt_flop(flops['fast_with_checkpointing'])}" if "fast_with_checkpointing" in flops else ""),
-    ))  # fmt: skip
+    rows.append(
+        (
+            "UNet forward, 1 image",
+            _fmt_flop(flops["unet_forward_per_image"]),
+            f"text encoder per direction {_fmt_flop(flops['text_encoder_per_direction'])}",
+        )
+    )
+    rows.append(
+        (
+            f"fast micro-batch FLOPs (N={settings['batch']}, J={settings['directions']})",
+            _fmt_flop(flops["fast"]["total"]),
+            f"backward/forward of the grad rows {flops['fast_backward_over_forward']:.2f}"
+            + (
+                f"; with checkpointing recompute {_fmt_flop(flops['fast_with_checkpointing'])}"
+                if "fast_with_checkpointing" in flops
+                else ""
+            ),
+        )
+    )
     recompute = flops.get("reference_with_checkpointing")
-    rows.append(("reference micro-batch FLOPs", _fmt_flop(flops["reference"]),
-                 f"with checkpointing recompute {_fmt_flop(recompute)}" if recompute else ""))  # fmt: skip
+    rows.append(
+        (
+            "reference micro-batch FLOPs",
+            _fmt_flop(flops["reference"]),
+            f"with checkpointing recompute {_fmt_flop(recompute)}" if recompute else "",
+        )
+    )
     if "floor" in results:
         floor = results["floor"]
-        rows.append((f"floor at {floor['peak_tflops']:.0f} TFLOP/s", _fmt_s(floor["fast_s"]),
-                     f"with checkpointing {_fmt_s(floor['fast_with_checkpointing_s'])}"))  # fmt: skip
+        rows.append(
+            (
+                f"floor at {floor['peak_tflops']:.0f} TFLOP/s",
+                _fmt_s(floor["fast_s"]),
+                f"with checkpointing {_fmt_s(floor['fast_with_checkpointing_s'])}",
+            )
+        )
     if "peak" in results:
         peak = results["peak"]
         rows.append(
@@ -65,9 +86,14 @@ def _cost_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[
         )
     if "gib_per_image" in results.get("saved_bytes", {}):
         kept = results["saved_bytes"]["bytes_per_image"]
-        rows.append(("activations kept per image (grad call)", f"{kept / 2**20:.1f} MiB",
-                     f"{results['saved_bytes']['dtype']}; x {settings['batch'] * settings['directions']} rows = "
-                     f"{kept * settings['batch'] * settings['directions'] / GIB:.1f} GiB without checkpointing"))  # fmt: skip
+        rows.append(
+            (
+                "activations kept per image (grad call)",
+                f"{kept / 2**20:.1f} MiB",
+                f"{results['saved_bytes']['dtype']}; x {settings['batch'] * settings['directions']} rows = "
+                f"{kept * settings['batch'] * settings['directions'] / GIB:.1f} GiB without checkpointing",
+            )
+        )
     return rows
 
 
@@ -126,17 +152,24 @@ def _check_rows(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple
                 rows.append((f"check {key.replace('_', ' ')}", "ERROR", check[key]["error"]))
             elif key in check:
                 item = check[key]
-                rows.append((
-                    f"check {key.replace('_', ' ')} ({item['dtype']}) vs float32 reference",
-                    "PASS" if item["passed"] else "FAIL",
-                    f"loss rel {item['loss_rel_error']:.2e} (<= {item['loss_threshold']:g}), grad rel "
-                    f"{item['grad_rel_error']:.2e} (<= {item['grad_threshold']:g}), grad cos {item['grad_cosine']:.5f}",
-                ))  # fmt: skip
+                rows.append(
+                    (
+                        f"check {key.replace('_', ' ')} ({item['dtype']}) vs float32 reference",
+                        "PASS" if item["passed"] else "FAIL",
+                        f"loss rel {item['loss_rel_error']:.2e} (<= {item['loss_threshold']:g}), grad rel "
+                        f"{item['grad_rel_error']:.2e} (<= {item['grad_threshold']:g}), grad cos {item['grad_cosine']:.5f}",
+                    )
+                )
         if "loss_rel_error" in check.get("reference_half", {}):
             item = check["reference_half"]
-            rows.append((f"  floor: published procedure in {item['dtype']}", "",
-                         f"loss rel {item['loss_rel_error']:.2e}, grad rel {item['grad_rel_error']:.2e}; "
-                         f"|delta|/|eps| = {check['delta_over_eps']:.3f}"))  # fmt: skip
+            rows.append(
+                (
+                    f"  floor: published procedure in {item['dtype']}",
+                    "",
+                    f"loss rel {item['loss_rel_error']:.2e}, grad rel {item['grad_rel_error']:.2e}; "
+                    f"|delta|/|eps| = {check['delta_over_eps']:.3f}",
+                )
+            )
     return rows
 
 

@@ -52,14 +52,22 @@ def main() -> int:
         settings = replace(settings, probe=replace(settings.probe, images=args.probe_images))
     cpu, wall = time.process_time(), time.monotonic()
     model = DiffusionModel.load(args.model, device=args.device, dtype="float32")
-    device = (torch.cuda.get_device_name(model.device) if model.device.type == "cuda"
-              else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}")  # fmt: skip
+    device = (
+        torch.cuda.get_device_name(model.device)
+        if model.device.type == "cuda"
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+    )
     print(f"device: {device}; model {model.name}", flush=True)
     readers = quality.load_readers()
     result = ladder.run_ladder(model, readers, settings, args.rungs, log=lambda m: print(m, flush=True))
-    result.update(model=str(args.model), device=device, command=shlex.join(["python", *sys.argv]),
-                  date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                  cpu_minutes=round((time.process_time() - cpu) / 60, 2), wall_minutes=round((time.monotonic() - wall) / 60, 2))  # fmt: skip
+    result.update(
+        model=str(args.model),
+        device=device,
+        command=shlex.join(["python", *sys.argv]),
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        cpu_minutes=round((time.process_time() - cpu) / 60, 2),
+        wall_minutes=round((time.monotonic() - wall) / 60, 2),
+    )
     atomic_write_json(args.out.with_suffix(".json"), result)
     title = args.title or f"Diagnostic ladder of `{args.model}`"
     head = (

@@ -37,8 +37,10 @@ def main() -> int:
     parser.add_argument("--arms", nargs="+", default=["control", "a", "b", "c", "abc"])
     parser.add_argument("--start", type=int, default=4000)
     args = parser.parse_args()
-    head = ("| arm | steps | train CPU-min | faces text dist | faces UNet t=500 / 700 | faces generation | faces probe | "
-            "faces / cats leak | cats probe | small face factors: text dist / UNet t=700 / probe |")  # fmt: skip
+    head = (
+        "| arm | steps | train CPU-min | faces text dist | faces UNet t=500 / 700 | faces generation | faces probe | "
+        "faces / cats leak | cats probe | small face factors: text dist / UNet t=700 / probe |"
+    )
     lines = [head, "|---|---:|---:|---:|---|---:|---:|---|---:|---|"]
     for arm in args.arms:
         folder = args.root / arm
@@ -53,10 +55,15 @@ def main() -> int:
         f, c = means["faces"], means["cats"]
         probe = row["ladder"]["rungs"]["probe"]["domains"]
         leak = f"{100 * probe['faces']['others']:.1f}% / {100 * probe['cats']['others']:.1f}%"
-        small = ", ".join(f"{n} {table['faces'][n]['text_dist']:.2f}/{table['faces'][n]['unet_t700']:.2f}/"
-                          f"{100 * table['faces'][n]['probe']:.0f}%" for n in SMALL)  # fmt: skip
-        lines.append(f"| {arm} | {steps} | {cpu:.1f} | {f['text_dist']:.2f} | {f['unet_t500']:.2f} / {f['unet_t700']:.2f} | "
-                     f"{100 * f['generation']:.0f}% | {100 * f['probe']:.0f}% | {leak} | {100 * c['probe']:.0f}% | {small} |")  # fmt: skip
+        small = ", ".join(
+            f"{n} {table['faces'][n]['text_dist']:.2f}/{table['faces'][n]['unet_t700']:.2f}/"
+            f"{100 * table['faces'][n]['probe']:.0f}%"
+            for n in SMALL
+        )
+        lines.append(
+            f"| {arm} | {steps} | {cpu:.1f} | {f['text_dist']:.2f} | {f['unet_t500']:.2f} / {f['unet_t700']:.2f} | "
+            f"{100 * f['generation']:.0f}% | {100 * f['probe']:.0f}% | {leak} | {100 * c['probe']:.0f}% | {small} |"
+        )
     print("\n".join(lines))
     return 0
 

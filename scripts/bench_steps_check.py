@@ -57,9 +57,11 @@ def main() -> int:
         for b in args.steps:
             if a < b:
                 ma, mb = direction_metrics(tables[a]), direction_metrics(tables[b])
-                print(f"{a} vs {b} steps: same main factor {float((ma.main == mb.main).double().mean()):.2f}; "
-                      f"mean |strength diff| {float((ma.strength - mb.strength).abs().mean()):.3f}; "
-                      f"mean |purity diff| {float((ma.purity - mb.purity).abs().mean()):.3f}")  # fmt: skip
+                print(
+                    f"{a} vs {b} steps: same main factor {float((ma.main == mb.main).double().mean()):.2f}; "
+                    f"mean |strength diff| {float((ma.strength - mb.strength).abs().mean()):.3f}; "
+                    f"mean |purity diff| {float((ma.purity - mb.purity).abs().mean()):.3f}"
+                )
     return 0
 
 

@@ -36,11 +36,18 @@ def run_arm(args: argparse.Namespace) -> dict:
     started = time.process_time()
     model = DiffusionModel.load(args.model, device="cpu")
     demo = DemoSettings(
-        directions=args.directions, steps=args.steps, images=args.images, negatives=args.negatives,
-        magnitude_floor=args.magnitude_floor, axis_negatives=args.axis_negatives, diversity_weight=args.diversity_weight,
-        reseed_duplicates=args.reseed_duplicates, domain=args.domain, strength=args.strength,
+        directions=args.directions,
+        steps=args.steps,
+        images=args.images,
+        negatives=args.negatives,
+        magnitude_floor=args.magnitude_floor,
+        axis_negatives=args.axis_negatives,
+        diversity_weight=args.diversity_weight,
+        reseed_duplicates=args.reseed_duplicates,
+        domain=args.domain,
+        strength=args.strength,
         naming_images=args.test_images,
-    ).validate()  # fmt: skip
+    ).validate()
     pixels, _ = render_pixels(args.domain, seeds_for("demo-train", args.images, demo.seed), model.resolution)
     found = discover(model, pixels, args.out / "run", demo.discovery(), resume=True, progress=False).directions
     discovery_minutes = (time.process_time() - started) / 60
@@ -51,8 +58,15 @@ def run_arm(args: argparse.Namespace) -> dict:
     reference = compare_with_random(model, reader, test, records, changed, demo, say=lambda _: None, progress=False)
     random_wins = judge(reference.changes, reference)  # the reference against itself (not leave-one-out)
     settings = demo.discovery()
-    knobs = ("num_directions", "steps", "num_negatives", "diversity_weight", "reseed_duplicates", "magnitude_floor",
-             "axis_negatives")  # fmt: skip
+    knobs = (
+        "num_directions",
+        "steps",
+        "num_negatives",
+        "diversity_weight",
+        "reseed_duplicates",
+        "magnitude_floor",
+        "axis_negatives",
+    )
     return {
         "arm": args.out.name,
         "domain": args.domain,
@@ -71,14 +85,18 @@ def run_arm(args: argparse.Namespace) -> dict:
 
 
 def table(paths: list[Path]) -> str:
-    lines = ["| domain | arm | clean | distinct clean factors | duplicate pairs | beat random | discovery CPU-min |",
-             "|---|---|---:|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| domain | arm | clean | distinct clean factors | duplicate pairs | beat random | discovery CPU-min |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
     for path in paths:
         r = json.loads(path.read_text())
         factors = ", ".join(r["distinct_clean_factors"]) or "-"
-        lines.append(f"| {r['domain']} | {r['arm']} | {r['clean']}/{r['settings']['num_directions']} | "
-                     f"{len(r['distinct_clean_factors'])}: {factors} | {len(r['duplicate_pairs'])} | "
-                     f"{r['beats_random']} | {r['discovery_cpu_minutes']} |")  # fmt: skip
+        lines.append(
+            f"| {r['domain']} | {r['arm']} | {r['clean']}/{r['settings']['num_directions']} | "
+            f"{len(r['distinct_clean_factors'])}: {factors} | {len(r['duplicate_pairs'])} | "
+            f"{r['beats_random']} | {r['discovery_cpu_minutes']} |"
+        )
     return "\n".join(lines)
 
 

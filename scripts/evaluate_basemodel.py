@@ -53,16 +53,23 @@ def table(title: str, per_domain: dict[str, dict[str, float]], bar: float) -> li
 def probe_lines(probe: dict) -> list[str]:
     """The controllability probe as Markdown: one row per factor, the weakest values named."""
     settings = probe["settings"]
-    lines = [f"### Controllability probe (prompt term on DDPM inversions, {settings['steps']} steps, scales "
-             f"{', '.join(f'{s:g}' for s in settings['scales'])}, {settings['images']} held-out images per domain)", "",
-             "reached = images moved to the named value (best scale); others = mean change of the other factors.", "",
-             "| domain | factor | reached | others | weakest value (reached) |", "|---|---|---:|---:|---|"]  # fmt: skip
+    lines = [
+        f"### Controllability probe (prompt term on DDPM inversions, {settings['steps']} steps, scales "
+        f"{', '.join(f'{s:g}' for s in settings['scales'])}, {settings['images']} held-out images per domain)",
+        "",
+        "reached = images moved to the named value (best scale); others = mean change of the other factors.",
+        "",
+        "| domain | factor | reached | others | weakest value (reached) |",
+        "|---|---|---:|---:|---|",
+    ]
     for domain, data in probe["domains"].items():
         for factor, numbers in data["per_factor"].items():
             values = data["per_value"][factor]
             weakest = min((v for v in values if "reached" in values[v]), key=lambda v: values[v]["reached"])
-            lines.append(f"| {domain} | {factor} | {pct(numbers['reached'])} | {pct(numbers['others'])} | "
-                         f"{weakest} ({pct(values[weakest]['reached'])}) |")  # fmt: skip
+            lines.append(
+                f"| {domain} | {factor} | {pct(numbers['reached'])} | {pct(numbers['others'])} | "
+                f"{weakest} ({pct(values[weakest]['reached'])}) |"
+            )
         lines.append(f"| **{domain}** | **mean** | **{pct(data['reached'])}** | **{pct(data['others'])}** | |")
     return lines + [""]
 
@@ -77,10 +84,17 @@ def run_curve(folder: Path, readers: dict, args: argparse.Namespace) -> dict:
         model = DiffusionModel.load(snapshot, device=args.device, dtype="float32")
         probe = quality.controllability_probe(model, readers, probe_settings(args))
         record = read_training_record(snapshot)
-        row = {"snapshot": snapshot.name, "step": record.get("diffusion_step"), "images": record.get("diffusion_images"),
-               "score": probe["score"], **{f"{d}_reached": v["reached"] for d, v in probe["domains"].items()},
-               **{f"{d}_others": v["others"] for d, v in probe["domains"].items()},
-               "per_factor": {d: {f: n["reached"] for f, n in v["per_factor"].items()} for d, v in probe["domains"].items()}}  # fmt: skip
+        row = {
+            "snapshot": snapshot.name,
+            "step": record.get("diffusion_step"),
+            "images": record.get("diffusion_images"),
+            "score": probe["score"],
+            **{f"{d}_reached": v["reached"] for d, v in probe["domains"].items()},
+            **{f"{d}_others": v["others"] for d, v in probe["domains"].items()},
+            "per_factor": {
+                d: {f: n["reached"] for f, n in v["per_factor"].items()} for d, v in probe["domains"].items()
+            },
+        }
         rows.append(row)
         print(f"{snapshot.name}: score {probe['score']:.3f} ({time.monotonic() - tick:.0f} s)", flush=True)
     return {"folder": str(folder), "rows": rows}
@@ -171,16 +185,35 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     settings = quality.QualitySettings()
     if args.quick:
-        settings = quality.QualitySettings(reader_images=100, vae_images=32, samples_per_value=2, unconditional_samples=48,
-                                           inversion_images=16, steps=20)  # fmt: skip
-    overrides = {name: getattr(args, name) for name in ("reader_images", "vae_images", "samples_per_value",
-                 "unconditional_samples", "inversion_images", "steps") if getattr(args, name) is not None}  # fmt: skip
+        settings = quality.QualitySettings(
+            reader_images=100,
+            vae_images=32,
+            samples_per_value=2,
+            unconditional_samples=48,
+            inversion_images=16,
+            steps=20,
+        )
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "reader_images",
+            "vae_images",
+            "samples_per_value",
+            "unconditional_samples",
+            "inversion_images",
+            "steps",
+        )
+        if getattr(args, name) is not None
+    }
     settings = replace(settings, **overrides)
     started = time.monotonic()
     if args.curve is not None:
         curve = run_curve(args.curve, quality.load_readers(), args)
-        curve.update(command=shlex.join(["python", *sys.argv]), date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                     seconds=round(time.monotonic() - started, 1))  # fmt: skip
+        curve.update(
+            command=shlex.join(["python", *sys.argv]),
+            date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            seconds=round(time.monotonic() - started, 1),
+        )
         atomic_write_json(args.out.with_suffix(".json"), curve)
         print(f"wrote {args.out.with_suffix('.json')}")
         return 0
@@ -192,8 +225,13 @@ def main() -> int:
     )
     print(f"device: {device}; model {model.name}", flush=True)
     readers = quality.load_readers()
-    results: dict = {"model": model.name, "device": device, "settings": asdict(settings),
-                     "command": shlex.join(["python", *sys.argv]), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}  # fmt: skip
+    results: dict = {
+        "model": model.name,
+        "device": device,
+        "settings": asdict(settings),
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    }
     if args.probe_only:
         tick = time.monotonic()
         results["probe"] = quality.controllability_probe(model, readers, probe_settings(args))

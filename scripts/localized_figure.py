@@ -56,8 +56,15 @@ def main() -> None:
     edited, regions = render_edits(
         model, inversion, [[term(None)], [term("auto")]], auto_region=settings, return_regions=True
     )
-    rows = [[tensor_to_pil(pixels[b]), tensor_to_pil(edited[0, b]), tensor_to_pil(edited[1, b]),
-             tensor_to_pil(region_overlay(edited[1, b], regions[1, b]))] for b in range(args.images)]  # fmt: skip
+    rows = [
+        [
+            tensor_to_pil(pixels[b]),
+            tensor_to_pil(edited[0, b]),
+            tensor_to_pil(edited[1, b]),
+            tensor_to_pil(region_overlay(edited[1, b], regions[1, b])),
+        ]
+        for b in range(args.images)
+    ]
     title = f"{term(None).describe()}, #auto"
     print(save_image(make_grid(rows, column_labels=["input", "global", "localized", "region"], title=title), args.out))
 

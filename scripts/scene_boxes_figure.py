@@ -53,8 +53,14 @@ def main() -> None:
     edits = [terms(mode) for mode in REGION_MODES]
     edited, regions = render_edits(model, inversion, edits, return_regions=True)
     last = len(REGION_MODES) - 1
-    rows = [[tensor_to_pil(pixels[b]), *(tensor_to_pil(edited[e, b]) for e in range(len(REGION_MODES))),
-             tensor_to_pil(region_overlay(edited[last, b], regions[last, b]))] for b in range(args.images)]  # fmt: skip
+    rows = [
+        [
+            tensor_to_pil(pixels[b]),
+            *(tensor_to_pil(edited[e, b]) for e in range(len(REGION_MODES))),
+            tensor_to_pil(region_overlay(edited[last, b], regions[last, b])),
+        ]
+        for b in range(args.images)
+    ]
     labels_top = ["input", "global", "#auto", "#box", "#auto+box", "auto+box regions"]
     title = " + ".join(term.describe().split(" #")[0] for term in edits[0])
     print(save_image(make_grid(rows, column_labels=labels_top, title=title), args.out))

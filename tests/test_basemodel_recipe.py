@@ -56,9 +56,18 @@ def test_share_pair_rows_copies_each_first_onto_its_partner():
 def test_readout_targets_and_loss_reach_the_text_encoder():
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, max_position_embeddings=8,
-                                           bos_token_id=0, eos_token_id=49))  # fmt: skip
+    encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=8,
+            bos_token_id=0,
+            eos_token_id=49,
+        )
+    )
     readout = T.FactorReadout(16)
     heads = readout.heads
     assert ("faces", "mouth", 3) in heads and ("scenes", "face.mouth", 3) in heads and ("cats", "stripes", 2) in heads
@@ -98,9 +107,20 @@ def test_every_arm_trains_two_steps_from_a_warm_start(tmp_path):
     from noiseclr.model import embedded_model_path
 
     trainer = T.BaseModelTrainer(tmp_path / "w", device="cpu", log=lambda m: None)
-    settings = T.DiffusionSettings(steps=2, batch_size=8, pool_size=12, pool_masks=True, pool_pairs=6,
-                                   checkpoint_every=1, log_every=1, sample_every=0, snapshot_every=0,
-                                   mask_weight=1.0, text_aux_weight=0.1, paired_fraction=0.5)  # fmt: skip
+    settings = T.DiffusionSettings(
+        steps=2,
+        batch_size=8,
+        pool_size=12,
+        pool_masks=True,
+        pool_pairs=6,
+        checkpoint_every=1,
+        log_every=1,
+        sample_every=0,
+        snapshot_every=0,
+        mask_weight=1.0,
+        text_aux_weight=0.1,
+        paired_fraction=0.5,
+    )
     start = trainer.warm_start(embedded_model_path(), settings)
     assert trainer.build_pool(settings)
     extras = trainer.load_pool_extras()

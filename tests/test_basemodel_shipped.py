@@ -92,14 +92,32 @@ def test_plain_diffusers_generates_with_default_arguments():
 
 # Names as Stable Diffusion 1.5's diffusers checkpoint has them (a few per component).
 SD15_NAMES = {
-    "text_encoder": ["text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight",
-                     "text_model.encoder.layers.0.self_attn.q_proj.weight", "text_model.final_layer_norm.weight"],
-    "unet": ["conv_in.weight", "time_embedding.linear_1.weight", "down_blocks.1.attentions.0.proj_in.weight",
-             "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight", "mid_block.resnets.0.conv1.weight",
-             "up_blocks.0.resnets.0.conv_shortcut.weight", "conv_norm_out.weight", "conv_out.weight"],
-    "vae": ["encoder.conv_in.weight", "encoder.down_blocks.0.resnets.0.conv1.weight", "encoder.mid_block.attentions.0.to_q.weight",
-            "quant_conv.weight", "post_quant_conv.weight", "decoder.up_blocks.0.resnets.0.conv1.weight", "decoder.conv_out.weight"],
-}  # fmt: skip
+    "text_encoder": [
+        "text_model.embeddings.token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight",
+        "text_model.encoder.layers.0.self_attn.q_proj.weight",
+        "text_model.final_layer_norm.weight",
+    ],
+    "unet": [
+        "conv_in.weight",
+        "time_embedding.linear_1.weight",
+        "down_blocks.1.attentions.0.proj_in.weight",
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+        "mid_block.resnets.0.conv1.weight",
+        "up_blocks.0.resnets.0.conv_shortcut.weight",
+        "conv_norm_out.weight",
+        "conv_out.weight",
+    ],
+    "vae": [
+        "encoder.conv_in.weight",
+        "encoder.down_blocks.0.resnets.0.conv1.weight",
+        "encoder.mid_block.attentions.0.to_q.weight",
+        "quant_conv.weight",
+        "post_quant_conv.weight",
+        "decoder.up_blocks.0.resnets.0.conv1.weight",
+        "decoder.conv_out.weight",
+    ],
+}
 
 
 @pytest.mark.parametrize("component", ["text_encoder", "unet", "vae"])

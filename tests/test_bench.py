@@ -394,8 +394,9 @@ def test_render_and_read_chunks_without_changing_results(tiny_model):
     )
     edits = [[DirectionTerm(directions, k, 4.0)] for k in range(3)] + [[PromptTerm("a cat", -3.0, 0.3, 1.0)], []]
     reader = BandReader("faces")
-    whole, kept = measure.render_and_read(tiny_model, inversion, reader, edits, tiny_settings().protocol().passes, keep_images=2,
-                                          progress=False)  # fmt: skip
+    whole, kept = measure.render_and_read(
+        tiny_model, inversion, reader, edits, tiny_settings().protocol().passes, keep_images=2, progress=False
+    )
     small = tiny_settings(trajectories_per_pass=2).protocol().passes  # 2 images per pass, one edit at a time
     parts, kept_parts = measure.render_and_read(
         tiny_model, inversion, reader, edits, small, keep_images=2, progress=False
@@ -455,8 +456,16 @@ def test_bench_writes_table_json_html_and_annotated_directions(faces_run):
     records = results["methods"]["noiseclr-single"]["directions"]
     assert noiseclr.names == [r["name"] for r in records]
     # ... and how they were measured (inversion, steps), which edit and explore then use.
-    assert noiseclr.edit_defaults == [{"scale": r["scale"], "start": r["start"], "end": r["end"], "inversion": "ddpm",
-                                       "steps": results["settings"]["steps"]} for r in records]  # fmt: skip
+    assert noiseclr.edit_defaults == [
+        {
+            "scale": r["scale"],
+            "start": r["start"],
+            "end": r["end"],
+            "inversion": "ddpm",
+            "steps": results["settings"]["steps"],
+        }
+        for r in records
+    ]
     noiseclr.check_compatible(model)
     report = (out / "report.html").read_text()
     for needle in ("noiseclr-single", "random", "prompt", "strips/direction-000.png", "coverage", 'style="width:'):
@@ -474,8 +483,15 @@ def test_bench_resume_reuses_finished_methods(faces_run, monkeypatch):
         raise AssertionError("a finished method was measured again")
 
     monkeypatch.setattr(bench_run, "evaluate_method", must_not_run)
-    again = run_bench(model, "faces", out, tiny_settings(methods=("noiseclr-single", "random", "prompt")),
-                      readers=doubles("faces"), progress=False, resume=True)  # fmt: skip
+    again = run_bench(
+        model,
+        "faces",
+        out,
+        tiny_settings(methods=("noiseclr-single", "random", "prompt")),
+        readers=doubles("faces"),
+        progress=False,
+        resume=True,
+    )
     assert again.results["methods"]["random"]["fingerprint"] == result.results["methods"]["random"]["fingerprint"]
 
 
@@ -483,8 +499,15 @@ def test_bench_evaluates_given_files_including_textual_inversion(faces_run, tmp_
     model, out, _, _ = faces_run
     exported = Directions.load(out / "noiseclr-single" / "directions.safetensors").export_published(tmp_path / "ti")
     learned = next(p for p in exported if p.name == "learned_embeds.bin")
-    result = run_bench(model, "faces", tmp_path / "files", tiny_settings(methods=()),
-                       directions_files={"file:learned_embeds": learned}, readers=doubles("faces"), progress=False)  # fmt: skip
+    result = run_bench(
+        model,
+        "faces",
+        tmp_path / "files",
+        tiny_settings(methods=()),
+        directions_files={"file:learned_embeds": learned},
+        readers=doubles("faces"),
+        progress=False,
+    )
     assert list(result.results["methods"]) == ["file:learned_embeds"]
     assert (tmp_path / "files" / "file-learned_embeds" / "directions.safetensors").is_file()
 
@@ -504,8 +527,15 @@ def test_cross_domain_on_scenes(tiny_model, tmp_path):
         ]
         annotated = annotate_directions(tiny_model, directions, records, domain=domain, source="test")
         files.append(annotated.save(tmp_path / f"{domain}.safetensors"))
-    result = run_bench(tiny_model, "scenes", tmp_path / "scenes", tiny_settings(), cross_domain=(files[0], files[1]),
-                       readers=doubles("scenes"), progress=False)  # fmt: skip
+    result = run_bench(
+        tiny_model,
+        "scenes",
+        tmp_path / "scenes",
+        tiny_settings(),
+        cross_domain=(files[0], files[1]),
+        readers=doubles("scenes"),
+        progress=False,
+    )
     cross = json.loads((tmp_path / "scenes" / "results.json").read_text())["cross_domain"]
     assert cross["images"] == 3 and cross["summary"]["pairs"] == 2
     assert [row["main_factor"] for row in cross["alone"]] == ["glasses", "skin", "stripes", "fur_color"]
@@ -526,8 +556,13 @@ def test_bench_with_shipped_reader(tiny_model, tmp_path):
     readers = pytest.importorskip("noiseclr.world.readers")
     if not readers.default_reader_path("faces").is_file():
         pytest.skip("the faces reader weights are not built yet")
-    result = run_bench(tiny_model, "faces", tmp_path / "real", tiny_settings(methods=("random",), heldout=2, validation=2),
-                       progress=False)  # fmt: skip
+    result = run_bench(
+        tiny_model,
+        "faces",
+        tmp_path / "real",
+        tiny_settings(methods=("random",), heldout=2, validation=2),
+        progress=False,
+    )
     assert result.results["methods"]["random"]["summary"]["count"] == 3
 
 
@@ -570,23 +605,71 @@ def test_bench_bad_inputs_are_one_line_errors(capsys, tiny_model_dir, tmp_path, 
 def test_bench_refuses_directions_of_another_model(capsys, tiny_model_dir, tiny_v_model, tmp_path, monkeypatch):
     monkeypatch.setattr(bench_run, "load_reader", lambda domain, *a, **k: BandReader(domain))
     path = unit_directions(tiny_v_model, 2).save(tmp_path / "v.safetensors")
-    code, _, err = run_cli(capsys, "bench", "--model", tiny_model_dir, "--device", "cpu", "--domain", "faces",
-                           "--out", tmp_path / "o", "--directions", path)  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "bench",
+        "--model",
+        tiny_model_dir,
+        "--device",
+        "cpu",
+        "--domain",
+        "faces",
+        "--out",
+        tmp_path / "o",
+        "--directions",
+        path,
+    )
     one_line_error(code, err, "v.safetensors", "another model")
     # Cross-domain files need the bench's annotations.
     plain = unit_directions(DiffusionModel.load(tiny_model_dir, device="cpu"), 2).save(tmp_path / "plain.safetensors")
-    code, _, err = run_cli(capsys, "bench", "--model", tiny_model_dir, "--device", "cpu", "--domain", "scenes",
-                           "--out", tmp_path / "o2", "--cross-domain", plain, plain)  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "bench",
+        "--model",
+        tiny_model_dir,
+        "--device",
+        "cpu",
+        "--domain",
+        "scenes",
+        "--out",
+        tmp_path / "o2",
+        "--cross-domain",
+        plain,
+        plain,
+    )
     one_line_error(code, err, "plain.safetensors", "annotations")
 
 
 def test_bench_cli_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(bench_run, "load_reader", lambda domain, *a, **k: BandReader(domain))
     code, out, err = run_cli(
-        capsys, "bench", "--model", tiny_model_dir, "--device", "cpu", "--domain", "cats", "--out", tmp_path / "c",
-        "--methods", "random", "--num-directions", "2", "--heldout", "3", "--validation", "2", "--steps", "2",
-        "--scales", "3", "--windows", "0:1", "--strip-images", "1",
-    )  # fmt: skip
+        capsys,
+        "bench",
+        "--model",
+        tiny_model_dir,
+        "--device",
+        "cpu",
+        "--domain",
+        "cats",
+        "--out",
+        tmp_path / "c",
+        "--methods",
+        "random",
+        "--num-directions",
+        "2",
+        "--heldout",
+        "3",
+        "--validation",
+        "2",
+        "--steps",
+        "2",
+        "--scales",
+        "3",
+        "--windows",
+        "0:1",
+        "--strip-images",
+        "1",
+    )
     assert code == 0, err
     assert "cats benchmark" in out and "random" in out and "report.html" in out
     assert json.loads((tmp_path / "c" / "results.json").read_text())["methods"]["random"]["summary"]["num_factors"] == 5

@@ -89,8 +89,22 @@ def test_reference_loss_is_the_objectives_single_anchor_loss(published):
 @pytest.fixture(scope="module")
 def tiny_run(speed, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tiny.json"
-    argv = ["--arch", "tiny", "--device", "cpu", "--repeats", "1", "--peak-size", "256", "--edit-steps", "4",
-            "--also-directions", "3", "--json", str(out)]  # fmt: skip
+    argv = [
+        "--arch",
+        "tiny",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+        "--peak-size",
+        "256",
+        "--edit-steps",
+        "4",
+        "--also-directions",
+        "3",
+        "--json",
+        str(out),
+    ]
     results = speed.main(argv)
     return results, out
 

@@ -55,10 +55,15 @@ def test_a_fresh_random_direction_beats_random_about_one_time_in_twenty():
 def test_real_changes_beat_random_and_random_like_ones_do_not():
     generator = torch.Generator().manual_seed(1)
     reference = RandomReference(random_tables(generator, 20), NAMES, 3.0, 30)
-    changes = torch.tensor([[0.4, 0.2, 0.05, 0.9, 0.5],    # the mouth, which random never moves
-                            [0.5, 0.3, 0.1, 0.0, 0.6],     # random's own rates
-                            [0.3, 0.2, 0.8, 0.0, 0.3],     # hair, which random moves a little
-                            [1.0, 0.2, 0.0, 0.0, 0.3]], dtype=torch.float64)  # fmt: skip
+    changes = torch.tensor(
+        [
+            [0.4, 0.2, 0.05, 0.9, 0.5],  # the mouth, which random never moves
+            [0.5, 0.3, 0.1, 0.0, 0.6],  # random's own rates
+            [0.3, 0.2, 0.8, 0.0, 0.3],  # hair, which random moves a little
+            [1.0, 0.2, 0.0, 0.0, 0.3],
+        ],
+        dtype=torch.float64,
+    )
     rows = judge(changes, reference)
     assert rows[0]["factor"] == "mouth" and rows[0]["beats_random"] and rows[0]["random_p95"] == 0.0
     assert not rows[1]["beats_random"]
@@ -107,8 +112,9 @@ def test_measuring_a_reference_on_a_split_and_caching_it(tiny_model, tmp_path, m
     split = prepare_split(tiny_model, reader, "faces", "heldout", 4, protocol, progress=False)
     names = factor_names("faces")
     cache = ReferenceCache(tmp_path / "cache")
-    reference, cached = split_reference(tiny_model, reader, split, names, 4.0, protocol=protocol, cache=cache, count=3,
-                                        progress=False)  # fmt: skip
+    reference, cached = split_reference(
+        tiny_model, reader, split, names, 4.0, protocol=protocol, cache=cache, count=3, progress=False
+    )
     assert not cached and reference.changes.shape == (3, len(names)) and reference.images == 4
     assert torch.equal(reference.changes * 4, (reference.changes * 4).round())  # fractions of 4 images
     renders = []

@@ -129,8 +129,15 @@ def test_export_textual_inversion_roundtrip(capsys, run_dir, tmp_path):
     assert len(files) == 4 and not list((tmp_path / "ti").rglob("*.bin"))
     assert torch.equal(torch.cat([Directions.load(f).vectors for f in files]), original.vectors)
     # The published code's all-in-one file only under its own format; info accepts it too.
-    code, out, _ = run_cli(capsys, "export", run_dir / "directions.safetensors", "--format", "noiseclr-published",
-                           "--out", tmp_path / "pub")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys,
+        "export",
+        run_dir / "directions.safetensors",
+        "--format",
+        "noiseclr-published",
+        "--out",
+        tmp_path / "pub",
+    )
     assert code == 0 and torch.equal(Directions.load(tmp_path / "pub" / "learned_embeds.bin").vectors, original.vectors)
     code, out, _ = run_cli(capsys, "info", tmp_path / "pub" / "learned_embeds.safetensors")
     assert code == 0 and "textual-inversion" in out
@@ -224,8 +231,9 @@ def test_explore_gallery(capsys, tiny_model_dir, run_dir, image_dir, tmp_path):
 def measured_file(run_dir, tmp_path_factory) -> Path:
     """The run's directions with edit defaults as the demo or the bench store them."""
     directions = Directions.load(run_dir / "directions.safetensors")
-    directions.edit_defaults = [{"scale": 2.0 + k, "start": 0.0, "end": 1.0, "inversion": "ddpm", "steps": 3}
-                                for k in range(directions.count)]  # fmt: skip
+    directions.edit_defaults = [
+        {"scale": 2.0 + k, "start": 0.0, "end": 1.0, "inversion": "ddpm", "steps": 3} for k in range(directions.count)
+    ]
     directions.path = None
     return directions.save(tmp_path_factory.mktemp("measured") / "directions.safetensors")
 
@@ -237,8 +245,18 @@ def test_edit_applies_a_direction_as_it_was_measured(capsys, tiny_model_dir, mea
     code, out, err = run_cli(capsys, *base, "--direction", f"{measured_file}:1", "--out", tmp_path / "stored")
     assert code == 0, err
     assert "DDPM inversion, 3 steps" in out and "x3" in out
-    code, _, err = run_cli(capsys, *base, "--direction", f"{measured_file}:1=3", "--inversion", "ddpm", "--steps", "3",
-                           "--out", tmp_path / "explicit")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        *base,
+        "--direction",
+        f"{measured_file}:1=3",
+        "--inversion",
+        "ddpm",
+        "--steps",
+        "3",
+        "--out",
+        tmp_path / "explicit",
+    )
     assert code == 0, err
     stored = np.asarray(Image.open(tmp_path / "stored" / "img0-edited.png"))
     explicit = np.asarray(Image.open(tmp_path / "explicit" / "img0-edited.png"))
@@ -255,8 +273,24 @@ def test_explore_defaults_to_the_stored_scales_and_its_commands_run_from_the_gal
     import shlex
 
     gallery = tmp_path / "gallery"
-    code, _, err = run_cli(capsys, "explore", "--model", tiny_model_dir, "--directions", measured_file, "--images", image_dir,
-                           "--out", gallery, "--num-images", "1", "--indices", "1", "--device", "cpu")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "explore",
+        "--model",
+        tiny_model_dir,
+        "--directions",
+        measured_file,
+        "--images",
+        image_dir,
+        "--out",
+        gallery,
+        "--num-images",
+        "1",
+        "--indices",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert Image.open(gallery / "direction-001.png").width > 5 * 64  # input + 5 columns: 0, +-3, +-6
     page = (gallery / "index.html").read_text()
@@ -425,11 +459,41 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, tiny_model_dir, image_dir):
     import time
 
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "noiseclr.cli", "discover", "--model", str(tiny_model_dir), "--images", str(image_dir),
-            "--out", str(run), "--num-directions", "4", "--steps", "100000", "--batch", "3", "--micro-batches", "1",
-            "--negatives", "2", "--device", "cpu", "--threads", "1", "--checkpoint-every", "100000"]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "noiseclr.cli",
+        "discover",
+        "--model",
+        str(tiny_model_dir),
+        "--images",
+        str(image_dir),
+        "--out",
+        str(run),
+        "--num-directions",
+        "4",
+        "--steps",
+        "100000",
+        "--batch",
+        "3",
+        "--micro-batches",
+        "1",
+        "--negatives",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "100000",
+    ]
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+    )
     deadline = time.monotonic() + 120
     while not (run / "loss.csv").is_file() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)  # loss.csv appears after 10 steps
@@ -441,9 +505,32 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, tiny_model_dir, image_dir):
     assert len(checkpoints) == 1
     done = int(checkpoints[0].stem.split("-")[1])
     assert done >= 10
-    code = main(["discover", "--model", str(tiny_model_dir), "--images", str(image_dir), "--out", str(run),
-                 "--num-directions", "4", "--steps", str(done + 2), "--batch", "3", "--micro-batches", "1", "--negatives", "2",
-                 "--device", "cpu", "--checkpoint-every", "100000", "--resume"])  # fmt: skip
+    code = main(
+        [
+            "discover",
+            "--model",
+            str(tiny_model_dir),
+            "--images",
+            str(image_dir),
+            "--out",
+            str(run),
+            "--num-directions",
+            "4",
+            "--steps",
+            str(done + 2),
+            "--batch",
+            "3",
+            "--micro-batches",
+            "1",
+            "--negatives",
+            "2",
+            "--device",
+            "cpu",
+            "--checkpoint-every",
+            "100000",
+            "--resume",
+        ]
+    )
     assert code == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == done + 2
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import json
 
-import pytest
 import torch
 
 from noiseclr import demo as demo_module
@@ -35,8 +34,22 @@ class BandReader:
         return torch.stack(columns, dim=1)
 
 
-TINY = ["--num-directions", "3", "--steps", "2", "--images", "6", "--naming-images", "3", "--gallery-images", "2",
-        "--edit-steps", "3", "--batch", "3"]  # fmt: skip
+TINY = [
+    "--num-directions",
+    "3",
+    "--steps",
+    "2",
+    "--images",
+    "6",
+    "--naming-images",
+    "3",
+    "--gallery-images",
+    "2",
+    "--edit-steps",
+    "3",
+    "--batch",
+    "3",
+]
 
 
 def run_demo_cli(capsys, model_dir, out, *extra):
@@ -56,12 +69,31 @@ def test_demo_end_to_end(capsys, tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "demo"
     code, printed, err = run_demo_cli(capsys, tiny_model_dir, out)
     assert code == 0, err
-    for name in ("directions.safetensors", "summary.md", "summary.json", "gallery/index.html",
-                 "gallery/direction-000.png", "test-images/face-000.png", "train-images/face-005.png", "run/loss.csv"):  # fmt: skip
+    for name in (
+        "directions.safetensors",
+        "summary.md",
+        "summary.json",
+        "gallery/index.html",
+        "gallery/direction-000.png",
+        "test-images/face-000.png",
+        "train-images/face-005.png",
+        "run/loss.csv",
+    ):
         assert (out / name).is_file(), name
     # Progress and the newcomer's explanation.
-    for needle in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "What you are looking at", "WITHOUT any text", "Columns:",
-                   "gallery/index.html", "noiseclr edit", "Try next", "name (what it changes)"):  # fmt: skip
+    for needle in (
+        "[1/4]",
+        "[2/4]",
+        "[3/4]",
+        "[4/4]",
+        "What you are looking at",
+        "WITHOUT any text",
+        "Columns:",
+        "gallery/index.html",
+        "noiseclr edit",
+        "Try next",
+        "name (what it changes)",
+    ):
         assert needle in printed, needle
     summary = json.loads((out / "summary.json").read_text())
     assert summary["named"] and len(summary["directions"]) == 3
@@ -154,9 +186,19 @@ def test_demo_bad_sizes_are_one_line_errors(capsys, tiny_model_dir, tmp_path):
 
 
 def test_summary_table_formats():
-    rows = [DirectionRecord(index=0, name="glasses (+yes -no)", edit_strength=15.0, strength=0.5, purity=1.0, main_factor="glasses",
-                            changes={"glasses": 0.5, "mouth": 0.0}, strip="gallery/direction-000.png"),
-            DirectionRecord(index=1, name="mouth +smile", scale=4.0, strength=0.25, purity=0.5, main_factor="mouth")]  # fmt: skip
+    rows = [
+        DirectionRecord(
+            index=0,
+            name="glasses (+yes -no)",
+            edit_strength=15.0,
+            strength=0.5,
+            purity=1.0,
+            main_factor="glasses",
+            changes={"glasses": 0.5, "mouth": 0.0},
+            strip="gallery/direction-000.png",
+        ),
+        DirectionRecord(index=1, name="mouth +smile", scale=4.0, strength=0.25, purity=0.5, main_factor="mouth"),
+    ]
     text = summary_table(rows)
     assert "glasses (+yes -no)" in text and "±15%" in text and "0.50" in text and "±4" in text
     assert summary_table(rows, markdown=True).startswith("| # |")

@@ -37,12 +37,26 @@ def test_two_processes_equal_one_process_with_double_batch(tiny_model_dir, tmp_p
         "PYTHONPATH": os.pathsep.join(filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")])),
     }
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        str(WORKER), str(tiny_model_dir), str(tmp_path / "two"), str(batch), str(steps),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(WORKER),
+        str(tiny_model_dir),
+        str(tmp_path / "two"),
+        str(batch),
+        str(steps),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "rank 0 of 2: main True" in done.stdout and "rank 1 of 2: main False" in done.stdout

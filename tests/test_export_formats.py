@@ -83,8 +83,9 @@ def test_sd_diffusers_layout_round_trips_and_loads_into_the_pipeline(sd_directio
     assert list(load_file(str(files[0]))) == ["<000-glasses-yes-no>"]
     assert torch.equal(stacked(files), sd_directions.vectors)
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), torch_dtype=torch.float64, safety_checker=None,
-                                                   requires_safety_checker=False)  # fmt: skip
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(tiny_model_dir), torch_dtype=torch.float64, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     pipe.load_textual_inversion([str(f) for f in files])
     # A prompt holding the token encodes exactly as noiseclr encodes the direction...
@@ -141,8 +142,11 @@ def test_sdxl_diffusers_layout_round_trips_and_loads_into_the_pipeline(
     first = sorted((tmp_path / "d" / "text_encoder").glob("*.safetensors"))
     second = sorted((tmp_path / "d" / "text_encoder_2").glob("*.safetensors"))
     # Names differ per encoder (ComfyUI finds embeddings by file name across subfolders).
-    assert [f.name for f in first] == ["000-glasses-yes-no-clip_l.safetensors", "001-faces-clip_l.safetensors",
-                                       "002-smile-clip_l.safetensors"]  # fmt: skip
+    assert [f.name for f in first] == [
+        "000-glasses-yes-no-clip_l.safetensors",
+        "001-faces-clip_l.safetensors",
+        "002-smile-clip_l.safetensors",
+    ]
     assert [f.name for f in second] == [f.name.replace("clip_l", "clip_g") for f in first]
     assert load_file(str(second[0]))["<000-glasses-yes-no>"].shape == (48,)
     # Either file of a pair names the whole direction.

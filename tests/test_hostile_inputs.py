@@ -38,9 +38,14 @@ def good(tiny_model, tmp_path) -> Directions:
     rows = tiny_model.scale_to_token_norms(
         torch.randn(3, tiny_model.token_width, generator=torch.Generator().manual_seed(0))
     )
-    directions = Directions.for_model(tiny_model, rows, names=["a", "b", "c"], domain="faces",
-                                      edit_defaults=[{"strength": 3.0, "start": 0.0, "end": 1.0}] * 3,
-                                      calibration={"response": [0.01, 0.02, 0.03], "duplicates": []})  # fmt: skip
+    directions = Directions.for_model(
+        tiny_model,
+        rows,
+        names=["a", "b", "c"],
+        domain="faces",
+        edit_defaults=[{"strength": 3.0, "start": 0.0, "end": 1.0}] * 3,
+        calibration={"response": [0.01, 0.02, 0.03], "duplicates": []},
+    )
     directions.save(tmp_path / "good.safetensors")
     return directions
 
@@ -107,8 +112,18 @@ def test_hostile_metadata_stops_edit_before_the_model_loads(good, tmp_path, caps
     path = with_metadata(good, tmp_path / "bad.safetensors", edit_defaults=json.dumps([{"strength": "big"}] * 3))
     image = tmp_path / "img.png"
     Image.new("RGB", (32, 32)).save(image)
-    line = one_line_error(capsys, "edit", "--model", tmp_path / "no-such-model", "--image", image,
-                          "--direction", f"{path}:0", "--out", tmp_path / "out")  # fmt: skip
+    line = one_line_error(
+        capsys,
+        "edit",
+        "--model",
+        tmp_path / "no-such-model",
+        "--image",
+        image,
+        "--direction",
+        f"{path}:0",
+        "--out",
+        tmp_path / "out",
+    )
     assert "edit_defaults[0].strength" in line
 
 
@@ -191,10 +206,22 @@ def test_a_decompression_bomb_is_refused_from_its_header(good, tmp_path):
     bomb = _png_declaring(tmp_path / "bomb.png", 35_000, 35_000)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     run = subprocess.run(
-        [sys.executable, "-m", "noiseclr.cli", "edit", "--image", str(bomb), "--direction",
-         f"{tmp_path / 'good.safetensors'}:0", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "noiseclr.cli",
+            "edit",
+            "--image",
+            str(bomb),
+            "--direction",
+            f"{tmp_path / 'good.safetensors'}:0",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().count("\n") == 0 and "35000x35000" in run.stderr and "--max-megapixels" in run.stderr
@@ -204,8 +231,18 @@ def test_a_decompression_bomb_is_refused_from_its_header(good, tmp_path):
 def test_the_size_limit_has_a_flag(tmp_path, capsys, good):
     image = tmp_path / "small.png"
     Image.new("RGB", (100, 100)).save(image)
-    line = one_line_error(capsys, "edit", "--image", image, "--direction", f"{tmp_path / 'good.safetensors'}:0",
-                          "--out", tmp_path / "out", "--max-megapixels", "0.001")  # fmt: skip
+    line = one_line_error(
+        capsys,
+        "edit",
+        "--image",
+        image,
+        "--direction",
+        f"{tmp_path / 'good.safetensors'}:0",
+        "--out",
+        tmp_path / "out",
+        "--max-megapixels",
+        "0.001",
+    )
     assert "100x100" in line and "0.001 MP limit" in line
     assert "must be a positive number" in one_line_error(
         capsys,

@@ -146,6 +146,7 @@ def test_the_code_is_formatted():
     ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[test]' brings it)")
-    done = subprocess.run([ruff, "format", "--check", "src", "benchmarks", "scripts", "tests"], cwd=ROOT,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [ruff, "format", "--check", "src", "benchmarks", "scripts", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr

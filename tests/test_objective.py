@@ -163,10 +163,14 @@ def test_axis_negatives_do_not_reward_an_opposite_direction():
     base = random_deltas(1, 4, seed=9, shape=(6,))
     other = random_deltas(1, 4, seed=10, shape=(6,))
     opposite, copy, unrelated = torch.cat([base, -base]), torch.cat([base, base]), torch.cat([base, other])
-    signed = {name: float(contrastive_loss(normalize_features(d), 0.5)) for name, d in
-              (("opposite", opposite), ("copy", copy), ("unrelated", unrelated))}  # fmt: skip
-    axis = {name: float(contrastive_loss(normalize_features(d), 0.5, axis_negatives=True)) for name, d in
-            (("opposite", opposite), ("copy", copy), ("unrelated", unrelated))}  # fmt: skip
+    signed = {
+        name: float(contrastive_loss(normalize_features(d), 0.5))
+        for name, d in (("opposite", opposite), ("copy", copy), ("unrelated", unrelated))
+    }
+    axis = {
+        name: float(contrastive_loss(normalize_features(d), 0.5, axis_negatives=True))
+        for name, d in (("opposite", opposite), ("copy", copy), ("unrelated", unrelated))
+    }
     assert signed["opposite"] < signed["unrelated"] < signed["copy"]
     assert axis["opposite"] == pytest.approx(axis["copy"]) and axis["unrelated"] < axis["copy"]
 

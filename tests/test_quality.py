@@ -28,8 +28,9 @@ def readers():
     return quality.load_readers()
 
 
-SMALL = quality.QualitySettings(reader_images=20, vae_images=4, samples_per_value=1, unconditional_samples=6,
-                                inversion_images=2, steps=2, batch=64)  # fmt: skip
+SMALL = quality.QualitySettings(
+    reader_images=20, vae_images=4, samples_per_value=1, unconditional_samples=6, inversion_images=2, steps=2, batch=64
+)
 
 
 def test_readers_and_vae_report_every_factor(world_tiny_model, readers):

@@ -124,8 +124,12 @@ def test_gaussian_smoothing_and_auto_masks_match_their_definition():
 
 
 def test_auto_region_settings_are_checked():
-    for kwargs, flag in (({"top": 0.0}, "--region-top"), ({"top": 1.5}, "--region-top"),
-                         ({"smoothing": -1.0}, "--region-smoothing"), ({"smoothing": float("nan")}, "--region-smoothing")):  # fmt: skip
+    for kwargs, flag in (
+        ({"top": 0.0}, "--region-top"),
+        ({"top": 1.5}, "--region-top"),
+        ({"smoothing": -1.0}, "--region-smoothing"),
+        ({"smoothing": float("nan")}, "--region-smoothing"),
+    ):
         with pytest.raises(NoiseCLRError, match=flag) as caught:
             AutoRegion(**kwargs).validate()
         assert "\n" not in str(caught.value)
@@ -146,8 +150,10 @@ def test_masks_are_cropped_and_area_resampled_like_images():
 def test_a_region_of_zeros_reproduces_the_reconstruction_exactly(tiny_model, method):
     directions = make_directions(tiny_model)
     size = tiny_model.latent_size
-    terms = [DirectionTerm(directions, 0, 6.0, region=torch.zeros(size, size)),
-             DirectionTerm(directions, 1, -4.0, 0.2, 0.9, region=torch.zeros(3, 5))]  # fmt: skip
+    terms = [
+        DirectionTerm(directions, 0, 6.0, region=torch.zeros(size, size)),
+        DirectionTerm(directions, 1, -4.0, 0.2, 0.9, region=torch.zeros(3, 5)),
+    ]
     result = edit(tiny_model, random_pixels(2), terms, EditSettings(steps=5, inversion=method), progress=False)
     assert torch.equal(result.edited_latents, result.reconstruction_latents)
     assert torch.equal(result.edited, result.reconstruction)
@@ -168,7 +174,7 @@ def test_a_region_of_ones_is_the_global_edit(model64, window):
         [
             DirectionTerm(directions, 2, 5.0, *window, region=torch.ones(size, size)),
             DirectionTerm(directions, 0, -3.0, 0.0, 0.5, region=torch.ones(7, 7)),
-        ],  # fmt: skip
+        ],
         [DirectionTerm(directions, 2, 5.0, *window), DirectionTerm(directions, 0, -3.0, 0.0, 0.5)],
     ]
     latents, regions = regenerate(model64, inversion, edits, progress=False, return_regions=True)
@@ -224,8 +230,9 @@ def test_auto_regions_match_a_direct_float64_computation(model64, tmp_path):
     cat = parse_direction_spec(f"{cats}:0=-5@0.25:0.75#auto", loaded)
     settings = AutoRegion(top=0.3, smoothing=0.8)
     inversion = invert(model64, random_latents(model64, 2, seed=3), "ddpm", 8, progress=False)
-    latents, regions = regenerate(model64, inversion, [[face, cat], []], progress=False, auto_region=settings,
-                                  return_regions=True)  # fmt: skip
+    latents, regions = regenerate(
+        model64, inversion, [[face, cat], []], progress=False, auto_region=settings, return_regions=True
+    )
     expected, plain, reference_unions = reference_localized(model64, inversion, [face, cat], settings)
     assert torch.allclose(latents[1], plain, atol=1e-10, rtol=0)
     assert torch.allclose(latents[0], expected, atol=1e-9, rtol=0)
@@ -270,8 +277,14 @@ def test_each_term_is_gated_by_its_own_region(model64, monkeypatch):
     ]
     states = [inversion.start_latents.repeat(2, 1, 1, 1)]  # the edit and the added reconstruction
     with UNetCalls(model64):
-        latents, regions = regenerate(model64, inversion, edits, progress=False, return_regions=True,
-                                      callback=lambda step, z: states.append(z.clone()))  # fmt: skip
+        latents, regions = regenerate(
+            model64,
+            inversion,
+            edits,
+            progress=False,
+            return_regions=True,
+            callback=lambda step, z: states.append(z.clone()),
+        )
     assert latents.shape[0] == 1  # the reconstruction was added to the batch, and dropped from the output
     assert torch.equal(regions[0, 0], top_left + bottom_right)
     conditionings = torch.cat([model64.null_conditioning(), model64.encode_directions(directions.vectors)])
@@ -291,11 +304,15 @@ def test_a_global_term_makes_the_edit_global(model64):
     inversion = invert(model64, random_latents(model64, 2), "ddpm", 5, progress=False)
     size = model64.latent_size
     latents, regions = regenerate(
-        model64, inversion,
-        [[DirectionTerm(directions, 0, 3.0), DirectionTerm(directions, 1, 4.0, region=torch.zeros(size, size))],
-         [DirectionTerm(directions, 0, 3.0)]],
-        progress=False, return_regions=True,
-    )  # fmt: skip
+        model64,
+        inversion,
+        [
+            [DirectionTerm(directions, 0, 3.0), DirectionTerm(directions, 1, 4.0, region=torch.zeros(size, size))],
+            [DirectionTerm(directions, 0, 3.0)],
+        ],
+        progress=False,
+        return_regions=True,
+    )
     # The region term (all zeros) contributes nothing and the edit is not blended.
     assert torch.allclose(latents[0], latents[1], atol=1e-12, rtol=0)
     assert torch.equal(regions[0], torch.ones_like(regions[0]))
@@ -330,10 +347,17 @@ def test_generation_with_regions(tiny_model):
     size = tiny_model.latent_size
     with UNetCalls(tiny_model) as calls:
         latents, regions = generate_latents(
-            tiny_model, ["a cat", "a dog"],
-            [[DirectionTerm(directions, 0, 4.0, region=torch.zeros(size, size))], [DirectionTerm(directions, 1, 4.0, region="auto")]],
-            steps=4, seed=3, progress=False, return_regions=True,
-        )  # fmt: skip
+            tiny_model,
+            ["a cat", "a dog"],
+            [
+                [DirectionTerm(directions, 0, 4.0, region=torch.zeros(size, size))],
+                [DirectionTerm(directions, 1, 4.0, region="auto")],
+            ],
+            steps=4,
+            seed=3,
+            progress=False,
+            return_regions=True,
+        )
     assert len(calls.rows) == 4 and latents.shape[0] == 2
     plain = generate_latents(tiny_model, ["a cat", "a dog"], [[]], steps=4, seed=3, progress=False)[0]
     # float32 rows in another batch round differently (see test_editing); the zero region is the plain sample.
@@ -342,8 +366,14 @@ def test_generation_with_regions(tiny_model):
     assert torch.allclose(latents[1][outside], plain[outside], atol=1e-4) and not torch.allclose(
         latents[1], plain, atol=1e-2
     )
-    result = generate(tiny_model, ["a cat"], [DirectionTerm(directions, 1, 4.0, region="auto")], GenerateSettings(steps=3),
-                      compare=True, progress=False)  # fmt: skip
+    result = generate(
+        tiny_model,
+        ["a cat"],
+        [DirectionTerm(directions, 1, 4.0, region="auto")],
+        GenerateSettings(steps=3),
+        compare=True,
+        progress=False,
+    )
     assert result.region is not None and result.region.shape == (1, size, size)
     assert result.grid().width > 3 * 64
 
@@ -448,29 +478,97 @@ def image_dir(tmp_path_factory) -> Path:
 def test_edit_cli_with_a_mask_and_auto(capsys, tiny_model_dir, image_dir, tmp_path):
     directions = make_directions(DiffusionModel.load(tiny_model_dir, device="cpu")).save(tmp_path / "d.safetensors")
     big = write_mask(tmp_path / "big.png", size=(256, 256), box=(0, 0, 128, 256))  # any size with the image's aspect
-    code, out, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--device", "cpu", "--image", image_dir / "img0.png",
-                             "--direction", f"{directions}:0=4#{big}", "--direction", f"{directions}:1=-3@0:0.5#auto",
-                             "--region-top", "0.2", "--out", tmp_path / "edits", "--steps", "3", "--inversion", "ddpm")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tiny_model_dir,
+        "--device",
+        "cpu",
+        "--image",
+        image_dir / "img0.png",
+        "--direction",
+        f"{directions}:0=4#{big}",
+        "--direction",
+        f"{directions}:1=-3@0:0.5#auto",
+        "--region-top",
+        "0.2",
+        "--out",
+        tmp_path / "edits",
+        "--steps",
+        "3",
+        "--inversion",
+        "ddpm",
+    )
     assert code == 0, err
     for name in ("img0-edited.png", "img0-reconstruction.png", "img0-region.png", "comparison.png"):
         assert (tmp_path / "edits" / name).is_file(), name
     assert "term 1 (#big.png): 50%" in out and "term 2 (#auto): " in out and "all terms together: " in out
     # A mask of another aspect ratio would not line up after the centre crop: refused before the model loads.
     wide = write_mask(tmp_path / "wide.png", size=(128, 64))
-    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--device", "cpu", "--image", image_dir / "img0.png",
-                           "--direction", f"{directions}:0=4#{wide}", "--out", tmp_path / "e2", "--steps", "2")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tiny_model_dir,
+        "--device",
+        "cpu",
+        "--image",
+        image_dir / "img0.png",
+        "--direction",
+        f"{directions}:0=4#{wide}",
+        "--out",
+        tmp_path / "e2",
+        "--steps",
+        "2",
+    )
     lines = [line for line in err.splitlines() if line.startswith("noiseclr: error:")]
     assert code == 2 and len(lines) == 1 and "wide.png is 128x64 but image img0.png is 64x64" in lines[0]
-    code, _, err = run_cli(capsys, "edit", "--model", tiny_model_dir, "--device", "cpu", "--image", image_dir / "img0.png",
-                           "--direction", f"{directions}:0=4#auto", "--region-top", "0", "--out", tmp_path / "e3")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tiny_model_dir,
+        "--device",
+        "cpu",
+        "--image",
+        image_dir / "img0.png",
+        "--direction",
+        f"{directions}:0=4#auto",
+        "--region-top",
+        "0",
+        "--out",
+        tmp_path / "e3",
+    )
     assert code == 2 and "--region-top 0" in err
 
 
 def test_explore_with_auto_regions(capsys, tiny_model_dir, image_dir, tmp_path):
     directions = make_directions(DiffusionModel.load(tiny_model_dir, device="cpu"), 2).save(tmp_path / "d.safetensors")
-    code, _, err = run_cli(capsys, "explore", "--model", tiny_model_dir, "--device", "cpu", "--directions", directions,
-                           "--images", image_dir, "--out", tmp_path / "g", "--scales", "-2", "0", "2", "--num-images", "2",
-                           "--steps", "3", "--region", "auto")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "explore",
+        "--model",
+        tiny_model_dir,
+        "--device",
+        "cpu",
+        "--directions",
+        directions,
+        "--images",
+        image_dir,
+        "--out",
+        tmp_path / "g",
+        "--scales",
+        "-2",
+        "0",
+        "2",
+        "--num-images",
+        "2",
+        "--steps",
+        "3",
+        "--region",
+        "auto",
+    )
     assert code == 0, err
     strip = Image.open(tmp_path / "g" / "direction-000.png")
     assert strip.width > 6 * 64  # input, 3 scales, global, region
@@ -524,9 +622,21 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
     from noiseclr.measure import DirectionRecord, annotate_directions
 
     # The default kind of grid (calibrated strengths), as the measurement runs it.
-    settings = BenchSettings(methods=("random", "prompt"), num_directions=2, heldout=4, validation=3, steps=3, strengths=(20.0,),
-                             windows=((0.0, 1.0),), strip_images=2, cross_images=3, cross_per_domain=1, region="auto",
-                             early_stop=False, auto_region=AutoRegion(top=0.3))  # fmt: skip
+    settings = BenchSettings(
+        methods=("random", "prompt"),
+        num_directions=2,
+        heldout=4,
+        validation=3,
+        steps=3,
+        strengths=(20.0,),
+        windows=((0.0, 1.0),),
+        strip_images=2,
+        cross_images=3,
+        cross_per_domain=1,
+        region="auto",
+        early_stop=False,
+        auto_region=AutoRegion(top=0.3),
+    )
     result = run_bench(
         tiny_model, "cats", tmp_path / "cats", settings, readers={"cats": BandReader("cats")}, progress=False
     )
@@ -553,15 +663,24 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
     files = []
     for domain, factors in (("faces", ["glasses", "skin"]), ("cats", ["stripes", "fur_color"])):
         directions = make_directions(tiny_model, 2, seed=len(files), domain=domain)
-        records = [DirectionRecord(index=k, name=f, main_factor=f, strength=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0)
-                   for k, f in enumerate(factors)]  # fmt: skip
+        records = [
+            DirectionRecord(index=k, name=f, main_factor=f, strength=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0)
+            for k, f in enumerate(factors)
+        ]
         files.append(
             annotate_directions(tiny_model, directions, records, domain=domain, source="test").save(
                 tmp_path / f"{domain}.safetensors"
             )
         )
-    scenes = run_bench(tiny_model, "scenes", tmp_path / "scenes", settings, cross_domain=(files[0], files[1]),
-                       readers={"scenes": BandReader("scenes")}, progress=False)  # fmt: skip
+    scenes = run_bench(
+        tiny_model,
+        "scenes",
+        tmp_path / "scenes",
+        settings,
+        cross_domain=(files[0], files[1]),
+        readers={"scenes": BandReader("scenes")},
+        progress=False,
+    )
     cross = scenes.results["cross_domain"]
     local = cross["localized"]
     assert local["summary"]["pairs"] == cross["summary"]["pairs"] == 1
@@ -594,8 +713,15 @@ def test_report_renders_a_strength_grid():
 
 
 # -------------------------------------------------------------------------------- boxes
-@pytest.mark.parametrize("frame, box", [((80, 40), (25, 5, 45, 30)), ((40, 80), (3, 21, 40, 59)), ((64, 64), (0, 0, 64, 64)),
-                                        ((64, 64), (10.5, 3.25, 33, 61))])  # fmt: skip
+@pytest.mark.parametrize(
+    "frame, box",
+    [
+        ((80, 40), (25, 5, 45, 30)),
+        ((40, 80), (3, 21, 40, 59)),
+        ((64, 64), (0, 0, 64, 64)),
+        ((64, 64), (10.5, 3.25, 33, 61)),
+    ],
+)
 def test_box_masks_are_the_area_share_of_a_drawn_box(frame, box):
     # Reference: draw the box on a supersampled pixel grid and crop/area-resample it like a mask file.
     width, height = frame
@@ -625,8 +751,12 @@ def test_a_whole_image_box_is_the_global_edit_and_auto_in_it_is_auto(model64, me
     directions = make_directions(model64)
     inversion = invert(model64, random_latents(model64, 2), method, 5, progress=False)
     whole = (0, 0, model64.resolution, model64.resolution)
-    edits = [[DirectionTerm(directions, 1, 5.0)], [DirectionTerm(directions, 1, 5.0, region=Region.box(whole))],
-             [DirectionTerm(directions, 1, 5.0, region="auto")], [DirectionTerm(directions, 1, 5.0, region=Region.box(whole, auto=True))]]  # fmt: skip
+    edits = [
+        [DirectionTerm(directions, 1, 5.0)],
+        [DirectionTerm(directions, 1, 5.0, region=Region.box(whole))],
+        [DirectionTerm(directions, 1, 5.0, region="auto")],
+        [DirectionTerm(directions, 1, 5.0, region=Region.box(whole, auto=True))],
+    ]
     latents = regenerate(model64, inversion, edits, progress=False)
     assert torch.allclose(latents[0], latents[1], atol=1e-12, rtol=0)
     assert torch.equal(latents[2], latents[3])
@@ -641,8 +771,15 @@ def test_an_auto_region_in_a_box_stays_in_it(model64):
         [DirectionTerm(directions, 0, 6.0, region=left), DirectionTerm(directions, 2, -4.0, region="box=0,0,16,16")],
         [],
     ]
-    latents, union, own = regenerate(model64, inversion, edits, progress=False, return_regions=True, return_term_regions=True,
-                                     auto_region=AutoRegion(top=0.25))  # fmt: skip
+    latents, union, own = regenerate(
+        model64,
+        inversion,
+        edits,
+        progress=False,
+        return_regions=True,
+        return_term_regions=True,
+        auto_region=AutoRegion(top=0.25),
+    )
     outside = torch.ones(size, size, dtype=torch.bool)
     outside[:, : size // 2] = False
     outside[: size * 16 // resolution, : size * 16 // resolution] = False
@@ -680,10 +817,17 @@ def test_exif_rotated_files_report_their_shown_size(tmp_path):
 
 @pytest.mark.parametrize(
     "region, problem",
-    [("box=1,2,3", "need 4 numbers"), ("box=a,b,c,d", "not numbers"), ("box=10,10,5,20", "empty or inverted"),
-     ("box=4,4,4,9", "empty or inverted"), ("box=-1,0,5,5", "negative"), ("box=", "need 4 numbers"),
-     ("auto+box=1,2,nan,4", "not finite"), ("box=1,,3,4", "need 4 numbers")],
-)  # fmt: skip
+    [
+        ("box=1,2,3", "need 4 numbers"),
+        ("box=a,b,c,d", "not numbers"),
+        ("box=10,10,5,20", "empty or inverted"),
+        ("box=4,4,4,9", "empty or inverted"),
+        ("box=-1,0,5,5", "negative"),
+        ("box=", "need 4 numbers"),
+        ("auto+box=1,2,nan,4", "not finite"),
+        ("box=1,,3,4", "need 4 numbers"),
+    ],
+)
 def test_bad_boxes_are_one_line_errors_naming_the_term(faces_file, region, problem):
     spec = f"{faces_file}:1=2#{region}"
     with pytest.raises(NoiseCLRError) as caught:
@@ -699,16 +843,40 @@ def test_boxes_outside_the_image_are_refused_before_the_model_loads(capsys, tiny
         ("auto+box=0,0,10,65", "reaches outside"),
     ):
         spec = f"{directions}:0=4#{region}"
-        code, _, err = run_cli(capsys, "edit", "--model", tmp_path / "no-model", "--device", "cpu", "--image",
-                               image_dir / "img0.png", "--direction", spec, "--out", tmp_path / "e")  # fmt: skip
+        code, _, err = run_cli(
+            capsys,
+            "edit",
+            "--model",
+            tmp_path / "no-model",
+            "--device",
+            "cpu",
+            "--image",
+            image_dir / "img0.png",
+            "--direction",
+            spec,
+            "--out",
+            tmp_path / "e",
+        )
         lines = [line for line in err.splitlines() if line.startswith("noiseclr: error:")]
         assert (
             code == 2 and len(lines) == 1 and f"--direction {spec} on img0.png: box" in lines[0] and problem in lines[0]
         ), err
     # A box in the part of a wide image that the centre crop drops.
     Image.new("RGB", (128, 64)).save(tmp_path / "wide.png")
-    code, _, err = run_cli(capsys, "edit", "--model", tmp_path / "no-model", "--device", "cpu", "--image", tmp_path / "wide.png",
-                           "--direction", f"{directions}:0=4#box=0,0,20,20", "--out", tmp_path / "e")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        "--model",
+        tmp_path / "no-model",
+        "--device",
+        "cpu",
+        "--image",
+        tmp_path / "wide.png",
+        "--direction",
+        f"{directions}:0=4#box=0,0,20,20",
+        "--out",
+        tmp_path / "e",
+    )
     assert code == 2 and "outside the centre 64x64 square" in err
     # The Python API names the term too.
     model = DiffusionModel.load(tiny_model_dir, device="cpu")

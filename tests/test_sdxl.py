@@ -114,10 +114,16 @@ def test_a_direction_is_a_token_pair_seen_as_diffusers_sees_a_textual_inversion_
     # The same pair loaded into diffusers as two tokens (one per encoder) and prompted alone.
     directions.export_diffusers(tmp_path / "ti")
     pipe = fresh_pipeline(tiny_sdxl_dir)
-    pipe.load_textual_inversion(sorted(map(str, (tmp_path / "ti" / "text_encoder").glob("*.safetensors"))),
-                                text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)  # fmt: skip
-    pipe.load_textual_inversion(sorted(map(str, (tmp_path / "ti" / "text_encoder_2").glob("*.safetensors"))),
-                                text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)  # fmt: skip
+    pipe.load_textual_inversion(
+        sorted(map(str, (tmp_path / "ti" / "text_encoder").glob("*.safetensors"))),
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+    )
+    pipe.load_textual_inversion(
+        sorted(map(str, (tmp_path / "ti" / "text_encoder_2").glob("*.safetensors"))),
+        text_encoder=pipe.text_encoder_2,
+        tokenizer=pipe.tokenizer_2,
+    )
     tokens = [f"<{directions.file_stem(i)}>" for i in range(2)]
     hidden, _, pooled, _ = pipe.encode_prompt(tokens, device="cpu", do_classifier_free_guidance=False)
     theirs = pack_conditioning(hidden, pooled).detach()
@@ -279,8 +285,13 @@ def test_directions_of_the_other_kind_are_refused(sdxl_model, tiny_model, tmp_pa
     sd_rows = torch.randn(2, tiny_model.token_width)
     sd_file = Directions.for_model(tiny_model, sd_rows).save(tmp_path / "sd.safetensors")
     with pytest.raises(NoiseCLRError, match="an SDXL model .*32\\+48.* Stable Diffusion 1.x/2.x model") as caught:
-        edit(tiny_model, random_pixels(1, size=64), [DirectionTerm(Directions.load(sdxl_file), 0, 1.0)],
-             EditSettings(steps=2), progress=False)  # fmt: skip
+        edit(
+            tiny_model,
+            random_pixels(1, size=64),
+            [DirectionTerm(Directions.load(sdxl_file), 0, 1.0)],
+            EditSettings(steps=2),
+            progress=False,
+        )
     assert "\n" not in str(caught.value) and "sdxl.safetensors" in str(caught.value)
     with pytest.raises(NoiseCLRError, match="Stable Diffusion 1.x/2.x model .* an SDXL model") as caught:
         Directions.load(sd_file).check_compatible(sdxl_model)

@@ -37,8 +37,9 @@ def test_response_matches_a_direct_float64_computation(model64):
     directions = some_directions(model64)
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     timesteps = [100, 500, 900]
-    fast = noise_response(model64, model64.encode_directions(directions.vectors.double()), latents, timesteps, seed=7,
-                          rows_per_call=2)  # fmt: skip
+    fast = noise_response(
+        model64, model64.encode_directions(directions.vectors.double()), latents, timesteps, seed=7, rows_per_call=2
+    )
     # Direct: every (direction, image, timestep) on its own, the same noise draws.
     generator = torch.Generator().manual_seed(7)
     noises = [torch.randn(latents.shape, generator=generator).double() for _ in timesteps]
@@ -100,8 +101,12 @@ def test_strength_terms_edit_like_the_equivalent_scale(model64):
     by_strength = DirectionTerm(directions, 1, strength=20.0)
     prompt = PromptTerm("a cat", strength=-5.0)
     got = regenerate(model64, inversion, [[by_strength, prompt]], progress=False)
-    want = regenerate(model64, inversion, [[DirectionTerm(directions, 1, by_strength.scale), PromptTerm("a cat", prompt.scale)]],
-                      progress=False)  # fmt: skip
+    want = regenerate(
+        model64,
+        inversion,
+        [[DirectionTerm(directions, 1, by_strength.scale), PromptTerm("a cat", prompt.scale)]],
+        progress=False,
+    )
     assert torch.equal(got, want)
 
 

@@ -119,8 +119,11 @@ def build_pipeline(
     second: dict[str, Any] = {}
     if spec.is_sdxl:
         tokenizer_2.model_max_length = spec.max_length
-        second = {"text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2,
-                  "force_zeros_for_empty_prompt": spec.force_zeros_for_empty_prompt}  # fmt: skip
+        second = {
+            "text_encoder_2": text_encoder_2,
+            "tokenizer_2": tokenizer_2,
+            "force_zeros_for_empty_prompt": spec.force_zeros_for_empty_prompt,
+        }
     pipe = assemble_pipeline(
         vae=vae,
         text_encoder=text_encoder,

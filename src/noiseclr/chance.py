@@ -129,15 +129,17 @@ def judge(changes: torch.Tensor, reference: RandomReference) -> list[dict[str, A
     rows = []
     for k in range(changes.shape[0]):
         f = int(factor[k])
-        rows.append({
-            "factor": reference.factor_names[f],
-            "change": round(float(changes[k, f]), 4),
-            "random_p95": round(float(percentiles[f]), 4),
-            "margin": round(float(value[k]), 4),
-            "threshold": round(tau, 4),
-            "beats_random": bool(float(value[k]) > tau + 1e-12),
-            "count": reference.count,
-        })  # fmt: skip
+        rows.append(
+            {
+                "factor": reference.factor_names[f],
+                "change": round(float(changes[k, f]), 4),
+                "random_p95": round(float(percentiles[f]), 4),
+                "margin": round(float(value[k]), 4),
+                "threshold": round(tau, 4),
+                "beats_random": bool(float(value[k]) > tau + 1e-12),
+                "count": reference.count,
+            }
+        )
     return rows
 
 
@@ -232,15 +234,34 @@ def split_reference(
     """:func:`measure_reference`, from ``cache`` when it holds the same model, domain, images,
     protocol, reader factors, strength, window, count and seed; and whether it came from the cache."""
     payload = {
-        "model": model_digest(model), "domain": split.domain, "role": split.role, "seeds": list(split.seeds),
-        "steps": protocol.steps, "inversion": protocol.inversion, "protocol_seed": protocol.seed,
-        "factors": list(factor_names), "strength": round(abs(float(strength)), 6), "window": [float(w) for w in window],
-        "count": int(count), "seed": int(seed), "version": CACHE_VERSION,
-    }  # fmt: skip
+        "model": model_digest(model),
+        "domain": split.domain,
+        "role": split.role,
+        "seeds": list(split.seeds),
+        "steps": protocol.steps,
+        "inversion": protocol.inversion,
+        "protocol_seed": protocol.seed,
+        "factors": list(factor_names),
+        "strength": round(abs(float(strength)), 6),
+        "window": [float(w) for w in window],
+        "count": int(count),
+        "seed": int(seed),
+        "version": CACHE_VERSION,
+    }
 
     def compute() -> RandomReference:
-        return measure_reference(model, reader, split, factor_names, strength, window, count=count, seed=seed,
-                                 passes=protocol.passes, progress=progress)  # fmt: skip
+        return measure_reference(
+            model,
+            reader,
+            split,
+            factor_names,
+            strength,
+            window,
+            count=count,
+            seed=seed,
+            passes=protocol.passes,
+            progress=progress,
+        )
 
     if cache is None:
         return compute(), False

@@ -146,14 +146,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     sdxl = directions.kind == "sdxl"
     stem = directions.file_stem(0)
     if fmt in ("textual-inversion", "a1111"):
-        print(f"  one file per direction; the trigger word is the file name, e.g. {stem}: copy the files into the "
-              "tool's embeddings folder (README.txt says how to load them in diffusers)")  # fmt: skip
+        print(
+            f"  one file per direction; the trigger word is the file name, e.g. {stem}: copy the files into the "
+            "tool's embeddings folder (README.txt says how to load them in diffusers)"
+        )
     elif fmt == "diffusers":
         where = f"{out}/text_encoder/ and {out}/text_encoder_2/" if sdxl else f"{out}/"
         print(f"  diffusers: pipe.load_textual_inversion(...) on {where}*.safetensors; token <{stem}>")
     else:
-        print(f"  tokens {directions.token(0)} .. {directions.token(directions.count - 1)} in one file, for the published "
-              "NoiseCLR code; for A1111/ComfyUI export with --format textual-inversion")  # fmt: skip
+        print(
+            f"  tokens {directions.token(0)} .. {directions.token(directions.count - 1)} in one file, for the published "
+            "NoiseCLR code; for A1111/ComfyUI export with --format textual-inversion"
+        )
     return 0
 
 
@@ -253,18 +257,24 @@ def cmd_edit(args: argparse.Namespace) -> int:
         if regions is not None:
             save_image(regions[index], out / f"{path.stem}-region.png")
     save_image(result.grid(), out / "comparison.png")
-    print(f"edited {len(images)} image(s) with {len(terms)} direction(s) in {_seconds(time.monotonic() - started)} "
-          f"({settings.inversion.upper()} inversion, {settings.steps} steps)")  # fmt: skip
+    print(
+        f"edited {len(images)} image(s) with {len(terms)} direction(s) in {_seconds(time.monotonic() - started)} "
+        f"({settings.inversion.upper()} inversion, {settings.steps} steps)"
+    )
     for term in terms:
         print(f"  {term.describe()}")
     if any(term.strength is not None and term.scale is not None for term in terms):
-        print("  (x...) after a strength: the raw guidance scale lambda that gives this direction that strength "
-              "(from its calibrated response; directions respond differently, so equal strengths need different lambdas)")  # fmt: skip
+        print(
+            "  (x...) after a strength: the raw guidance scale lambda that gives this direction that strength "
+            "(from its calibrated response; directions respond differently, so equal strengths need different lambdas)"
+        )
     if regions is not None:
         for line in _coverage_lines(terms, result):
             print(line)
-        print(f"  results: {out}/  (*-edited.png, *-reconstruction.png, *-region.png: the edit dimmed outside its region, "
-              "comparison.png: input | reconstruction | edited | region)")  # fmt: skip
+        print(
+            f"  results: {out}/  (*-edited.png, *-reconstruction.png, *-region.png: the edit dimmed outside its region, "
+            "comparison.png: input | reconstruction | edited | region)"
+        )
     else:
         print(
             f"  results: {out}/  (*-edited.png, *-reconstruction.png, comparison.png: input | reconstruction | edited)"
@@ -394,14 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     parser.add_argument("--version", action="version", version=f"noiseclr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_discover_parser, _edit_parser, _generate_parser, _explore_parser, _bench_parser, _demo_parser,
-                _info_parser, _export_parser):  # fmt: skip
+    for add in (
+        _discover_parser,
+        _edit_parser,
+        _generate_parser,
+        _explore_parser,
+        _bench_parser,
+        _demo_parser,
+        _info_parser,
+        _export_parser,
+    ):
         add(sub)
     return parser
 
 
-DIRECTION_HELP = ("FILE:INDEX=SCALE[@START:END][#auto|#MASK] (repeatable; any mix of files, e.g. faces.safetensors:3=4@0:0.6; "
-                  "#auto or #mask.png localizes the direction)")  # fmt: skip
+DIRECTION_HELP = (
+    "FILE:INDEX=SCALE[@START:END][#auto|#MASK] (repeatable; any mix of files, e.g. faces.safetensors:3=4@0:0.6; "
+    "#auto or #mask.png localizes the direction)"
+)
 
 
 def _discover_parser(sub: Any) -> None:
@@ -477,14 +497,28 @@ def _bench_parser(sub: Any) -> None:
     p.add_argument(
         "--out", required=True, type=Path, help="output folder: results.json, report.html, one folder per method"
     )
-    p.add_argument("--directions", nargs="+", default=[], metavar="[NAME=]FILE",
-                   help="directions files to evaluate (any noiseclr or textual-inversion file); NAME=FILE with NAME "
-                        "noiseclr-all or noiseclr-single replaces that discovery")  # fmt: skip
-    p.add_argument("--methods", default=None, help=f"comma list of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)}; "
-                   "with --directions: random,prompt; 'none' for only the files)")  # fmt: skip
-    p.add_argument("--cross-domain", nargs=2, metavar=("FACES_FILE", "CATS_FILE"), default=None,
-                   help="annotated faces and cats directions (OUT/<method>/directions.safetensors of earlier bench runs) "
-                        "applied together on scene renders")  # fmt: skip
+    p.add_argument(
+        "--directions",
+        nargs="+",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="directions files to evaluate (any noiseclr or textual-inversion file); NAME=FILE with NAME "
+        "noiseclr-all or noiseclr-single replaces that discovery",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma list of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)}; "
+        "with --directions: random,prompt; 'none' for only the files)",
+    )
+    p.add_argument(
+        "--cross-domain",
+        nargs=2,
+        metavar=("FACES_FILE", "CATS_FILE"),
+        default=None,
+        help="annotated faces and cats directions (OUT/<method>/directions.safetensors of earlier bench runs) "
+        "applied together on scene renders",
+    )
     p.add_argument(
         "--readers",
         type=Path,

@@ -104,36 +104,57 @@ class DemoSettings:
     """Other directions per micro-batch (capped at K - 1)."""
     # Discovery's own options (flags, defaults, argparse types), with the demo's help texts.
     lr: float = option_from(DiscoverySettings, "lr", help="discovery's AdamW learning rate")
-    magnitude_floor: float = option_from(DiscoverySettings, "magnitude_floor",
-                                         help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)")  # fmt: skip
+    magnitude_floor: float = option_from(
+        DiscoverySettings,
+        "magnitude_floor",
+        help="discovery's magnitude floor (0: the paper's objective; see noiseclr discover)",
+    )
     init: str = option_from(DiscoverySettings, "init", help="how discovery's rows start (see noiseclr discover)")
     axis_negatives: bool = option_from(
         DiscoverySettings, "axis_negatives", help="discovery's negatives by |cos| (see noiseclr discover)"
     )
     # The remedies the screen kept for the demo (benchmarks/quality.md, issue 21); 0 turns each off.
-    diversity_weight: float = option_from(DiscoverySettings, "diversity_weight", default=DEMO_DIVERSITY_WEIGHT,
-                                          help="discovery's decorrelation of the directions' mean changes (0: the paper's objective)")  # fmt: skip
-    reseed_duplicates: float = option_from(DiscoverySettings, "reseed_duplicates", default=DEMO_RESEED,
-                                           help="discovery restarts a direction repeating another above this |cos| (0: off)")  # fmt: skip
+    diversity_weight: float = option_from(
+        DiscoverySettings,
+        "diversity_weight",
+        default=DEMO_DIVERSITY_WEIGHT,
+        help="discovery's decorrelation of the directions' mean changes (0: the paper's objective)",
+    )
+    reseed_duplicates: float = option_from(
+        DiscoverySettings,
+        "reseed_duplicates",
+        default=DEMO_RESEED,
+        help="discovery restarts a direction repeating another above this |cos| (0: off)",
+    )
     edit_steps: int = option(
         20, flag="--edit-steps", help="denoising steps for naming and the gallery", type=positive_int
     )
     """Inversion and denoising steps for naming and the gallery."""
-    strength: float = option(DEMO_STRENGTH, flag="--strength", metavar="PERCENT",
-                             help="each direction is tried at +/- this calibrated strength: the percent its term changes "
-                                  "the noise prediction by, the same for every direction")  # fmt: skip
+    strength: float = option(
+        DEMO_STRENGTH,
+        flag="--strength",
+        metavar="PERCENT",
+        help="each direction is tried at +/- this calibrated strength: the percent its term changes "
+        "the noise prediction by, the same for every direction",
+    )
     """One shared calibrated strength (:mod:`noiseclr.strength`); each direction is tried at +S% and -S%."""
-    scale: float | None = option(None, flag="--scale", help="a raw lambda for every direction instead of --strength",
-                                 default_text="")  # fmt: skip
+    scale: float | None = option(
+        None, flag="--scale", help="a raw lambda for every direction instead of --strength", default_text=""
+    )
     naming_images: int = option(
         6, flag="--naming-images", help="new images each direction is measured on", type=positive_int
     )
     """New faces each direction is applied to for naming (and the first --gallery-images of them are shown)."""
     gallery_images: int = option(4, flag="--gallery-images", help="images per gallery strip", type=positive_int)
     domain: str = option("faces", flag="--domain", help="faces or cats")
-    random_reference: int = option(DEFAULT_COUNT, flag="--random-reference", metavar="N", type=int,
-                                   help="calibrated random directions each direction is compared with on the same test "
-                                        "images (0: none; cached per model in $NOISECLR_CACHE or ~/.cache/noiseclr)")  # fmt: skip
+    random_reference: int = option(
+        DEFAULT_COUNT,
+        flag="--random-reference",
+        metavar="N",
+        type=int,
+        help="calibrated random directions each direction is compared with on the same test "
+        "images (0: none; cached per model in $NOISECLR_CACHE or ~/.cache/noiseclr)",
+    )
     """How many random directions make the reference "beats random" is judged against (:mod:`noiseclr.chance`)."""
     inversion: str = "ddpm"
     seed: int = option(0, flag="--seed", help="seed of the renders and of discovery", default_text="")
@@ -180,10 +201,22 @@ class DemoSettings:
         return EditProtocol(steps=self.edit_steps, inversion=self.inversion, seed=self.seed)
 
     def discovery(self) -> DiscoverySettings:
-        return replace(DiscoverySettings(), num_directions=self.directions, batch_size=self.batch,
-                       num_negatives=min(self.negatives, self.directions - 1), steps=self.steps, lr=self.lr,
-                       magnitude_floor=self.magnitude_floor, init=self.init, axis_negatives=self.axis_negatives,
-                       diversity_weight=self.diversity_weight, reseed_duplicates=self.reseed_duplicates, seed=self.seed, domain=self.domain, **DEMO_DISCOVERY)  # fmt: skip
+        return replace(
+            DiscoverySettings(),
+            num_directions=self.directions,
+            batch_size=self.batch,
+            num_negatives=min(self.negatives, self.directions - 1),
+            steps=self.steps,
+            lr=self.lr,
+            magnitude_floor=self.magnitude_floor,
+            init=self.init,
+            axis_negatives=self.axis_negatives,
+            diversity_weight=self.diversity_weight,
+            reseed_duplicates=self.reseed_duplicates,
+            seed=self.seed,
+            domain=self.domain,
+            **DEMO_DISCOVERY,
+        )
 
 
 @dataclass
@@ -296,8 +329,9 @@ def pick_try_edit(
 
     factors = domain_factors(settings.domain)
     names = [factor.name for factor in factors]
-    ranked = sorted((row for row in rows if row.main_factor in names),
-                    key=lambda row: -(row.strength or 0.0) * (row.purity or 0.0))[:candidates]  # fmt: skip
+    ranked = sorted(
+        (row for row in rows if row.main_factor in names), key=lambda row: -(row.strength or 0.0) * (row.purity or 0.0)
+    )[:candidates]
     tried: list[TryEdit] = []
     for row in ranked:
         f = names.index(row.main_factor)
@@ -355,11 +389,21 @@ def compare_with_random(
         return None
     names = reader_factor_names(reader, settings.domain)
     reference, cached = split_reference(
-        model, reader, test, names, settings.strength, protocol=settings.protocol(), cache=ReferenceCache(default_cache_dir()),
-        count=settings.random_reference, seed=settings.seed, progress=progress,
-    )  # fmt: skip
-    say(f"      compared with {reference.count} random directions at ±{settings.amount()} on the same {settings.domain}"
-        + (" (from the cache)" if cached else ""))  # fmt: skip
+        model,
+        reader,
+        test,
+        names,
+        settings.strength,
+        protocol=settings.protocol(),
+        cache=ReferenceCache(default_cache_dir()),
+        count=settings.random_reference,
+        seed=settings.seed,
+        progress=progress,
+    )
+    say(
+        f"      compared with {reference.count} random directions at ±{settings.amount()} on the same {settings.domain}"
+        + (" (from the cache)" if cached else "")
+    )
     for row, verdict in zip(rows, judge(change_fractions(axis_changed(changed)), reference)):
         row.random = verdict
     return reference
@@ -401,9 +445,15 @@ class Named:
 
 
 def _name_stage(
-    model: DiffusionModel, directions: Directions, reader: Any, settings: DemoSettings, reader_dir: str | Path | None, *,
-    say: Callable[[str], None], progress: bool,
-) -> Named:  # fmt: skip
+    model: DiffusionModel,
+    directions: Directions,
+    reader: Any,
+    settings: DemoSettings,
+    reader_dir: str | Path | None,
+    *,
+    say: Callable[[str], None],
+    progress: bool,
+) -> Named:
     """[3/4]: name every direction on the test images and judge it against random, or (no reader)
     keep them unnamed with the demo's edit setting as their defaults."""
     protocol = settings.protocol()
@@ -427,25 +477,56 @@ def _name_stage(
     )
     reference = compare_with_random(model, reader, test, rows, changes, settings, say=say, progress=progress)
     annotated = annotate_directions(
-        model, directions, rows, domain=settings.domain, source="noiseclr demo", protocol=protocol,
-        extra={"reader": "shipped" if reader_dir is None else str(reader_dir), "images": settings.naming_images,
-               "steps": settings.edit_steps, "inversion": settings.inversion},
-    )  # fmt: skip
+        model,
+        directions,
+        rows,
+        domain=settings.domain,
+        source="noiseclr demo",
+        protocol=protocol,
+        extra={
+            "reader": "shipped" if reader_dir is None else str(reader_dir),
+            "images": settings.naming_images,
+            "steps": settings.edit_steps,
+            "inversion": settings.inversion,
+        },
+    )
     return Named(rows, changes, reference, annotated)
 
 
-def _gallery(model: DiffusionModel, named_file: Directions, test_pixels: torch.Tensor, test_paths: list[Path], out: Path,
-             settings: DemoSettings, progress: bool) -> Any:  # fmt: skip
+def _gallery(
+    model: DiffusionModel,
+    named_file: Directions,
+    test_pixels: torch.Tensor,
+    test_paths: list[Path],
+    out: Path,
+    settings: DemoSettings,
+    progress: bool,
+) -> Any:
     """[4/4]: the explore gallery of every direction at -S, 0, +S on the first test images."""
     from .explore import ExploreSettings, explore
 
     count = min(settings.gallery_images, settings.naming_images)
-    amounts = {"scales": (-settings.scale, 0.0, settings.scale)} if settings.scale is not None else \
-        {"strengths": (-settings.strength, 0.0, settings.strength)}  # fmt: skip
-    explore_settings = ExploreSettings(num_images=count, window=(0.0, 1.0), steps=settings.edit_steps,
-                                       inversion=settings.inversion, seed=settings.seed, **amounts)  # fmt: skip
-    return explore(model, named_file, ImageSet(test_pixels[:count], test_paths[:count]), out / "gallery", explore_settings,
-                   progress=progress)  # fmt: skip
+    amounts = (
+        {"scales": (-settings.scale, 0.0, settings.scale)}
+        if settings.scale is not None
+        else {"strengths": (-settings.strength, 0.0, settings.strength)}
+    )
+    explore_settings = ExploreSettings(
+        num_images=count,
+        window=(0.0, 1.0),
+        steps=settings.edit_steps,
+        inversion=settings.inversion,
+        seed=settings.seed,
+        **amounts,
+    )
+    return explore(
+        model,
+        named_file,
+        ImageSet(test_pixels[:count], test_paths[:count]),
+        out / "gallery",
+        explore_settings,
+        progress=progress,
+    )
 
 
 def reference_summary(reference: RandomReference | None, rows: Sequence[DirectionRecord]) -> dict[str, Any] | None:
@@ -453,20 +534,33 @@ def reference_summary(reference: RandomReference | None, rows: Sequence[Directio
     if reference is None:
         return None
     return {
-        "count": reference.count, "strength": reference.strength, "images": reference.images,
+        "count": reference.count,
+        "strength": reference.strength,
+        "images": reference.images,
         "threshold": round(reference.threshold(), 4),
         "random_p95": {name: round(float(q), 4) for name, q in zip(reference.factor_names, reference.percentiles())},
         "beats_random": sum(bool(row.random and row.random["beats_random"]) for row in rows),
         "definition": "noiseclr.chance: beats random when max_f (change_f - random 95th percentile_f) exceeds the "
-                      "95th percentile of that margin over the random directions (leave-one-out)",
-    }  # fmt: skip
+        "95th percentile of that margin over the random directions (leave-one-out)",
+    }
 
 
 def _write_summaries(
-    out: Path, model: DiffusionModel, settings: DemoSettings, named: Named, named_file: Directions, directions_path: Path,
-    named_ok: bool, gallery: str, try_edit: TryEdit | None, vae_psnr: float, timings: dict[str, float], seconds: float,
-    intro: str, files: str,
-) -> tuple[str, Path, Path]:  # fmt: skip
+    out: Path,
+    model: DiffusionModel,
+    settings: DemoSettings,
+    named: Named,
+    named_file: Directions,
+    directions_path: Path,
+    named_ok: bool,
+    gallery: str,
+    try_edit: TryEdit | None,
+    vae_psnr: float,
+    timings: dict[str, float],
+    seconds: float,
+    intro: str,
+    files: str,
+) -> tuple[str, Path, Path]:
     """The printed text, summary.md and summary.json."""
     rows = named.rows
     repeated = repeats((named_file.calibration or {}).get("duplicates") or [])
@@ -568,9 +662,21 @@ def run_demo(
     seconds = time.monotonic() - started
     intro, files = _explanation(model, settings, out, rows, reader is not None, why_unnamed, try_edit, vae_psnr)
     text, summary_md, summary_json = _write_summaries(
-        out, model, settings, named, named_file, directions_path, reader is not None, f"{gallery.index_html}",
-        try_edit, vae_psnr, timings, seconds, intro, files,
-    )  # fmt: skip
+        out,
+        model,
+        settings,
+        named,
+        named_file,
+        directions_path,
+        reader is not None,
+        f"{gallery.index_html}",
+        try_edit,
+        vae_psnr,
+        timings,
+        seconds,
+        intro,
+        files,
+    )
     return DemoResult(
         out=out,
         directions_path=directions_path,

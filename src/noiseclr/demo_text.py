@@ -81,10 +81,12 @@ def random_note(rows: Sequence[DirectionRecord], reference: RandomReference | No
     if reference is None:
         return ""
     wins = sum(bool(row.random and row.random["beats_random"]) for row in rows)
-    return (f"{wins} of {len(rows)} directions beat random: their biggest change is above what 95% of {reference.count} "
-            f"calibrated random directions do to that factor on the same images, by more than "
-            f"{reference.threshold():.2f} (the margin random directions themselves reach 1 time in 20; noiseclr.chance). "
-            "The others change no more than a random token would.")  # fmt: skip
+    return (
+        f"{wins} of {len(rows)} directions beat random: their biggest change is above what 95% of {reference.count} "
+        f"calibrated random directions do to that factor on the same images, by more than "
+        f"{reference.threshold():.2f} (the margin random directions themselves reach 1 time in 20; noiseclr.chance). "
+        "The others change no more than a random token would."
+    )
 
 
 def duplicate_note(directions: Directions) -> str:
@@ -93,28 +95,41 @@ def duplicate_note(directions: Directions) -> str:
     if not pairs:
         return ""
     listed = "; ".join(f"{int(i)} and {int(j)} (cos {c:+.2f})" for i, j, c in pairs)
-    return (f"One axis twice: directions {listed} make the same change on the same images "
-            "(a negative cosine: with opposite signs), so one of each pair adds nothing.")  # fmt: skip
+    return (
+        f"One axis twice: directions {listed} make the same change on the same images "
+        "(a negative cosine: with opposite signs), so one of each pair adds nothing."
+    )
 
 
 def _columns(settings: DemoSettings) -> str:
     """What the table's columns mean, one short line each (a terminal is about 100 characters wide)."""
-    amount = ("the calibrated strength, the same for every direction: its term changes the model's noise prediction by "
-              "that percent of its norm, tried with both signs (stored as the direction's default)"
-              if settings.scale is None else "the raw lambda, tried with both signs (stored as the direction's default)")  # fmt: skip
+    amount = (
+        "the calibrated strength, the same for every direction: its term changes the model's noise prediction by "
+        "that percent of its norm, tried with both signs (stored as the direction's default)"
+        if settings.scale is None
+        else "the raw lambda, tried with both signs (stored as the direction's default)"
+    )
     entries = [
-        ("name", "the factor it changes; +value: what + moves it to, -value: what - moves it to; ±value: both signs "
-                 "move it there; '(mixed)': no single value"),
+        (
+            "name",
+            "the factor it changes; +value: what + moves it to, -value: what - moves it to; ±value: both signs "
+            "move it there; '(mixed)': no single value",
+        ),
         ("strength" if settings.scale is None else "scale", amount),
-        ("changed", "fraction of the test images where that factor changed, under either sign, vs. the unedited "
-                    "reconstruction"),
+        (
+            "changed",
+            "fraction of the test images where that factor changed, under either sign, vs. the unedited reconstruction",
+        ),
         ("purity", "that change over all changes (1.00 = nothing else changed)"),
-        ("vs random", "beats: it changes its factor more than calibrated random directions at the same strength do "
-                      "on the same images (see below the table)"),
+        (
+            "vs random",
+            "beats: it changes its factor more than calibrated random directions at the same strength do "
+            "on the same images (see below the table)",
+        ),
         ("repeats", "the earlier direction it repeats (noise-change cosine; negative: the opposite sign), if any"),
         ("also changes", "other factors it moved"),
         ("strip", "its gallery image"),
-    ]  # fmt: skip
+    ]
     lines = ["Columns:"]
     for name, meaning in entries:
         lines += textwrap.wrap(meaning, width=98, initial_indent=f"  {name:<13} ", subsequent_indent=" " * 16)

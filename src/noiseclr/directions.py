@@ -639,10 +639,19 @@ class _MetadataReader:
                 "calibration.response", response, f"a list of {count} non-negative numbers (one per direction)"
             )
         pairs = record.get("duplicates", [])
-        if not (isinstance(pairs, list) and all(
-            isinstance(p, list) and len(p) == 3 and _is_int(p[0]) and _is_int(p[1]) and _is_number(p[2])
-            and 0 <= p[0] < count and 0 <= p[1] < count for p in pairs
-        )):  # fmt: skip
+        if not (
+            isinstance(pairs, list)
+            and all(
+                isinstance(p, list)
+                and len(p) == 3
+                and _is_int(p[0])
+                and _is_int(p[1])
+                and _is_number(p[2])
+                and 0 <= p[0] < count
+                and 0 <= p[1] < count
+                for p in pairs
+            )
+        ):
             raise self.bad(
                 "calibration.duplicates", pairs, f"a list of [i, j, cos] with direction indices below {count}"
             )

@@ -271,8 +271,16 @@ def discover(
         runfolder.set_aside(unreadable)
     start = initial_directions(model, settings.num_directions, settings.seed, settings.init)
     if procs.is_main:
-        _record_start(run_dir, settings, runtime, model, procs, global_batch, checkpoint,
-                      {"source": image_source, "count": int(pixels.shape[0]), **fingerprint})  # fmt: skip
+        _record_start(
+            run_dir,
+            settings,
+            runtime,
+            model,
+            procs,
+            global_batch,
+            checkpoint,
+            {"source": image_source, "count": int(pixels.shape[0]), **fingerprint},
+        )
     latents = _encode_latent_cache(model, pixels, settings.hflip, procs)
     del pixels
     trainer = _Trainer(model, settings, procs, run_dir, latents, start, global_batch, fingerprint)
@@ -298,8 +306,11 @@ def _log_global_batch(settings: DiscoverySettings, global_batch: int) -> None:
     if global_batch > settings.batch_size:
         log.info(
             "%d processes x %s %d = %d images per micro-batch",
-            global_batch // settings.batch_size, flag(DiscoverySettings, "batch_size"), settings.batch_size, global_batch,
-        )  # fmt: skip
+            global_batch // settings.batch_size,
+            flag(DiscoverySettings, "batch_size"),
+            settings.batch_size,
+            global_batch,
+        )
 
 
 def _check_resumed(
@@ -325,9 +336,13 @@ def _check_resumed(
     log.warning(
         "%s %d: the run in %s already has %d steps; nothing to train, returning its directions after "
         "%d steps (for a %d-step run, start one in another --out folder)",
-        flag(DiscoverySettings, "steps"), settings.steps, run_dir, checkpoint.step,
-        checkpoint.step, settings.steps,
-    )  # fmt: skip
+        flag(DiscoverySettings, "steps"),
+        settings.steps,
+        run_dir,
+        checkpoint.step,
+        checkpoint.step,
+        settings.steps,
+    )
     return replace(settings, steps=checkpoint.step)
 
 
@@ -466,11 +481,13 @@ class _Trainer:
         null = self.model.null_conditioning().float()
         conditionings = self.model.encode_directions(self.vectors.detach()).float()
         change = (conditionings - null).flatten(1).norm(dim=1) / null.flatten().norm().clamp_min(1e-30)
-        self.response_log.append({
-            "step": self.step,
-            "response": [round(float(v), 6) for v in self.last_response],
-            "conditioning_change": [round(float(v), 6) for v in change.cpu()],
-        })  # fmt: skip
+        self.response_log.append(
+            {
+                "step": self.step,
+                "response": [round(float(v), 6) for v in self.last_response],
+                "conditioning_change": [round(float(v), 6) for v in change.cpu()],
+            }
+        )
 
     # --------------------------------------------------------------- loop
     def one_step(self) -> dict[str, Any]:
@@ -540,9 +557,17 @@ class _Trainer:
         if threshold <= 0 or step % RESEED_EVERY or step >= self.settings.steps:
             return None
         seed = self.settings.seed
-        return restart_duplicates(self.model, self.vectors, self.optimizer, self.latents[0], threshold,
-                                  self.settings.timestep_range, seed=seed, step=step,
-                                  stream_seed=lambda stream: _stream_seed(seed, stream))  # fmt: skip
+        return restart_duplicates(
+            self.model,
+            self.vectors,
+            self.optimizer,
+            self.latents[0],
+            threshold,
+            self.settings.timestep_range,
+            seed=seed,
+            step=step,
+            stream_seed=lambda stream: _stream_seed(seed, stream),
+        )
 
     def diverged(self, what: str) -> TrainingDiverged:
         last = self.last_checkpoint
@@ -639,9 +664,13 @@ class _Trainer:
         if self.procs.is_main:
             # Each direction's response on the discovery images: what makes strengths comparable.
             calibration = calibrate(
-                self.model, Directions(vectors=self.vectors.detach()), self.latents[0],
-                timestep_range=settings.timestep_range, seed=settings.seed, source="end of discovery",
-            )  # fmt: skip
+                self.model,
+                Directions(vectors=self.vectors.detach()),
+                self.latents[0],
+                timestep_range=settings.timestep_range,
+                seed=settings.seed,
+                source="end of discovery",
+            )
         directions = Directions.for_model(
             self.model,
             self.vectors.detach(),

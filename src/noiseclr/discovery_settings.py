@@ -16,10 +16,23 @@ INITS = ("random", "tokens")
 """How direction rows start (:func:`noiseclr.discovery.initial_directions`)."""
 
 TRAJECTORY = (
-    "num_negatives", "micro_batches", "temperature", "loss_variant", "seed", "hflip", "timestep_range", "lr", "betas",
-    "weight_decay", "magnitude_floor", "floor_weight", "init", "axis_negatives", "diversity_weight",
+    "num_negatives",
+    "micro_batches",
+    "temperature",
+    "loss_variant",
+    "seed",
+    "hflip",
+    "timestep_range",
+    "lr",
+    "betas",
+    "weight_decay",
+    "magnitude_floor",
+    "floor_weight",
+    "init",
+    "axis_negatives",
+    "diversity_weight",
     "reseed_duplicates",
-)  # fmt: skip
+)
 """Settings that change what a run learns (besides K, N and the step count)."""
 
 
@@ -38,8 +51,14 @@ class DiscoverySettings:
     steps: int = option(1000, flag="--steps", help="optimizer steps")
     batch_size: int = option(6, flag="--batch", help="images per micro-batch per process", metavar="N")
     """N, images per micro-batch per process (the contrast needs at least 2)."""
-    num_negatives: int | None = option(None, flag="--negatives", help="other directions per micro-batch", type=int,
-                                       metavar="M", default_text="min(20, K-1)")  # fmt: skip
+    num_negatives: int | None = option(
+        None,
+        flag="--negatives",
+        help="other directions per micro-batch",
+        type=int,
+        metavar="M",
+        default_text="min(20, K-1)",
+    )
     """Other directions drawn with the anchor per micro-batch; None = min(20, K-1)."""
     micro_batches: int = option(4, flag="--micro-batches", help="micro-batches per optimizer step")
     """Micro-batches accumulated per optimizer step (published: gradient_accumulation_steps=4)."""
@@ -49,8 +68,14 @@ class DiscoverySettings:
     temperature: float = option(0.5, flag="--temperature", help="contrastive temperature tau")
     loss_variant: str = option(DEFAULT_VARIANT, flag="--loss", help="loss variant", choices=list(VARIANTS))
     """``all-anchors`` or ``single-anchor`` (published); see :mod:`noiseclr.objective`."""
-    timestep_range: tuple[float, float] = option((0.0, 1.0), flag="--timesteps", help="timestep range as fractions of T",
-                                                 type=window, metavar="LO:HI", default_text="0:1")  # fmt: skip
+    timestep_range: tuple[float, float] = option(
+        (0.0, 1.0),
+        flag="--timesteps",
+        help="timestep range as fractions of T",
+        type=window,
+        metavar="LO:HI",
+        default_text="0:1",
+    )
     """Timesteps drawn uniformly from [lo*T, hi*T) as fractions of the T training timesteps."""
     hflip: bool = option(True, flag="--no-hflip", help="do not mirror training images")
     """Randomly mirror training images (both versions are encoded once at the start)."""
@@ -59,26 +84,45 @@ class DiscoverySettings:
         "", flag="--domain", help="label stored with the directions (faces, cats, ...)", default_text=""
     )
     """Free-text label of the image domain, stored with the directions."""
-    magnitude_floor: float = option(0.0, flag="--magnitude-floor", metavar="R",
-                                    help="keep every direction's noise response ||eps_k - eps_0|| / ||eps_0|| above R with a "
-                                         "hinge penalty (0: the paper's objective)")  # fmt: skip
+    magnitude_floor: float = option(
+        0.0,
+        flag="--magnitude-floor",
+        metavar="R",
+        help="keep every direction's noise response ||eps_k - eps_0|| / ||eps_0|| above R with a "
+        "hinge penalty (0: the paper's objective)",
+    )
     """Remedy for collapsed directions (``magnitude_hinge``); 0 is the paper's objective."""
     floor_weight: float = option(
         1.0, flag="--floor-weight", help="weight of the magnitude floor's hinge (on log response)"
     )
-    diversity_weight: float = option(0.0, flag="--diversity-weight", metavar="W",
-                                     help="penalise W * mean squared cosine between the directions' mean noise changes "
-                                          "over the batch (0: the paper's objective)")  # fmt: skip
+    diversity_weight: float = option(
+        0.0,
+        flag="--diversity-weight",
+        metavar="W",
+        help="penalise W * mean squared cosine between the directions' mean noise changes "
+        "over the batch (0: the paper's objective)",
+    )
     """Remedy for directions that repeat each other (``objective.decorrelation_penalty``)."""
-    reseed_duplicates: float = option(0.0, flag="--reseed-duplicates", metavar="COS",
-                                      help=f"every {RESEED_EVERY} steps, restart from a fresh embedding each direction whose "
-                                           "noise change has |cos| >= COS with an earlier one (0: off; e.g. 0.9)")  # fmt: skip
+    reseed_duplicates: float = option(
+        0.0,
+        flag="--reseed-duplicates",
+        metavar="COS",
+        help=f"every {RESEED_EVERY} steps, restart from a fresh embedding each direction whose "
+        "noise change has |cos| >= COS with an earlier one (0: off; e.g. 0.9)",
+    )
     """Remedy for one change learned twice: the later of each duplicate pair starts again."""
-    axis_negatives: bool = option(False, flag="--axis-negatives",
-                                  help="negatives by |cos|: a direction and its opposite count as one axis (the paper: signed cos)")  # fmt: skip
+    axis_negatives: bool = option(
+        False,
+        flag="--axis-negatives",
+        help="negatives by |cos|: a direction and its opposite count as one axis (the paper: signed cos)",
+    )
     """Remedy for one axis learned twice with opposite signs (:mod:`noiseclr.objective`)."""
-    init: str = option("random", flag="--init", help="start rows: random (Gaussian at the typical token norm) or "
-                       "tokens (real token embeddings)", choices=list(INITS))  # fmt: skip
+    init: str = option(
+        "random",
+        flag="--init",
+        help="start rows: random (Gaussian at the typical token norm) or tokens (real token embeddings)",
+        choices=list(INITS),
+    )
     checkpoint_every: int = option(200, flag="--checkpoint-every", help="steps between checkpoints")
     """Optimizer steps between checkpoints (0: only at the end and on Ctrl-C)."""
     keep_checkpoints: int = 2

@@ -309,9 +309,20 @@ def regenerate(
     conditionings = torch.cat([model.null_conditioning(), *tensors])
     per_edit = edit_weights(edits, rows, conditionings.shape[0], inversion.steps, offset=1)
     batch = len(images)
-    plan = plan_regions(edits, rows, conditionings.shape[0], 1, batch, inversion.steps, model.latent_size,
-                        (auto_region or AutoRegion()).validate(), reference_edit=plain, images=images,
-                        resolution=model.resolution, image_sizes=image_sizes)  # fmt: skip
+    plan = plan_regions(
+        edits,
+        rows,
+        conditionings.shape[0],
+        1,
+        batch,
+        inversion.steps,
+        model.latent_size,
+        (auto_region or AutoRegion()).validate(),
+        reference_edit=plain,
+        images=images,
+        resolution=model.resolution,
+        image_sizes=image_sizes,
+    )
     final: dict[str, torch.Tensor] = {}
     # Trajectory m = e * B + b: edit e of image b.
     weights = per_edit.repeat_interleave(batch, dim=0)
@@ -341,8 +352,10 @@ def regenerate(
     maps = edit_regions(edits, plan, final.get("union"), batch, model.latent_size)[: len(requested)]
     if not return_term_regions:
         return latents, maps
-    own = [term_regions(terms, e, plan, final.get("held"), rows, 1, batch, model.latent_size)
-           for e, terms in enumerate(requested)]  # fmt: skip
+    own = [
+        term_regions(terms, e, plan, final.get("held"), rows, 1, batch, model.latent_size)
+        for e, terms in enumerate(requested)
+    ]
     return latents, maps, own
 
 
@@ -361,8 +374,17 @@ def render_edits(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`regenerate` and decode: pixels [E, B, 3, S, S] in [-1, 1], float32 on the CPU (and the
     regions [E, B, h, w] with ``return_regions``). ``desc`` labels the progress bar."""
-    latents, maps = regenerate(model, inversion, edits, image_indices=image_indices, max_batch=max_batch,
-                               progress=progress, auto_region=auto_region, return_regions=True, desc=desc)  # fmt: skip
+    latents, maps = regenerate(
+        model,
+        inversion,
+        edits,
+        image_indices=image_indices,
+        max_batch=max_batch,
+        progress=progress,
+        auto_region=auto_region,
+        return_regions=True,
+        desc=desc,
+    )
     flat = latents.reshape(-1, *latents.shape[2:])
     pixels = model.decode_latents(flat, batch_size=decode_batch).cpu()
     pixels = pixels.view(*latents.shape[:2], *pixels.shape[1:])
@@ -374,14 +396,19 @@ class EditSettings:
     """How :func:`edit` inverts and denoises."""
 
     steps: int = option(50, flag="--steps", help="inversion and denoising steps", type=positive_int)
-    inversion: str = option("ddim", flag="--inversion", help="ddim or ddpm (edit-friendly: reconstructs the latents exactly; "
-                            "the VAE round trip still softens fine detail)",
-                            choices=list(INVERSION_METHODS))  # fmt: skip
+    inversion: str = option(
+        "ddim",
+        flag="--inversion",
+        help="ddim or ddpm (edit-friendly: reconstructs the latents exactly; "
+        "the VAE round trip still softens fine detail)",
+        choices=list(INVERSION_METHODS),
+    )
     """``"ddim"`` (deterministic, approximate reconstruction) or ``"ddpm"`` (edit-friendly, exact in the latents)."""
     seed: int = option(0, flag="--seed", help="seed of the DDPM inversion's noise", default_text="")
     """Seeds the DDPM inversion's noise draws."""
-    max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,
-                                   default_text="")  # fmt: skip
+    max_batch: int | None = option(
+        None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int, default_text=""
+    )
     """Most UNet rows per call (memory cap; results are unchanged). None: one call per step."""
     decode_batch: int = 8
     """Images per VAE call when encoding and decoding."""
@@ -486,9 +513,17 @@ def edit(
         max_batch=settings.max_batch,
         progress=progress,
     )
-    both, maps, own = regenerate(model, inversion, [terms, []], max_batch=settings.max_batch, progress=progress,
-                                 auto_region=settings.auto_region, return_regions=True, return_term_regions=True,
-                                 image_sizes=sizes)  # fmt: skip
+    both, maps, own = regenerate(
+        model,
+        inversion,
+        [terms, []],
+        max_batch=settings.max_batch,
+        progress=progress,
+        auto_region=settings.auto_region,
+        return_regions=True,
+        return_term_regions=True,
+        image_sizes=sizes,
+    )
     localized = any(term.region is not None for term in terms)
     decoded = model.decode_latents(both.reshape(-1, *both.shape[2:]), batch_size=settings.decode_batch).cpu()
     decoded = decoded.view(2, -1, *decoded.shape[1:])
@@ -562,8 +597,18 @@ def generate_latents(
     weights = per_edit.repeat_interleave(count, dim=0)
     trajectories = torch.arange(weights.shape[0])
     weights[trajectories, 1 + trajectories % count, :] = float(guidance_scale)
-    plan = plan_regions(edits, rows, conditionings.shape[0], 1 + count, count, steps, model.latent_size,
-                        (auto_region or AutoRegion()).validate(), reference_edit=plain, resolution=model.resolution)  # fmt: skip
+    plan = plan_regions(
+        edits,
+        rows,
+        conditionings.shape[0],
+        1 + count,
+        count,
+        steps,
+        model.latent_size,
+        (auto_region or AutoRegion()).validate(),
+        reference_edit=plain,
+        resolution=model.resolution,
+    )
     start = noise.repeat(len(edits), 1, 1, 1)
     final: dict[str, torch.Tensor] = {}
     latents = denoise(
@@ -593,8 +638,9 @@ class GenerateSettings:
     guidance_scale: float = option(5.0, flag="--guidance", help="classifier-free guidance scale")
     seed: int = option(0, flag="--seed", help="seed of the initial noise (prompt p uses noise row p)", default_text="")
     images_per_prompt: int = option(1, flag="--num-images", help="images per prompt", type=positive_int)
-    max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,
-                                   default_text="")  # fmt: skip
+    max_batch: int | None = option(
+        None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int, default_text=""
+    )
     decode_batch: int = 8
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of ``#auto`` regions (flags ``--region-top``, ``--region-smoothing``)."""

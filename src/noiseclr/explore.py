@@ -42,15 +42,24 @@ class ExploreSettings:
     """What :func:`explore` renders."""
 
     scales: tuple[float, ...] | None = option(
-        None, flag="--scales", help="edit scales", type=float, nargs="+",
+        None,
+        flag="--scales",
+        help="edit scales",
+        type=float,
+        nargs="+",
         default_text="-2, -1, 0, 1 and 2 times each direction's stored scale, else -6 -3 0 3 6",
-    )  # fmt: skip
+    )
     """Raw lambdas, one column each; 0 shows the reconstruction. None (and no ``strengths``): multiples
     of each direction's stored strength or scale (:data:`STORED_MULTIPLES`), or :data:`FALLBACK_SCALES`."""
     strengths: tuple[float, ...] | None = option(
-        None, flag="--strengths", help="calibrated strengths (percent) instead of --scales", type=float, nargs="+",
-        metavar="PERCENT", default_text="",
-    )  # fmt: skip
+        None,
+        flag="--strengths",
+        help="calibrated strengths (percent) instead of --scales",
+        type=float,
+        nargs="+",
+        metavar="PERCENT",
+        default_text="",
+    )
     """Calibrated strengths (percent, :mod:`noiseclr.strength`), one column each, the same for every direction."""
     num_images: int = option(4, flag="--num-images", help="images per strip", type=positive_int)
     """Images per strip (the first ones of the folder, by name)."""
@@ -59,23 +68,44 @@ class ExploreSettings:
     )
     """Directions to show (default: all)."""
     window: tuple[float, float] | None = option(
-        None, flag="--window", help="active part of the schedule", type=window, metavar="START:END",
+        None,
+        flag="--window",
+        help="active part of the schedule",
+        type=window,
+        metavar="START:END",
         default_text="stored per direction, else 0:1",
-    )  # fmt: skip
+    )
     """Active part of the schedule; None uses each direction's stored default, else 0:1."""
-    steps: int | None = option(None, flag="--steps", help="inversion and denoising steps", type=positive_int,
-                               default_text="as stored with the directions, else 50")  # fmt: skip
-    inversion: str | None = option(None, flag="--inversion", help="ddim or ddpm", choices=list(INVERSION_METHODS),
-                                   default_text="as stored with the directions (how they were measured), else ddim")  # fmt: skip
+    steps: int | None = option(
+        None,
+        flag="--steps",
+        help="inversion and denoising steps",
+        type=positive_int,
+        default_text="as stored with the directions, else 50",
+    )
+    inversion: str | None = option(
+        None,
+        flag="--inversion",
+        help="ddim or ddpm",
+        choices=list(INVERSION_METHODS),
+        default_text="as stored with the directions (how they were measured), else ddim",
+    )
     seed: int = option(0, flag="--seed", help="seed of the DDPM inversion's noise", default_text="")
-    directions_per_pass: int = option(8, flag="--directions-per-pass", help="directions rendered together (memory)",
-                                      type=positive_int)  # fmt: skip
+    directions_per_pass: int = option(
+        8, flag="--directions-per-pass", help="directions rendered together (memory)", type=positive_int
+    )
     """Directions rendered together (memory: E*B trajectories per UNet call)."""
-    max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int,
-                                   default_text="")  # fmt: skip
-    region: str | None = option(None, flag="--region", metavar="auto|MASK", default_text="none: global edits",
-                                help="localize every edit (auto, or a mask image: white = region); strips add the global "
-                                     "edit and the region at the strongest amount")  # fmt: skip
+    max_batch: int | None = option(
+        None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int, default_text=""
+    )
+    region: str | None = option(
+        None,
+        flag="--region",
+        metavar="auto|MASK",
+        default_text="none: global edits",
+        help="localize every edit (auto, or a mask image: white = region); strips add the global "
+        "edit and the region at the strongest amount",
+    )
     """``"auto"``, a mask image path, or None (global edits, today's strips)."""
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of auto regions (``--region-top``, ``--region-smoothing``)."""
@@ -233,13 +263,25 @@ def explore(
         ]
         # Localized strips: the strongest column once more, globally, to compare with.
         compared = [index for index in chunk if region is not None and _strongest(columns_of[index])[0] != 0]
-        edits += [[_term(directions, index, _strongest(columns_of[index]), _window_for(directions, index, settings))]
-                  for index in compared]  # fmt: skip
+        edits += [
+            [_term(directions, index, _strongest(columns_of[index]), _window_for(directions, index, settings))]
+            for index in compared
+        ]
         shown = ", ".join(str(index) for index in chunk)
-        rendered, regions = (render_edits(model, inversion, edits, max_batch=settings.max_batch, progress=progress,
-                                          auto_region=settings.auto_region, return_regions=True,
-                                          desc=f"strips of direction{'s' if len(chunk) > 1 else ''} {shown}")
-                             if edits else (None, None))  # fmt: skip
+        rendered, regions = (
+            render_edits(
+                model,
+                inversion,
+                edits,
+                max_batch=settings.max_batch,
+                progress=progress,
+                auto_region=settings.auto_region,
+                return_regions=True,
+                desc=f"strips of direction{'s' if len(chunk) > 1 else ''} {shown}",
+            )
+            if edits
+            else (None, None)
+        )
         for index in chunk:
             columns: list[torch.Tensor] = [pixels]
             labels = ["input"] + [_label(c) for c in columns_of[index]]
@@ -261,9 +303,19 @@ def explore(
             path = save_image(grid, out / f"direction-{index:03d}.png")
             strips.append(path)
             stored = settings.scales is None and settings.strengths is None
-            commands = edit_commands(model, directions, index, images.paths[0] if images.paths else None, out,
-                                   columns_of[index], (start, end), inversion_method, steps, stored,
-                                   region=settings.region)  # fmt: skip
+            commands = edit_commands(
+                model,
+                directions,
+                index,
+                images.paths[0] if images.paths else None,
+                out,
+                columns_of[index],
+                (start, end),
+                inversion_method,
+                steps,
+                stored,
+                region=settings.region,
+            )
             cards[index] = _card(directions, index, path.name, commands, _verdict(directions, index))
     page = _page(
         directions,
@@ -386,18 +438,25 @@ def _page(
     region: Region | None = None,
 ) -> str:
     title = f"NoiseCLR directions: {directions.path.name if directions.path else 'directions'}"
-    columns = ("-2, -1, 0, +1 and +2 times each direction's stored strength (or scale)" if stored
-               else "the edits in the column heads (a % is a calibrated strength, a plain number a raw scale)")  # fmt: skip
+    columns = (
+        "-2, -1, 0, +1 and +2 times each direction's stored strength (or scale)"
+        if stored
+        else "the edits in the column heads (a % is a calibrated strength, a plain number a raw scale)"
+    )
     intro = (
         f"{directions.count} directions{f' for {html.escape(directions.domain)}' if directions.domain else ''}, "
         f"model <code>{html.escape(model.name)}</code>. Each strip: one row per image "
         f"({html.escape(', '.join(names))}); columns are the input, then {columns} "
         "(0 = the image inverted and regenerated without any direction, so differences from it are the edit). "
         f"{steps} steps, {inversion.upper()} inversion. "
-        + (f"Every edit is localized ({html.escape(region.label())} regions); the last two columns are the strongest "
-           "edit applied globally and the localized edit's region (dimmed outside). " if region is not None else "")
+        + (
+            f"Every edit is localized ({html.escape(region.label())} regions); the last two columns are the strongest "
+            "edit applied globally and the localized edit's region (dimmed outside). "
+            if region is not None
+            else ""
+        )
         + "Each command below applies the direction as its strip does; run it from this folder."
-    )  # fmt: skip
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

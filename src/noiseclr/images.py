@@ -167,8 +167,14 @@ def _warn_small(small: list[tuple[Path, tuple[int, int]]], size: int, flag: str)
     log.warning(
         "%s: %d image(s) much smaller than the model's %d px, upscaled into blur: %s%s; "
         "use images with a short side of at least %d px (ideally %d)",
-        flag, len(small), size, listing, more, least, size,
-    )  # fmt: skip
+        flag,
+        len(small),
+        size,
+        listing,
+        more,
+        least,
+        size,
+    )
 
 
 def _is_small(original: tuple[int, int], size: int) -> bool:

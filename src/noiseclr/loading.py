@@ -138,8 +138,11 @@ def assemble_pipeline(
     cls, extra = pipeline_class(sdxl)
     parts = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
     if sdxl:
-        parts.update(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
-                     force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)  # fmt: skip
+        parts.update(
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+        )
     return cls(**parts, **extra)
 
 
@@ -281,8 +284,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _without_traceback_pointers(text: str) -> str:
     # diffusers ends with "Please check out the root cause in the stacktrace above.", which the
     # one-line error does not show: drop such sentences.
-    sentences = [part for part in text.replace("\n", " ").split(". ") if not any(
-        word in part.lower() for word in ("stacktrace", "stack trace", "traceback"))]  # fmt: skip
+    sentences = [
+        part
+        for part in text.replace("\n", " ").split(". ")
+        if not any(word in part.lower() for word in ("stacktrace", "stack trace", "traceback"))
+    ]
     return ". ".join(sentences).strip().rstrip(".") or text.strip()
 
 

@@ -251,14 +251,26 @@ def render_and_read(
             edits_per_pass = max(1, per_pass // len(images))
             for first_edit in range(0, count, edits_per_pass):
                 chunk = edits[first_edit : first_edit + edits_per_pass]
-                latents, regions = regenerate(model, inversion, chunk, image_indices=images, max_batch=passes.max_batch,
-                                              progress=False, auto_region=auto_region, return_regions=True)  # fmt: skip
+                latents, regions = regenerate(
+                    model,
+                    inversion,
+                    chunk,
+                    image_indices=images,
+                    max_batch=passes.max_batch,
+                    progress=False,
+                    auto_region=auto_region,
+                    return_regions=True,
+                )
                 flat = latents.reshape(-1, *latents.shape[2:])
                 pixels = model.decode_latents(flat, batch_size=passes.decode_batch).cpu()
                 indices = read_factors(reader, pixels).view(len(chunk), len(images), -1)
                 if on_chunk is not None:
-                    on_chunk(range(first_edit, first_edit + len(chunk)), images,
-                             pixels.view(len(chunk), len(images), *pixels.shape[1:]), regions)  # fmt: skip
+                    on_chunk(
+                        range(first_edit, first_edit + len(chunk)),
+                        images,
+                        pixels.view(len(chunk), len(images), *pixels.shape[1:]),
+                        regions,
+                    )
                 if read is None:
                     read = torch.empty(count, batch, indices.shape[-1], dtype=torch.long)
                     if keep:
@@ -328,9 +340,17 @@ def prepare_split(
     def keep_small(edits: range, images: list[int], pixels: torch.Tensor, regions: torch.Tensor) -> None:
         small[torch.as_tensor(images)] = resize_pixels(pixels[0].float(), READER_SIZE)
 
-    recon, kept = render_and_read(model, inversion, reader, [[]], passes, keep_images=keep_images,
-                                  desc=f"{role}: reconstruction", progress=progress,
-                                  on_chunk=keep_small if keep_recon_pixels else None)  # fmt: skip
+    recon, kept = render_and_read(
+        model,
+        inversion,
+        reader,
+        [[]],
+        passes,
+        keep_images=keep_images,
+        desc=f"{role}: reconstruction",
+        progress=progress,
+        on_chunk=keep_small if keep_recon_pixels else None,
+    )
     return Split(
         role=role,
         domain=domain,
@@ -452,8 +472,20 @@ class DirectionRecord:
     random: dict[str, Any] | None = None
     """Its verdict against calibrated random directions on the same images (:func:`noiseclr.chance.judge`)."""
 
-    _MEASURED = ("main_factor", "target_value", "minus_value", "plus_change", "minus_change", "target_share",
-                 "strength", "purity", "preservation", "effective", "discovers", "changes")  # fmt: skip
+    _MEASURED = (
+        "main_factor",
+        "target_value",
+        "minus_value",
+        "plus_change",
+        "minus_change",
+        "target_share",
+        "strength",
+        "purity",
+        "preservation",
+        "effective",
+        "discovers",
+        "changes",
+    )
 
     def set_edit(
         self, scale: float | None = None, start: float = 0.0, end: float = 1.0, edit_strength: float | None = None
@@ -542,8 +574,21 @@ def annotate_directions(
     """A copy of ``directions`` named after what each moves, with the chosen ``edit_defaults`` (the
     scale and window, and the ``protocol``'s inversion and steps: how it was measured) and the
     per-direction measurements under ``settings['factor_annotations']``."""
-    keep = ("index", "name", "main_factor", "target_value", "minus_value", "strength", "purity", "preservation", "scale",
-            "edit_strength", "start", "end", "random")  # fmt: skip
+    keep = (
+        "index",
+        "name",
+        "main_factor",
+        "target_value",
+        "minus_value",
+        "strength",
+        "purity",
+        "preservation",
+        "scale",
+        "edit_strength",
+        "start",
+        "end",
+        "random",
+    )
     annotations = {
         "domain": domain,
         "source": source,

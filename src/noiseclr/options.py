@@ -47,8 +47,15 @@ def option(
     ``nargs``, ``metavar``, ``choices``); a ``bool`` field becomes ``store_true``, or
     ``store_false`` when its flag starts with ``--no-``.
     """
-    metadata = {_OPTION: {"flag": flag, "help": help, "default_text": default_text, "kwargs": argparse_kwargs,
-                          "aliases": tuple(aliases)}}  # fmt: skip
+    metadata = {
+        _OPTION: {
+            "flag": flag,
+            "help": help,
+            "default_text": default_text,
+            "kwargs": argparse_kwargs,
+            "aliases": tuple(aliases),
+        }
+    }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -75,11 +75,16 @@ Box = tuple[float, float, float, float]
 class AutoRegion:
     """Parameters of ``auto`` regions (see the module docstring)."""
 
-    top: float = option(0.25, flag="--region-top", help="auto regions: fraction of the latent grid kept at each step",
-                        type=float)  # fmt: skip
+    top: float = option(
+        0.25, flag="--region-top", help="auto regions: fraction of the latent grid kept at each step", type=float
+    )
     """Fraction of the latent cells in the region (0 < top <= 1)."""
-    smoothing: float = option(1.0, flag="--region-smoothing", type=float,
-                              help="auto regions: Gaussian sigma, in latent cells, of the noise-difference map (0 = none)")  # fmt: skip
+    smoothing: float = option(
+        1.0,
+        flag="--region-smoothing",
+        type=float,
+        help="auto regions: Gaussian sigma, in latent cells, of the noise-difference map (0 = none)",
+    )
     """Gaussian sigma in latent cells applied to ``mean_c |eps_k - eps_0|`` before the top fraction is kept."""
 
     def validate(self) -> AutoRegion:
@@ -154,8 +159,10 @@ class Region:
             if len(values) == 1:
                 return values[0]
             if not 0 <= image < len(values):
-                raise NoiseCLRError(f"region {self.label()}: {len(values)} {what} for the images, but image {image} is "
-                                    f"edited; give one {what[:-1] if what.endswith('s') else what} or one per image.")  # fmt: skip
+                raise NoiseCLRError(
+                    f"region {self.label()}: {len(values)} {what} for the images, but image {image} is "
+                    f"edited; give one {what[:-1] if what.endswith('s') else what} or one per image."
+                )
             return values[image]
 
         box = pick(self.boxes, "boxes")
@@ -252,13 +259,17 @@ def check_box_fits(box: Box, frame: tuple[int, int], what: str) -> None:
     width, height = frame
     shown = ",".join(f"{v:g}" for v in box)
     if box[2] > width or box[3] > height:
-        raise NoiseCLRError(f"{what}: box {shown} reaches outside the {width}x{height} image; "
-                            f"give pixels inside it (x1 <= {width}, y1 <= {height}).")  # fmt: skip
+        raise NoiseCLRError(
+            f"{what}: box {shown} reaches outside the {width}x{height} image; "
+            f"give pixels inside it (x1 <= {width}, y1 <= {height})."
+        )
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     if box[2] <= left or box[0] >= left + side or box[3] <= top or box[1] >= top + side:
-        raise NoiseCLRError(f"{what}: box {shown} lies outside the centre {side}x{side} square the model sees "
-                            f"(x {left:g}..{left + side:g}, y {top:g}..{top + side:g}); move it inside.")  # fmt: skip
+        raise NoiseCLRError(
+            f"{what}: box {shown} lies outside the centre {side}x{side} square the model sees "
+            f"(x {left:g}..{left + side:g}, y {top:g}..{top + side:g}); move it inside."
+        )
 
 
 def _cover(start: float, end: float, origin: float, cell: float, size: int) -> torch.Tensor:
@@ -596,8 +607,10 @@ def plan_regions(
             region = _region_of(term)
             terms_by_column[column] = term
             if column in regions and not _same_region(regions[column], region):
-                raise NoiseCLRError(f"{term.describe()}: the same direction twice in one edit with different regions; "
-                                    "give both the same region (or one term).")  # fmt: skip
+                raise NoiseCLRError(
+                    f"{term.describe()}: the same direction twice in one edit with different regions; "
+                    "give both the same region (or one term)."
+                )
             regions[column] = region
         localized = any(r is not None for r in regions.values()) and all(
             _region_of(term) is not None for term in terms if _acts(term, steps)

@@ -41,8 +41,13 @@ def restart_duplicates(
     so a resumed run does the same.
         Returns how many restarted."""
     timesteps = calibration_timesteps(model, timestep_range)
-    similarity = change_similarity(model, Directions(vectors=vectors.detach()), latents[:CALIBRATION_IMAGES],
-                                   timesteps[len(timesteps) // 2], seed=seed + step)  # fmt: skip
+    similarity = change_similarity(
+        model,
+        Directions(vectors=vectors.detach()),
+        latents[:CALIBRATION_IMAGES],
+        timesteps[len(timesteps) // 2],
+        seed=seed + step,
+    )
     restart = sorted({int(j) for _, j, _ in duplicate_pairs(similarity, threshold)})
     for index in restart:
         fresh = torch.randn(
@@ -53,6 +58,10 @@ def restart_duplicates(
             if isinstance(value, torch.Tensor) and value.shape == vectors.shape:
                 value[index] = 0
     if restart:
-        log.info("step %d: restarted direction(s) %s (a noise change with |cos| >= %g to an earlier one)",
-                 step, ", ".join(map(str, restart)), threshold)  # fmt: skip
+        log.info(
+            "step %d: restarted direction(s) %s (a noise change with |cos| >= %g to an earlier one)",
+            step,
+            ", ".join(map(str, restart)),
+            threshold,
+        )
     return len(restart)

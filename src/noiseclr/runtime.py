@@ -37,18 +37,25 @@ class RuntimeSettings:
     device: str = option("auto", flag="--device", help="auto, cpu, cuda or cuda:N")
     dtype: str = option("auto", flag="--dtype", help="auto (bf16 on GPU, float32 on CPU), float32, float16, bfloat16")
     threads: int | None = option(
-        None, flag="--threads", type=int, metavar="N",
-        help="CPU threads for torch", default_text="torch's default, or OMP_NUM_THREADS",
-    )  # fmt: skip
+        None,
+        flag="--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch",
+        default_text="torch's default, or OMP_NUM_THREADS",
+    )
     gradient_checkpointing: bool = option(
         False, flag="--gradient-checkpointing", help="recompute UNet activations (saves memory)"
     )
     channels_last: bool = option(False, flag="--channels-last", help="channels-last memory format (GPU)")
     compile: bool = option(False, flag="--compile", help="torch.compile the UNet (GPU)")
     max_megapixels: float = option(
-        64.0, flag="--max-megapixels", type=float, metavar="MP",
+        64.0,
+        flag="--max-megapixels",
+        type=float,
+        metavar="MP",
         help="refuse input images larger than this, from their header before decoding (a small file can declare a huge canvas)",
-    )  # fmt: skip
+    )
 
     def validate(self) -> RuntimeSettings:
         if self.threads is not None:

@@ -143,8 +143,12 @@ def change_similarity(
 def duplicate_pairs(similarity: torch.Tensor, threshold: float = DUPLICATE_COSINE) -> list[list[float]]:
     """``[i, j, cos]`` for i < j with ``|cos| >= threshold`` (most similar first)."""
     count = similarity.shape[0]
-    pairs = [[i, j, round(float(similarity[i, j]), 4)] for i in range(count) for j in range(i + 1, count)
-             if abs(float(similarity[i, j])) >= threshold]  # fmt: skip
+    pairs = [
+        [i, j, round(float(similarity[i, j]), 4)]
+        for i in range(count)
+        for j in range(i + 1, count)
+        if abs(float(similarity[i, j])) >= threshold
+    ]
     return sorted(pairs, key=lambda pair: -abs(pair[2]))
 
 

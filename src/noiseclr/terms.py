@@ -349,8 +349,13 @@ def stored_edit_protocol(terms: Sequence[EditTerm]) -> dict[str, Any]:
         if picked and not found:
             found, source = picked, term.describe()
         elif picked and picked != found:
-            log.warning("%s was measured with %s, %s with %s; using the first (pass --inversion/--steps to choose)",
-                        term.describe(), picked, source, found)  # fmt: skip
+            log.warning(
+                "%s was measured with %s, %s with %s; using the first (pass --inversion/--steps to choose)",
+                term.describe(),
+                picked,
+                source,
+                found,
+            )
     return found
 
 
@@ -392,8 +397,11 @@ def resolve_strengths(model: DiffusionModel, terms: Sequence[EditTerm], latents:
             measured[key] = float(stored[term.index])
             continue
         missing = sorted({t.index for t in pending if isinstance(t, DirectionTerm) and t.directions is term.directions})
-        log.info("%s: no stored calibration; measuring the response of %d direction(s) on the images at hand",
-                 term.directions.path or "directions", len(missing))  # fmt: skip
+        log.info(
+            "%s: no stored calibration; measuring the response of %d direction(s) on the images at hand",
+            term.directions.path or "directions",
+            len(missing),
+        )
         values = direction_response(model, term.directions, latents[:CALIBRATION_IMAGES], indices=missing)
         for index, value in zip(missing, values.tolist()):
             measured[(id(term.directions), index)] = value

@@ -123,8 +123,13 @@ def vae_rung(model: DiffusionModel, readers: dict[str, FactorReader], settings: 
             masked_psnr(recon01[i], target01[i], np.ones(recon01.shape[1:3], bool)) for i in range(len(seeds))
         )
         accuracy = {f: float((read[:, c] == truth[:, c]).double().mean()) for c, f in enumerate(reader.factor_names)}
-        result[domain] = {"per_value": per_value, "accuracy": accuracy, "psnr_inside": psnr, "psnr_image": whole,
-                          "images": len(seeds)}  # fmt: skip
+        result[domain] = {
+            "per_value": per_value,
+            "accuracy": accuracy,
+            "psnr_inside": psnr,
+            "psnr_image": whole,
+            "images": len(seeds),
+        }
     return result
 
 
@@ -235,9 +240,12 @@ RUNGS: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def run_ladder(
-    model: DiffusionModel, readers: dict[str, FactorReader], settings: LadderSettings = LadderSettings(),
-    rungs: Sequence[str] = tuple(RUNGS), log: Callable[[str], None] = print,
-) -> dict[str, Any]:  # fmt: skip
+    model: DiffusionModel,
+    readers: dict[str, FactorReader],
+    settings: LadderSettings = LadderSettings(),
+    rungs: Sequence[str] = tuple(RUNGS),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Every rung in ``rungs``; each records its process CPU seconds (the budget on shared cores)."""
     result: dict[str, Any] = {"settings": asdict(settings), "rungs": {}, "cpu_seconds": {}}
     for name in rungs:
@@ -287,9 +295,12 @@ def domain_means(ladder: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 COLUMN_TITLES = {
-    "vae_acc": "VAE acc", "vae_psnr": "PSNR in mask (dB)", "text_dist": "text dist",
-    "generation": "generation", "probe": "probe reached",
-}  # fmt: skip
+    "vae_acc": "VAE acc",
+    "vae_psnr": "PSNR in mask (dB)",
+    "text_dist": "text dist",
+    "generation": "generation",
+    "probe": "probe reached",
+}
 
 
 def _cell(column: str, value: float) -> str:
@@ -321,8 +332,12 @@ def markdown(ladder: dict[str, Any], title: str = "") -> str:
 
 def _value_lines(ladder: dict[str, Any], domain: str) -> list[str]:
     rungs = ladder["rungs"]
-    lines = ["<details><summary>per value</summary>", "", "| factor | value | VAE acc | text dist | UNet (per t) | generation | probe |",
-             "|---|---|---:|---:|---|---:|---:|"]  # fmt: skip
+    lines = [
+        "<details><summary>per value</summary>",
+        "",
+        "| factor | value | VAE acc | text dist | UNet (per t) | generation | probe |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
     for factor in domain_factors(domain):
         for value in factor.values:
             vae = (
@@ -348,6 +363,8 @@ def _value_lines(ladder: dict[str, Any], domain: str) -> list[str]:
                 .get(value, {})
             )
             unet_cell = " / ".join(f"{v:.2f}" for v in unet.values()) if unet else "–"
-            lines.append(f"| {factor.name} | {value} | {_cell('vae_acc', vae)} | {_cell('text_dist', text)} | {unet_cell} | "
-                         f"{_cell('generation', gen)} | {_cell('probe', probe.get('reached', float('nan')))} |")  # fmt: skip
+            lines.append(
+                f"| {factor.name} | {value} | {_cell('vae_acc', vae)} | {_cell('text_dist', text)} | {unet_cell} | "
+                f"{_cell('generation', gen)} | {_cell('probe', probe.get('reached', float('nan')))} |"
+            )
     return lines + ["", "</details>", ""]

@@ -111,9 +111,14 @@ def sample(
     for index, start in enumerate(range(0, len(prompts), settings.batch)):
         chunk = list(prompts[start : start + settings.batch])
         latents = generate_latents(
-            model, chunk, [[]], guidance_scale=settings.guidance if guidance is None else guidance,
-            steps=settings.steps, seed=settings.seed * 1000 + index, progress=progress,
-        )[0]  # fmt: skip
+            model,
+            chunk,
+            [[]],
+            guidance_scale=settings.guidance if guidance is None else guidance,
+            steps=settings.steps,
+            seed=settings.seed * 1000 + index,
+            progress=progress,
+        )[0]
         out.append(model.decode_latents(latents).cpu())
     return torch.cat(out)
 
@@ -269,8 +274,14 @@ def time_discovery_step(
             torch.cuda.synchronize()
         if repeat:  # the first call warms up
             times.append(time.perf_counter() - started)
-    return {"median_seconds": statistics.median(times), "min_seconds": min(times), "repeats": repeats,
-            "images": images, "directions": directions, "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "median_seconds": statistics.median(times),
+        "min_seconds": min(times),
+        "repeats": repeats,
+        "images": images,
+        "directions": directions,
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ----------------------------------------------------------------------------- controllability
@@ -302,8 +313,12 @@ def controllability_probe(
     from ..measure import EditProtocol, PassSizes, read_factors, render_and_read
     from ..world.captions import caption_for_value
 
-    protocol = EditProtocol(steps=settings.steps, inversion="ddpm", seed=settings.seed,
-                            passes=PassSizes(trajectories_per_pass=settings.trajectories_per_pass))  # fmt: skip
+    protocol = EditProtocol(
+        steps=settings.steps,
+        inversion="ddpm",
+        seed=settings.seed,
+        passes=PassSizes(trajectories_per_pass=settings.trajectories_per_pass),
+    )
     result: dict[str, Any] = {"settings": asdict(settings), "domains": {}}
     for domain in settings.domains:
         reader = readers[domain]
@@ -322,8 +337,11 @@ def controllability_probe(
             for f_index, factor in enumerate(factors)
             for v_index, value in enumerate(factor.values)
         ]
-        edits = [[PromptTerm(caption_for_value(domain, factor.name, value), scale)]
-                 for _, factor, _, value in jobs for scale in settings.scales]  # fmt: skip
+        edits = [
+            [PromptTerm(caption_for_value(domain, factor.name, value), scale)]
+            for _, factor, _, value in jobs
+            for scale in settings.scales
+        ]
         edited = render_and_read(
             model, inversion, reader, edits, protocol.passes, desc=f"probe {domain}", progress=False
         )[0]

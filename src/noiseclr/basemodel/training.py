@@ -249,10 +249,15 @@ class BaseModelTrainer:
         shutil.copytree(model_dir / "tokenizer", self.work / "tokenizer", dirs_exist_ok=True)
         vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=torch.float32)
         vae.save_pretrained(self.work / "vae" / "final")
-        atomic_write_json(self.work / "warm_start.json", {
-            "from": str(model_dir), "step": start_step, "record": record,
-            "scaling_factor": float(vae.config.scaling_factor),
-        })  # fmt: skip
+        atomic_write_json(
+            self.work / "warm_start.json",
+            {
+                "from": str(model_dir),
+                "step": start_step,
+                "record": record,
+                "scaling_factor": float(vae.config.scaling_factor),
+            },
+        )
         modules = self._new_modules(settings.seed + 1)
         unet, text_encoder = modules["unet"], modules["text_encoder"]
         trained_unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=torch.float32)
@@ -267,10 +272,18 @@ class BaseModelTrainer:
         tensors.update({f"ema_text.{i}": p.detach().clone() for i, p in enumerate(text_encoder.parameters())})
         opt_tensors, opt_info = optimizer_tensors(optimizer)
         (self.work / "diffusion").mkdir(parents=True, exist_ok=True)
-        save_checkpoint(ckpt, {**tensors, **opt_tensors}, {
-            "step": start_step, "warmup_from": start_step, "optimizer": opt_info, "settings": asdict(settings),
-            "warm_start": str(model_dir), "grown": grown,
-        })  # fmt: skip
+        save_checkpoint(
+            ckpt,
+            {**tensors, **opt_tensors},
+            {
+                "step": start_step,
+                "warmup_from": start_step,
+                "optimizer": opt_info,
+                "settings": asdict(settings),
+                "warm_start": str(model_dir),
+                "grown": grown,
+            },
+        )
         self.log(f"warm start from {model_dir} at diffusion step {start_step}; new UNet tensors: {len(grown)}")
         return start_step
 
@@ -434,8 +447,17 @@ class BaseModelTrainer:
         self.log(f"pool: {len(domains)} latents, scaling factor {scaling:.5f}")
         return True
 
-    def _pool_extras(self, vae, settings: DiffusionSettings, first: int, domains: list[str], seeds: np.ndarray,
-                     labels: list[dict], tensors: dict[str, torch.Tensor], meta: dict[str, str]):  # fmt: skip
+    def _pool_extras(
+        self,
+        vae,
+        settings: DiffusionSettings,
+        first: int,
+        domains: list[str],
+        seeds: np.ndarray,
+        labels: list[dict],
+        tensors: dict[str, torch.Tensor],
+        meta: dict[str, str],
+    ):
         """Add one pool chunk's weight maps and counterfactual partners (rows ``first + i < pool_pairs``)."""
         from ..world.factors import domain_factors
         from ..world.masks import latent_weight_map
@@ -631,8 +653,10 @@ class BaseModelTrainer:
             if step % settings.log_every == 0 or step == settings.steps:
                 rate = seen / max(time.monotonic() - tick, 1e-9)
                 extra = f"  aux {smoothed_aux:.4f}" if smoothed_aux is not None else ""
-                self.log(f"diffusion step {step}/{settings.steps}  loss {smoothed:.4f}{extra}  {rate:.0f} img/s  "
-                         f"{self.clock.elapsed() / 60:.1f} min  {(time.process_time() - cpu) / 60:.1f} CPU-min")  # fmt: skip
+                self.log(
+                    f"diffusion step {step}/{settings.steps}  loss {smoothed:.4f}{extra}  {rate:.0f} img/s  "
+                    f"{self.clock.elapsed() / 60:.1f} min  {(time.process_time() - cpu) / 60:.1f} CPU-min"
+                )
                 row = {"step": step, "loss": round(smoothed, 6)}
                 if smoothed_aux is not None:  # only in arms' logs: an old log.csv keeps its columns
                     row["aux"] = round(smoothed_aux, 6)
@@ -692,13 +716,18 @@ class BaseModelTrainer:
             shutil.copyfile(self.work / "tokenizer" / name, dest / "tokenizer" / name)
         standard_sd_layout(dest)
         settings = state.get("settings", {})
-        atomic_write_json(training_record_path(dest), {
-            "diffusion_step": int(state["step"]),
-            "diffusion_images": int(state["step"]) * int(settings.get("batch_size", 0)),
-            "settings": settings,
-            "warm_start": state.get("warm_start"),
-            "runs": json.loads((self.work / "runs.json").read_text()) if (self.work / "runs.json").is_file() else [],
-        })  # fmt: skip
+        atomic_write_json(
+            training_record_path(dest),
+            {
+                "diffusion_step": int(state["step"]),
+                "diffusion_images": int(state["step"]) * int(settings.get("batch_size", 0)),
+                "settings": settings,
+                "warm_start": state.get("warm_start"),
+                "runs": json.loads((self.work / "runs.json").read_text())
+                if (self.work / "runs.json").is_file()
+                else [],
+            },
+        )
         return dest
 
     @torch.no_grad()
@@ -746,8 +775,10 @@ def standard_sd_layout(folder: str | Path) -> Path:
     weights = encoder / "model.safetensors"
     tensors = load_file(weights)
     if not all(name.startswith("text_model.") for name in tensors if name != "text_projection.weight"):
-        renamed = {name if name.startswith(("text_model.", "text_projection.")) else f"text_model.{name}": value
-                   for name, value in tensors.items()}  # fmt: skip
+        renamed = {
+            name if name.startswith(("text_model.", "text_projection.")) else f"text_model.{name}": value
+            for name, value in tensors.items()
+        }
         atomic_save_safetensors(weights, renamed, {"format": "pt"})
     config_path = encoder / "config.json"
     config = json.loads(config_path.read_text())
@@ -778,9 +809,12 @@ def grow_into(module: torch.nn.Module, trained: dict[str, torch.Tensor]) -> list
 
 
 def diffusion_loss(
-    pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, min_snr_gamma: float,
+    pred: torch.Tensor,
+    noise: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    min_snr_gamma: float,
     pixel_weights: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Epsilon MSE with min-SNR weighting; ``pixel_weights`` [B, 1, h, w] (mean 1) reweights cells."""
     error = (pred.float() - noise).square()
     if pixel_weights is not None:

@@ -65,8 +65,12 @@ Loaded = dict[str, tuple[Directions, list[dict[str, Any]], list[int]]]
 """``face``/``cat`` -> (directions, their annotation records, the picked indices)."""
 
 
-def load_cross_files(model: DiffusionModel, faces_file: str | Path | Directions, cats_file: str | Path | Directions,
-                     settings: BenchSettings) -> Loaded:  # fmt: skip
+def load_cross_files(
+    model: DiffusionModel,
+    faces_file: str | Path | Directions,
+    cats_file: str | Path | Directions,
+    settings: BenchSettings,
+) -> Loaded:
     """Both files, checked against the model, with their annotations and picked directions."""
     loaded = {}
     for part, domain, given in (("face", "faces", faces_file), ("cat", "cats", cats_file)):
@@ -97,13 +101,15 @@ def cross_term(loaded: Loaded, part: str, index: int, sign: float, region: Any =
             directions, index, None, *window, strength=sign * abs(float(defaults["strength"])), region=region
         )
     if defaults.get("edit_strength") is not None:
-        return DirectionTerm(directions, index, None, *window, strength=sign * abs(float(defaults["edit_strength"])),
-                             region=region)  # fmt: skip
+        return DirectionTerm(
+            directions, index, None, *window, strength=sign * abs(float(defaults["edit_strength"])), region=region
+        )
     return DirectionTerm(directions, index, sign * abs(float(defaults["scale"])), *window, region=region)
 
 
-def cross_edits(loaded: Loaded, alone: Sequence[tuple[str, int]], pairs: Sequence[tuple[int, int]],
-                region: Any = None) -> list[list[EditTerm]]:  # fmt: skip
+def cross_edits(
+    loaded: Loaded, alone: Sequence[tuple[str, int]], pairs: Sequence[tuple[int, int]], region: Any = None
+) -> list[list[EditTerm]]:
     """Every edit at both signs (pairs share the sign), as in the per-domain benchmark; in a
     localized pair each direction has its own region: ``region`` for both, or per part
     (``{"face": ..., "cat": ...}``)."""
@@ -112,8 +118,11 @@ def cross_edits(loaded: Loaded, alone: Sequence[tuple[str, int]], pairs: Sequenc
         return region.get(part) if isinstance(region, Mapping) else region
 
     edits: list[list[EditTerm]] = [[cross_term(loaded, part, k, sign, of(part))] for part, k in alone for sign in SIGNS]
-    edits += [[cross_term(loaded, "face", f, sign, of("face")), cross_term(loaded, "cat", c, sign, of("cat"))]
-              for f, c in pairs for sign in SIGNS]  # fmt: skip
+    edits += [
+        [cross_term(loaded, "face", f, sign, of("face")), cross_term(loaded, "cat", c, sign, of("cat"))]
+        for f, c in pairs
+        for sign in SIGNS
+    ]
     return edits
 
 
@@ -135,24 +144,44 @@ def _per_part(
     return result
 
 
-def cross_rows(read: torch.Tensor, loaded: Loaded, alone: Sequence[tuple[str, int]], pairs: Sequence[tuple[int, int]],
-               recon_labels: list[dict[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+def cross_rows(
+    read: torch.Tensor,
+    loaded: Loaded,
+    alone: Sequence[tuple[str, int]],
+    pairs: Sequence[tuple[int, int]],
+    recon_labels: list[dict[str, str]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The alone and pair rows of one rendering (global or localized) of every edit."""
     alone_rows = []
     for e, (part, k) in enumerate(alone):
         other = "cat" if part == "face" else "face"
         changes = _per_part(read, e, recon_labels)
         numbers = alone_interference(changes[part], changes[other], _main_of(loaded, part, k))
-        alone_rows.append({"part": part, "index": k, "name": loaded[part][1][k].get("name"),
-                           "main_factor": _main_of(loaded, part, k), **numbers})  # fmt: skip
+        alone_rows.append(
+            {
+                "part": part,
+                "index": k,
+                "name": loaded[part][1][k].get("name"),
+                "main_factor": _main_of(loaded, part, k),
+                **numbers,
+            }
+        )
     pair_rows = []
     for p, (f, c) in enumerate(pairs):
         changes = _per_part(read, len(alone) + p, recon_labels)
-        pair_rows.append({
-            "face": {"index": f, "name": loaded["face"][1][f].get("name"), "main_factor": _main_of(loaded, "face", f)},
-            "cat": {"index": c, "name": loaded["cat"][1][c].get("name"), "main_factor": _main_of(loaded, "cat", c)},
-            **pair_interference(changes["face"], changes["cat"], _main_of(loaded, "face", f), _main_of(loaded, "cat", c)),
-        })  # fmt: skip
+        pair_rows.append(
+            {
+                "face": {
+                    "index": f,
+                    "name": loaded["face"][1][f].get("name"),
+                    "main_factor": _main_of(loaded, "face", f),
+                },
+                "cat": {"index": c, "name": loaded["cat"][1][c].get("name"), "main_factor": _main_of(loaded, "cat", c)},
+                **pair_interference(
+                    changes["face"], changes["cat"], _main_of(loaded, "face", f), _main_of(loaded, "cat", c)
+                ),
+            }
+        )
     return alone_rows, pair_rows
 
 
@@ -171,8 +200,15 @@ def cross_summary(alone_rows: list[dict[str, Any]], pair_rows: list[dict[str, An
     }
 
 
-def save_pair_strips(pair_rows: list[dict[str, Any]], first: int, kept: torch.Tensor | None, twins: Twins | None, scenes: Split,
-                     folder: Path, out: Path) -> None:  # fmt: skip
+def save_pair_strips(
+    pair_rows: list[dict[str, Any]],
+    first: int,
+    kept: torch.Tensor | None,
+    twins: Twins | None,
+    scenes: Split,
+    folder: Path,
+    out: Path,
+) -> None:
     """Each pair's strip (scene images, both signs, and with --region the localized twins); pair
     ``p`` is edit ``first + p``."""
     for p, row in enumerate(pair_rows):
@@ -196,8 +232,14 @@ def _pixels_of(twins: Twins, edits: range) -> dict[str, float | None]:
     return pixel_means({key: values[edits.start : edits.stop] for key, values in twins.pixels.items()})
 
 
-def cross_localized(twins: Twins, loaded: Loaded, alone: Sequence[tuple[str, int]], pairs: Sequence[tuple[int, int]],
-                    recon_labels: list[dict[str, str]], settings: BenchSettings) -> dict[str, Any]:  # fmt: skip
+def cross_localized(
+    twins: Twins,
+    loaded: Loaded,
+    alone: Sequence[tuple[str, int]],
+    pairs: Sequence[tuple[int, int]],
+    recon_labels: list[dict[str, str]],
+    settings: BenchSettings,
+) -> dict[str, Any]:
     """The ``localized`` block: the localized twins' rows, summary and pixel measures."""
     local_alone, local_pairs = cross_rows(twins.edited, loaded, alone, pairs, recon_labels)
     for e, row in enumerate(local_alone + local_pairs):
@@ -208,15 +250,24 @@ def cross_localized(twins: Twins, loaded: Loaded, alone: Sequence[tuple[str, int
         "summary": {
             **cross_summary(local_alone, local_pairs),
             **_pixels_of(twins, range(len(SIGNS) * len(alone), len(SIGNS) * (len(alone) + len(pairs)))),
-        },  # fmt: skip
+        },
         "alone": local_alone,
         "pairs": local_pairs,
     }
 
 
-def cross_modes(model: DiffusionModel, reader: Any, scenes: Split, loaded: Loaded, alone: Sequence[tuple[str, int]],
-                pairs: Sequence[tuple[int, int]], recon_labels: list[dict[str, str]], settings: BenchSettings, *,
-                progress: bool) -> dict[str, Any]:  # fmt: skip
+def cross_modes(
+    model: DiffusionModel,
+    reader: Any,
+    scenes: Split,
+    loaded: Loaded,
+    alone: Sequence[tuple[str, int]],
+    pairs: Sequence[tuple[int, int]],
+    recon_labels: list[dict[str, str]],
+    settings: BenchSettings,
+    *,
+    progress: bool,
+) -> dict[str, Any]:
     """Every pair and single edit in each ``--cross-regions`` mode: auto, the box a user would draw
     around each term's object (``measure.object_region``), auto kept in that box. Per mode the rows,
     the summary, and over the pair edits the region's share of the grid and PSNR outside it."""
@@ -227,15 +278,24 @@ def cross_modes(model: DiffusionModel, reader: Any, scenes: Split, loaded: Loade
         regions = {part: object_region(mode, scenes.seeds, scenes.labels, part) for part in ("face", "cat")}
         edits = cross_edits(loaded, alone, pairs, regions)
         measured = PixelComparison(scenes.recon_small, len(edits), scenes.count)
-        read, _ = render_and_read(model, scenes.inversion, reader, edits, settings.protocol().passes, desc=f"cross-domain ({mode})",
-                                  progress=progress, auto_region=settings.auto_region, on_chunk=measured)  # fmt: skip
+        read, _ = render_and_read(
+            model,
+            scenes.inversion,
+            reader,
+            edits,
+            settings.protocol().passes,
+            desc=f"cross-domain ({mode})",
+            progress=progress,
+            auto_region=settings.auto_region,
+            on_chunk=measured,
+        )
         alone_rows, pair_rows = cross_rows(read, loaded, alone, pairs, recon_labels)
         pixels = {"region_fraction": measured.region, "psnr_outside": measured.psnr_outside, "psnr": measured.psnr}
         modes[mode] = {
             "summary": {
                 **cross_summary(alone_rows, pair_rows),
                 **pixel_means({key: values[first : first + count] for key, values in pixels.items()}),
-            },  # fmt: skip
+            },
             "alone": alone_rows,
             "pairs": pair_rows,
         }
@@ -257,8 +317,17 @@ def run_cross_domain(
     folder = ensure_output_dir(out / "cross-domain")
     loaded = load_cross_files(model, faces_file, cats_file, settings)
     reader_names = reader_factor_names(reader, "scenes")
-    scenes = prepare_split(model, reader, "scenes", "scenes", settings.cross_images, settings.protocol(), keep_images=settings.strip_images,
-                           keep_recon_pixels=settings.localized or bool(settings.cross_regions), progress=progress)  # fmt: skip
+    scenes = prepare_split(
+        model,
+        reader,
+        "scenes",
+        "scenes",
+        settings.cross_images,
+        settings.protocol(),
+        keep_images=settings.strip_images,
+        keep_recon_pixels=settings.localized or bool(settings.cross_regions),
+        progress=progress,
+    )
     recon_labels = _decode_labels("scenes", scenes.recon_indices)
     faces, cats = loaded["face"][2], loaded["cat"][2]
     pairs = [(faces[i % len(faces)], cats[i % len(cats)]) for i in range(max(len(faces), len(cats)))]
@@ -266,13 +335,29 @@ def run_cross_domain(
 
     twins: Twins | None = None
     if settings.localized:
-        edited, kept, twins = render_twins(model, reader, scenes, cross_edits(loaded, alone, pairs, None),
-                                           cross_edits(loaded, alone, pairs, settings.region), range(scenes.count), settings,
-                                           keep=settings.strip_images, desc="cross-domain", progress=progress)  # fmt: skip
+        edited, kept, twins = render_twins(
+            model,
+            reader,
+            scenes,
+            cross_edits(loaded, alone, pairs, None),
+            cross_edits(loaded, alone, pairs, settings.region),
+            range(scenes.count),
+            settings,
+            keep=settings.strip_images,
+            desc="cross-domain",
+            progress=progress,
+        )
     else:
-        edited, kept = render_and_read(model, scenes.inversion, reader, cross_edits(loaded, alone, pairs, None),
-                                       settings.protocol().passes, keep_images=settings.strip_images, desc="cross-domain",
-                                       progress=progress)  # fmt: skip
+        edited, kept = render_and_read(
+            model,
+            scenes.inversion,
+            reader,
+            cross_edits(loaded, alone, pairs, None),
+            settings.protocol().passes,
+            keep_images=settings.strip_images,
+            desc="cross-domain",
+            progress=progress,
+        )
     alone_rows, pair_rows = cross_rows(edited, loaded, alone, pairs, recon_labels)
     save_pair_strips(pair_rows, len(alone), kept, twins, scenes, folder, out)
     localized = None if twins is None else cross_localized(twins, loaded, alone, pairs, recon_labels, settings)
@@ -291,8 +376,10 @@ def run_cross_domain(
     if localized is not None:
         result["localized"] = localized
     if settings.cross_regions:
-        result["modes"] = {"global": {"summary": result["summary"]},
-                           **cross_modes(model, reader, scenes, loaded, alone, pairs, recon_labels, settings, progress=progress)}  # fmt: skip
+        result["modes"] = {
+            "global": {"summary": result["summary"]},
+            **cross_modes(model, reader, scenes, loaded, alone, pairs, recon_labels, settings, progress=progress),
+        }
         result["seconds"] = round(time.monotonic() - started, 1)
     atomic_write_json(folder / "result.json", result)
     return result

@@ -110,15 +110,30 @@ def render_twins(
     inversion = split.inversion.select(list(images))
     recon = split.recon_small[torch.as_tensor(list(images), dtype=torch.long)]
     local = PixelComparison(recon, len(local_edits), len(images))
-    local_read, local_kept = render_and_read(model, inversion, reader, local_edits, passes, keep_images=keep,
-                                             desc=f"{desc} (localized)", progress=progress, auto_region=settings.auto_region,
-                                             on_chunk=local)  # fmt: skip
+    local_read, local_kept = render_and_read(
+        model,
+        inversion,
+        reader,
+        local_edits,
+        passes,
+        keep_images=keep,
+        desc=f"{desc} (localized)",
+        progress=progress,
+        auto_region=settings.auto_region,
+        on_chunk=local,
+    )
     assert local.inside is not None
     other = PixelComparison(recon, len(edits), len(images), inside=local.inside)
-    edited, kept = render_and_read(model, inversion, reader, edits, passes, keep_images=keep, desc=desc, progress=progress,
-                                   on_chunk=other)  # fmt: skip
-    pixels = {"region_fraction": local.region, "psnr_outside_global": other.psnr_outside, "psnr_outside_local": local.psnr_outside,
-              "psnr_global": other.psnr, "psnr_local": local.psnr}  # fmt: skip
+    edited, kept = render_and_read(
+        model, inversion, reader, edits, passes, keep_images=keep, desc=desc, progress=progress, on_chunk=other
+    )
+    pixels = {
+        "region_fraction": local.region,
+        "psnr_outside_global": other.psnr_outside,
+        "psnr_outside_local": local.psnr_outside,
+        "psnr_global": other.psnr,
+        "psnr_local": local.psnr,
+    }
     return edited, kept, Twins(local_read, local_kept, local.inside, pixels)
 
 
@@ -146,8 +161,11 @@ def localized_result(
     compared = target_comparison(changes, local_changes)
     directions = []
     for k, record in enumerate(records):
-        row = {key: value for key, value in record.to_json().items()
-               if key in ("index", "name", "main_factor", "strength", "purity", "preservation", "changes")}  # fmt: skip
+        row = {
+            key: value
+            for key, value in record.to_json().items()
+            if key in ("index", "name", "main_factor", "strength", "purity", "preservation", "changes")
+        }
         row["target_factor"] = factor_names[int(compared["target"][k])]
         row["target_strength_global"] = round(float(compared["strength_global"][k]), 4)
         row["target_strength_local"] = round(float(compared["strength_local"][k]), 4)
@@ -187,26 +205,39 @@ def localized_result(
     }
 
 
-def _axis_changes(model: DiffusionModel, reader: Any, split: Split, edits: list[list[EditTerm]], images: list[int], desc: str,
-                  settings: BenchSettings, *, progress: bool, keep: int = 0,
-                  local_edits: list[list[EditTerm]] | None = None):  # fmt: skip
+def _axis_changes(
+    model: DiffusionModel,
+    reader: Any,
+    split: Split,
+    edits: list[list[EditTerm]],
+    images: list[int],
+    desc: str,
+    settings: BenchSettings,
+    *,
+    progress: bool,
+    keep: int = 0,
+    local_edits: list[list[EditTerm]] | None = None,
+):
     """Read every edit (both signs adjacent) on ``images`` of ``split``: changes [E/2, F], edited, changed, kept,
     and with ``local_edits`` (their localized twins) the :class:`Twins` (else None)."""
     twins = None
     if local_edits is None:
         inversion = split.inversion.select(images)
-        edited, kept = render_and_read(model, inversion, reader, edits, settings.protocol().passes, keep_images=keep, desc=desc,
-                                       progress=progress)  # fmt: skip
+        edited, kept = render_and_read(
+            model, inversion, reader, edits, settings.protocol().passes, keep_images=keep, desc=desc, progress=progress
+        )
     else:
-        edited, kept, twins = render_twins(model, reader, split, edits, local_edits, images, settings, keep=keep,
-                                           desc=desc, progress=progress)  # fmt: skip
+        edited, kept, twins = render_twins(
+            model, reader, split, edits, local_edits, images, settings, keep=keep, desc=desc, progress=progress
+        )
     edited = edited.view(len(edits) // len(SIGNS), len(SIGNS), *edited.shape[1:])
     changed = changed_mask(edited, split.recon_indices[images])
     return change_fractions(axis_changed(changed)), edited, changed, kept, twins
 
 
-def _localized_edits(method: MethodDirections, selections: Sequence[Any], settings: BenchSettings,
-                     directions: Sequence[int]) -> list[list[EditTerm]] | None:  # fmt: skip
+def _localized_edits(
+    method: MethodDirections, selections: Sequence[Any], settings: BenchSettings, directions: Sequence[int]
+) -> list[list[EditTerm]] | None:
     """The held-out picks of ``directions`` with regions (--region), or None when not localized."""
     if not settings.localized:
         return None
@@ -223,16 +254,25 @@ class Selection:
     screened: int
 
 
-def select_method_edits(model: DiffusionModel, reader: Any, method: MethodDirections, validation: Split, settings: BenchSettings,
-                        grid: list[EditConfig], *, progress: bool) -> Selection:  # fmt: skip
+def select_method_edits(
+    model: DiffusionModel,
+    reader: Any,
+    method: MethodDirections,
+    validation: Split,
+    settings: BenchSettings,
+    grid: list[EditConfig],
+    *,
+    progress: bool,
+) -> Selection:
     """The grid, at both signs, on validation images only: every setting on a first slice
     (screening), the best keep_settings per direction on the rest; then each direction's pick."""
     count = method.count
     screened = min(validation.count, max(4, math.ceil(settings.screen_fraction * validation.count)))
     first, rest = list(range(screened)), list(range(screened, validation.count))
     edits = [[method.term(k, config, sign)] for k in range(count) for config in grid for sign in SIGNS]
-    screen, *_ = _axis_changes(model, reader, validation, edits, first, f"{method.name}: validation grid", settings,
-                               progress=progress)  # fmt: skip
+    screen, *_ = _axis_changes(
+        model, reader, validation, edits, first, f"{method.name}: validation grid", settings, progress=progress
+    )
     screen = screen.view(count, len(grid), -1)
     survivors = (
         screen_settings(screen, settings.keep_settings, settings.min_preservation)
@@ -242,8 +282,16 @@ def select_method_edits(model: DiffusionModel, reader: Any, method: MethodDirect
     validation_changes = screen.clone()
     if rest:
         edits = [[method.term(k, grid[g], sign)] for k in range(count) for g in survivors[k] for sign in SIGNS]
-        more, *_ = _axis_changes(model, reader, validation, edits, rest, f"{method.name}: validation, kept settings", settings,
-                                 progress=progress)  # fmt: skip
+        more, *_ = _axis_changes(
+            model,
+            reader,
+            validation,
+            edits,
+            rest,
+            f"{method.name}: validation, kept settings",
+            settings,
+            progress=progress,
+        )
         cursor = 0
         for k in range(count):
             for g in survivors[k]:
@@ -273,8 +321,16 @@ class Measurement:
     head_count: int
 
 
-def measure_method_edits(model: DiffusionModel, reader: Any, method: MethodDirections, heldout: Split, settings: BenchSettings,
-                         selections: Sequence[Any], *, progress: bool) -> Measurement:  # fmt: skip
+def measure_method_edits(
+    model: DiffusionModel,
+    reader: Any,
+    method: MethodDirections,
+    heldout: Split,
+    settings: BenchSettings,
+    selections: Sequence[Any],
+    *,
+    progress: bool,
+) -> Measurement:
     """The picks, at both signs, on held-out images: a first slice for every direction; the rest
     only for directions that could still be effective (95% upper bound of every factor's
     change at or above the effective strength). With --region, each also localized, on the
@@ -284,8 +340,17 @@ def measure_method_edits(model: DiffusionModel, reader: Any, method: MethodDirec
     head, tail = list(range(head_count)), list(range(head_count, heldout.count))
     edits = [[method.term(k, selection.config, sign)] for k, selection in enumerate(selections) for sign in SIGNS]
     changes, edited_head, changed_head, kept, twins = _axis_changes(
-        model, reader, heldout, edits, head, f"{method.name}: held-out", settings, progress=progress,
-        keep=settings.strip_images, local_edits=_localized_edits(method, selections, settings, range(count)))  # fmt: skip
+        model,
+        reader,
+        heldout,
+        edits,
+        head,
+        f"{method.name}: held-out",
+        settings,
+        progress=progress,
+        keep=settings.strip_images,
+        local_edits=_localized_edits(method, selections, settings, range(count)),
+    )
     local_edited = None if twins is None else [twins.edited[2 * k : 2 * k + 2] for k in range(count)]
     local_pixels = (
         None
@@ -299,8 +364,16 @@ def measure_method_edits(model: DiffusionModel, reader: Any, method: MethodDirec
     if tail and going:
         edits = [[method.term(k, selections[k].config, sign)] for k in going for sign in SIGNS]
         _, edited_tail, changed_tail, _, twins_tail = _axis_changes(
-            model, reader, heldout, edits, tail, f"{method.name}: held-out, rest", settings, progress=progress,
-            local_edits=_localized_edits(method, selections, settings, going))  # fmt: skip
+            model,
+            reader,
+            heldout,
+            edits,
+            tail,
+            f"{method.name}: held-out, rest",
+            settings,
+            progress=progress,
+            local_edits=_localized_edits(method, selections, settings, going),
+        )
         for position, k in enumerate(going):
             edited[k] = torch.cat([edited_head[k], edited_tail[position]], dim=1)
             changed[k] = torch.cat([changed_head[k], changed_tail[position]], dim=1)
@@ -332,8 +405,16 @@ def _save_strip(
     record.strip = str(path.relative_to(out))
 
 
-def method_records(method: MethodDirections, selection: Selection, measured: Measurement, heldout: Split,
-                   factor_names: Sequence[str], values: Sequence[Sequence[str]], folder: Path, out: Path) -> list[Any]:  # fmt: skip
+def method_records(
+    method: MethodDirections,
+    selection: Selection,
+    measured: Measurement,
+    heldout: Split,
+    factor_names: Sequence[str],
+    values: Sequence[Sequence[str]],
+    folder: Path,
+    out: Path,
+) -> list[Any]:
     """Per-direction records of the held-out measurement, with their picks, labels and strips."""
     changes, changed, stopped = measured.changes, measured.changed, measured.stopped
     records = direction_records(changes, measured.edited, changed, factor_names, values)
@@ -355,8 +436,9 @@ def method_records(method: MethodDirections, selection: Selection, measured: Mea
     return records
 
 
-def method_summary(method: MethodDirections, changes: torch.Tensor, records: Sequence[Any],
-                   factor_names: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+def method_summary(
+    method: MethodDirections, changes: torch.Tensor, records: Sequence[Any], factor_names: Sequence[str]
+) -> dict[str, Any]:
     """The method's summary: the changes' summary, duplicate pairs, median response, prompt hit rate."""
     count = method.count
     summary = summarize_changes(changes, factor_names)
@@ -371,19 +453,43 @@ def method_summary(method: MethodDirections, changes: torch.Tensor, records: Seq
     return summary
 
 
-def write_method_result(model: DiffusionModel, method: MethodDirections, validation: Split, heldout: Split, settings: BenchSettings,
-                        grid: list[EditConfig], selection: Selection, measured: Measurement, records: list[Any],
-                        summary: dict[str, Any], factor_names: Sequence[str], values: Sequence[Sequence[str]], *,
-                        folder: Path, out: Path, fingerprint: str, started: float) -> dict[str, Any]:  # fmt: skip
+def write_method_result(
+    model: DiffusionModel,
+    method: MethodDirections,
+    validation: Split,
+    heldout: Split,
+    settings: BenchSettings,
+    grid: list[EditConfig],
+    selection: Selection,
+    measured: Measurement,
+    records: list[Any],
+    summary: dict[str, Any],
+    factor_names: Sequence[str],
+    values: Sequence[Sequence[str]],
+    *,
+    folder: Path,
+    out: Path,
+    fingerprint: str,
+    started: float,
+) -> dict[str, Any]:
     """Step 3 of a method: its annotated directions file and OUT/<method>/result.json; the result."""
     count = method.count
     directions_file = None
     if method.directions is not None:
         annotated = annotate_directions(
-            model, method.directions, records, domain=heldout.domain, source=f"noiseclr bench ({method.name})",
+            model,
+            method.directions,
+            records,
+            domain=heldout.domain,
+            source=f"noiseclr bench ({method.name})",
             protocol=settings.protocol(),
-            extra={"reader": "bench", "heldout_images": heldout.count, "steps": settings.steps, "inversion": settings.inversion},
-        )  # fmt: skip
+            extra={
+                "reader": "bench",
+                "heldout_images": heldout.count,
+                "steps": settings.steps,
+                "inversion": settings.inversion,
+            },
+        )
         directions_file = str(annotated.save(folder / "directions.safetensors").relative_to(out))
     stopped = measured.stopped
     result = {
@@ -403,13 +509,14 @@ def write_method_result(model: DiffusionModel, method: MethodDirections, validat
             "validation_images": selection.screened,
             "heldout_head": measured.head_count,
             "stopped_early": [k for k in range(count) if bool(stopped[k])],
-        },  # fmt: skip
+        },
         "directions": [record.to_json() for record in records],
         "seconds": round(time.monotonic() - started, 1),
     }
     if measured.local_edited is not None and measured.local_pixels is not None:
-        result["localized"] = localized_result(measured.changes, measured.local_edited, measured.local_pixels, heldout, settings,
-                                               factor_names, values)  # fmt: skip
+        result["localized"] = localized_result(
+            measured.changes, measured.local_edited, measured.local_pixels, heldout, settings, factor_names, values
+        )
     atomic_write_json(folder / "result.json", result)
     return result
 
@@ -445,5 +552,21 @@ def evaluate_method(
     values = [factor.values for factor in domain_factors(heldout.domain)]
     records = method_records(method, selection, measured, heldout, factor_names, values, folder, out)
     summary = method_summary(method, measured.changes, records, factor_names)
-    return write_method_result(model, method, validation, heldout, settings, grid, selection, measured, records, summary,
-                               factor_names, values, folder=folder, out=out, fingerprint=fingerprint, started=started)  # fmt: skip
+    return write_method_result(
+        model,
+        method,
+        validation,
+        heldout,
+        settings,
+        grid,
+        selection,
+        measured,
+        records,
+        summary,
+        factor_names,
+        values,
+        folder=folder,
+        out=out,
+        fingerprint=fingerprint,
+        started=started,
+    )

@@ -68,8 +68,9 @@ class MethodDirections:
         by_strength = config.unit == "strength"
         scale, strength = (None, amount) if by_strength else (amount, None)
         if self.directions is not None:
-            term: EditTerm = DirectionTerm(self.directions, index, scale, config.start, config.end, strength=strength,
-                                           region=region)  # fmt: skip
+            term: EditTerm = DirectionTerm(
+                self.directions, index, scale, config.start, config.end, strength=strength, region=region
+            )
         else:
             assert self.prompts is not None
             term = PromptTerm(self.prompts[index][2], scale, config.start, config.end, strength=strength, region=region)
@@ -163,11 +164,24 @@ def _discovered(
     progress: bool,
 ) -> Directions:
     def announce() -> None:
-        log.info("%s: discovering %d directions (%s, %d steps) on %d unlabeled renders",
-                 method, settings.num_directions, _variant(method), settings.discovery_steps, pixels.shape[0])  # fmt: skip
+        log.info(
+            "%s: discovering %d directions (%s, %d steps) on %d unlabeled renders",
+            method,
+            settings.num_directions,
+            _variant(method),
+            settings.discovery_steps,
+            pixels.shape[0],
+        )
 
-    return discover_or_reuse(model, pixels, out / "discovery" / method, settings.discovery(method, domain), resume=resume,
-                             progress=progress, on_discover=announce)  # fmt: skip
+    return discover_or_reuse(
+        model,
+        pixels,
+        out / "discovery" / method,
+        settings.discovery(method, domain),
+        resume=resume,
+        progress=progress,
+        on_discover=announce,
+    )
 
 
 def _variant(method: str) -> str:

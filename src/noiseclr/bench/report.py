@@ -83,9 +83,15 @@ MODE_COLUMNS = ("mode", "face change", "cat change", "interference", "alone", "r
 
 
 def _mode_cells(mode: str, summary: Mapping[str, Any]) -> list[str]:
-    return [mode, _num(summary["mean_face_change"]), _num(summary["mean_cat_change"]), _num(summary["interference"]),
-            _num(summary["interference_alone"]), _percent(summary.get("region_fraction")) if mode != "global" else "100%",
-            _num(summary.get("psnr_outside"), 1) if mode != "global" else "-"]  # fmt: skip
+    return [
+        mode,
+        _num(summary["mean_face_change"]),
+        _num(summary["mean_cat_change"]),
+        _num(summary["interference"]),
+        _num(summary["interference_alone"]),
+        _percent(summary.get("region_fraction")) if mode != "global" else "100%",
+        _num(summary.get("psnr_outside"), 1) if mode != "global" else "-",
+    ]
 
 
 def _modes_lines(cross: Mapping[str, Any]) -> list[str]:
@@ -316,8 +322,10 @@ def _modes_table(cross: Mapping[str, Any]) -> str:
     if not modes:
         return ""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in MODE_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _mode_cells(mode, block["summary"])) + "</tr>"
-                   for mode, block in modes.items())  # fmt: skip
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _mode_cells(mode, block["summary"])) + "</tr>"
+        for mode, block in modes.items()
+    )
     return (
         "<p>Region modes side by side (each term localized on its own object: <code>box</code> is the box a user "
         "would draw around it, <code>auto-in-box</code> an auto region kept inside that box):</p>"

@@ -97,7 +97,7 @@ def _results_header(model: DiffusionModel, domain: str, settings: BenchSettings,
             "discovered_strength": DISCOVERED_STRENGTH,
             "discovered_purity": DISCOVERED_PURITY,
             "effective_strength": EFFECTIVE_STRENGTH,
-        },  # fmt: skip
+        },
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "methods": {},
         "cross_domain": None,
@@ -109,17 +109,42 @@ def _save_progress(results: dict[str, Any], results_path: Path, report_path: Pat
     write_report(report_path, results)
 
 
-def _prepare_splits(model: DiffusionModel, reader: Any, domain: str, settings: BenchSettings, factor_names: list[str],
-                    results: dict[str, Any], *, progress: bool) -> tuple[Split, Split]:  # fmt: skip
+def _prepare_splits(
+    model: DiffusionModel,
+    reader: Any,
+    domain: str,
+    settings: BenchSettings,
+    factor_names: list[str],
+    results: dict[str, Any],
+    *,
+    progress: bool,
+) -> tuple[Split, Split]:
     """The validation and held-out splits (rendered, inverted, read); their baseline and seeds go to ``results``."""
-    log.info("%s: rendering and inverting %d validation and %d held-out images (%s, %d steps)",
-             domain, settings.validation, settings.heldout, settings.inversion, settings.steps)  # fmt: skip
+    log.info(
+        "%s: rendering and inverting %d validation and %d held-out images (%s, %d steps)",
+        domain,
+        settings.validation,
+        settings.heldout,
+        settings.inversion,
+        settings.steps,
+    )
     protocol = settings.protocol()
     validation = prepare_split(model, reader, domain, "validation", settings.validation, protocol, progress=progress)
-    heldout = prepare_split(model, reader, domain, "heldout", settings.heldout, protocol,
-                            keep_images=settings.strip_images, keep_recon_pixels=settings.localized, progress=progress)  # fmt: skip
-    results["baseline"] = {"heldout": split_diagnostics(heldout, factor_names),
-                           "validation": split_diagnostics(validation, factor_names)}  # fmt: skip
+    heldout = prepare_split(
+        model,
+        reader,
+        domain,
+        "heldout",
+        settings.heldout,
+        protocol,
+        keep_images=settings.strip_images,
+        keep_recon_pixels=settings.localized,
+        progress=progress,
+    )
+    results["baseline"] = {
+        "heldout": split_diagnostics(heldout, factor_names),
+        "validation": split_diagnostics(validation, factor_names),
+    }
     results["seeds"] = {
         "heldout": [heldout.seeds[0], heldout.seeds[-1]],
         "validation": [validation.seeds[0], validation.seeds[-1]],
@@ -133,10 +158,14 @@ def _base_fingerprint(model: DiffusionModel, domain: str, settings: BenchSetting
         "domain": domain,
         "model": model.fingerprint().get("sha256"),
         # The region keys only when localized: global runs keep the fingerprints of earlier runs.
-        "settings": {k: v for k, v in settings.to_json().items()
-                     if k not in ("methods", "trajectories_per_pass", "max_batch", "decode_batch", "cross_images", "cross_per_domain")
-                     and (settings.localized or k not in ("region", "auto_region"))},
-    }  # fmt: skip
+        "settings": {
+            k: v
+            for k, v in settings.to_json().items()
+            if k
+            not in ("methods", "trajectories_per_pass", "max_batch", "decode_batch", "cross_images", "cross_per_domain")
+            and (settings.localized or k not in ("region", "auto_region"))
+        },
+    }
 
 
 @dataclass
@@ -160,25 +189,44 @@ def _random_method(
         reference = reference / reference.norm(dim=1, keepdim=True) * model.typical_token_norm()
         source = "random Gaussian, norm = the model's typical token norm (no NoiseCLR set in this run)"
     vectors = random_directions(reference, settings.seed)
-    return MethodDirections(name, source, directions=Directions.for_model(
-        model, vectors, domain=domain, settings={"baseline": "random", "reference": reference_name}))  # fmt: skip
+    return MethodDirections(
+        name,
+        source,
+        directions=Directions.for_model(
+            model, vectors, domain=domain, settings={"baseline": "random", "reference": reference_name}
+        ),
+    )
 
 
-def _method_directions(model: DiffusionModel, name: str, domain: str, settings: BenchSettings, given: Mapping[str, Directions],
-                       files: Mapping[str, Path], out: Path, shared: _Shared, *, resume: bool, progress: bool) -> MethodDirections:  # fmt: skip
+def _method_directions(
+    model: DiffusionModel,
+    name: str,
+    domain: str,
+    settings: BenchSettings,
+    given: Mapping[str, Directions],
+    files: Mapping[str, Path],
+    out: Path,
+    shared: _Shared,
+    *,
+    resume: bool,
+    progress: bool,
+) -> MethodDirections:
     """Method ``name``'s directions (a given file, a discovery, random or prompts), calibrated."""
     if name in given:
         method = MethodDirections(name, f"file {files[name]}", directions=given[name])
     elif name in DISCOVERY_METHODS:
         if shared.discovery_pixels is None:
             # Unlabeled: only the pixels of the discovery renders reach the method.
-            shared.discovery_pixels = render_pixels(domain, seeds_for("discovery", settings.discovery_images, settings.seed),
-                                                    model.resolution)[0]  # fmt: skip
+            shared.discovery_pixels = render_pixels(
+                domain, seeds_for("discovery", settings.discovery_images, settings.seed), model.resolution
+            )[0]
         directions = _discovered(
             model, name, shared.discovery_pixels, out, settings, domain, resume=resume, progress=progress
         )
-        source = (f"discovered in this run ({_variant(name)}, {settings.discovery_steps} steps, "
-                  f"{settings.discovery_images} unlabeled renders)")  # fmt: skip
+        source = (
+            f"discovered in this run ({_variant(name)}, {settings.discovery_steps} steps, "
+            f"{settings.discovery_images} unlabeled renders)"
+        )
         method = MethodDirections(name, source, directions=directions)
     elif name == "random":
         method = _random_method(model, name, domain, settings, shared)
@@ -189,8 +237,9 @@ def _method_directions(model: DiffusionModel, name: str, domain: str, settings: 
     if method.directions is not None and name != "random":
         shared.token_sets[name] = method.directions
     if shared.calibration_latents is None:
-        shared.calibration_latents = model.encode_images(render_pixels(
-            domain, seeds_for("discovery", CALIBRATION_IMAGES, settings.seed), model.resolution)[0])  # fmt: skip
+        shared.calibration_latents = model.encode_images(
+            render_pixels(domain, seeds_for("discovery", CALIBRATION_IMAGES, settings.seed), model.resolution)[0]
+        )
     method.responses = calibrate_method(model, method, shared.calibration_latents)
     return method
 
@@ -206,10 +255,22 @@ def _previous_result(name: str, done_path: Path, fingerprint: str, resume: bool)
     return None
 
 
-def _run_methods(model: DiffusionModel, domain: str, methods: list[str], settings: BenchSettings, reader: Any,
-                 given: Mapping[str, Directions], files: Mapping[str, Path], out: Path, results: dict[str, Any],
-                 save: Callable[[], None], *, resume: bool, progress: bool,
-                 on_method: Callable[[str, dict[str, Any]], None] | None) -> None:  # fmt: skip
+def _run_methods(
+    model: DiffusionModel,
+    domain: str,
+    methods: list[str],
+    settings: BenchSettings,
+    reader: Any,
+    given: Mapping[str, Directions],
+    files: Mapping[str, Path],
+    out: Path,
+    results: dict[str, Any],
+    save: Callable[[], None],
+    *,
+    resume: bool,
+    progress: bool,
+    on_method: Callable[[str, dict[str, Any]], None] | None,
+) -> None:
     """Every method of the domain in turn, each result saved as it finishes."""
     factor_names = reader_factor_names(reader, domain)
     results["factors"] = factor_names
@@ -220,13 +281,30 @@ def _run_methods(model: DiffusionModel, domain: str, methods: list[str], setting
         method = _method_directions(
             model, name, domain, settings, given, files, out, shared, resume=resume, progress=progress
         )
-        fingerprint = _fingerprint({**base_fingerprint, "method": name, "source": method.source,
-                                    "vectors": hashlib.sha256(method.directions.vectors.numpy().tobytes()).hexdigest()
-                                    if method.directions is not None else None})  # fmt: skip
+        fingerprint = _fingerprint(
+            {
+                **base_fingerprint,
+                "method": name,
+                "source": method.source,
+                "vectors": hashlib.sha256(method.directions.vectors.numpy().tobytes()).hexdigest()
+                if method.directions is not None
+                else None,
+            }
+        )
         result = _previous_result(name, out / method_dirname(name) / "result.json", fingerprint, resume)
         if result is None:
-            result = evaluate_method(model, reader, method, validation, heldout, settings, out,
-                                     factor_names=factor_names, fingerprint=fingerprint, progress=progress)  # fmt: skip
+            result = evaluate_method(
+                model,
+                reader,
+                method,
+                validation,
+                heldout,
+                settings,
+                out,
+                factor_names=factor_names,
+                fingerprint=fingerprint,
+                progress=progress,
+            )
         results["methods"][name] = result
         save()
         if on_method is not None:
@@ -269,8 +347,11 @@ def run_bench(
     methods = _method_order(settings.methods, files) if domain != "scenes" else []
     reader_cache = dict(readers or {})
     results = _results_header(model, domain, settings, methods)
-    atomic_write_json(out / "settings.json", {k: results[k] for k in ("domain", "model", "settings", "methods_run", "started")}
-                      | {"directions_files": {n: str(p) for n, p in files.items()}})  # fmt: skip
+    atomic_write_json(
+        out / "settings.json",
+        {k: results[k] for k in ("domain", "model", "settings", "methods_run", "started")}
+        | {"directions_files": {n: str(p) for n, p in files.items()}},
+    )
     results_path = out / "results.json"
     report_path = out / "report.html"
 
@@ -278,11 +359,31 @@ def run_bench(
         _save_progress(results, results_path, report_path)
 
     if methods:
-        _run_methods(model, domain, methods, settings, _reader_for(reader_cache, domain, reader_dir, model), given, files, out,
-                     results, save, resume=resume, progress=progress, on_method=on_method)  # fmt: skip
+        _run_methods(
+            model,
+            domain,
+            methods,
+            settings,
+            _reader_for(reader_cache, domain, reader_dir, model),
+            given,
+            files,
+            out,
+            results,
+            save,
+            resume=resume,
+            progress=progress,
+            on_method=on_method,
+        )
     if cross_domain is not None:
-        results["cross_domain"] = run_cross_domain(model, cross_domain[0], cross_domain[1], out, settings,
-                                                   _reader_for(reader_cache, "scenes", reader_dir, model), progress=progress)  # fmt: skip
+        results["cross_domain"] = run_cross_domain(
+            model,
+            cross_domain[0],
+            cross_domain[1],
+            out,
+            settings,
+            _reader_for(reader_cache, "scenes", reader_dir, model),
+            progress=progress,
+        )
     results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results["seconds"] = round(time.monotonic() - started, 1)
     save()

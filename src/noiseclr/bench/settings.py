@@ -59,8 +59,12 @@ BENCH_DISCOVERY_DEFAULTS: dict[str, Any] = {"steps": 500, "micro_batches": 2}
 """Field of :class:`~noiseclr.discovery.DiscoverySettings` -> the bench's default (the others keep theirs)."""
 BENCH_NEGATIVES = 9
 """``--discovery-negatives`` unset: min(9, K - 1) negatives per micro-batch (the paper uses 20)."""
-DISCOVERY_FIELDS = {"steps": "discovery_steps", "batch_size": "discovery_batch", "micro_batches": "discovery_micro_batches",
-                    "lr": "discovery_lr"}  # fmt: skip
+DISCOVERY_FIELDS = {
+    "steps": "discovery_steps",
+    "batch_size": "discovery_batch",
+    "micro_batches": "discovery_micro_batches",
+    "lr": "discovery_lr",
+}
 """DiscoverySettings field -> the BenchSettings field passed to it as it is."""
 
 
@@ -87,10 +91,12 @@ class BenchSettings:
         100, flag="--discovery-images", help="unlabeled renders to learn from", type=positive_int
     )
     """Unlabeled renders the discovery runs learn from."""
-    discovery_batch: int = _discovery_option("batch_size", help="images per micro-batch", type=positive_int,
-                                             metavar=None)  # fmt: skip
-    discovery_negatives: int | None = _discovery_option("num_negatives", type=positive_int, metavar=None,
-                                                        default_text=f"min({BENCH_NEGATIVES}, K-1)")  # fmt: skip
+    discovery_batch: int = _discovery_option(
+        "batch_size", help="images per micro-batch", type=positive_int, metavar=None
+    )
+    discovery_negatives: int | None = _discovery_option(
+        "num_negatives", type=positive_int, metavar=None, default_text=f"min({BENCH_NEGATIVES}, K-1)"
+    )
     """Other directions per micro-batch; None = min(9, K - 1) (CPU budget; the paper uses 20)."""
     discovery_micro_batches: int = _discovery_option("micro_batches", help="micro-batches per step", type=positive_int)
     discovery_lr: float = _discovery_option("lr")
@@ -105,26 +111,45 @@ class BenchSettings:
     inversion: str = option(
         "ddpm", flag="--inversion", help="ddpm (reconstructs the latents exactly) or ddim (the paper's)"
     )
-    strengths: tuple[float, ...] = option(BENCH_STRENGTHS, flag="--strengths", metavar="PERCENT",
-                                          help="calibrated strengths (percent change of the noise prediction), each tried with both signs",
-                                          type=float, nargs="+")  # fmt: skip
+    strengths: tuple[float, ...] = option(
+        BENCH_STRENGTHS,
+        flag="--strengths",
+        metavar="PERCENT",
+        help="calibrated strengths (percent change of the noise prediction), each tried with both signs",
+        type=float,
+        nargs="+",
+    )
     """Strength magnitudes (:mod:`noiseclr.strength`); each is tried with both signs."""
-    scales: tuple[float, ...] | None = option(None, flag="--scales", help="raw scale magnitudes (lambda) instead of --strengths",
-                                              type=float, nargs="+", default_text="")  # fmt: skip
+    scales: tuple[float, ...] | None = option(
+        None,
+        flag="--scales",
+        help="raw scale magnitudes (lambda) instead of --strengths",
+        type=float,
+        nargs="+",
+        default_text="",
+    )
     """Raw lambda magnitudes; when set they replace ``strengths`` (the grid the paper's users hand-tune)."""
     windows: tuple[tuple[float, float], ...] = option(
-        ((0.0, 1.0), (0.0, 0.5), (0.3, 1.0)), flag="--windows", help="windows tried per direction",
-        type=window, nargs="+", metavar="START:END",
-    )  # fmt: skip
+        ((0.0, 1.0), (0.0, 0.5), (0.3, 1.0)),
+        flag="--windows",
+        help="windows tried per direction",
+        type=window,
+        nargs="+",
+        metavar="START:END",
+    )
     """Active parts of the schedule tried per direction (0 = first, noisiest step)."""
     min_preservation: float = option(0.8, flag="--min-preservation", help="selection constraint on preservation")
     """Selection constraint on a setting's preservation (validation)."""
-    screen_fraction: float = option(0.25, flag="--screen-fraction",
-                                    help="fraction of validation images every grid setting is tried on first (1: no screening)")  # fmt: skip
+    screen_fraction: float = option(
+        0.25,
+        flag="--screen-fraction",
+        help="fraction of validation images every grid setting is tried on first (1: no screening)",
+    )
     """Every grid setting is tried on this first share of the validation images; only the best
     ``keep_settings`` per direction are tried on the rest (successive halving)."""
-    keep_settings: int = option(2, flag="--keep-settings", help="grid settings per direction kept after the screening",
-                                type=positive_int)  # fmt: skip
+    keep_settings: int = option(
+        2, flag="--keep-settings", help="grid settings per direction kept after the screening", type=positive_int
+    )
     early_stop: bool = option(True, flag="--no-early-stop", help="measure every direction on all held-out images")
     """Directions that cannot be effective (95% upper bound of every factor's change below the effective
     strength on the first quarter of the held-out images) are reported on that quarter only."""
@@ -136,22 +161,38 @@ class BenchSettings:
     """Shifts every role's seed range (fresh images) and seeds discovery, random directions and inversion."""
     cross_images: int = option(100, flag="--cross-images", help="scene renders for --cross-domain", type=positive_int)
     """Scene renders of the cross-domain evaluation."""
-    cross_per_domain: int = option(4, flag="--cross-per-domain", help="directions taken from each file for --cross-domain",
-                                   type=positive_int)  # fmt: skip
+    cross_per_domain: int = option(
+        4, flag="--cross-per-domain", help="directions taken from each file for --cross-domain", type=positive_int
+    )
     """Directions taken from each of the faces and cats files (their best, one per factor)."""
-    trajectories_per_pass: int = option(128, flag="--trajectories-per-pass", help="edited images rendered together (memory)",
-                                        type=positive_int, default_text="")  # fmt: skip
+    trajectories_per_pass: int = option(
+        128,
+        flag="--trajectories-per-pass",
+        help="edited images rendered together (memory)",
+        type=positive_int,
+        default_text="",
+    )
     """Edited images rendered together (memory; results do not depend on it)."""
-    max_batch: int | None = option(None, flag="--max-batch", help="most UNet rows per call (memory)", type=positive_int,
-                                   default_text="")  # fmt: skip
+    max_batch: int | None = option(
+        None, flag="--max-batch", help="most UNet rows per call (memory)", type=positive_int, default_text=""
+    )
     """Most UNet rows per call (memory; results do not depend on it)."""
     decode_batch: int = 16
-    cross_regions: tuple[str, ...] = option(CROSS_REGIONS, flag="--cross-regions", nargs="+", metavar="MODE",
-                                            help="--cross-domain: each pair also localized in these modes (auto, box: the "
-                                                 "box around its object, auto-in-box; none: global only)")  # fmt: skip
+    cross_regions: tuple[str, ...] = option(
+        CROSS_REGIONS,
+        flag="--cross-regions",
+        nargs="+",
+        metavar="MODE",
+        help="--cross-domain: each pair also localized in these modes (auto, box: the "
+        "box around its object, auto-in-box; none: global only)",
+    )
     """Region modes the scene pairs are measured in besides global (:data:`noiseclr.measure.REGION_MODES`)."""
-    region: str = option("none", flag="--region", choices=list(REGION_MODES),
-                         help="auto: also measure every pick localized (auto regions), global vs localized side by side")  # fmt: skip
+    region: str = option(
+        "none",
+        flag="--region",
+        choices=list(REGION_MODES),
+        help="auto: also measure every pick localized (auto regions), global vs localized side by side",
+    )
     """``none``: global edits only; ``auto``: every held-out and cross-domain edit also with an auto region."""
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of the auto regions (``--region-top``, ``--region-smoothing``)."""
@@ -179,16 +220,33 @@ class BenchSettings:
     def discovery(self, method: str, domain: str) -> DiscoverySettings:
         """The discovery run of a NoiseCLR method."""
         knobs = {name: getattr(self, mine) for name, mine in DISCOVERY_FIELDS.items()}
-        return replace(DiscoverySettings(), num_directions=self.num_directions, **knobs, num_negatives=self.negatives,
-                       **DISCOVERY_METHODS[method], seed=self.seed, domain=domain,
-                       checkpoint_every=max(25, self.discovery_steps // 5))  # fmt: skip
+        return replace(
+            DiscoverySettings(),
+            num_directions=self.num_directions,
+            **knobs,
+            num_negatives=self.negatives,
+            **DISCOVERY_METHODS[method],
+            seed=self.seed,
+            domain=domain,
+            checkpoint_every=max(25, self.discovery_steps // 5),
+        )
 
     def validate(self) -> BenchSettings:
         flag = flags(BenchSettings)
         for method in self.methods:
             check_choice(method, METHODS, "--methods", "unknown method (directions files go to --directions)")
-        for name in ("num_directions", "discovery_steps", "discovery_batch", "discovery_micro_batches", "heldout",
-                     "validation", "steps", "trajectories_per_pass", "cross_images", "cross_per_domain"):  # fmt: skip
+        for name in (
+            "num_directions",
+            "discovery_steps",
+            "discovery_batch",
+            "discovery_micro_batches",
+            "heldout",
+            "validation",
+            "steps",
+            "trajectories_per_pass",
+            "cross_images",
+            "cross_per_domain",
+        ):
             check_count(getattr(self, name), flag[name])
         discovering = any(m in DISCOVERY_METHODS for m in self.methods)
         if discovering:

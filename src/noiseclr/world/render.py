@@ -615,5 +615,9 @@ def object_box(
     rows, columns = np.nonzero(drawn)
     if not rows.size:
         return (left, 0, right, IMAGE_SIZE)
-    return (max(left, left + int(columns.min()) - margin), max(0, int(rows.min()) - margin),
-            min(right, left + int(columns.max()) + 1 + margin), min(IMAGE_SIZE, int(rows.max()) + 1 + margin))  # fmt: skip
+    return (
+        max(left, left + int(columns.min()) - margin),
+        max(0, int(rows.min()) - margin),
+        min(right, left + int(columns.max()) + 1 + margin),
+        min(IMAGE_SIZE, int(rows.max()) + 1 + margin),
+    )
