@@ -76,7 +76,7 @@ def probe_lines(probe: dict) -> list[str]:
 
 def run_curve(folder: Path, readers: dict, args: argparse.Namespace) -> dict:
     """The probe on every snapshot ``step-NNNNNN`` in ``folder``: the learning curve against training images."""
-    from noiseclr.basemodel.training import read_training_record
+    from noiseclr.basemodel.folders import read_training_record
 
     rows = []
     for snapshot in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")):

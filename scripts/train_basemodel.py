@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from noiseclr.basemodel.training import BaseModelTrainer, DiffusionSettings, VAESettings, write_training_record
+from noiseclr.basemodel.folders import write_training_record
+from noiseclr.basemodel.training import BaseModelTrainer, DiffusionSettings, VAESettings
 from noiseclr.model import EMBEDDED, embedded_model_path
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "src" / "noiseclr" / "assets" / "basemodel"

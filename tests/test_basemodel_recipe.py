@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from noiseclr.basemodel import losses as L
 from noiseclr.basemodel import training as T
+from noiseclr.basemodel.folders import read_training_record
 from noiseclr.world.captions import paired_captions
 from noiseclr.world.render import labels_for_seed
 
@@ -27,28 +29,28 @@ def _reference_loss(pred, noise, alpha_bar, gamma):
 
 def test_default_loss_is_the_original_formula():
     pred, noise, alpha_bar = _batch()
-    assert torch.equal(T.diffusion_loss(pred, noise, alpha_bar, 5.0), _reference_loss(pred, noise, alpha_bar, 5.0))
+    assert torch.equal(L.diffusion_loss(pred, noise, alpha_bar, 5.0), _reference_loss(pred, noise, alpha_bar, 5.0))
 
 
 def test_mask_weighting_with_all_ones_maps_equals_the_plain_loss():
     pred, noise, alpha_bar = _batch()
-    weights = T.mask_loss_weights(torch.ones(4, 2, 2), strength=3.0)
+    weights = L.mask_loss_weights(torch.ones(4, 2, 2), strength=3.0)
     assert weights.shape == (4, 1, 2, 2)
     assert torch.allclose(weights, torch.ones_like(weights))
     assert torch.allclose(
-        T.diffusion_loss(pred, noise, alpha_bar, 5.0, weights), T.diffusion_loss(pred, noise, alpha_bar, 5.0)
+        L.diffusion_loss(pred, noise, alpha_bar, 5.0, weights), L.diffusion_loss(pred, noise, alpha_bar, 5.0)
     )
     # Strength 0 ignores the map; a map concentrated on one cell moves the loss towards that cell's error.
     peaked = torch.zeros(4, 2, 2)
     peaked[:, 0, 0] = 4.0  # mean 1
-    assert torch.allclose(T.mask_loss_weights(peaked, 0.0), torch.ones(4, 1, 2, 2))
-    w = T.mask_loss_weights(peaked, 1.0)
+    assert torch.allclose(L.mask_loss_weights(peaked, 0.0), torch.ones(4, 1, 2, 2))
+    w = L.mask_loss_weights(peaked, 1.0)
     assert w.mean() == pytest.approx(1.0) and w[0, 0, 0, 0] == pytest.approx(2.5)
 
 
 def test_share_pair_rows_copies_each_first_onto_its_partner():
     values = torch.arange(7)
-    shared = T.share_pair_rows(values, first=3, pairs=2)
+    shared = L.share_pair_rows(values, first=3, pairs=2)
     assert shared.tolist() == [0, 1, 2, 3, 4, 3, 4]
     assert values.tolist() == list(range(7))  # not in place
 
@@ -68,10 +70,10 @@ def test_readout_targets_and_loss_reach_the_text_encoder():
             eos_token_id=49,
         )
     )
-    readout = T.FactorReadout(16)
+    readout = L.FactorReadout(16)
     heads = readout.heads
     assert ("faces", "mouth", 3) in heads and ("scenes", "face.mouth", 3) in heads and ("cats", "stripes", 2) in heads
-    targets = T.readout_targets(
+    targets = L.readout_targets(
         ["faces", "cats", "faces"], [{"mouth": "frown", "glasses": "yes"}, {"stripes": "yes"}, {}], heads
     )
     assert targets.shape == (3, len(heads))
@@ -83,13 +85,13 @@ def test_readout_targets_and_loss_reach_the_text_encoder():
     pooled = encoder(ids)[1]
     logits = readout(pooled)
     assert logits.shape == (3, sum(n for _, _, n in heads))
-    loss = T.readout_loss(logits, targets, heads)
+    loss = L.readout_loss(logits, targets, heads)
     assert loss.ndim == 0 and loss > 0
     loss.backward()
     assert encoder.get_input_embeddings().weight.grad.abs().sum() > 0
     assert readout.linear.weight.grad.abs().sum() > 0
     # Nothing named: zero, still differentiable.
-    none = T.readout_loss(logits.detach().requires_grad_(), torch.full_like(targets, -1), heads)
+    none = L.readout_loss(logits.detach().requires_grad_(), torch.full_like(targets, -1), heads)
     assert none.item() == 0.0
     none.backward()
 
@@ -135,7 +137,7 @@ def test_every_arm_trains_two_steps_from_a_warm_start(tmp_path):
     # Resuming with the read-out head goes on from its checkpoint.
     settings.steps = start + 3
     assert trainer.train_diffusion(settings)
-    assert T.read_training_record(trainer.export(tmp_path / "export"))["diffusion_step"] == start + 3
+    assert read_training_record(trainer.export(tmp_path / "export"))["diffusion_step"] == start + 3
 
 
 def test_arms_refuse_a_pool_without_their_extras(tmp_path):
@@ -150,3 +152,22 @@ def test_arms_refuse_a_pool_without_their_extras(tmp_path):
         trainer.train_diffusion(T.DiffusionSettings(**{**settings.__dict__, "mask_weight": 1.0}))
     with pytest.raises(RuntimeError, match="pool_pairs"):
         trainer.train_diffusion(T.DiffusionSettings(**{**settings.__dict__, "paired_fraction": 0.5}))
+
+
+def test_a_fresh_readout_head_starts_from_the_seed_not_the_global_rng():
+    # Before, its init came from whatever state the global RNG was in: two fresh runs differed.
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from noiseclr.basemodel.diffusion_step import DiffusionState
+
+    config = CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    heads = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        encoder = CLIPTextModel(config)
+        state = DiffusionState.create(torch.nn.Linear(2, 2), encoder, lr=1e-3)
+        state.add_readout(1e-3, "cpu", seed=7, tensors={}, record={})
+        heads.append(state.readout.linear.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])
+    state.add_readout(1e-3, "cpu", seed=8, tensors={}, record={})
+    assert not torch.equal(heads[0], state.readout.linear.weight)

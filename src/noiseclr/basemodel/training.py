@@ -50,6 +50,9 @@ from ..checkpoint import (
 )
 from ..fileio import atomic_save_safetensors, atomic_write_json
 from ..world.seeds import BASE_MODEL_SEED_BASE
+from .diffusion_step import DiffusionBatch, DiffusionState, batch_split, draw_diffusion_batch
+from .folders import grow_into, read_training_record, sample_grid, standard_sd_layout, training_record_path
+from .losses import diffusion_loss, edge_l1, mask_loss_weights, readout_loss, readout_targets
 from .spec import base_model_spec
 
 DOMAIN_MIX: dict[str, float] = {"faces": 0.4, "cats": 0.3, "scenes": 0.3}
@@ -109,17 +112,6 @@ class DiffusionSettings:
     """Encode a counterfactual partner for the first this many pool renders."""
 
 
-def training_record_path(model_dir: str | Path) -> Path:
-    """Where :meth:`BaseModelTrainer.export` writes the record of a model folder: beside it."""
-    model_dir = Path(model_dir)
-    return model_dir.parent / f"{model_dir.name}.training.json"
-
-
-def read_training_record(model_dir: str | Path) -> dict[str, Any]:
-    path = training_record_path(model_dir)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, stream])
 
@@ -169,6 +161,34 @@ class _Clock:
 
     def expired(self) -> bool:
         return self.limit is not None and self.elapsed() >= self.limit
+
+
+class _Progress:
+    """Smoothed loss (and read-out loss) of the diffusion stage, logged and appended to log.csv."""
+
+    def __init__(self, settings: DiffusionSettings, clock: _Clock, log: Any, csv_path: Path, write_row: Any):
+        self.settings, self.clock, self.log, self.csv_path, self.write_row = settings, clock, log, csv_path, write_row
+        self.loss = self.aux = None
+        self.seen, self.tick, self.cpu = 0, time.monotonic(), time.process_time()
+
+    def add(self, step: int, loss: float, aux: float | None) -> None:
+        self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
+        if aux is not None:
+            self.aux = aux if self.aux is None else 0.98 * self.aux + 0.02 * aux
+        self.seen += self.settings.batch_size
+        if step % self.settings.log_every and step != self.settings.steps:
+            return
+        rate = self.seen / max(time.monotonic() - self.tick, 1e-9)
+        extra = f"  aux {self.aux:.4f}" if self.aux is not None else ""
+        self.log(
+            f"diffusion step {step}/{self.settings.steps}  loss {self.loss:.4f}{extra}  {rate:.0f} img/s  "
+            f"{self.clock.elapsed() / 60:.1f} min  {(time.process_time() - self.cpu) / 60:.1f} CPU-min"
+        )
+        row = {"step": step, "loss": round(self.loss, 6)}
+        if self.aux is not None:  # only in arms' logs: an old log.csv keeps its columns
+            row["aux"] = round(self.aux, 6)
+        self.write_row(self.csv_path, row)
+        self.seen, self.tick = 0, time.monotonic()
 
 
 class BaseModelTrainer:
@@ -339,7 +359,7 @@ class BaseModelTrainer:
             recon = recon.float()
             loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + settings.kl_weight * posterior.kl().mean()
             if sharpening:
-                loss = loss + settings.edge_weight * _edge_l1(recon, images)
+                loss = loss + settings.edge_weight * edge_l1(recon, images)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -525,162 +545,89 @@ class BaseModelTrainer:
 
     def train_diffusion(self, settings: DiffusionSettings) -> bool:
         """Train (or continue) UNet + text encoder; returns True when finished."""
-        from ..world.captions import caption_with_mentions, paired_captions
-
         folder = self.work / "diffusion"
         folder.mkdir(exist_ok=True)
         tokenizer = self.tokenizer()
         modules = self._new_modules(settings.seed + 1)
-        unet, text_encoder = modules["unet"].to(self.device).train(), modules["text_encoder"].to(self.device).train()
-        ema_unet = [p.detach().clone() for p in unet.parameters()]
-        ema_text = [p.detach().clone() for p in text_encoder.parameters()]
-        params = list(unet.parameters()) + list(text_encoder.parameters())
-        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-2)
-        step = warmup_from = 0
+        state = DiffusionState.create(
+            modules["unet"].to(self.device).train(),
+            modules["text_encoder"].to(self.device).train(),
+            settings.lr,
+        )
         ckpt = folder / "checkpoint.safetensors"
-        tensors, state = {}, {}
-        if ckpt.is_file():
-            tensors, state = load_checkpoint(ckpt)
-            warmup_from = int(state.get("warmup_from", 0))
-            load_module_tensors(unet, tensors, "unet")
-            load_module_tensors(text_encoder, tensors, "text_encoder")
-            for i, p in enumerate(ema_unet):
-                p.copy_(tensors[f"ema_unet.{i}"])
-            for i, p in enumerate(ema_text):
-                p.copy_(tensors[f"ema_text.{i}"])
-            load_optimizer_tensors(optimizer, tensors, state["optimizer"])
-            step = state["step"]
-            self.log(f"diffusion: resuming at step {step}")
+        tensors, record = load_checkpoint(ckpt) if ckpt.is_file() else ({}, {})
+        if record:
+            state.restore(tensors, record)
+            self.log(f"diffusion: resuming at step {state.step}")
         latents_pool, domains, labels, _ = self.load_pool()
         extras = self.load_pool_extras() if (settings.mask_weight or settings.paired_fraction) else {}
         if settings.mask_weight and "weight_maps" not in extras:
             raise RuntimeError("mask_weight needs a pool built with pool_masks (a new --work, or delete pool/)")
-        n_pairs = int(round(settings.batch_size * settings.paired_fraction / 2))
-        if n_pairs and "pair_latents" not in extras:
+        split = batch_split(settings.batch_size, settings.paired_fraction)
+        if split[1] and "pair_latents" not in extras:
             raise RuntimeError("paired_fraction needs a pool built with pool_pairs > 0 (a new --work, or delete pool/)")
-        n_single = settings.batch_size - 2 * n_pairs
-        readout = readout_optimizer = None
         if settings.text_aux_weight:
-            readout = FactorReadout(text_encoder.config.hidden_size).to(self.device).train()
-            readout_optimizer = torch.optim.AdamW(readout.parameters(), lr=settings.lr, weight_decay=1e-2)
-            if ckpt.is_file() and "readout.linear.weight" in tensors:
-                load_module_tensors(readout, tensors, "readout")
-                if "readout_optimizer" in state:
-                    load_optimizer_tensors(
-                        readout_optimizer, tensors, state["readout_optimizer"], prefix="readout_optimizer"
-                    )
+            readout_seed = int(_step_rng(settings.seed, 0, 7).integers(0, 2**63 - 1))
+            state.add_readout(settings.lr, self.device, readout_seed, tensors, record)
+        del tensors
         alphas = modules["scheduler"].alphas_cumprod.float()
-        num_t = len(alphas)
-        smoothed, smoothed_aux, seen, tick, cpu = None, None, 0, time.monotonic(), time.process_time()
-        while step < settings.steps and not self.clock.expired():
-            rng = _step_rng(settings.seed, step, 4)
-            picks = rng.integers(0, len(latents_pool), size=n_single)
-            drawn = [caption_with_mentions(domains[i], labels[i], rng) for i in picks]
-            captions = [text for text, _ in drawn]
-            mentions = [m for _, m in drawn]
-            rows, batch_domains = list(picks), [domains[i] for i in picks]
-            partners = torch.empty(0, *latents_pool.shape[1:])
-            if n_pairs:
-                pair_ids = rng.integers(0, len(extras["pair_index"]), size=n_pairs)
-                firsts, seconds = [], []
-                for j in pair_ids:
-                    i = int(extras["pair_index"][j])
-                    factor, value = extras["pair_changes"][j]
-                    text_a, text_b, said = paired_captions(domains[i], labels[i], factor, value, rng)
-                    firsts.append((i, text_a, said))
-                    seconds.append((i, text_b, {**said, factor: value}))
-                for i, text, said in firsts + seconds:
-                    rows.append(i)
-                    batch_domains.append(domains[i])
-                    captions.append(text)
-                    mentions.append(said)
-                partners = extras["pair_latents"][torch.from_numpy(pair_ids)]
-            ids = tokenizer(
-                captions,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            generator = _torch_generator(settings.seed, step, 5)
-            index = torch.tensor(rows, dtype=torch.long)
-            clean = latents_pool[index[: n_single + n_pairs]]
-            if n_pairs:
-                clean = torch.cat([clean, partners])
-            t = torch.randint(0, num_t, (settings.batch_size,), generator=generator)
-            noise = torch.randn(clean.shape, generator=generator)
-            if n_pairs:  # a pair shares its noise and timestep: only the named factor differs
-                t, noise = share_pair_rows(t, n_single, n_pairs), share_pair_rows(noise, n_single, n_pairs)
-            alpha_bar = alphas[t].view(-1, 1, 1, 1)
-            noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
-            for group in optimizer.param_groups:
-                group["lr"] = _warmup_lr(settings.lr, step - warmup_from, warmup=settings.warmup)
-            with self._autocast():
-                encoded = text_encoder(ids.to(self.device))
-                hidden = encoded[0]
-                pred = unet(noisy.to(self.device), t.to(self.device), encoder_hidden_states=hidden).sample
-            pixel_weights = None
-            if settings.mask_weight:
-                pixel_weights = mask_loss_weights(extras["weight_maps"][index], settings.mask_weight).to(self.device)
-            loss = diffusion_loss(
-                pred, noise.to(self.device), alpha_bar.to(self.device), settings.min_snr_gamma, pixel_weights
+        progress = _Progress(settings, self.clock, self.log, folder / "log.csv", self._log_row)
+        while state.step < settings.steps and not self.clock.expired():
+            step = state.step
+            batch = draw_diffusion_batch(
+                _step_rng(settings.seed, step, 4),
+                _torch_generator(settings.seed, step, 5),
+                (latents_pool, domains, labels),
+                extras,
+                tokenizer,
+                split,
+                len(alphas),
             )
-            aux = None
-            if readout is not None:
-                targets = readout_targets(batch_domains, mentions, readout.heads).to(self.device)
-                aux = readout_loss(readout(encoded[1].float()), targets, readout.heads)
-                loss = loss + settings.text_aux_weight * aux
-            optimizer.zero_grad(set_to_none=True)
-            if readout_optimizer is not None:
-                readout_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            if readout_optimizer is not None:
-                readout_optimizer.step()
-            step += 1
-            decay = min(settings.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_unet, [p.detach() for p in unet.parameters()], 1 - decay)
-                torch._foreach_lerp_(ema_text, [p.detach() for p in text_encoder.parameters()], 1 - decay)
+            loss, aux = self._diffusion_loss(state, batch, alphas, extras, settings)
+            state.apply(loss, _warmup_lr(settings.lr, step - state.warmup_from, settings.warmup), settings.ema_decay)
             value = loss.item()
             if not math.isfinite(value):
-                raise RuntimeError(f"diffusion loss became {value} at step {step}; the last checkpoint is intact")
-            smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
-            if aux is not None:
-                smoothed_aux = aux.item() if smoothed_aux is None else 0.98 * smoothed_aux + 0.02 * aux.item()
-            seen += settings.batch_size
-            if step % settings.log_every == 0 or step == settings.steps:
-                rate = seen / max(time.monotonic() - tick, 1e-9)
-                extra = f"  aux {smoothed_aux:.4f}" if smoothed_aux is not None else ""
-                self.log(
-                    f"diffusion step {step}/{settings.steps}  loss {smoothed:.4f}{extra}  {rate:.0f} img/s  "
-                    f"{self.clock.elapsed() / 60:.1f} min  {(time.process_time() - cpu) / 60:.1f} CPU-min"
-                )
-                row = {"step": step, "loss": round(smoothed, 6)}
-                if smoothed_aux is not None:  # only in arms' logs: an old log.csv keeps its columns
-                    row["aux"] = round(smoothed_aux, 6)
-                self._log_row(folder / "log.csv", row)
-                seen, tick = 0, time.monotonic()
+                raise RuntimeError(f"diffusion loss became {value} at step {state.step}; the last checkpoint is intact")
+            progress.add(state.step, value, None if aux is None else aux.item())
+            step = state.step
             if step % settings.checkpoint_every == 0 or step == settings.steps or self.clock.expired():
-                tensors = {**module_tensors(unet, "unet"), **module_tensors(text_encoder, "text_encoder")}
-                tensors.update({f"ema_unet.{i}": p for i, p in enumerate(ema_unet)})
-                tensors.update({f"ema_text.{i}": p for i, p in enumerate(ema_text)})
-                opt_tensors, opt_info = optimizer_tensors(optimizer)
-                record = {"step": step, "warmup_from": warmup_from, "optimizer": opt_info, "settings": asdict(settings)}
-                if readout is not None:
-                    tensors.update(module_tensors(readout, "readout"))
-                    readout_tensors, record["readout_optimizer"] = optimizer_tensors(
-                        readout_optimizer, "readout_optimizer"
-                    )
-                    opt_tensors.update(readout_tensors)
-                save_checkpoint(ckpt, {**tensors, **opt_tensors}, record)
+                save_checkpoint(ckpt, *state.checkpoint(asdict(settings)))
             if settings.snapshot_every and step % settings.snapshot_every == 0:
                 self.export(folder / "snapshots" / f"step-{step:06d}")
             if settings.sample_every and step % settings.sample_every == 0:
                 self.export(folder / "snapshot", dtype=torch.float32)
                 self.sample_grid(folder / "snapshot", folder / "samples" / f"step-{step:06d}.png")
-        return step >= settings.steps
+        return state.step >= settings.steps
+
+    def _diffusion_loss(
+        self,
+        state: DiffusionState,
+        batch: DiffusionBatch,
+        alphas: torch.Tensor,
+        extras: dict[str, Any],
+        settings: DiffusionSettings,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The step's loss (min-SNR epsilon MSE, mask-weighted, plus the read-out) and its read-out part."""
+        alpha_bar = alphas[batch.timesteps].view(-1, 1, 1, 1)
+        noisy = alpha_bar.sqrt() * batch.clean + (1 - alpha_bar).sqrt() * batch.noise
+        with self._autocast():
+            encoded = state.text_encoder(batch.token_ids.to(self.device))
+            pred = state.unet(
+                noisy.to(self.device), batch.timesteps.to(self.device), encoder_hidden_states=encoded[0]
+            ).sample
+        pixel_weights = None
+        if settings.mask_weight:
+            maps = extras["weight_maps"][batch.pool_rows]
+            pixel_weights = mask_loss_weights(maps, settings.mask_weight).to(self.device)
+        loss = diffusion_loss(
+            pred, batch.noise.to(self.device), alpha_bar.to(self.device), settings.min_snr_gamma, pixel_weights
+        )
+        aux = None
+        if state.readout is not None:
+            targets = readout_targets(batch.domains, batch.mentions, state.readout.heads).to(self.device)
+            aux = readout_loss(state.readout(encoded[1].float()), targets, state.readout.heads)
+            loss = loss + settings.text_aux_weight * aux
+        return loss, aux
 
     # ---------------------------------------------------------------- export
     def export(self, dest: str | Path, dtype: torch.dtype = torch.float16) -> Path:
@@ -730,182 +677,12 @@ class BaseModelTrainer:
         )
         return dest
 
-    @torch.no_grad()
     def sample_grid(self, model_dir: Path, out: Path, steps: int = 30, guidance: float = 5.0) -> Path:
         """A few samples from fixed captions (one per domain and empty), for eyeballing progress."""
-        from ..images import make_grid, save_image, tensor_to_pil
-        from ..model import DiffusionModel
-
-        model = DiffusionModel.load(model_dir, device=self.device, dtype="float32")
-        prompts = [
-            "",
-            "a cartoon face with long red hair and glasses",
-            "a cartoon face with a mustache and a smile on a blue background",
-            "a cartoon cat with orange striped fur and blue eyes",
-            "a cartoon cat with gray fur on a pink background",
-            "a cartoon face and a cat on a green background",
-        ]
-        pipe = model.to_pipeline()
-        pipe.set_progress_bar_config(disable=True)
-        from diffusers import DDIMScheduler
-
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        images = pipe(
-            prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="pt"
-        ).images
-        grid = make_grid(
-            [[tensor_to_pil(img * 2 - 1) for img in images]], column_labels=[p[:18] or "(empty)" for p in prompts]
-        )
-        return save_image(grid, out)
-
-
-def standard_sd_layout(folder: str | Path) -> Path:
-    """Make a saved pipeline folder read like a Stable Diffusion checkpoint for every loader.
-
-    transformers 5 saves ``CLIPTextModel`` weights without the ``text_model.`` prefix that Stable
-    Diffusion checkpoints (and transformers 4) use -- transformers 4 then loads a RANDOM text
-    encoder with only a warning -- and records ``"dtype": "float16"`` in its config, which makes
-    a plain ``StableDiffusionPipeline.from_pretrained`` load it in half precision beside a float32
-    UNet. The weights stay fp16 on disk; the config says float32, as SD checkpoints' configs do.
-    """
-    from safetensors.torch import load_file
-
-    encoder = Path(folder) / "text_encoder"
-    weights = encoder / "model.safetensors"
-    tensors = load_file(weights)
-    if not all(name.startswith("text_model.") for name in tensors if name != "text_projection.weight"):
-        renamed = {
-            name if name.startswith(("text_model.", "text_projection.")) else f"text_model.{name}": value
-            for name, value in tensors.items()
-        }
-        atomic_save_safetensors(weights, renamed, {"format": "pt"})
-    config_path = encoder / "config.json"
-    config = json.loads(config_path.read_text())
-    config.pop("dtype", None)
-    config["torch_dtype"] = "float32"
-    atomic_write_json(config_path, config)
-    return Path(folder)
-
-
-def grow_into(module: torch.nn.Module, trained: dict[str, torch.Tensor]) -> list[str]:
-    """Load ``trained`` weights into a module that may have MORE blocks; returns the new tensors' names.
-
-    Every trained tensor must fit (same name and shape): this grows an architecture, it does not
-    reshape one. New attention blocks get a zero output projection, so each starts as the identity
-    (its residual) and the grown UNet computes exactly what the trained one did.
-    """
-    own = module.state_dict()
-    misfit = [k for k, v in trained.items() if k not in own or own[k].shape != v.shape]
-    if misfit:
-        raise RuntimeError(f"trained weights do not fit the new architecture: {misfit[:5]} ...")
-    module.load_state_dict(trained, strict=False)
-    grown = sorted(set(own) - set(trained))
-    with torch.no_grad():
-        for name, tensor in module.named_parameters():
-            if name in grown and ".proj_out." in name:
-                tensor.zero_()
-    return grown
-
-
-def diffusion_loss(
-    pred: torch.Tensor,
-    noise: torch.Tensor,
-    alpha_bar: torch.Tensor,
-    min_snr_gamma: float,
-    pixel_weights: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Epsilon MSE with min-SNR weighting; ``pixel_weights`` [B, 1, h, w] (mean 1) reweights cells."""
-    error = (pred.float() - noise).square()
-    if pixel_weights is not None:
-        error = error * pixel_weights
-    per_sample = error.mean(dim=(1, 2, 3))
-    snr = (alpha_bar / (1 - alpha_bar)).view(-1)
-    weight = snr.clamp(max=min_snr_gamma) / snr
-    return (weight * per_sample).mean()
-
-
-def mask_loss_weights(maps: torch.Tensor, strength: float) -> torch.Tensor:
-    """Equalized weight maps [B, h, w] (mean 1) -> loss weights [B, 1, h, w] = ``(1 + s E) / (1 + s)``.
-
-    The mean stays 1, so the loss scale (and the LR that suits it) is the plain loss's; s = 0 or an
-    all-ones map gives all ones. s = 1 puts half the weight on the factors' pixels, shared equally.
-    """
-    return ((1.0 + strength * maps) / (1.0 + strength)).unsqueeze(1)
-
-
-def share_pair_rows(values: torch.Tensor, first: int, pairs: int) -> torch.Tensor:
-    """Copy rows ``first .. first+pairs`` onto rows ``first+pairs .. first+2*pairs`` (each pair's partner)."""
-    out = values.clone()
-    out[first + pairs : first + 2 * pairs] = values[first : first + pairs]
-    return out
-
-
-def readout_heads() -> list[tuple[str, str, int]]:
-    """(domain, factor, number of values) of every head of :class:`FactorReadout`, in registry order."""
-    from ..world.factors import DOMAINS
-
-    return [(domain, factor.name, len(factor.values)) for domain, factors in DOMAINS.items() for factor in factors]
-
-
-class FactorReadout(torch.nn.Module):
-    """One linear head per (domain, factor) on the text encoder's pooled output (one Linear, sliced).
-
-    Trained beside the text encoder so that the encoding of every caption tells the values it names
-    apart; not exported (the shipped text encoder stays a plain ``CLIPTextModel``).
-    """
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.heads = readout_heads()
-        self.linear = torch.nn.Linear(width, sum(n for _, _, n in self.heads))
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.linear(pooled)
-
-
-def readout_targets(domains: list[str], mentions: list[dict], heads: list[tuple[str, str, int]]) -> torch.Tensor:
-    """[B, heads] value index of every factor the caption names, -1 where it names none."""
-    from ..world.factors import get_factor
-
-    targets = torch.full((len(domains), len(heads)), -1, dtype=torch.long)
-    for row, (domain, said) in enumerate(zip(domains, mentions)):
-        for column, (head_domain, factor, _) in enumerate(heads):
-            if head_domain == domain and factor in said:
-                targets[row, column] = get_factor(domain, factor).index(said[factor])
-    return targets
-
-
-def readout_loss(logits: torch.Tensor, targets: torch.Tensor, heads: list[tuple[str, str, int]]) -> torch.Tensor:
-    """Mean cross-entropy over every (caption, named factor); 0 (with a graph) when nothing is named."""
-    total = logits.sum() * 0.0
-    count = 0
-    start = 0
-    for column, (_, _, size) in enumerate(heads):
-        rows = targets[:, column] >= 0
-        if rows.any():
-            total = total + F.cross_entropy(logits[rows, start : start + size], targets[rows, column], reduction="sum")
-            count += int(rows.sum())
-        start += size
-    return total / max(count, 1)
-
-
-def _edge_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 between horizontal and vertical finite differences: penalises blurred edges."""
-    dx = F.l1_loss(recon[..., :, 1:] - recon[..., :, :-1], target[..., :, 1:] - target[..., :, :-1])
-    dy = F.l1_loss(recon[..., 1:, :] - recon[..., :-1, :], target[..., 1:, :] - target[..., :-1, :])
-    return dx + dy
+        return sample_grid(model_dir, out, self.device, steps, guidance)
 
 
 def _warmup_lr(base: float, step: int, warmup: int) -> float:
     # Constant after warmup: a run stopped at any step equals a run planned for that many steps,
     # so CPU-limited training can stop early and a later (GPU) run can extend it reproducibly.
     return base * min(1.0, (step + 1) / warmup)
-
-
-def write_training_record(work: Path, record: dict[str, Any]) -> None:
-    """Append what a training call did (device, time, steps) to ``work/runs.json``."""
-    path = work / "runs.json"
-    runs = json.loads(path.read_text()) if path.is_file() else []
-    runs.append(record)
-    atomic_write_json(path, runs)
