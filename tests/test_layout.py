@@ -109,7 +109,6 @@ OVERSIZED_MODULES = {
     "src/noiseclr/directions.py",  # 729 lines
 }
 OVERSIZED_FUNCTIONS = {
-    "benchmarks/speed.py:run",  # 130 lines
     "src/noiseclr/basemodel/training.py:train_diffusion",  # 144 lines
 }
 
