@@ -45,13 +45,11 @@ table).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,22 +60,34 @@ import torch
 # The published procedure's replica lives beside this script (benchmarks/published.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measuring import (  # noqa: E402
-    GIB,
-    count_flops,
     environment,
     load_average,
     matmul_peak,
     measure_memory,
-    model_storages,
-    saved_for_backward,
     strict_float32,
     summarize,
     time_call,
 )
 from published import published_training_mode, reference_micro_batch_loss  # noqa: E402
+from speed_flops import (  # noqa: E402, F401  (re-exported: tests use speed.count_flops and speed.meta_twin)
+    count_flops,
+    counting_twin,
+    flop_analysis,
+    flop_floor,
+    meta_twin,
+    saved_bytes_per_image,
+)
+from speed_steps import (  # noqa: E402, F401  (re-exported: tests and callers use them as speed.*)
+    ARCHS,
+    build_model,
+    build_pipeline_for,
+    fast_step,
+    micro_batch_inputs,
+    reference_step,
+    wrap,
+)
 from speed_table import table  # noqa: E402
 
-ARCHS = ("sd15", "base", "tiny")
 SECTIONS = ("peak", "fast", "reference", "check", "edit", "projection")
 PAPER_DEFAULTS = {"directions_total": 100, "steps": 1000, "micro_batches": 4, "images": 100}
 """The published configuration: K=100 directions, 1000 AdamW steps of 4 micro-batches."""
@@ -93,118 +103,11 @@ H100_BF16_DENSE_TFLOPS = 790.0
 """bf16 dense matmul rate measured on the lent H100s (8192^3); used by ``--device meta``."""
 
 
-def build_pipeline_for(arch: str, seed: int = 0, build_device: str | None = None) -> Any:
-    """A randomly initialised ``StableDiffusionPipeline`` of ``arch`` (float32, on the CPU or ``build_device``)."""
-    from noiseclr.architecture import build_pipeline, load_clip_tokenizer, sd15_spec, tiny_spec, write_clip_tokenizer
-
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
-    with tempfile.TemporaryDirectory() as folder:
-        if arch == "sd15":
-            spec = sd15_spec()
-            tokenizer = load_clip_tokenizer(write_clip_tokenizer(folder, max_length=spec.max_length))
-        elif arch == "tiny":
-            spec = tiny_spec()  # the test suite's "eps" pipeline: 64 px, 8x8x4 latents
-            tokenizer = load_clip_tokenizer(write_clip_tokenizer(folder, max_length=spec.max_length))
-        else:
-            from noiseclr.basemodel.spec import base_model_spec
-            from noiseclr.world.tokenizer import MAX_LENGTH, build_world_tokenizer
-
-            tokenizer = load_clip_tokenizer(build_world_tokenizer(folder, MAX_LENGTH))
-            spec = base_model_spec(len(tokenizer), MAX_LENGTH)
-        # The meta device allocates nothing: an SD-1.5 twin for FLOP counting costs ~nothing.
-        where = torch.device(build_device) if build_device else contextlib.nullcontext()
-        with where:
-            return build_pipeline(spec, tokenizer, seed=seed)
-
-
-def wrap(pipe: Any, arch: str, device: torch.device | str, dtype: torch.dtype | str) -> Any:
-    from noiseclr.model import DiffusionModel
-
-    return DiffusionModel.from_pipeline(pipe, name=f"random-{arch}", device=device, dtype=dtype)
-
-
-def build_model(arch: str, device: str = "cpu", dtype: str | torch.dtype = "float32", seed: int = 0) -> Any:
-    """A :class:`~noiseclr.model.DiffusionModel` with random weights of ``arch``."""
-    build_device = "meta" if str(device) == "meta" else None
-    return wrap(build_pipeline_for(arch, seed, build_device), arch, device, dtype)
-
-
-def meta_twin(arch: str) -> Any:
-    """The same architecture on the meta device (for counting FLOPs by shapes)."""
-    return build_model(arch, device="meta", dtype="float32")
-
-
-def counting_twin(arch: str) -> Any:
-    """Where FLOPs are counted: the meta device for SD-1.5 (no memory, no compute); small archs
-    run for real on the CPU, which is quicker than the meta device's Python shape functions
-    (both give the same count, see tests/test_benchmarks.py)."""
-    return meta_twin(arch) if arch == "sd15" else build_model(arch, device="cpu", dtype="float32")
-
-
-# ============================================================================ inputs
-def micro_batch_inputs(model: Any, batch: int, count: int, total: int = 100, seed: int = 0) -> dict[str, Any]:
-    """Latents, noise, timestep, drawn indices and a [total, W] direction table, as the trainer has them."""
-    from noiseclr.discovery import initial_directions
-
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch, model.latent_channels, model.latent_size, model.latent_size)
-    meta = model.device.type == "meta"
-    if meta:
-        vectors = torch.empty(total, model.token_width, device="meta")
-        latents = torch.empty(shape, device="meta")
-        noise = torch.empty(shape, device="meta")
-    else:
-        vectors = initial_directions(model, total, seed).to(model.device)
-        latents = torch.randn(shape, generator=generator).to(model.device)
-        noise = torch.randn(shape, generator=generator).to(model.device)
-    drawn = torch.randperm(total, generator=generator)[:count]
-    return {"vectors": vectors, "latents": latents, "noise": noise, "timestep": 500, "drawn": drawn}
-
-
 def fresh_leaf(vectors: torch.Tensor) -> torch.nn.Parameter:
     return torch.nn.Parameter(vectors.detach().clone().float())
 
 
-# ============================================================================ the two paths
-def fast_step(
-    model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, variant: str, temperature: float = 0.5
-) -> torch.Tensor:
-    """One micro-batch through the fast path, with backward; returns the (detached) loss."""
-    from noiseclr.discovery import micro_batch_loss
-
-    vectors.grad = None
-    result = micro_batch_loss(
-        model,
-        vectors,
-        inputs["latents"],
-        inputs["timestep"],
-        inputs["noise"],
-        inputs["drawn"],
-        variant=variant,
-        temperature=temperature,
-    )
-    result.loss.backward()
-    return result.loss.detach()
-
-
-def reference_step(
-    model: Any, inputs: dict[str, Any], vectors: torch.nn.Parameter, checkpointing: bool
-) -> torch.Tensor:
-    vectors.grad = None
-    loss = reference_micro_batch_loss(
-        model,
-        vectors,
-        inputs["latents"],
-        inputs["timestep"],
-        inputs["noise"],
-        inputs["drawn"],
-        checkpointing=checkpointing,
-    )
-    loss.backward()
-    return loss.detach()
-
-
+# ============================================================================ the two paths, compared
 def _leaf_for(model: Any, vectors: torch.Tensor) -> torch.nn.Parameter:
     # float64 models get float64 directions, so a float64 comparison stays float64 end to end.
     leaf = fresh_leaf(vectors)
@@ -258,78 +161,6 @@ def compare_paths(
 ) -> dict[str, float]:
     """Fast path (single-anchor) on ``fast_model`` vs the published procedure on ``reference_model``, same inputs."""
     return path_errors(run_fast(fast_model, inputs), run_reference(reference_model, inputs, checkpointing))
-
-
-def saved_bytes_per_image(model: Any) -> dict[str, Any]:
-    """Bytes one image keeps for the backward of the grad UNet call (fast path, no checkpointing)."""
-    inputs = micro_batch_inputs(model, 1, 1)
-    conditioning = model.null_conditioning().clone().requires_grad_(True)
-    noisy = model.add_noise(inputs["latents"], inputs["noise"], inputs["timestep"])
-    total = saved_for_backward(
-        lambda: model.predict_eps(noisy, inputs["timestep"], conditioning), model_storages(model)
-    )
-    return {"bytes_per_image": total, "gib_per_image": total / GIB, "dtype": str(model.dtype).replace("torch.", "")}
-
-
-# ============================================================================ FLOP analysis
-def flop_analysis(arch: str, batch: int, count: int, variant: str, full: bool = False) -> dict[str, Any]:
-    """Model FLOPs of a twin of ``arch``: UNet forward per image, the fast and the reference micro-batch.
-
-    The reference's cost is linear in J (each direction adds one identical text-encoder + UNet
-    forward and backward), so it is counted at J = 2 and 3 and extrapolated exactly. ``full``
-    adds the hardware FLOPs with gradient-checkpointing recompute.
-    """
-    twin = counting_twin(arch)
-    inputs = micro_batch_inputs(twin, batch, count)
-    null = twin.null_conditioning()
-    one = micro_batch_inputs(twin, 1, 1)
-
-    def unet_forward() -> None:
-        with torch.no_grad():
-            twin.predict_eps(one["latents"], 500, null)
-
-    def text_forward() -> None:
-        with torch.no_grad():
-            twin.encode_directions(one["vectors"][:1])
-
-    def fast() -> None:
-        fast_step(twin, inputs, torch.nn.Parameter(inputs["vectors"]), variant)
-
-    def fast_checkpointed() -> None:
-        twin.unet.enable_gradient_checkpointing()
-        twin.unet.train()
-        try:
-            fast()
-        finally:
-            twin.unet.disable_gradient_checkpointing()
-            twin.unet.eval()
-
-    def reference(drawn: int, checkpointing: bool) -> int:
-        few = dict(inputs, drawn=inputs["drawn"][:drawn])
-        return count_flops(lambda: reference_step(twin, few, torch.nn.Parameter(inputs["vectors"]), checkpointing))[
-            "total"
-        ]
-
-    def reference_at(checkpointing: bool) -> int:
-        two, three = reference(2, checkpointing), reference(3, checkpointing)
-        return two + (count - 2) * (three - two)
-
-    result: dict[str, Any] = {
-        "unet_forward_per_image": count_flops(unet_forward)["total"],
-        "text_encoder_per_direction": count_flops(text_forward)["total"],
-        "fast": count_flops(fast),
-        "reference": reference_at(False),
-    }
-    if full:
-        result["fast_with_checkpointing"] = count_flops(fast_checkpointed)["total"]
-        result["reference_with_checkpointing"] = reference_at(True)
-    grad_rows = count * batch
-    forward = (batch + grad_rows) * result["unet_forward_per_image"] + count * result["text_encoder_per_direction"]
-    # Backward of the grad rows over their forward: ~1 with frozen weights (input gradients only), ~2 with weight gradients.
-    result["fast_backward_over_forward"] = (result["fast"]["total"] - forward) / (
-        grad_rows * result["unet_forward_per_image"]
-    )
-    return result
 
 
 # ============================================================================ editing
@@ -435,20 +266,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = torch.device("meta") if args.device == "meta" else resolve_device(args.device)
     results: dict[str, Any] = {"environment": environment(device, argv), "arch": args.arch}
-    settings = {"batch": args.batch, "directions": args.directions, "variant": args.variant}
-    results["settings"] = settings
-
+    results["settings"] = {"batch": args.batch, "directions": args.directions, "variant": args.variant}
     _log(f"counting FLOPs of {args.arch} ({'meta device' if args.arch == 'sd15' else 'CPU twin'})")
     flops = flop_analysis(args.arch, args.batch, args.directions, args.variant, full=device.type == "meta")
     results["flops"] = flops
     if device.type == "meta":
-        peak = args.peak_tflops * 1e12
-        results["floor"] = {
-            "peak_tflops": args.peak_tflops,
-            "fast_s": flops["fast"]["total"] / peak,
-            "fast_with_checkpointing_s": flops["fast_with_checkpointing"] / peak,
-            "reference_s": flops["reference_with_checkpointing"] / peak,
-        }
+        results["floor"] = flop_floor(flops, args.peak_tflops)
         results["environment"]["load_average_end"] = load_average()
         return results
 
@@ -456,34 +279,79 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     optimize = args.channels_last or args.compile or args.gradient_checkpointing
     warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
     checkpointing = args.reference_checkpointing == "on"
-    settings.update(
-        dtype=str(dtype).replace("torch.", ""),
-        channels_last=args.channels_last,
-        compile=args.compile,
-        gradient_checkpointing=args.gradient_checkpointing,
-        warmup=warmup,
-        repeats=args.repeats,
-        reference_checkpointing=checkpointing,
-        threads=torch.get_num_threads(),
-    )
-
+    results["settings"].update(timed_settings(args, dtype, warmup, checkpointing))
     if "peak" not in args.skip:
-        peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        size = args.peak_size or (8192 if device.type == "cuda" else 2048)
-        _log(f"matmul peak ({peak_dtype}, {size}^3)")
-        results["peak"] = matmul_peak(device, peak_dtype, size, max(3, args.repeats))
-
-    _log(f"building {args.arch} (random weights)")
-    began = time.perf_counter()
-    pipe = build_pipeline_for(args.arch, args.seed)
+        results["peak"] = peak_section(args, device)
     # The reference runs float32 without the fast path's flags: its own copy when anything differs.
     need_reference = "reference" not in args.skip or "check" not in args.skip
     separate_reference = need_reference and (dtype != torch.float32 or optimize)
+    model, inputs, reference_pipe, built = build_section(args, device, dtype, separate_reference, optimize)
+    results.update(built)
+    if args.saved_bytes:
+        _log("activation bytes per image")
+        results["saved_bytes"] = guarded(device, lambda: saved_bytes_per_image(model))
+    if "fast" not in args.skip:
+        results.update(fast_section(model, inputs, args, warmup, device, flops, results.get("peak")))
+    reference_model = None
+    if need_reference:
+        reference_model = wrap(reference_pipe, args.arch, device, torch.float32) if separate_reference else model
+        reference_pipe = None
+    if "reference" not in args.skip:
+        fast_s = _fast_seconds(results, args)
+        results["reference"] = reference_section(reference_model, inputs, args, checkpointing, device, flops, fast_s)
+    if "check" not in args.skip:
+        results["check"] = check_section(model, reference_model, inputs, dtype, checkpointing, args, device)
+    if separate_reference and reference_model is not None:
+        reference_model = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if "edit" not in args.skip:
+        results["edit"] = edit_section(model, args, warmup, device)
+    if "projection" not in args.skip and _fast_seconds(results, args) is not None:
+        results["projection"] = projection_section(results, args)
+    results["environment"]["load_average_end"] = load_average()
+    return results
+
+
+def timed_settings(args: argparse.Namespace, dtype: torch.dtype, warmup: int, checkpointing: bool) -> dict[str, Any]:
+    """The settings a timed run adds to ``--batch``, ``--directions`` and ``--variant``."""
+    return {
+        "dtype": str(dtype).replace("torch.", ""),
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "warmup": warmup,
+        "repeats": args.repeats,
+        "reference_checkpointing": checkpointing,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _fast_seconds(results: dict[str, Any], args: argparse.Namespace) -> float | None:
+    """The fast path's median at the main J, if it was timed."""
+    return results.get("fast", {}).get(f"J={args.directions}", {}).get("median_s")
+
+
+def peak_section(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The device's matmul peak: bf16 on the GPU, float32 on the CPU."""
+    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+    _log(f"matmul peak ({peak_dtype}, {size}^3)")
+    return matmul_peak(device, peak_dtype, size, max(3, args.repeats))
+
+
+def build_section(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype, separate_reference: bool, optimize: bool
+) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
+    """The model, its micro-batch inputs, the reference's own pipeline copy (or None) and what to report of them."""
+    _log(f"building {args.arch} (random weights)")
+    began = time.perf_counter()
+    pipe = build_pipeline_for(args.arch, args.seed)
     reference_pipe = copy.deepcopy(pipe) if separate_reference else None
     model = wrap(pipe, args.arch, device, dtype)
-    results["build_s"] = time.perf_counter() - began
-    results["model"] = model.describe()
-    results["architecture"] = {
+    built: dict[str, Any] = {"build_s": time.perf_counter() - began, "model": model.describe()}
+    built["architecture"] = {
         "unet_block_out_channels": list(model.unet.config.block_out_channels),
         "vae_block_out_channels": list(model.vae.config.block_out_channels),
         "text_layers": int(model.text_encoder.config.num_hidden_layers),
@@ -499,86 +367,99 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             gradient_checkpointing=args.gradient_checkpointing,
             compile_unet=args.compile,
         )
+    return model, inputs, reference_pipe, built
 
-    if args.saved_bytes:
-        _log("activation bytes per image")
-        results["saved_bytes"] = guarded(device, lambda: saved_bytes_per_image(model))
 
-    if "fast" not in args.skip:
-        results["fast"] = {}
-        for count in [args.directions, *args.also_directions]:
-            _log(f"fast path: N={args.batch}, J={count}")
-            step_inputs = (
-                inputs if count == args.directions else micro_batch_inputs(model, args.batch, count, seed=args.seed)
-            )
-            results["fast"][f"J={count}"] = guarded(
-                device, lambda: time_fast(model, step_inputs, args, warmup, device, count == args.directions)
-            )
-        main_entry = results["fast"][f"J={args.directions}"]
-        if "median_s" in main_entry:
-            main_entry["model_tflop"] = flops["fast"]["total"] / 1e12
-            main_entry["achieved_tflops"] = flops["fast"]["total"] / main_entry["median_s"] / 1e12
-            if "peak" in results:
-                main_entry["share_of_peak"] = main_entry["achieved_tflops"] / results["peak"]["tflops_median"]
-        # One AdamW step over the K x W table, as the trainer takes it every `micro_batches` micro-batches.
-        vectors = fresh_leaf(inputs["vectors"])
-        vectors.grad = torch.randn_like(vectors)
-        optimizer = torch.optim.AdamW([vectors], lr=1e-3, weight_decay=1e-2)
-        results["optimizer_step"] = summarize(time_call(optimizer.step, device, args.repeats, warmup=1))
-
-    reference_model = None
-    if need_reference:
-        reference_model = wrap(reference_pipe, args.arch, device, torch.float32) if separate_reference else model
-        reference_pipe = None
-    if "reference" not in args.skip:
-        _log(
-            f"reference path: {args.directions + 1} UNet calls of N={args.batch}, float32, checkpointing {args.reference_checkpointing}"
+def fast_section(
+    model: Any,
+    inputs: dict[str, Any],
+    args: argparse.Namespace,
+    warmup: int,
+    device: torch.device,
+    flops: dict[str, Any],
+    peak: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The fast path at each J (``fast``) and one AdamW step over the direction table (``optimizer_step``)."""
+    fast: dict[str, Any] = {}
+    for count in [args.directions, *args.also_directions]:
+        _log(f"fast path: N={args.batch}, J={count}")
+        step_inputs = (
+            inputs if count == args.directions else micro_batch_inputs(model, args.batch, count, seed=args.seed)
         )
-        entry = guarded(device, lambda: time_reference(reference_model, inputs, args, checkpointing, device))
-        entry["model_tflop"] = flops["reference"] / 1e12
-        fast_s = results.get("fast", {}).get(f"J={args.directions}", {}).get("median_s")
-        if fast_s and "median_s" in entry:
-            entry["speedup"] = entry["median_s"] / fast_s
-            entry["speedup_with_vae_encode"] = (entry["median_s"] + entry["vae_encode"]["median_s"]) / fast_s
-        results["reference"] = entry
-
-    if "check" not in args.skip:
-        _log("equivalence check: fast vs reference (single-anchor, same inputs)")
-        results["check"] = guarded(
-            device, lambda: equivalence_check(model, reference_model, inputs, dtype, checkpointing, args.arch)
+        fast[f"J={count}"] = guarded(
+            device, lambda: time_fast(model, step_inputs, args, warmup, device, count == args.directions)
         )
+    main_entry = fast[f"J={args.directions}"]
+    if "median_s" in main_entry:
+        main_entry["model_tflop"] = flops["fast"]["total"] / 1e12
+        main_entry["achieved_tflops"] = flops["fast"]["total"] / main_entry["median_s"] / 1e12
+        if peak is not None:
+            main_entry["share_of_peak"] = main_entry["achieved_tflops"] / peak["tflops_median"]
+    # One AdamW step over the K x W table, as the trainer takes it every `micro_batches` micro-batches.
+    vectors = fresh_leaf(inputs["vectors"])
+    vectors.grad = torch.randn_like(vectors)
+    optimizer = torch.optim.AdamW([vectors], lr=1e-3, weight_decay=1e-2)
+    return {"fast": fast, "optimizer_step": summarize(time_call(optimizer.step, device, args.repeats, warmup=1))}
 
-    if separate_reference and reference_model is not None:
-        reference_model = None
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
 
-    if "edit" not in args.skip:
-        _log(f"edit: one {model.resolution} px image, {args.edit_steps}-step DDIM inversion + edit")
-        results["edit"] = guarded(
-            device, lambda: edit_benchmark(model, args.edit_steps, args.repeats, warmup, args.seed)
-        )
+def reference_section(
+    reference_model: Any,
+    inputs: dict[str, Any],
+    args: argparse.Namespace,
+    checkpointing: bool,
+    device: torch.device,
+    flops: dict[str, Any],
+    fast_s: float | None,
+) -> dict[str, Any]:
+    """The published procedure on the same micro-batch, and its speed-up over the fast path (``fast_s``)."""
+    _log(
+        f"reference path: {args.directions + 1} UNet calls of N={args.batch}, float32, checkpointing {args.reference_checkpointing}"
+    )
+    entry = guarded(device, lambda: time_reference(reference_model, inputs, args, checkpointing, device))
+    entry["model_tflop"] = flops["reference"] / 1e12
+    if fast_s and "median_s" in entry:
+        entry["speedup"] = entry["median_s"] / fast_s
+        entry["speedup_with_vae_encode"] = (entry["median_s"] + entry["vae_encode"]["median_s"]) / fast_s
+    return entry
 
-    fast_s = results.get("fast", {}).get(f"J={args.directions}", {}).get("median_s")
-    if "projection" not in args.skip and fast_s is not None:
-        micro = PAPER_DEFAULTS["steps"] * PAPER_DEFAULTS["micro_batches"]
-        encode_s = results.get("edit", {}).get("parts", {}).get("encode", {}).get("median_s")
-        # Latents are encoded once: every image and its mirror image (hflip on).
-        cache = 2 * PAPER_DEFAULTS["images"] * encode_s if encode_s is not None else 0.0
-        # K=100 draws min(20, K-1) + 1 = 21 directions per micro-batch: the measured micro-batch.
-        projection = {
-            "micro_batches": micro,
-            "fast_s": micro * fast_s + PAPER_DEFAULTS["steps"] * results["optimizer_step"]["median_s"] + cache,
-            "latent_cache_s": cache,
-        }
-        ref = results.get("reference", {})
-        if "median_s" in ref:
-            projection["reference_s"] = micro * (ref["median_s"] + ref["vae_encode"]["median_s"])
-        results["projection"] = projection
 
-    results["environment"]["load_average_end"] = load_average()
-    return results
+def check_section(
+    model: Any,
+    reference_model: Any,
+    inputs: dict[str, Any],
+    dtype: torch.dtype,
+    checkpointing: bool,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Fast path against the published procedure on the same inputs (:func:`equivalence_check`)."""
+    _log("equivalence check: fast vs reference (single-anchor, same inputs)")
+    return guarded(device, lambda: equivalence_check(model, reference_model, inputs, dtype, checkpointing, args.arch))
+
+
+def edit_section(model: Any, args: argparse.Namespace, warmup: int, device: torch.device) -> dict[str, Any]:
+    """One image inverted and edited (:func:`edit_benchmark`)."""
+    _log(f"edit: one {model.resolution} px image, {args.edit_steps}-step DDIM inversion + edit")
+    return guarded(device, lambda: edit_benchmark(model, args.edit_steps, args.repeats, warmup, args.seed))
+
+
+def projection_section(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The full default discovery from the measured micro-batch, optimizer step and encode."""
+    fast_s = _fast_seconds(results, args)
+    micro = PAPER_DEFAULTS["steps"] * PAPER_DEFAULTS["micro_batches"]
+    encode_s = results.get("edit", {}).get("parts", {}).get("encode", {}).get("median_s")
+    # Latents are encoded once: every image and its mirror image (hflip on).
+    cache = 2 * PAPER_DEFAULTS["images"] * encode_s if encode_s is not None else 0.0
+    # K=100 draws min(20, K-1) + 1 = 21 directions per micro-batch: the measured micro-batch.
+    projection = {
+        "micro_batches": micro,
+        "fast_s": micro * fast_s + PAPER_DEFAULTS["steps"] * results["optimizer_step"]["median_s"] + cache,
+        "latent_cache_s": cache,
+    }
+    ref = results.get("reference", {})
+    if "median_s" in ref:
+        projection["reference_s"] = micro * (ref["median_s"] + ref["vae_encode"]["median_s"])
+    return projection
 
 
 def guarded(device: torch.device, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -108,7 +108,6 @@ OVERSIZED_MODULES = {
     "src/noiseclr/directions.py",  # 729 lines
 }
 OVERSIZED_FUNCTIONS = {
-    "benchmarks/speed.py:run",  # 130 lines
 }
 
 
