@@ -1,54 +1,16 @@
 """Directions and their file format.
 
 A set of K directions is a [K, width] tensor of token embeddings plus metadata that says which
-model they belong to. On SDXL a direction is a pair of token embeddings, one per text encoder,
-stored as one row ``[d_1 | d_2]`` of width ``W1 + W2``. Files are safetensors: tensor
-``directions`` and string metadata
-
-=================  ===========================================================================
-``format``         ``noiseclr.directions``
-``format_version`` ``1``
-``model``          identifier of the model they were discovered on (hub id, folder, embedded)
-``model_kind``     ``sd`` (Stable Diffusion 1.x/2.x) or ``sdxl``
-``fingerprint``    JSON: the (first) text encoder token table's shape, a dtype-stable probe and sha256
-``fingerprint_2``  JSON: the same for SDXL's second text encoder (SDXL only)
-``token_width``    width of one direction row (the sum of ``token_widths``)
-``token_widths``   JSON: each encoder's part of a row, ``[W]`` or ``[W1, W2]`` (e.g. [768, 1280])
-``max_length``     the tokenizer's sequence length
-``count``          K
-``names``          JSON list of K names (optional; e.g. the factor a direction moves)
-``domain``         free-text label of the image domain (faces, cats, ...)
-``settings``       JSON: the discovery settings that produced them
-``edit_defaults``  JSON list of K ``{"scale" or "strength", "start", "end", "inversion", "steps"}``:
-                   how to apply each direction, as it was measured (optional; the last two may be absent)
-``calibration``    JSON: each direction's response (``{"response": [K], "definition", "timesteps",
-                   "images", "seed", "source"}``, :mod:`noiseclr.strength`): a strength of S% is the
-                   scale ``S / (100 * response[k])`` (optional; measured at the end of discovery)
-=================  ===========================================================================
-
-Files written before SDXL support have no ``model_kind``/``token_widths``; they are SD files
-(``token_widths = [token_width]``). Older readers ignore the new keys and refuse SDXL files by
-their width, so the version stays 1.
-
-Any safetensors reader can open them (``safetensors.safe_open(path, "pt").metadata()``).
-:meth:`Directions.load` also imports what other tools use (imported files carry no fingerprint,
-so only their widths are checked against a model):
-
-* ``{token: vector}`` (``pipe.load_textual_inversion``'s layout and the published NoiseCLR
-  code's ``learned_embeds.bin``), A1111's ``string_to_param``, kohya's ``emb_params``;
-* SDXL pairs: ``{"clip_l": [n, W1], "clip_g": [n, W2]}`` (kohya/A1111/ComfyUI/InvokeAI), and
-  the diffusers SDXL layout ``text_encoder/NAME.safetensors`` + ``text_encoder_2/NAME.safetensors``
-  (either file names the pair).
-
-:meth:`Directions.export` writes them (formats in :data:`EXPORT_FORMATS`, one README.txt each).
+model they belong to (on SDXL a row is the pair ``[d_1 | d_2]``, one part per text encoder). The
+file format, its metadata keys and the other tools' files :meth:`Directions.load` imports are
+specified in docs/directions_format.md; reading them field by field is :mod:`noiseclr.direction_files`.
+:meth:`Directions.export` writes the files other tools read (formats in :data:`EXPORT_FORMATS`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,6 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .direction_files import (
+    DIFFUSERS_SDXL_FOLDERS,
+    SDXL_KEYS,
+    MetadataReader,
+    diffusers_sdxl_pair,
+    is_int,
+    sdxl_pair_vectors,
+    textual_inversion_vectors,
+)
 from .errors import NoiseCLRError
 from .fileio import atomic_save_safetensors, atomic_write, atomic_write_text, read_safetensors, read_tensor_file
 
@@ -73,9 +44,6 @@ AUTOMATIC1111, ComfyUI, InvokeAI; ``diffusers``: one ``{token: vector}`` file pe
 encoder; ``noiseclr-published``: all K in one learned_embeds.bin/.safetensors (the published code's
 layout, for that code only)."""
 
-SDXL_KEYS = ("clip_l", "clip_g")
-"""kohya's keys for SDXL's two encoders (CLIP ViT-L, OpenCLIP ViT-bigG)."""
-DIFFUSERS_SDXL_FOLDERS = ("text_encoder", "text_encoder_2")
 KINDS = {1: "sd", 2: "sdxl"}
 
 
@@ -307,7 +275,7 @@ class Directions:
 
     @classmethod
     def _from_noiseclr(cls, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Directions:
-        field = _MetadataReader(path, meta)
+        field = MetadataReader(path, meta)
         version = field.integer("format_version", default=0, least=0)
         if version > FORMAT_VERSION:
             raise NoiseCLRError(
@@ -326,7 +294,7 @@ class Directions:
             raise NoiseCLRError(f"{path}: holds no directions (0 rows); discover or export directions into it first.")
         # Files from before SDXL support are SD files: one encoder, the whole row.
         widths = field.json("token_widths", list, default=[width])
-        if not (len(widths) in KINDS and all(_is_int(w) and w > 0 for w in widths) and sum(widths) == width):
+        if not (len(widths) in KINDS and all(is_int(w) and w > 0 for w in widths) and sum(widths) == width):
             raise field.bad("token_widths", widths, f"1 or 2 positive widths that add up to the row width {width}")
         kind = field.choice("model_kind", tuple(KINDS.values()), default=None)
         if kind is not None and KINDS[len(widths)] != kind:
@@ -351,7 +319,7 @@ class Directions:
     def _from_textual_inversion(cls, path: Path, state: Any) -> Directions:
         pair = sdxl_pair_vectors(state, path)
         if pair is None:
-            pair = _diffusers_sdxl_pair(path, state)
+            pair = diffusers_sdxl_pair(path, state)
         if pair is not None:
             names, vectors, widths = pair
             return cls(vectors=vectors, names=names, token_widths=widths, source="textual-inversion", path=path)
@@ -536,128 +504,6 @@ def _diffusers_howto(where: str, token: str, sdxl: bool) -> str:
     )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-EDIT_DEFAULT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "scale": (lambda v: v is None or _is_number(v), "a number"),
-    "strength": (lambda v: v is None or _is_number(v), "a number (percent)"),
-    "start": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
-    "end": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
-    "inversion": (lambda v: v is None or v in ("ddim", "ddpm"), "'ddim' or 'ddpm'"),
-    "steps": (lambda v: v is None or (_is_int(v) and v >= 1), "a whole number of at least 1"),
-}
-"""What each known key of an ``edit_defaults`` entry must hold (other keys are kept, unread)."""
-
-
-class _MetadataReader:
-    """Reads a directions file's string metadata field by field; a bad value is one line naming the
-    file, the field and what was expected (files can come from anywhere, edited by hand or hostile)."""
-
-    def __init__(self, path: Path, meta: dict[str, str]):
-        self.path, self.meta = path, meta
-
-    def bad(self, name: str, value: Any, expected: str) -> NoiseCLRError:
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return NoiseCLRError(
-            f"{self.path}: metadata field '{name}' is {shown}; expected {expected} -- the file is damaged or was "
-            "edited by hand: re-export the directions."
-        )
-
-    def integer(self, name: str, default: Any, least: int) -> Any:
-        text = self.meta.get(name)
-        if not text:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise self.bad(name, text, f"a whole number of at least {least}") from None
-        if value < least:
-            raise self.bad(name, text, f"a whole number of at least {least}")
-        return value
-
-    def choice(self, name: str, options: tuple[str, ...], default: Any) -> Any:
-        text = self.meta.get(name)
-        if text is None:
-            return default
-        if text not in options:
-            raise self.bad(name, text, " or ".join(repr(o) for o in options))
-        return text
-
-    def json(self, name: str, kind: type, default: Any) -> Any:
-        text = self.meta.get(name)
-        if not text:
-            return default
-        try:
-            value = json.loads(text)
-        except (ValueError, RecursionError):
-            raise self.bad(name, text, f"JSON (a {kind.__name__})") from None
-        if not isinstance(value, kind):
-            raise self.bad(name, value, f"a JSON {'object' if kind is dict else kind.__name__}")
-        return value
-
-    def names(self, count: int) -> list[str] | None:
-        names = self.json("names", list, default=None)
-        if names is not None and (len(names) != count or not all(n is None or isinstance(n, str) for n in names)):
-            raise self.bad("names", names, f"a list of {count} names (strings)")
-        return None if names is None else [n or "" for n in names]
-
-    def edit_defaults(self, count: int) -> list[dict[str, Any] | None] | None:
-        entries = self.json("edit_defaults", list, default=None)
-        if entries is None:
-            return None
-        if len(entries) != count:
-            raise self.bad("edit_defaults", f"{len(entries)} entries", f"one entry per direction ({count})")
-        for index, entry in enumerate(entries):
-            if entry is None:
-                continue
-            where = f"edit_defaults[{index}]"
-            if not isinstance(entry, dict):
-                raise self.bad(where, entry, 'a JSON object such as {"strength": 3, "start": 0, "end": 1}')
-            for key, (ok, expected) in EDIT_DEFAULT_FIELDS.items():
-                if key in entry and not ok(entry[key]):
-                    raise self.bad(f"{where}.{key}", entry[key], expected)
-            if entry.get("start", 0.0) > entry.get("end", 1.0):
-                raise self.bad(f"{where}.start", entry["start"], f"at most its end ({entry.get('end', 1.0)})")
-        return entries
-
-    def calibration(self, count: int) -> dict[str, Any] | None:
-        record = self.json("calibration", dict, default=None)
-        if record is None:
-            return None
-        response = record.get("response")
-        if not (
-            isinstance(response, list) and len(response) == count and all(_is_number(r) and r >= 0 for r in response)
-        ):
-            raise self.bad(
-                "calibration.response", response, f"a list of {count} non-negative numbers (one per direction)"
-            )
-        pairs = record.get("duplicates", [])
-        if not (
-            isinstance(pairs, list)
-            and all(
-                isinstance(p, list)
-                and len(p) == 3
-                and _is_int(p[0])
-                and _is_int(p[1])
-                and _is_number(p[2])
-                and 0 <= p[0] < count
-                and 0 <= p[1] < count
-                for p in pairs
-            )
-        ):
-            raise self.bad(
-                "calibration.duplicates", pairs, f"a list of [i, j, cos] with direction indices below {count}"
-            )
-        return record
-
-
 def _slug(text: str) -> str:
     # File names double as trigger words in A1111/ComfyUI: keep them plain.
     return re.sub(r"[^a-z0-9_]+", "-", str(text).lower()).strip("-")[:48].strip("-")
@@ -665,93 +511,3 @@ def _slug(text: str) -> str:
 
 def _plus(widths: list[int] | None) -> str:
     return "+".join(map(str, widths or []))
-
-
-def textual_inversion_vectors(state: Any, path: Path | str = "file") -> tuple[list[str], list[torch.Tensor]]:
-    """Token names and [width] vectors from any common textual-inversion layout."""
-
-    def rows(tensor: torch.Tensor, name: str) -> list[tuple[str, torch.Tensor]]:
-        tensor = tensor.detach().float()
-        if tensor.ndim == 1:
-            return [(name, tensor)]
-        if tensor.ndim == 2:
-            if tensor.shape[0] == 1:
-                return [(name, tensor[0])]
-            return [(f"{name}[{i}]", tensor[i]) for i in range(tensor.shape[0])]
-        raise NoiseCLRError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}; expected [width] or [n, width].")
-
-    found: list[tuple[str, torch.Tensor]] = []
-    if isinstance(state, torch.Tensor):
-        found = rows(state, "direction")
-    elif isinstance(state, dict) and "string_to_param" in state:  # A1111
-        params = state["string_to_param"]
-        tensor = params.get("*", next(iter(params.values()), None)) if isinstance(params, dict) else None
-        if not isinstance(tensor, torch.Tensor):
-            raise NoiseCLRError(f"{path}: A1111 embedding without a tensor under string_to_param; the file is damaged.")
-        found = rows(tensor, str(state.get("name", "embedding")))
-    elif isinstance(state, dict) and "emb_params" in state and isinstance(state["emb_params"], torch.Tensor):
-        found = rows(state["emb_params"], Path(path).stem)  # kohya/A1111: the file name is the token
-    elif isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        for name, tensor in state.items():
-            found.extend(rows(tensor, str(name)))
-    if not found:
-        raise NoiseCLRError(
-            f"{path}: not a directions file: expected noiseclr metadata or a textual-inversion {{token: vector}} dict."
-        )
-    widths = {vector.shape[0] for _, vector in found}
-    if len(widths) != 1:
-        raise NoiseCLRError(
-            f"{path}: vectors of different widths {sorted(widths)}; a file must hold one model's tokens."
-        )
-    return [name for name, _ in found], [vector for _, vector in found]
-
-
-def sdxl_pair_vectors(state: Any, path: Path | str = "file") -> tuple[list[str], torch.Tensor, list[int]] | None:
-    """kohya's SDXL layout ``{"clip_l": [n, W1], "clip_g": [n, W2]}`` -> names, [n, W1 + W2] rows
-    and the widths; None for any other layout."""
-    if not (isinstance(state, dict) and all(isinstance(state.get(key), torch.Tensor) for key in SDXL_KEYS)):
-        return None
-    parts = [state[key].detach().float() for key in SDXL_KEYS]
-    parts = [part.unsqueeze(0) if part.ndim == 1 else part for part in parts]
-    if any(part.ndim != 2 for part in parts) or parts[0].shape[0] != parts[1].shape[0]:
-        shapes = ", ".join(f"{key} {tuple(state[key].shape)}" for key in SDXL_KEYS)
-        raise NoiseCLRError(
-            f"{path}: SDXL embedding with mismatched tensors ({shapes}); expected [n, W] each with the same n."
-        )
-    stem = Path(path).stem
-    count = parts[0].shape[0]
-    names = [stem] if count == 1 else [f"{stem}[{i}]" for i in range(count)]
-    return names, torch.cat(parts, dim=1), [int(parts[0].shape[1]), int(parts[1].shape[1])]
-
-
-def _sdxl_partner_paths(path: Path) -> tuple[Path, Path]:
-    """Both files of the diffusers SDXL pair that ``path`` belongs to (they may not exist)."""
-    root, suffix = path.parent.parent, path.suffix
-    own_key = SDXL_KEYS[DIFFUSERS_SDXL_FOLDERS.index(path.parent.name)]
-    if path.stem.endswith(f"-{own_key}"):
-        stem = path.stem[: -len(own_key) - 1]
-        return tuple(root / sub / f"{stem}-{key}{suffix}" for sub, key in zip(DIFFUSERS_SDXL_FOLDERS, SDXL_KEYS))
-    return tuple(root / sub / path.name for sub in DIFFUSERS_SDXL_FOLDERS)
-
-
-def _diffusers_sdxl_pair(path: Path, state: Any) -> tuple[list[str], torch.Tensor, list[int]] | None:
-    """The diffusers SDXL layout: ``text_encoder/STEM-clip_l`` + ``text_encoder_2/STEM-clip_g`` (or,
-    as noiseclr 0.1.0 wrote them, the same NAME in both folders), named by either file."""
-    if path.parent.name not in DIFFUSERS_SDXL_FOLDERS:
-        return None
-    first, second = _sdxl_partner_paths(path)
-    other = second if path.parent.name == DIFFUSERS_SDXL_FOLDERS[0] else first
-    if not other.is_file():
-        return None  # a lone file: imported as plain vectors, checked by width
-    if path.suffix == ".safetensors":
-        other_state, _ = read_safetensors(other, "the file is damaged or of another type.")
-    else:
-        other_state = read_tensor_file(other)
-    states = (state, other_state) if other == second else (other_state, state)
-    (names, part_1), (_, part_2) = (textual_inversion_vectors(st, p) for st, p in zip(states, (first, second)))
-    if len(part_1) != len(part_2):
-        raise NoiseCLRError(
-            f"{path}: {first} and {second} hold {len(part_1)} and {len(part_2)} vectors; an SDXL pair needs the same number."
-        )
-    vectors = torch.cat([torch.stack(part_1), torch.stack(part_2)], dim=1)
-    return names, vectors, [int(part_1[0].shape[0]), int(part_2[0].shape[0])]
