@@ -47,7 +47,7 @@ def test_loads_offline_through_diffusers_with_sd_component_classes(monkeypatch):
 
 @pytest.mark.slow
 def test_samples_faces_and_follows_the_caption():
-    from noiseclr.editing import GenerateSettings, generate
+    from noiseclr.generation import GenerateSettings, generate
 
     model = DiffusionModel.load("embedded", device="cpu", dtype="float32")
     assert model.name == "noiseclr/embedded-base"

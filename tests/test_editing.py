@@ -9,22 +9,13 @@ import pytest
 import torch
 
 from noiseclr.directions import Directions
-from noiseclr.editing import (
-    EditSettings,
-    GenerateSettings,
-    combine_eps,
-    denoise,
-    edit,
-    generate,
-    generate_latents,
-    regenerate,
-    render_edits,
-)
-from noiseclr.terms import SPEC_FORM, DirectionTerm, parse_direction_spec, window_mask
+from noiseclr.editing import EditSettings, combine_eps, denoise, edit, regenerate, render_edits
 from noiseclr.errors import NoiseCLRError
+from noiseclr.generation import GenerateSettings, generate, generate_latents
 from noiseclr.images import ImageSet
 from noiseclr.inversion import invert, make_schedule
 from noiseclr.model import DiffusionModel
+from noiseclr.terms import SPEC_FORM, DirectionTerm, parse_direction_spec, window_mask
 
 
 @pytest.fixture(scope="module")

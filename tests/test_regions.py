@@ -14,9 +14,9 @@ from PIL import Image
 
 from noiseclr.cli import main
 from noiseclr.directions import Directions
-from noiseclr.editing import EditSettings, GenerateSettings, edit, generate, generate_latents, regenerate
-from noiseclr.terms import DirectionTerm, PromptTerm, parse_direction_spec
+from noiseclr.editing import EditSettings, edit, regenerate
 from noiseclr.errors import NoiseCLRError
+from noiseclr.generation import GenerateSettings, generate, generate_latents
 from noiseclr.inversion import ddpm_step, invert
 from noiseclr.metrics import PSNR_CAP, masked_psnr, target_comparison, upsample_region
 from noiseclr.model import DiffusionModel
@@ -30,6 +30,7 @@ from noiseclr.regions import (
     top_cells,
     top_cells_within,
 )
+from noiseclr.terms import DirectionTerm, PromptTerm, parse_direction_spec
 
 
 @pytest.fixture(scope="module")

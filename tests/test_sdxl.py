@@ -11,12 +11,13 @@ import torch
 from noiseclr import discovery
 from noiseclr.directions import Directions
 from noiseclr.discovery import DiscoverySettings, discover, micro_batch_loss
-from noiseclr.editing import EditSettings, edit, generate_latents, regenerate
-from noiseclr.terms import DirectionTerm
+from noiseclr.editing import EditSettings, edit, regenerate
 from noiseclr.errors import NoiseCLRError
+from noiseclr.generation import generate_latents
 from noiseclr.inversion import invert
 from noiseclr.model import DiffusionModel, pack_conditioning, unpack_conditioning
 from noiseclr.objective import reference_loss
+from noiseclr.terms import DirectionTerm
 
 pytest_plugins = ["sdxl_models"]  # tiny SDXL fixtures: tiny_sdxl_dir, sdxl_model, sdxl64
 

@@ -33,7 +33,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "model": ("EMBEDDED", "DiffusionModel"),
     "regions": ("AutoRegion", "Region"),
     "runtime": ("RuntimeSettings",),
-    "editing": ("EditResult", "EditSettings", "GenerateResult", "GenerateSettings", "edit", "generate"),
+    "editing": ("EditResult", "EditSettings", "edit"),
+    "generation": ("GenerateResult", "GenerateSettings", "generate"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -59,9 +60,10 @@ if TYPE_CHECKING:  # what static tools see: the eager imports
     from .demo import DemoResult, DemoSettings, run_demo
     from .directions import Directions
     from .discovery import DiscoveryResult, DiscoverySettings, discover
-    from .editing import EditResult, EditSettings, GenerateResult, GenerateSettings, edit, generate
+    from .editing import EditResult, EditSettings, edit
     from .errors import NoiseCLRError
     from .explore import ExploreResult, ExploreSettings, explore
+    from .generation import GenerateResult, GenerateSettings, generate
     from .inversion import invert
     from .model import EMBEDDED, DiffusionModel
     from .regions import AutoRegion, Region

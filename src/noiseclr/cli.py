@@ -298,8 +298,8 @@ def _coverage_lines(terms: Sequence, result) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .editing import GenerateSettings, generate
     from .fileio import check_output_dir, ensure_output_dir
+    from .generation import GenerateSettings, generate
     from .images import save_image
 
     started = time.monotonic()
@@ -457,7 +457,7 @@ def _edit_parser(sub: Any) -> None:
 
 
 def _generate_parser(sub: Any) -> None:
-    from .editing import GenerateSettings
+    from .generation import GenerateSettings
     from .regions import AutoRegion
 
     p = sub.add_parser("generate", help="text-to-image with directions added")

@@ -21,7 +21,7 @@ Typical use::
     inversion = invert(model, model.encode_images(pixels), method="ddpm", steps=50)
     latents = regenerate(model, inversion, [[term_a], [term_a, term_b], []])   # [3, B, C, h, w]
 
-or, for one edit with before/after, :func:`edit`; for prompts, :func:`generate`.
+or, for one edit with before/after, :func:`edit`; for prompts, :func:`noiseclr.generation.generate`.
 
 The terms (directions and prompts alike) and the command line's ``FILE:INDEX=SCALE`` syntax are
 in :mod:`noiseclr.terms`.
@@ -35,7 +35,6 @@ reconstruction outside their union after every step; the reconstruction rides in
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,6 @@ from .inversion import (
     ddim_step,
     ddpm_step,
     invert,
-    make_schedule,
     work_dtype,
 )
 from .options import check_count, check_inversion, check_max_batch, is_whole, option, positive_int
@@ -65,10 +63,10 @@ from .regions import (
     blend_latents,
     edit_regions,
     plan_regions,
-    term_regions,
     region_overlay,
     region_union,
     step_gates,
+    term_regions,
     with_reconstruction,
 )
 from .terms import EditTerm, PromptTerm, check_terms, resolve_strengths
@@ -255,7 +253,7 @@ def _check_finite(eps: torch.Tensor, step: int, steps: int) -> None:
         )
 
 
-def _warn_empty_windows(terms: Sequence[EditTerm], steps: int) -> None:
+def warn_empty_windows(terms: Sequence[EditTerm], steps: int) -> None:
     for term in terms:
         if term.amount != 0 and not bool(term.active_steps(steps).any()):
             log.warning(
@@ -299,7 +297,7 @@ def regenerate(
         raise ValueError("regenerate needs at least one edit (use [[]] for the reconstruction)")
     check_terms(model, [term for terms in requested for term in terms])
     for terms in requested:
-        _warn_empty_windows(terms, inversion.steps)
+        warn_empty_windows(terms, inversion.steps)
     images = list(range(inversion.batch)) if image_indices is None else [int(i) for i in image_indices]
     check_max_batch(max_batch)
     edits, plain = with_reconstruction(requested)
@@ -541,205 +539,14 @@ def edit(
     )
 
 
-# ------------------------------------------------------------------------ text to image
-@torch.no_grad()
-def generate_latents(
-    model: DiffusionModel,
-    prompts: Sequence[str],
-    edits: Sequence[Sequence[EditTerm]],
-    *,
-    guidance_scale: float = 5.0,
-    steps: int = 50,
-    seed: int = 0,
-    noise: torch.Tensor | None = None,
-    max_batch: int | None = None,
-    progress: bool = True,
-    callback: StepCallback | None = None,
-    auto_region: AutoRegion | None = None,
-    return_regions: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """DDIM (eta = 0) text-to-image with directions; returns latents [E, P, C, h, w].
-
-    ``eps~ = eps_0 + g (eps_prompt - eps_0) + sum_k lambda_k (eps_k - eps_0)``. Every edit
-    variant of prompt p starts from the same noise (``noise`` [P, C, h, w], or drawn on the
-    CPU from ``seed``), so variants differ only by their directions. With ``g = 1`` this is the
-    unguided prompt prediction, computed from both rows. Terms with a region are localized
-    against the plain sample of the same prompt (added to the batch when ``[]`` is not among
-    the edits); ``return_regions`` as in :func:`regenerate`.
-    """
-    prompts = [str(p) for p in prompts]
-    requested = [list(terms) for terms in edits]
-    if not prompts or not requested:
-        raise ValueError("generate needs at least one prompt and one edit (use [[]] for none)")
-    if not math.isfinite(guidance_scale):
-        raise NoiseCLRError(f"--guidance {guidance_scale}: not a finite number; 5 to 7.5 is typical.")
-    check_terms(model, [term for terms in requested for term in terms])
-    schedule = make_schedule(model, steps)
-    for terms in requested:
-        _warn_empty_windows(terms, steps)
-    check_max_batch(max_batch)
-    edits, plain = with_reconstruction(requested)
-
-    shape = (len(prompts), model.latent_channels, model.latent_size, model.latent_size)
-    if noise is None:
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    elif tuple(noise.shape) != shape:
-        raise ValueError(f"noise must be {list(shape)}, got {list(noise.shape)}")
-
-    # Strengths of uncalibrated files are measured on the initial noise taken as clean latents.
-    resolve_strengths(model, [term for terms in edits for term in terms], noise)
-    tensors, rows = direction_conditionings(model, edits)
-    prompt_conditionings = model.encode_prompts(prompts)
-    conditionings = torch.cat([model.null_conditioning(), prompt_conditionings, *tensors])
-    count = len(prompts)
-    per_edit = edit_weights(edits, rows, conditionings.shape[0], steps, offset=1 + count)
-    # Trajectory m = e * P + p: edit e of prompt p, guided by its own prompt row.
-    weights = per_edit.repeat_interleave(count, dim=0)
-    trajectories = torch.arange(weights.shape[0])
-    weights[trajectories, 1 + trajectories % count, :] = float(guidance_scale)
-    plan = plan_regions(
-        edits,
-        rows,
-        conditionings.shape[0],
-        1 + count,
-        count,
-        steps,
-        model.latent_size,
-        (auto_region or AutoRegion()).validate(),
-        reference_edit=plain,
-        resolution=model.resolution,
-    )
-    start = noise.repeat(len(edits), 1, 1, 1)
-    final: dict[str, torch.Tensor] = {}
-    latents = denoise(
-        model,
-        start,
-        schedule,
-        conditionings,
-        weights,
-        max_batch=max_batch,
-        progress=progress,
-        desc="generating",
-        callback=callback,
-        regions=plan,
-        on_regions=lambda step, union, held: final.update(union=union),
-    )
-    latents = latents.view(len(edits), count, *latents.shape[1:])[: len(requested)]
-    if not return_regions:
-        return latents
-    return latents, edit_regions(edits, plan, final.get("union"), count, model.latent_size)[: len(requested)]
-
-
-@dataclass
-class GenerateSettings:
-    """How :func:`generate` samples."""
-
-    steps: int = option(50, flag="--steps", help="denoising steps", type=positive_int)
-    guidance_scale: float = option(5.0, flag="--guidance", help="classifier-free guidance scale")
-    seed: int = option(0, flag="--seed", help="seed of the initial noise (prompt p uses noise row p)", default_text="")
-    images_per_prompt: int = option(1, flag="--num-images", help="images per prompt", type=positive_int)
-    max_batch: int | None = option(
-        None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int, default_text=""
-    )
-    decode_batch: int = 8
-    auto_region: AutoRegion = field(default_factory=AutoRegion)
-    """Parameters of ``#auto`` regions (flags ``--region-top``, ``--region-smoothing``)."""
-
-    def __post_init__(self) -> None:
-        check_count(self.steps, "--steps", why="must be a whole number of at least 1; 50 is typical.")
-        if not math.isfinite(float(self.guidance_scale)):
-            raise NoiseCLRError(f"--guidance {self.guidance_scale}: not a finite number; 5 to 7.5 is typical.")
-        check_count(self.images_per_prompt, "--num-images")
-        check_max_batch(self.max_batch)
-        self.auto_region.validate()
-
-
-@dataclass
-class GenerateResult:
-    """Generated images, and (with ``compare``) the same noise and prompts without the directions."""
-
-    images: torch.Tensor
-    """[P, 3, S, S] float32 in [-1, 1], CPU: one per prompt (each prompt repeated ``images_per_prompt`` times)."""
-    latents: torch.Tensor
-    prompts: list[str]
-    terms: list[EditTerm]
-    plain: torch.Tensor | None = None
-    """[P, 3, S, S]: the same samples without the terms (None unless asked for)."""
-    region: torch.Tensor | None = None
-    """[P, h, w]: where the samples may differ from the plain ones (None when no term has a region)."""
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def grid(self) -> Image.Image:
-        """One row per sample: plain | with directions (| region), or just the samples."""
-        from .images import make_grid, tensor_to_pil
-
-        columns = [self.plain, self.images] if self.plain is not None else [self.images]
-        labels = ["plain", "with directions"] if self.plain is not None else ["generated"]
-        if self.region is not None:
-            columns.append(torch.stack([region_overlay(self.images[i], self.region[i]) for i in range(len(self))]))
-            labels.append("region")
-        rows = [[tensor_to_pil(column[i]) for column in columns] for i in range(len(self))]
-        title = "; ".join(term.describe() for term in self.terms) or None
-        return make_grid(
-            rows, column_labels=labels, row_labels=[p[:24] or "(empty)" for p in self.prompts], title=title
-        )
-
-
-def generate(
-    model: DiffusionModel,
-    prompts: Sequence[str],
-    terms: Sequence[EditTerm],
-    settings: GenerateSettings | None = None,
-    *,
-    compare: bool = False,
-    progress: bool = True,
-) -> GenerateResult:
-    """Text-to-image with directions (see :func:`generate_latents` for the guidance and seeding).
-
-    With ``compare`` the plain samples (same noise, no terms) are rendered in the same batched
-    pass and returned as ``plain``.
-    """
-    settings = settings or GenerateSettings()
-    prompts = [str(p) for p in prompts for _ in range(settings.images_per_prompt)]
-    variants = [list(terms), []] if compare else [list(terms)]
-    latents, maps = generate_latents(
-        model,
-        prompts,
-        variants,
-        guidance_scale=settings.guidance_scale,
-        steps=settings.steps,
-        seed=settings.seed,
-        max_batch=settings.max_batch,
-        progress=progress,
-        auto_region=settings.auto_region,
-        return_regions=True,
-    )
-    pixels = model.decode_latents(latents.reshape(-1, *latents.shape[2:]), batch_size=settings.decode_batch).cpu()
-    pixels = pixels.view(*latents.shape[:2], *pixels.shape[1:])
-    return GenerateResult(
-        images=pixels[0],
-        latents=latents[0],
-        prompts=prompts,
-        terms=list(terms),
-        plain=pixels[1] if compare else None,
-        region=maps[0] if any(term.region is not None for term in terms) else None,
-    )
-
-
 __all__ = [
     "EditResult",
     "EditSettings",
-    "GenerateResult",
-    "GenerateSettings",
     "combine_eps",
     "denoise",
     "direction_conditionings",
     "edit",
     "edit_weights",
-    "generate",
-    "generate_latents",
     "regenerate",
     "render_edits",
 ]

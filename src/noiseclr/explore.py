@@ -25,15 +25,15 @@ import torch
 
 from .chance import describe
 from .directions import Directions
-from .strength import repeats
 from .editing import EditSettings, render_edits
 from .errors import NoiseCLRError
 from .fileio import atomic_write_text, ensure_output_dir
 from .images import ImageSet, load_image_folder, make_grid, save_image, tensor_to_pil
-from .inversion import INVERSION_METHODS, check_steps, invert
+from .inversion import INVERSION_METHODS, Inversion, check_steps, invert
 from .model import DiffusionModel
 from .options import check_count, check_inversion, check_max_batch, field_default, option, positive_int, window
 from .regions import AutoRegion, Region, as_region, region_overlay
+from .strength import repeats
 from .terms import EDIT_PROTOCOL_KEYS, DirectionTerm, edit_protocol, stored_defaults
 
 
@@ -256,45 +256,13 @@ def explore(
         indices[i : i + settings.directions_per_pass] for i in range(0, len(indices), settings.directions_per_pass)
     ]
     for chunk in chunks:
-        pairs = [(index, column) for index in chunk for column in columns_of[index] if column[0] != 0]
-        edits = [
-            [_term(directions, index, column, _window_for(directions, index, settings), region)]
-            for index, column in pairs
-        ]
-        # Localized strips: the strongest column once more, globally, to compare with.
-        compared = [index for index in chunk if region is not None and _strongest(columns_of[index])[0] != 0]
-        edits += [
-            [_term(directions, index, _strongest(columns_of[index]), _window_for(directions, index, settings))]
-            for index in compared
-        ]
-        shown = ", ".join(str(index) for index in chunk)
-        rendered, regions = (
-            render_edits(
-                model,
-                inversion,
-                edits,
-                max_batch=settings.max_batch,
-                progress=progress,
-                auto_region=settings.auto_region,
-                return_regions=True,
-                desc=f"strips of direction{'s' if len(chunk) > 1 else ''} {shown}",
-            )
-            if edits
-            else (None, None)
+        pairs, compared, rendered, regions = _render_chunk(
+            model, inversion, directions, chunk, columns_of, settings, region, progress
         )
         for index in chunk:
-            columns: list[torch.Tensor] = [pixels]
-            labels = ["input"] + [_label(c) for c in columns_of[index]]
-            for column in columns_of[index]:
-                columns.append(reconstruction if column[0] == 0 else rendered[pairs.index((index, column))])
-            if index in compared:
-                strongest = _strongest(columns_of[index])
-                local = pairs.index((index, strongest))
-                columns.append(rendered[len(pairs) + compared.index(index)])
-                columns.append(
-                    torch.stack([region_overlay(rendered[local][b], regions[local][b]) for b in range(count)])
-                )
-                labels += [f"{_label(strongest)} global", f"{_label(strongest)} region"]
+            columns, labels = _strip_columns(
+                index, pixels, reconstruction, (pairs, compared, rendered, regions), columns_of[index]
+            )
             rows = [[tensor_to_pil(column[b]) for column in columns] for b in range(count)]
             start, end = _window_for(directions, index, settings)
             where = f", localized: {region.label()}" if region is not None else ""
@@ -329,6 +297,69 @@ def explore(
     )
     index_html = atomic_write_text(out / "index.html", page)
     return ExploreResult(out=out, index_html=index_html, strips=strips, seconds=time.monotonic() - started)
+
+
+def _render_chunk(
+    model: DiffusionModel,
+    inversion: Inversion,
+    directions: Directions,
+    chunk: list[int],
+    columns_of: dict[int, list[Column]],
+    settings: ExploreSettings,
+    region: Region | None,
+    progress: bool,
+) -> tuple[list, list[int], torch.Tensor | None, torch.Tensor | None]:
+    """Every non-zero column of the chunk's directions in one batched pass: (pairs, compared, images, regions)."""
+    pairs = [(index, column) for index in chunk for column in columns_of[index] if column[0] != 0]
+    edits = [
+        [_term(directions, index, column, _window_for(directions, index, settings), region)] for index, column in pairs
+    ]
+    # Localized strips: the strongest column once more, globally, to compare with.
+    compared = [index for index in chunk if region is not None and _strongest(columns_of[index])[0] != 0]
+    edits += [
+        [_term(directions, index, _strongest(columns_of[index]), _window_for(directions, index, settings))]
+        for index in compared
+    ]
+    shown = ", ".join(str(index) for index in chunk)
+    rendered, regions = (
+        render_edits(
+            model,
+            inversion,
+            edits,
+            max_batch=settings.max_batch,
+            progress=progress,
+            auto_region=settings.auto_region,
+            return_regions=True,
+            desc=f"strips of direction{'s' if len(chunk) > 1 else ''} {shown}",
+        )
+        if edits
+        else (None, None)
+    )
+    return pairs, compared, rendered, regions
+
+
+def _strip_columns(
+    index: int,
+    pixels: torch.Tensor,
+    reconstruction: torch.Tensor | None,
+    chunk_render: tuple,
+    columns: list[Column],
+) -> tuple[list[torch.Tensor], list[str]]:
+    """One strip's image columns and labels: input, each strength, and for a localized strip the
+    strongest column global and its region overlay."""
+    pairs, compared, rendered, regions = chunk_render
+    count = pixels.shape[0]
+    images: list[torch.Tensor] = [pixels]
+    labels = ["input"] + [_label(c) for c in columns]
+    for column in columns:
+        images.append(reconstruction if column[0] == 0 else rendered[pairs.index((index, column))])
+    if index in compared:
+        strongest = _strongest(columns)
+        local = pairs.index((index, strongest))
+        images.append(rendered[len(pairs) + compared.index(index)])
+        images.append(torch.stack([region_overlay(rendered[local][b], regions[local][b]) for b in range(count)]))
+        labels += [f"{_label(strongest)} global", f"{_label(strongest)} region"]
+    return images, labels
 
 
 def edit_commands(

@@ -105,7 +105,7 @@ def sample(
     progress: bool = False,
 ) -> torch.Tensor:
     """DDIM samples (pixels [P, 3, S, S] on the CPU) for ``prompts``, in passes of ``settings.batch``."""
-    from ..editing import generate_latents
+    from ..generation import generate_latents
 
     out = []
     for index, start in enumerate(range(0, len(prompts), settings.batch)):
