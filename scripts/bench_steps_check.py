@@ -51,7 +51,7 @@ def main() -> int:
         edited = edited.view(directions.count, len(SIGNS), *edited.shape[1:])
         tables[steps] = change_fractions(axis_changed(changed_mask(edited, split.recon_indices)))
         m = direction_metrics(tables[steps])
-        cells = ", ".join(f"{int(f)}:{s:.2f}/{p:.2f}" for f, s, p in zip(m.main, m.strength, m.purity))
+        cells = ", ".join(f"{int(f)}:{s:.2f}/{p:.2f}" for f, s, p in zip(m.main, m.main_change, m.purity))
         print(f"{steps} steps ({time.monotonic() - started:.0f} s): main factor:strength/purity {cells}", flush=True)
     for a in args.steps:
         for b in args.steps:
@@ -59,7 +59,7 @@ def main() -> int:
                 ma, mb = direction_metrics(tables[a]), direction_metrics(tables[b])
                 print(
                     f"{a} vs {b} steps: same main factor {float((ma.main == mb.main).double().mean()):.2f}; "
-                    f"mean |strength diff| {float((ma.strength - mb.strength).abs().mean()):.3f}; "
+                    f"mean |main change diff| {float((ma.main_change - mb.main_change).abs().mean()):.3f}; "
                     f"mean |purity diff| {float((ma.purity - mb.purity).abs().mean()):.3f}"
                 )
     return 0

@@ -46,7 +46,7 @@ def main() -> int:
         records = name_directions(model, directions, reader, replace(base, strength=strength), progress=False)
         effective = [r for r in records if r.effective]
         purity = statistics.fmean(r.purity for r in effective) if effective else float("nan")
-        named = "; ".join(f"{r.index}: {r.name} ({r.strength:.2f}/{r.purity:.2f})" for r in records)
+        named = "; ".join(f"{r.index}: {r.name} ({r.main_change:.2f}/{r.purity:.2f})" for r in records)
         print(
             f"| {strength:g}% | {len(effective)}/{len(records)} | {purity:.2f} | {named} | ({time.monotonic() - started:.0f} s)",
             flush=True,

@@ -110,7 +110,7 @@ def test_direction_metrics_by_hand():
     changes = torch.tensor([[0.8, 0.2, 0.0], [0.0, 0.0, 0.0], [0.3, 0.3, 0.4]])
     m = direction_metrics(changes)
     assert m.main.tolist() == [0, 0, 2]
-    assert torch.allclose(m.strength, torch.tensor([0.8, 0.0, 0.4], dtype=torch.float64))
+    assert torch.allclose(m.main_change, torch.tensor([0.8, 0.0, 0.4], dtype=torch.float64))
     assert torch.allclose(m.purity, torch.tensor([0.8, 0.0, 0.4], dtype=torch.float64))
     # 1 - mean of the other two factors' changes
     assert torch.allclose(m.preservation, torch.tensor([0.9, 1.0, 0.7], dtype=torch.float64))
@@ -176,15 +176,15 @@ def test_interference_by_hand():
 
 def test_cross_domain_picks_best_per_factor_without_background():
     records = [
-        {"index": 0, "main_factor": "glasses", "strength": 0.6, "purity": 0.5},
-        {"index": 1, "main_factor": "glasses", "strength": 0.9, "purity": 0.9},
-        {"index": 2, "main_factor": "background", "strength": 1.0, "purity": 1.0},
-        {"index": 3, "main_factor": "skin", "strength": 0.5, "purity": 0.8},
-        {"index": 4, "main_factor": "mouth", "strength": 0.1, "purity": 1.0},
+        {"index": 0, "main_factor": "glasses", "main_change": 0.6, "purity": 0.5},
+        {"index": 1, "main_factor": "glasses", "main_change": 0.9, "purity": 0.9},
+        {"index": 2, "main_factor": "background", "main_change": 1.0, "purity": 1.0},
+        {"index": 3, "main_factor": "skin", "main_change": 0.5, "purity": 0.8},
+        {"index": 4, "main_factor": "mouth", "main_change": 0.1, "purity": 1.0},
     ]
     assert pick_cross_directions(records, 5) == [1, 3]  # mouth is not effective; background is shared
     assert pick_cross_directions(records, 1) == [1]
-    weak = [{"index": 0, "main_factor": "mouth", "strength": 0.1, "purity": 1.0}]
+    weak = [{"index": 0, "main_factor": "mouth", "main_change": 0.1, "purity": 1.0}]
     assert pick_cross_directions(weak, 2) == [0]  # nothing effective: the best anyway
 
 
@@ -213,7 +213,7 @@ def test_direction_records_name_both_signs():
     changed = changed_mask(edited, reference)
     changes = change_fractions(axis_changed(changed))
     record = direction_records(changes, edited, changed, ["glasses", "mustache"], [("no", "yes"), ("no", "yes")])[0]
-    assert record.main_factor == "glasses" and record.strength == 1.0 and record.purity == 1.0
+    assert record.main_factor == "glasses" and record.main_change == 1.0 and record.purity == 1.0
     assert record.target_value == "yes" and record.minus_value == "no"
     assert record.name == "glasses (+yes -no)"
     assert record.plus_change == 0.5 and record.minus_change == 0.5
@@ -239,7 +239,7 @@ def test_select_edit_maximises_strength_times_purity_under_preservation():
     )
     pick = select_edit(changes, grid, min_preservation=0.8)
     assert pick.index == 1 and pick.config.scale == -3.0 and pick.constraint_met
-    assert pick.strength == pytest.approx(0.6) and pick.purity == pytest.approx(0.6 / 0.7)
+    assert pick.main_change == pytest.approx(0.6) and pick.purity == pytest.approx(0.6 / 0.7)
     # Ties go to the smaller |scale|.
     tie = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.5, 0.0, 0.0]])
     tie[0] = tie[2]
@@ -521,7 +521,7 @@ def test_cross_domain_on_scenes(tiny_model, tmp_path):
         directions = unit_directions(tiny_model, 3, seed=len(files), domain=domain)
         records = [
             DirectionRecord(
-                index=k, name=f"{f} -> x", main_factor=f, strength=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0
+                index=k, name=f"{f} -> x", main_factor=f, main_change=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0
             )
             for k, f in enumerate(factors)
         ]
@@ -704,8 +704,8 @@ def test_bench_screens_validation_and_stops_hopeless_directions_early(tiny_model
     assert all(len(kept) == 1 for kept in method["validation_survivors"])
     for k, record in enumerate(method["directions"]):
         assert record["images"] == (20 if k in method["screening"]["stopped_early"] else 24)
-        low, high = record["strength_ci"]
-        assert low <= record["strength"] <= high
+        low, high = record["main_change_ci"]
+        assert low <= record["main_change"] <= high
 
 
 def test_remedy_methods_discover_with_their_settings():

@@ -191,13 +191,13 @@ def test_summary_table_formats():
             index=0,
             name="glasses (+yes -no)",
             edit_strength=15.0,
-            strength=0.5,
+            main_change=0.5,
             purity=1.0,
             main_factor="glasses",
             changes={"glasses": 0.5, "mouth": 0.0},
             strip="gallery/direction-000.png",
         ),
-        DirectionRecord(index=1, name="mouth +smile", scale=4.0, strength=0.25, purity=0.5, main_factor="mouth"),
+        DirectionRecord(index=1, name="mouth +smile", scale=4.0, main_change=0.25, purity=0.5, main_factor="mouth"),
     ]
     text = summary_table(rows)
     assert "glasses (+yes -no)" in text and "±15%" in text and "0.50" in text and "±4" in text

@@ -594,7 +594,7 @@ def test_masked_psnr_and_target_comparison_by_hand():
     assert math.isnan(float(masked_psnr(edited, reference, torch.zeros(2, 4, 4, dtype=torch.bool))[0]))
     compared = target_comparison(torch.tensor([[0.8, 0.2, 0.0]]), torch.tensor([[0.7, 0.0, 0.1]]))
     assert compared["target"].tolist() == [0]
-    assert compared["strength_local"].tolist() == pytest.approx([0.7])
+    assert compared["main_change_local"].tolist() == pytest.approx([0.7])
     assert compared["preservation_global"].tolist() == pytest.approx([0.9])
     assert compared["preservation_local"].tolist() == pytest.approx([0.95])
 
@@ -652,7 +652,7 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
                 row[key] is not None
                 for key in ("psnr_global", "psnr_local", "psnr_outside_global", "psnr_outside_local")
             )
-        assert {"target_strength_global", "target_strength_local", "preservation_global", "preservation_local"} <= set(
+        assert {"target_change_global", "target_change_local", "preservation_global", "preservation_local"} <= set(
             local["comparison"]
         )
         strip = results["methods"][name]["directions"][0]["strip"]
@@ -665,7 +665,7 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
     for domain, factors in (("faces", ["glasses", "skin"]), ("cats", ["stripes", "fur_color"])):
         directions = make_directions(tiny_model, 2, seed=len(files), domain=domain)
         records = [
-            DirectionRecord(index=k, name=f, main_factor=f, strength=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0)
+            DirectionRecord(index=k, name=f, main_factor=f, main_change=0.6, purity=0.7, scale=4.0, start=0.0, end=1.0)
             for k, f in enumerate(factors)
         ]
         files.append(

@@ -260,7 +260,7 @@ def name_directions(
 
     Returns one record per direction, measured as an axis like the benchmark does (a factor
     counts as changed on an image if either sign changed it): ``name``, ``main_factor``, the
-    values it moves to under + and - (``target_value``, ``minus_value``), ``strength``,
+    values it moves to under + and - (``target_value``, ``minus_value``), ``main change``,
     ``purity``, ``changes``, ``edit_strength`` (or ``scale``), ``start``, ``end``. With
     ``return_changes`` also the bool [K, 2, B, F] table: factor f of test image b changed under sign s.
     """
@@ -330,7 +330,8 @@ def pick_try_edit(
     factors = domain_factors(settings.domain)
     names = [factor.name for factor in factors]
     ranked = sorted(
-        (row for row in rows if row.main_factor in names), key=lambda row: -(row.strength or 0.0) * (row.purity or 0.0)
+        (row for row in rows if row.main_factor in names),
+        key=lambda row: -(row.main_change or 0.0) * (row.purity or 0.0),
     )[:candidates]
     tried: list[TryEdit] = []
     for row in ranked:
@@ -411,7 +412,7 @@ def compare_with_random(
 
 def is_clean(row: DirectionRecord) -> bool:
     """Its main factor changed on at least half the images and is at least half of all changes."""
-    return row.strength is not None and row.strength >= 0.5 - 1e-9 and (row.purity or 0) >= 0.5 - 1e-9
+    return row.main_change is not None and row.main_change >= 0.5 - 1e-9 and (row.purity or 0) >= 0.5 - 1e-9
 
 
 def clean_factors(rows: Sequence[DirectionRecord]) -> list[str]:

@@ -56,7 +56,7 @@ def summary_table(
             str(row.index),
             str(row.name),
             row.amount_text(),
-            f"{row.strength:.2f}" if row.strength is not None else "-",
+            f"{row.main_change:.2f}" if row.main_change is not None else "-",
             f"{row.purity:.2f}" if row.purity is not None else "-",
             _versus_random(row),
             f"{repeated[row.index][0]} ({repeated[row.index][1]:+.2f})" if row.index in repeated else "-",

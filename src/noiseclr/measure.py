@@ -33,7 +33,7 @@ from .terms import EditTerm
 from .errors import NoiseCLRError
 from .inversion import Inversion, invert
 from .metrics import (
-    EFFECTIVE_STRENGTH,
+    EFFECTIVE_CHANGE,
     direction_metrics,
     discovered_factors,
     dominant_value,
@@ -400,12 +400,12 @@ def split_diagnostics(split: Split, factor_names: Sequence[str]) -> dict[str, An
     }
 
 
-def direction_name(factor: str, plus: str | None, minus: str | None, strength: float) -> str:
+def direction_name(factor: str, plus: str | None, minus: str | None, main_change: float) -> str:
     """Human name of what a direction does, e.g. ``glasses (+yes -no)``, ``mouth +smile`` or
     ``hair_color (mixed)``; ``plus``/``minus`` are the values the factor mostly moves to under
     each sign (None where that sign has no clear target); ``eye_color ±green`` when both signs move
     it to the same value (from different starting values)."""
-    if strength <= 0.0:
+    if main_change <= 0.0:
         return "no visible effect"
     if plus is not None and plus == minus:
         return f"{factor} ±{plus}"
@@ -443,14 +443,14 @@ class DirectionRecord:
     plus_change: float | None = None
     minus_change: float | None = None
     target_share: float | None = None
-    strength: float | None = None
+    main_change: float | None = None
     purity: float | None = None
     preservation: float | None = None
     effective: bool | None = None
     discovers: bool | None = None
     changes: dict[str, float] | None = None
-    strength_ci: list[float] | None = None
-    """95% Wilson interval of ``strength`` over the images it was measured on."""
+    main_change_ci: list[float] | None = None
+    """95% Wilson interval of ``main_change`` over the images it was measured on."""
     stopped_early: bool | None = None
     """Measured on the first held-out images only: it could not be effective (bench early stop)."""
     # -- the edit setting and context
@@ -458,7 +458,7 @@ class DirectionRecord:
     """The raw lambda it was measured at (None when measured at a ``strength``)."""
     edit_strength: float | None = None
     """The calibrated edit strength (percent, :mod:`noiseclr.strength`) it was measured at; not to be
-    confused with ``strength``, the fraction of images whose main factor it changed."""
+    confused with ``main_change``, the fraction of images whose main factor it changed."""
     start: float | None = None
     end: float | None = None
     images: int | None = None
@@ -479,7 +479,7 @@ class DirectionRecord:
         "plus_change",
         "minus_change",
         "target_share",
-        "strength",
+        "main_change",
         "purity",
         "preservation",
         "effective",
@@ -528,7 +528,7 @@ def direction_records(
     factor_names: Sequence[str],
     factor_values: Sequence[Sequence[str]],
 ) -> list[DirectionRecord]:
-    """One record per direction: main factor, the values it moves to under + and -, strength,
+    """One record per direction: main factor, the values it moves to under + and -, main change,
     purity, preservation. ``changes`` [K, F] is the axis change table; ``edited`` and ``changed``
     are per sign, [K, 2, B, F] (sign order :data:`noiseclr.metrics.SIGNS`), or K tensors [2, B_k, F]
     when directions were measured on different numbers of images."""
@@ -539,21 +539,21 @@ def direction_records(
         main = int(metrics.main[k])
         plus, plus_share, plus_change = _target(edited[k][0], changed[k][0], main, factor_values[main])
         minus, minus_share, minus_change = _target(edited[k][1], changed[k][1], main, factor_values[main])
-        strength = float(metrics.strength[k])
+        main_change = float(metrics.main_change[k])
         records.append(
             DirectionRecord(
                 index=k,
-                name=direction_name(factor_names[main], plus, minus, strength),
+                name=direction_name(factor_names[main], plus, minus, main_change),
                 main_factor=factor_names[main],
                 target_value=plus,
                 minus_value=minus,
                 plus_change=round(plus_change, 4),
                 minus_change=round(minus_change, 4),
                 target_share=round(plus_share, 4),
-                strength=round(strength, 4),
+                main_change=round(main_change, 4),
                 purity=round(float(metrics.purity[k]), 4),
                 preservation=round(float(metrics.preservation[k]), 4),
-                effective=strength >= EFFECTIVE_STRENGTH - 1e-9,
+                effective=main_change >= EFFECTIVE_CHANGE - 1e-9,
                 discovers=k in winners,
                 changes={name: round(float(c), 4) for name, c in zip(factor_names, changes[k])},
             )
@@ -580,7 +580,7 @@ def annotate_directions(
         "main_factor",
         "target_value",
         "minus_value",
-        "strength",
+        "main_change",
         "purity",
         "preservation",
         "scale",

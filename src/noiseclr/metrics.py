@@ -6,10 +6,10 @@ values read by the factor readers (:mod:`noiseclr.measure` does the reading):
 * ``change[k, f]``: fraction of images whose read factor ``f`` differs between the edit by
   direction ``k`` and the reconstruction (:func:`changed_mask`, :func:`axis_changed`,
   :func:`change_fractions`);
-* main factor of ``k``: ``argmax_f change[k, f]``; strength: that change; purity: strength over
+* main factor of ``k``: ``argmax_f change[k, f]``; main change: that change; purity: main change over
   ``sum_f change[k, f]`` (0 when nothing changed); preservation: ``1 - mean`` change of the other
   ``F - 1`` factors (:func:`direction_metrics`);
-* a factor is *discovered* when some direction has it as main factor with strength >= 0.5 and
+* a factor is *discovered* when some direction has it as main factor with main change >= 0.5 and
   purity >= 0.6; coverage = discovered factors / F (:func:`discovered_factors`, :func:`coverage`);
 * the selection rule (:func:`select_edit`) over an edit grid (:class:`EditConfig`);
 * cross-domain interference on scenes (:func:`alone_interference`, :func:`pair_interference`);
@@ -28,20 +28,20 @@ from typing import Any
 
 import torch
 
-DISCOVERED_STRENGTH = 0.5
+DISCOVERED_CHANGE = 0.5
 DISCOVERED_PURITY = 0.6
-EFFECTIVE_STRENGTH = 0.25
+EFFECTIVE_CHANGE = 0.25
 
 DEFINITIONS = {
     "change[k,f]": "fraction of held-out images whose read factor f differs between direction k's edit and the reconstruction",
     "main factor": "the factor with the largest change for that direction",
-    "strength": "change of the main factor",
-    "purity": "strength / sum of all the direction's changes (0 if nothing changed)",
-    "preservation": "1 - mean change of the non-main factors, averaged over effective directions (strength >= 0.25)",
-    "discovered": "a factor some direction has as main factor with strength >= 0.5 and purity >= 0.6",
+    "main change": "change of the main factor",
+    "purity": "main change / sum of all the direction's changes (0 if nothing changed)",
+    "preservation": "1 - mean change of the non-main factors, averaged over effective directions (main change >= 0.25)",
+    "discovered": "a factor some direction has as main factor with main change >= 0.5 and purity >= 0.6",
     "coverage": "discovered factors / all factors of the domain",
-    "mean purity": "mean purity over effective directions (strength >= 0.25)",
-    "selection": "per direction, on validation images only: max strength*purity subject to preservation >= "
+    "mean purity": "mean purity over effective directions (main change >= 0.25)",
+    "selection": "per direction, on validation images only: max main change*purity subject to preservation >= "
     "min_preservation, over scales (both signs) x windows; ties: smaller |scale|, then grid order",
     "interference": "fraction of scene images where some factor of the OTHER object changed vs. the reconstruction "
     "(beyond the main factor of the other direction of the pair)",
@@ -113,34 +113,34 @@ class DirectionMetrics:
 
     main: torch.Tensor
     """[K] long: main factor index."""
-    strength: torch.Tensor
+    main_change: torch.Tensor
     purity: torch.Tensor
     preservation: torch.Tensor
     """[K] 1 - mean change of the non-main factors."""
 
 
 def direction_metrics(changes: torch.Tensor) -> DirectionMetrics:
-    """Main factor, strength, purity and preservation of each row of ``changes`` [K, F] (float)."""
+    """Main factor, main change, purity and preservation of each row of ``changes`` [K, F] (float)."""
     changes = changes.to(torch.float64)
     if changes.ndim != 2 or changes.shape[1] < 1:
         raise ValueError(f"changes must be [K, F], got {tuple(changes.shape)}")
-    strength, main = changes.max(dim=1)
+    main_change, main = changes.max(dim=1)
     total = changes.sum(dim=1)
-    purity = torch.where(total > 0, strength / total.clamp_min(1e-300), torch.zeros_like(total))
+    purity = torch.where(total > 0, main_change / total.clamp_min(1e-300), torch.zeros_like(total))
     others = changes.shape[1] - 1
-    off = (total - strength) / others if others else torch.zeros_like(total)
-    return DirectionMetrics(main=main, strength=strength, purity=purity, preservation=1.0 - off)
+    off = (total - main_change) / others if others else torch.zeros_like(total)
+    return DirectionMetrics(main=main, main_change=main_change, purity=purity, preservation=1.0 - off)
 
 
 def discovered_factors(
-    changes: torch.Tensor, min_strength: float = DISCOVERED_STRENGTH, min_purity: float = DISCOVERED_PURITY
+    changes: torch.Tensor, min_change: float = DISCOVERED_CHANGE, min_purity: float = DISCOVERED_PURITY
 ) -> dict[int, int]:
-    """Factor index -> the direction that discovers it (best strength * purity among qualifying ones)."""
+    """Factor index -> the direction that discovers it (best main change * purity among qualifying ones)."""
     metrics = direction_metrics(changes)
     found: dict[int, int] = {}
-    score = metrics.strength * metrics.purity
+    score = metrics.main_change * metrics.purity
     for k in range(changes.shape[0]):
-        if metrics.strength[k] >= min_strength - 1e-9 and metrics.purity[k] >= min_purity - 1e-9:
+        if metrics.main_change[k] >= min_change - 1e-9 and metrics.purity[k] >= min_purity - 1e-9:
             factor = int(metrics.main[k])
             if factor not in found or score[k] > score[found[factor]]:
                 found[factor] = k
@@ -153,12 +153,12 @@ def coverage(changes: torch.Tensor, **thresholds: float) -> float:
 
 
 def summarize_changes(
-    changes: torch.Tensor, factor_names: Sequence[str], effective_strength: float = EFFECTIVE_STRENGTH
+    changes: torch.Tensor, factor_names: Sequence[str], effective_change: float = EFFECTIVE_CHANGE
 ) -> dict[str, Any]:
     """The headline numbers of one method from its held-out change table [K, F]."""
     metrics = direction_metrics(changes)
     found = discovered_factors(changes)
-    effective = metrics.strength >= effective_strength - 1e-9
+    effective = metrics.main_change >= effective_change - 1e-9
 
     def mean(values: torch.Tensor) -> float | None:
         return float(values.mean()) if values.numel() else None
@@ -172,7 +172,7 @@ def summarize_changes(
         "mean_purity": mean(metrics.purity[effective]),
         "preservation": mean(metrics.preservation[effective]),
         "preservation_all": mean(metrics.preservation),
-        "mean_strength": mean(metrics.strength),
+        "mean_main_change": mean(metrics.main_change),
     }
 
 
@@ -198,7 +198,7 @@ def dominant_value(edited: torch.Tensor, changed: torch.Tensor, factor: int) -> 
 def wilson_interval(successes: float, trials: int, z: float = 1.96) -> tuple[float, float]:
     """95% (default ``z``) Wilson score interval of a binomial proportion; (0, 1) for no trials.
 
-    Used for a direction's strength (the fraction of images whose main factor changed): with 200
+    Used for a direction's main change (the fraction of images whose main factor changed): with 200
     images the half-width is at most 0.07, with 50 at most 0.14.
     """
     if trials <= 0:
@@ -210,9 +210,9 @@ def wilson_interval(successes: float, trials: int, z: float = 1.96) -> tuple[flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def clearly_ineffective(changes: torch.Tensor, images: int, threshold: float = EFFECTIVE_STRENGTH) -> torch.Tensor:
+def clearly_ineffective(changes: torch.Tensor, images: int, threshold: float = EFFECTIVE_CHANGE) -> torch.Tensor:
     """bool [K]: every factor's change (a fraction of ``images``) has its 95% upper bound below
-    ``threshold``, so the direction cannot reach the effective strength with more images either
+    ``threshold``, so the direction cannot reach the effective main change with more images either
     (with 95% confidence per factor)."""
     upper = torch.tensor(
         [[wilson_interval(float(c) * images, images)[1] for c in row] for row in changes.to(torch.float64).tolist()],
@@ -227,7 +227,7 @@ def screen_settings(validation_changes: torch.Tensor, keep: int, min_preservatio
     survivors = []
     for table in validation_changes:
         metrics = direction_metrics(table)
-        quality = metrics.strength * metrics.purity
+        quality = metrics.main_change * metrics.purity
         allowed = metrics.preservation >= min_preservation - 1e-9
         score = torch.where(allowed, quality, quality * metrics.preservation - 1.0)  # constraint first
         order = sorted(range(table.shape[0]), key=lambda g: (-round(float(score[g]), 9), g))
@@ -270,9 +270,9 @@ def target_comparison(global_changes: torch.Tensor, local_changes: torch.Tensor)
     others = max(1, global_changes.shape[1] - 1)
     out = {"target": target}
     for name, changes in (("global", global_changes), ("local", local_changes)):
-        strength = changes[rows, target]
-        out[f"strength_{name}"] = strength
-        out[f"preservation_{name}"] = 1.0 - (changes.sum(dim=1) - strength) / others
+        main_change = changes[rows, target]
+        out[f"main_change_{name}"] = main_change
+        out[f"preservation_{name}"] = 1.0 - (changes.sum(dim=1) - main_change) / others
     return out
 
 
@@ -285,7 +285,7 @@ class Selection:
     """Position in the grid."""
     config: EditConfig
     score: float
-    strength: float
+    main_change: float
     purity: float
     preservation: float
     main_factor: int
@@ -295,7 +295,7 @@ class Selection:
         data = {
             **self.config.to_json(),
             "score": round(self.score, 6),
-            "strength": round(self.strength, 6),
+            "main_change": round(self.main_change, 6),
             "purity": round(self.purity, 6),
             "preservation": round(self.preservation, 6),
             "constraint_met": self.constraint_met,
@@ -307,14 +307,14 @@ class Selection:
 def select_edit(validation_changes: torch.Tensor, grid: Sequence[EditConfig], min_preservation: float) -> Selection:
     """Pick one direction's edit setting from its VALIDATION change table [G, F] (one row per grid entry).
 
-    Max ``strength * purity`` among settings with preservation >= ``min_preservation``; if none
-    qualifies, max ``strength * purity * preservation`` over all (``constraint_met`` False). Ties:
+    Max ``main change * purity`` among settings with preservation >= ``min_preservation``; if none
+    qualifies, max ``main change * purity * preservation`` over all (``constraint_met`` False). Ties:
     smaller ``|scale|``, then grid order.
     """
     if validation_changes.shape[0] != len(grid):
         raise ValueError(f"{validation_changes.shape[0]} rows of changes for {len(grid)} grid settings")
     metrics = direction_metrics(validation_changes)
-    quality = metrics.strength * metrics.purity
+    quality = metrics.main_change * metrics.purity
     allowed = metrics.preservation >= min_preservation - 1e-9
     constraint_met = bool(allowed.any())
     score = quality if constraint_met else quality * metrics.preservation
@@ -325,7 +325,7 @@ def select_edit(validation_changes: torch.Tensor, grid: Sequence[EditConfig], mi
         index=best,
         config=grid[best],
         score=float(score[best]),
-        strength=float(metrics.strength[best]),
+        main_change=float(metrics.main_change[best]),
         purity=float(metrics.purity[best]),
         preservation=float(metrics.preservation[best]),
         main_factor=int(metrics.main[best]),

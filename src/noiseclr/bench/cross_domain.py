@@ -25,7 +25,7 @@ from ..measure import (
     split_diagnostics,
 )
 from ..metrics import (
-    EFFECTIVE_STRENGTH,
+    EFFECTIVE_CHANGE,
     SIGNS,
     alone_interference,
     pair_interference,
@@ -40,17 +40,17 @@ from .settings import BenchSettings
 
 
 def pick_cross_directions(records: Sequence[Mapping[str, Any]], limit: int) -> list[int]:
-    """Best direction per factor (by strength * purity; background left out), strongest first, at most ``limit``."""
+    """Best direction per factor (by main change * purity; background left out), strongest first, at most ``limit``."""
     best: dict[str, Mapping[str, Any]] = {}
     for record in records:
         factor = record.get("main_factor")
-        if factor in (None, "background") or not record.get("strength"):
+        if factor in (None, "background") or not record.get("main_change"):
             continue
-        score = float(record["strength"]) * float(record["purity"])
-        if factor not in best or score > float(best[factor]["strength"]) * float(best[factor]["purity"]):
+        score = float(record["main_change"]) * float(record["purity"])
+        if factor not in best or score > float(best[factor]["main_change"]) * float(best[factor]["purity"]):
             best[factor] = record
-    ranked = sorted(best.values(), key=lambda r: (-float(r["strength"]) * float(r["purity"]), int(r["index"])))
-    effective = [r for r in ranked if float(r["strength"]) >= EFFECTIVE_STRENGTH]
+    ranked = sorted(best.values(), key=lambda r: (-float(r["main_change"]) * float(r["purity"]), int(r["index"])))
+    effective = [r for r in ranked if float(r["main_change"]) >= EFFECTIVE_CHANGE]
     chosen = effective or ranked
     return [int(r["index"]) for r in chosen[:limit]]
 

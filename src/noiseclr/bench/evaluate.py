@@ -23,7 +23,7 @@ from ..measure import (
     render_and_read,
 )
 from ..metrics import (
-    EFFECTIVE_STRENGTH,
+    EFFECTIVE_CHANGE,
     SIGNS,
     EditConfig,
     axis_changed,
@@ -154,7 +154,7 @@ def localized_result(
     """The ``localized`` block of a method. ``local_edited[k]`` [2, B_k, F] and ``local_pixels[k]``
     (measures [2, B_k]) are direction k's localized twins on the first B_k held-out images (as its
     global measurement). Reports their own summary and, per direction and on average over the
-    effective global directions, target strength, preservation and pixels, global vs localized."""
+    effective global directions, target main change, preservation and pixels, global vs localized."""
     local_changed = [changed_mask(read, heldout.recon_indices[: read.shape[1]]) for read in local_edited]
     local_changes = torch.stack([change_fractions(axis_changed(changed)) for changed in local_changed])
     records = direction_records(local_changes, local_edited, local_changed, factor_names, values)
@@ -164,18 +164,18 @@ def localized_result(
         row = {
             key: value
             for key, value in record.to_json().items()
-            if key in ("index", "name", "main_factor", "strength", "purity", "preservation", "changes")
+            if key in ("index", "name", "main_factor", "main_change", "purity", "preservation", "changes")
         }
         row["target_factor"] = factor_names[int(compared["target"][k])]
-        row["target_strength_global"] = round(float(compared["strength_global"][k]), 4)
-        row["target_strength_local"] = round(float(compared["strength_local"][k]), 4)
+        row["target_change_global"] = round(float(compared["main_change_global"][k]), 4)
+        row["target_change_local"] = round(float(compared["main_change_local"][k]), 4)
         row["preservation_global"] = round(float(compared["preservation_global"][k]), 4)
         row["preservation_local"] = round(float(compared["preservation_local"][k]), 4)
         row["images"] = int(local_edited[k].shape[1])
         row.update(pixel_means(local_pixels[k]))
         directions.append(row)
     effective = [
-        k for k in range(changes.shape[0]) if float(compared["strength_global"][k]) >= EFFECTIVE_STRENGTH - 1e-9
+        k for k in range(changes.shape[0]) if float(compared["main_change_global"][k]) >= EFFECTIVE_CHANGE - 1e-9
     ]
     picked = torch.as_tensor(effective, dtype=torch.long)
 
@@ -184,8 +184,8 @@ def localized_result(
 
     comparison: dict[str, Any] = {
         "directions": len(effective),
-        "target_strength_global": mean("strength_global"),
-        "target_strength_local": mean("strength_local"),
+        "target_change_global": mean("main_change_global"),
+        "target_change_local": mean("main_change_local"),
         "preservation_global": mean("preservation_global"),
         "preservation_local": mean("preservation_local"),
     }
@@ -193,8 +193,8 @@ def localized_result(
         comparison.update(
             pixel_means({key: torch.cat([local_pixels[k][key].flatten() for k in effective]) for key in PIXEL_KEYS})
         )
-        comparison["target_strength_drop"] = round(
-            comparison["target_strength_global"] - comparison["target_strength_local"], 4
+        comparison["target_change_drop"] = round(
+            comparison["target_change_global"] - comparison["target_change_local"], 4
         )
     return {
         "region": settings.region,
@@ -333,7 +333,7 @@ def measure_method_edits(
 ) -> Measurement:
     """The picks, at both signs, on held-out images: a first slice for every direction; the rest
     only for directions that could still be effective (95% upper bound of every factor's
-    change at or above the effective strength). With --region, each also localized, on the
+    change at or above the effective main change). With --region, each also localized, on the
     same images."""
     count = method.count
     head_count = heldout.count if not settings.early_stop else min(heldout.count, max(20, math.ceil(heldout.count / 4)))
@@ -422,7 +422,7 @@ def method_records(
         images = int(changed[k].shape[1])
         main = factor_names.index(record.main_factor)
         record.images = images
-        record.strength_ci = [round(v, 4) for v in wilson_interval(float(changes[k, main]) * images, images)]
+        record.main_change_ci = [round(v, 4) for v in wilson_interval(float(changes[k, main]) * images, images)]
         record.stopped_early = bool(stopped[k])
         record.set_edit(**pick.config.to_json())
         record.label = method.label(k)

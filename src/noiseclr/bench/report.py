@@ -47,8 +47,8 @@ def format_table(results: Mapping[str, Any]) -> str:
                 f"{_num(summary.get('preservation')):>8} {summary.get('effective_directions', 0):>9}  {found}"
             )
         lines.append(
-            "coverage: factors some direction moves with strength >= 0.5 and purity >= 0.6; purity and preservation: "
-            "mean over directions with strength >= 0.25"
+            "coverage: factors some direction moves with main change >= 0.5 and purity >= 0.6; purity and preservation: "
+            "mean over directions with main change >= 0.25"
         )
         localized = [(name, result["localized"]) for name, result in methods.items() if result.get("localized")]
         if localized:
@@ -111,9 +111,9 @@ def _percent(value: Any) -> str:
 
 
 def _comparison(comparison: Mapping[str, Any]) -> str:
-    """One line: target strength, preservation and PSNR outside the region, global -> localized."""
+    """One line: target main change, preservation and PSNR outside the region, global -> localized."""
     return (
-        f"target strength {_num(comparison.get('target_strength_global'))} -> {_num(comparison.get('target_strength_local'))}, "
+        f"target main change {_num(comparison.get('target_change_global'))} -> {_num(comparison.get('target_change_local'))}, "
         f"preservation {_num(comparison.get('preservation_global'))} -> {_num(comparison.get('preservation_local'))}, "
         f"PSNR outside region {_num(comparison.get('psnr_outside_global'), 1)} -> {_num(comparison.get('psnr_outside_local'), 1)} dB, "
         f"region {_percent(comparison.get('region_fraction'))} ({comparison.get('directions', 0)} directions)"
@@ -154,7 +154,7 @@ def _direction_card(record: Mapping[str, Any]) -> str:
         f'<div class="card"><div class="title">{html.escape(str(record.get("label", record["index"])))}: '
         f"<b>{html.escape(str(record['name']))}</b> {' '.join(flags)}</div>{prompt}"
         f'<div class="muted">{_amount(record)}, window {record["start"]:g}:{record["end"]:g} '
-        f"(validation score {_num(validation.get('score'))}); strength {_num(record['strength'])}, purity "
+        f"(validation score {_num(validation.get('score'))}); main change {_num(record['main_change'])}, purity "
         f"{_num(record['purity'])}, preservation {_num(record['preservation'])}</div>"
         f'<div class="body">{strip}{_bars(record["changes"], record["main_factor"])}</div></div>'
     )
@@ -174,7 +174,7 @@ def _coverage_matrix(results: Mapping[str, Any]) -> str:
             best = None
             for record in result["directions"]:
                 if record["main_factor"] == factor and (
-                    best is None or record["strength"] * record["purity"] > best["strength"] * best["purity"]
+                    best is None or record["main_change"] * record["purity"] > best["main_change"] * best["purity"]
                 ):
                     best = record
             if best is None:
@@ -183,12 +183,12 @@ def _coverage_matrix(results: Mapping[str, Any]) -> str:
             found = factor in result["summary"].get("discovered", {})
             mark = "&#10003; " if found else ""
             cells.append(
-                f'<td class="{"ok" if found else ""}">{mark}#{best["index"]}: {_num(best["strength"])} / {_num(best["purity"])}</td>'
+                f'<td class="{"ok" if found else ""}">{mark}#{best["index"]}: {_num(best["main_change"])} / {_num(best["purity"])}</td>'
             )
         rows.append(f"<tr><th>{html.escape(factor)}</th>{''.join(cells)}</tr>")
     return (
         "<h2>Factors</h2><p>Per factor and method: the best direction whose main factor it is, "
-        "as strength / purity on held-out images (&#10003; = discovered).</p>"
+        "as main change / purity on held-out images (&#10003; = discovered).</p>"
         f"<table><tr><th>factor</th>{head}</tr>{''.join(rows)}</table>"
     )
 
@@ -245,7 +245,7 @@ def _localized(results: Mapping[str, Any]) -> str:
         c = block["comparison"]
         rows.append(
             f"<tr><th>{html.escape(name)}</th><td>{c.get('directions', 0)}</td>"
-            f"<td>{_num(c.get('target_strength_global'))} &rarr; {_num(c.get('target_strength_local'))}</td>"
+            f"<td>{_num(c.get('target_change_global'))} &rarr; {_num(c.get('target_change_local'))}</td>"
             f"<td>{_num(c.get('preservation_global'))} &rarr; {_num(c.get('preservation_local'))}</td>"
             f"<td>{_num(c.get('psnr_outside_global'), 1)} &rarr; {_num(c.get('psnr_outside_local'), 1)}</td>"
             f"<td>{_num(c.get('psnr_global'), 1)} &rarr; {_num(c.get('psnr_local'), 1)}</td>"
@@ -255,10 +255,10 @@ def _localized(results: Mapping[str, Any]) -> str:
     return (
         f"<h2>Global vs localized</h2><p>The same picks (direction, scale, window) on the same held-out images, "
         f"without and with {html.escape(str(methods[0][1]['region']))} regions (top {settings.get('top')}, smoothing "
-        f"{settings.get('smoothing')}); means over effective directions (global strength &ge; 0.25). Target: the global "
+        f"{settings.get('smoothing')}); means over effective directions (global main change &ge; 0.25). Target: the global "
         "edit's main factor. PSNR (dB, against the reconstruction) outside the localized edit's region, for both edits on "
         "the same pixels, and over the whole image. The strips show the localized edits and the region below the global ones.</p>"
-        "<table><tr><th>method</th><th>directions</th><th>target strength</th><th>preservation</th>"
+        "<table><tr><th>method</th><th>directions</th><th>target main change</th><th>preservation</th>"
         "<th>PSNR outside region</th><th>PSNR whole image</th><th>region</th></tr>" + "".join(rows) + "</table>"
     )
 

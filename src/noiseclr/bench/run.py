@@ -30,8 +30,8 @@ from ..measure import (
 from ..metrics import (
     DEFINITIONS,
     DISCOVERED_PURITY,
-    DISCOVERED_STRENGTH,
-    EFFECTIVE_STRENGTH,
+    DISCOVERED_CHANGE,
+    EFFECTIVE_CHANGE,
     random_directions,
 )
 from ..model import DiffusionModel
@@ -94,9 +94,9 @@ def _results_header(model: DiffusionModel, domain: str, settings: BenchSettings,
         "methods_run": methods,
         "definitions": DEFINITIONS,
         "thresholds": {
-            "discovered_strength": DISCOVERED_STRENGTH,
+            "discovered_change": DISCOVERED_CHANGE,
             "discovered_purity": DISCOVERED_PURITY,
-            "effective_strength": EFFECTIVE_STRENGTH,
+            "effective_change": EFFECTIVE_CHANGE,
         },
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "methods": {},
@@ -153,8 +153,14 @@ def _prepare_splits(
     return validation, heldout
 
 
+RESULT_FORMAT = 2
+"""Bumped when a result's keys change (2: a direction's measured fraction is ``main_change``, once
+``strength``), so that a resumed run measures again instead of misreading an older result."""
+
+
 def _base_fingerprint(model: DiffusionModel, domain: str, settings: BenchSettings) -> dict[str, Any]:
     return {
+        "result_format": RESULT_FORMAT,
         "domain": domain,
         "model": model.fingerprint().get("sha256"),
         # The region keys only when localized: global runs keep the fingerprints of earlier runs.
