@@ -141,3 +141,30 @@ def test_weight_names_are_stable_diffusions(component):
         with torch.device("meta"):
             expected = set(cls.from_config(config).state_dict())
         assert names == expected
+
+
+@pytest.mark.parametrize("domain", ["faces", "cats"])
+def test_the_shipped_random_reference_is_the_one_the_demo_asks_for(domain):
+    # The demo's first run reads it instead of spending minutes on it; a change of the weights or
+    # of the demo's defaults changes the key: then `python scripts/ship_random_reference.py` again.
+    from types import SimpleNamespace
+
+    from noiseclr.chance import SHIPPED_DIR, ReferenceCache, reference_key, reference_payload
+    from noiseclr.demo import DemoSettings
+    from noiseclr.measure import load_reader, reader_factor_names, seeds_for
+
+    settings = DemoSettings(domain=domain).validate()
+    protocol = settings.protocol()
+    test = SimpleNamespace(
+        domain=domain, role="demo-test", seeds=seeds_for("demo-test", settings.naming_images, protocol.seed)
+    )
+    names = reader_factor_names(load_reader(domain), domain)
+    model = DiffusionModel.load("embedded", device="cpu")
+    payload = reference_payload(
+        model, test, names, settings.strength, (0.0, 1.0), protocol, settings.random_reference, settings.seed
+    )
+    key = reference_key(payload)
+    shipped = ReferenceCache(SHIPPED_DIR).get(key)
+    assert shipped is not None, f"no shipped random reference {key}: run scripts/ship_random_reference.py"
+    assert shipped.count == settings.random_reference and list(shipped.factor_names) == names
+    assert shipped.images == settings.naming_images

@@ -172,6 +172,17 @@ def test_interference_by_hand():
     assert pair["interference_on_cat"] == 0.5  # stripes changed in images 2 and 3
     assert pair["interference_on_face"] == 0.25  # skin changed in image 2
     assert pair["interference"] == 0.5  # images 2 and 3
+    assert pair["off_target"] == pair["interference"]  # without the alone edits: the old definition
+    # Against each direction alone: only what the other direction added counts.
+    cat_vs_alone = (
+        cat_names,
+        torch.tensor([[False, False, True], [False, False, False], [False, True, False]] + [[False] * 3]),
+    )
+    face_vs_alone = (face_names, torch.zeros(4, 3, dtype=torch.bool))
+    crossed = pair_interference(face, cat, "glasses", "fur_color", face_vs_alone, cat_vs_alone)
+    assert crossed["interference_on_cat"] == 0.25  # stripes differ from the cat alone in image 2 (background ignored)
+    assert crossed["interference_on_face"] == 0.0 and crossed["interference"] == 0.25
+    assert crossed["off_target"] == 0.5 and crossed["face_change"] == pair["face_change"]
 
 
 def test_cross_domain_picks_best_per_factor_without_background():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from noiseclr.chance import (
@@ -97,6 +98,20 @@ def test_the_cache_round_trips_and_recomputes_damaged_or_stale_files(tmp_path):
     cache.path(key).write_text(json.dumps(data))
     _, cached = cache.get_or_compute(key, compute)
     assert not cached and len(calls) == 3
+
+
+def test_a_shipped_folder_is_read_after_the_users_and_never_written(tmp_path):
+    key = reference_key({"model": "abc", "domain": "faces", "strength": 3.0, "seeds": [1, 2]})
+    table = random_tables(torch.Generator().manual_seed(3), 5)
+    shipped = ReferenceCache(tmp_path / "shipped")
+    shipped.put(RandomReference(table, NAMES, 3.0, 30, key))
+    before = sorted((tmp_path / "shipped").iterdir())
+    cache = ReferenceCache(tmp_path / "user", shipped=[tmp_path / "shipped"])
+    found, cached = cache.get_or_compute(key, lambda: pytest.fail("the shipped reference should be used"))
+    assert cached and torch.allclose(found.changes, table, atol=1e-6)
+    other = reference_key({"model": "abc", "domain": "faces", "strength": 2.0, "seeds": [1, 2]})
+    cache.get_or_compute(other, lambda: RandomReference(table, NAMES, 2.0, 30))
+    assert cache.path(other).is_file() and sorted((tmp_path / "shipped").iterdir()) == before
 
 
 def test_measuring_a_reference_on_a_split_and_caching_it(tiny_model, tmp_path, monkeypatch):

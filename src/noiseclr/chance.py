@@ -233,21 +233,7 @@ def split_reference(
 ) -> tuple[RandomReference, bool]:
     """:func:`measure_reference`, from ``cache`` when it holds the same model, domain, images,
     protocol, reader factors, strength, window, count and seed; and whether it came from the cache."""
-    payload = {
-        "model": model_digest(model),
-        "domain": split.domain,
-        "role": split.role,
-        "seeds": list(split.seeds),
-        "steps": protocol.steps,
-        "inversion": protocol.inversion,
-        "protocol_seed": protocol.seed,
-        "factors": list(factor_names),
-        "strength": round(abs(float(strength)), 6),
-        "window": [float(w) for w in window],
-        "count": int(count),
-        "seed": int(seed),
-        "version": CACHE_VERSION,
-    }
+    payload = reference_payload(model, split, factor_names, strength, window, protocol, count, seed)
 
     def compute() -> RandomReference:
         return measure_reference(
@@ -269,6 +255,34 @@ def split_reference(
 
 
 # -------------------------------------------------------------------------------- cache
+def reference_payload(
+    model: Any,
+    split: Any,
+    factor_names: Sequence[str],
+    strength: float,
+    window: tuple[float, float],
+    protocol: Any,
+    count: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Everything a random table depends on; ``split`` needs only its ``domain``, ``role`` and ``seeds``."""
+    return {
+        "model": model_digest(model),
+        "domain": split.domain,
+        "role": split.role,
+        "seeds": list(split.seeds),
+        "steps": protocol.steps,
+        "inversion": protocol.inversion,
+        "protocol_seed": protocol.seed,
+        "factors": list(factor_names),
+        "strength": round(abs(float(strength)), 6),
+        "window": [float(w) for w in window],
+        "count": int(count),
+        "seed": int(seed),
+        "version": CACHE_VERSION,
+    }
+
+
 def reference_key(payload: Mapping[str, Any]) -> str:
     """A stable digest of what the random table depends on (model fingerprint, domain, strength,
     image seeds, protocol, reader, count, seed)."""
@@ -276,17 +290,31 @@ def reference_key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-class ReferenceCache:
-    """Random references as JSON files ``<folder>/<key>.json``; a damaged or stale file is recomputed."""
+SHIPPED_DIR = Path(__file__).parent / "assets" / "chance"
+"""References computed once for the embedded model at the demo's defaults, shipped with it (a
+read-only second cache): a fresh install's first demo does not spend two minutes on them. Any
+other model, domain, strength, image set or protocol has another key and is computed as usual."""
 
-    def __init__(self, folder: str | Path):
+
+class ReferenceCache:
+    """Random references as JSON files ``<folder>/random-<key>.json``; a damaged or stale file is
+    recomputed. ``shipped`` folders are read too (never written), after ``folder``."""
+
+    def __init__(self, folder: str | Path, shipped: Sequence[str | Path] = ()):
         self.folder = Path(folder).expanduser()
+        self.shipped = [Path(extra) for extra in shipped]
 
     def path(self, key: str) -> Path:
         return self.folder / f"random-{key}.json"
 
     def get(self, key: str) -> RandomReference | None:
-        path = self.path(key)
+        for folder in (self.folder, *self.shipped):
+            reference = self._read(folder / self.path(key).name, key)
+            if reference is not None:
+                return reference
+        return None
+
+    def _read(self, path: Path, key: str) -> RandomReference | None:
         try:
             data = json.loads(path.read_text())
             reference = RandomReference.from_json(data)

@@ -58,7 +58,15 @@ from .metrics import SIGNS, axis_changed, change_fractions, masked_psnr
 from .model import DiffusionModel
 from .demo_text import EMBEDDED_NAME, duplicate_note, random_note, summary_table  # noqa: F401 (EMBEDDED_NAME re-exported)
 from .demo_text import explanation as _explanation
-from .chance import DEFAULT_COUNT, RandomReference, ReferenceCache, default_cache_dir, judge, split_reference
+from .chance import (
+    DEFAULT_COUNT,
+    SHIPPED_DIR,
+    RandomReference,
+    ReferenceCache,
+    default_cache_dir,
+    judge,
+    split_reference,
+)
 from .strength import DEMO_STRENGTH, repeats
 from .reuse import discover_or_reuse
 from .options import (
@@ -396,7 +404,7 @@ def compare_with_random(
         names,
         settings.strength,
         protocol=settings.protocol(),
-        cache=ReferenceCache(default_cache_dir()),
+        cache=ReferenceCache(default_cache_dir(), shipped=[SHIPPED_DIR]),
         count=settings.random_reference,
         seed=settings.seed,
         progress=progress,

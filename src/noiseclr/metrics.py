@@ -43,8 +43,10 @@ DEFINITIONS = {
     "mean purity": "mean purity over effective directions (main change >= 0.25)",
     "selection": "per direction, on validation images only: max main change*purity subject to preservation >= "
     "min_preservation, over scales (both signs) x windows; ties: smaller |scale|, then grid order",
-    "interference": "fraction of scene images where some factor of the OTHER object changed vs. the reconstruction "
-    "(beyond the main factor of the other direction of the pair)",
+    "interference": "fraction of scene images where some factor of the OTHER object changed: a direction alone vs. "
+    "the reconstruction; in a pair, each object vs. its own direction's edit alone (what the other direction did)",
+    "off-target": "in a pair, fraction of scenes where an object changed beyond its own direction's main factor, vs. "
+    "the reconstruction (its own direction's side effects included)",
     "localized": "the same pick (direction, scale, window) applied with an auto region (--region auto); target = "
     "the global edit's main factor, read in both; preservation = 1 - mean change of the other factors",
     "psnr outside region": "PSNR (dB, pixels in [-1, 1] at 128x128) against the reconstruction over the pixels outside "
@@ -387,13 +389,29 @@ def alone_interference(own: PartChanges, other: PartChanges, main_factor: str) -
     }
 
 
-def pair_interference(face: PartChanges, cat: PartChanges, face_main: str, cat_main: str) -> dict[str, float]:
-    """A face and a cat direction applied together: each one's own change, both, and interference --
-    images where an object changed in a factor other than its own direction's main factor."""
+def pair_interference(
+    face: PartChanges,
+    cat: PartChanges,
+    face_main: str,
+    cat_main: str,
+    face_vs_alone: PartChanges | None = None,
+    cat_vs_alone: PartChanges | None = None,
+) -> dict[str, float]:
+    """A face and a cat direction applied together: each one's own change, both, and interference.
+
+    Interference is what the OTHER direction did to an object: the images where the cat's factors
+    differ from the cat direction's edit alone (same sign, same regions), or the face's from the face
+    direction's alone (``*_vs_alone``; the shared background excluded). Off-target counts, against the
+    reconstruction, every change of an object beyond its own direction's main factor -- its own
+    direction's side effects included, so it is the pair's purity rather than a cross-object effect.
+    Without ``*_vs_alone`` interference is the off-target count (the definition before 2026-12-07).
+    """
     face_own = face[1][:, face[0].index(face_main)]
     cat_own = cat[1][:, cat[0].index(cat_main)]
-    on_cat = _others_changed(cat, (cat_main,))
-    on_face = _others_changed(face, (face_main,))
+    off_cat = _others_changed(cat, (cat_main,))
+    off_face = _others_changed(face, (face_main,))
+    on_cat = off_cat if cat_vs_alone is None else _others_changed(cat_vs_alone, ())
+    on_face = off_face if face_vs_alone is None else _others_changed(face_vs_alone, ())
     return {
         "face_change": _fraction(face_own),
         "cat_change": _fraction(cat_own),
@@ -401,4 +419,7 @@ def pair_interference(face: PartChanges, cat: PartChanges, face_main: str, cat_m
         "interference_on_cat": _fraction(on_cat),
         "interference_on_face": _fraction(on_face),
         "interference": _fraction(on_cat | on_face),
+        "off_target_on_cat": _fraction(off_cat),
+        "off_target_on_face": _fraction(off_face),
+        "off_target": _fraction(off_cat | off_face),
     }

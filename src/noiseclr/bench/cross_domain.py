@@ -144,6 +144,19 @@ def _per_part(
     return result
 
 
+def _versus(read: torch.Tensor, e: int, reference: int, part: str) -> tuple[list[str], torch.Tensor]:
+    """Where ``part`` differs between edit ``e`` and edit ``reference``, sign by sign, under either sign."""
+    signed = [
+        part_changes(
+            _decode_labels("scenes", read[len(SIGNS) * e + s]),
+            _decode_labels("scenes", read[len(SIGNS) * reference + s]),
+            part,
+        )
+        for s in range(len(SIGNS))
+    ]
+    return signed[0][0], torch.stack([changed for _, changed in signed]).any(dim=0)
+
+
 def cross_rows(
     read: torch.Tensor,
     loaded: Loaded,
@@ -167,8 +180,12 @@ def cross_rows(
             }
         )
     pair_rows = []
+    alone_edit = {key: e for e, key in enumerate(alone)}
     for p, (f, c) in enumerate(pairs):
         changes = _per_part(read, len(alone) + p, recon_labels)
+        versus_alone = {
+            part: _versus(read, len(alone) + p, alone_edit[(part, k)], part) for part, k in (("face", f), ("cat", c))
+        }
         pair_rows.append(
             {
                 "face": {
@@ -178,7 +195,12 @@ def cross_rows(
                 },
                 "cat": {"index": c, "name": loaded["cat"][1][c].get("name"), "main_factor": _main_of(loaded, "cat", c)},
                 **pair_interference(
-                    changes["face"], changes["cat"], _main_of(loaded, "face", f), _main_of(loaded, "cat", c)
+                    changes["face"],
+                    changes["cat"],
+                    _main_of(loaded, "face", f),
+                    _main_of(loaded, "cat", c),
+                    versus_alone["face"],
+                    versus_alone["cat"],
                 ),
             }
         )
@@ -197,6 +219,7 @@ def cross_summary(alone_rows: list[dict[str, Any]], pair_rows: list[dict[str, An
         "mean_both_changed": _row_mean(pair_rows, "both_changed"),
         "interference": _row_mean(pair_rows, "interference"),
         "interference_alone": _row_mean(alone_rows, "interference"),
+        "off_target": _row_mean(pair_rows, "off_target"),
     }
 
 

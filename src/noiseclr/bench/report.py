@@ -79,7 +79,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-MODE_COLUMNS = ("mode", "face change", "cat change", "interference", "alone", "region", "PSNR outside")
+MODE_COLUMNS = ("mode", "face change", "cat change", "interference", "alone", "off-target", "region", "PSNR outside")
 
 
 def _mode_cells(mode: str, summary: Mapping[str, Any]) -> list[str]:
@@ -89,6 +89,7 @@ def _mode_cells(mode: str, summary: Mapping[str, Any]) -> list[str]:
         _num(summary["mean_cat_change"]),
         _num(summary["interference"]),
         _num(summary["interference_alone"]),
+        _num(summary.get("off_target")),
         _percent(summary.get("region_fraction")) if mode != "global" else "100%",
         _num(summary.get("psnr_outside"), 1) if mode != "global" else "-",
     ]
@@ -282,6 +283,7 @@ def _cross(results: Mapping[str, Any]) -> str:
                     "both": row["both_changed"],
                     "interference on cat": row["interference_on_cat"],
                     "interference on face": row["interference_on_face"],
+                    "off-target": row.get("off_target", 0.0),
                 },
                 None,
             )
@@ -306,8 +308,9 @@ def _cross(results: Mapping[str, Any]) -> str:
         f"<h2>Cross-domain: faces + cats on {cross['images']} scenes</h2>"
         f"<p>Files: <code>{html.escape(cross['faces_file'])}</code>, <code>{html.escape(cross['cats_file'])}</code>. "
         "Each direction's own change is its main factor on its own object; interference is the fraction of scenes "
-        "where the OTHER object changed (shared background excluded; in pairs, beyond what the other direction is "
-        f"meant to change). Mean over pairs: face change {_num(summary['mean_face_change'])}, cat change "
+        "where the OTHER object changed (shared background excluded; in a pair, each object against its own "
+        "direction's edit alone: what the other direction did to it); off-target counts, against the reconstruction, "
+        f"any change beyond each direction's main factor, its own side effects included. Mean over pairs: face change {_num(summary['mean_face_change'])}, cat change "
         f"{_num(summary['mean_cat_change'])}, both {_num(summary['mean_both_changed'])}, interference "
         f"<b>{_num(summary['interference'])}</b> (directions alone: {_num(summary['interference_alone'])}).</p>"
         + localized
