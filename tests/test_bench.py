@@ -154,6 +154,19 @@ def test_dominant_value_and_any_changed():
     assert any_changed_fraction(changed, [0, 1]).item() == 0.75
 
 
+def test_records_annotated_before_the_rename_read_under_todays_keys():
+    from noiseclr.measure import upgrade_record
+
+    old = {"index": 0, "main_factor": "glasses", "strength": 0.6, "strength_ci": [0.4, 0.8], "edit_strength": 3.0}
+    assert upgrade_record(old) == {
+        "index": 0,
+        "main_factor": "glasses",
+        "main_change": 0.6,
+        "main_change_ci": [0.4, 0.8],
+        "edit_strength": 3.0,
+    }
+
+
 def test_interference_by_hand():
     face_names = ["skin", "glasses", "background"]
     cat_names = ["fur_color", "stripes", "background"]

@@ -615,6 +615,18 @@ def annotate_directions(
     )
 
 
+RENAMED_RECORD_KEYS = {"strength": "main_change", "strength_ci": "main_change_ci"}
+"""Record keys of files annotated before 2026-12-07 and their names now (a record's ``strength``
+was its measured fraction, never the edit strength: that one is ``edit_strength``)."""
+
+
+def upgrade_record(record: Any) -> Any:
+    """A stored record with its keys under today's names (older files keep working)."""
+    if not isinstance(record, dict):
+        return record
+    return {RENAMED_RECORD_KEYS.get(key, key): value for key, value in record.items()}
+
+
 def annotations_of(directions: Directions, flag: str, domain: str) -> list[dict[str, Any]]:
     """Per-direction records stored by the bench or the demo; a one-line error if absent."""
     where = directions.path or "directions"
@@ -628,7 +640,7 @@ def annotations_of(directions: Directions, flag: str, domain: str) -> list[dict[
         raise NoiseCLRError(
             f"{flag} {where}: annotated for domain {annotations.get('domain')!r}, not {domain}; pass the {domain} file."
         )
-    records = annotations["records"]
+    records = [upgrade_record(record) for record in annotations["records"]]
     if len(records) != directions.count:
         raise NoiseCLRError(
             f"{flag} {where}: {len(records)} annotations for {directions.count} directions; the file is damaged."
