@@ -519,6 +519,36 @@ def test_bench_resume_reuses_finished_methods(faces_run, monkeypatch):
     assert again.results["methods"]["random"]["fingerprint"] == result.results["methods"]["random"]["fingerprint"]
 
 
+def test_the_prompt_reference_is_measured_once_per_model_and_settings(faces_run, tmp_path, monkeypatch):
+    # It depends on no directions file: a new run (another folder) on the same model reuses it.
+    model, out, result, _ = faces_run
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the prompt reference was measured again")
+
+    monkeypatch.setattr(bench_run, "evaluate_method", must_not_run)
+    again = run_bench(
+        model, "faces", tmp_path / "other", tiny_settings(methods=("prompt",)), readers=doubles("faces"), progress=False
+    )
+    assert again.results["methods"]["prompt"] == result.results["methods"]["prompt"]
+    strips = sorted(p.name for p in (out / "prompt").rglob("*.png"))
+    assert strips and sorted(p.name for p in (tmp_path / "other" / "prompt").rglob("*.png")) == strips
+    # Another setting (here the held-out count) is another reference.
+    monkeypatch.undo()
+    calls = []
+    original = bench_run.evaluate_method
+    monkeypatch.setattr(bench_run, "evaluate_method", lambda *a, **k: calls.append(1) or original(*a, **k))
+    run_bench(
+        model,
+        "faces",
+        tmp_path / "third",
+        tiny_settings(methods=("prompt",), heldout=3),
+        readers=doubles("faces"),
+        progress=False,
+    )
+    assert calls == [1]
+
+
 def test_bench_evaluates_given_files_including_textual_inversion(faces_run, tmp_path):
     model, out, _, _ = faces_run
     exported = Directions.load(out / "noiseclr-single" / "directions.safetensors").export_published(tmp_path / "ti")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..chance import default_cache_dir
 from ..directions import Directions
 from ..errors import NoiseCLRError
 from ..fileio import atomic_write_json, ensure_output_dir
@@ -261,6 +263,40 @@ def _previous_result(name: str, done_path: Path, fingerprint: str, resume: bool)
     return None
 
 
+def method_cache_dir() -> Path:
+    """Where results that depend on no directions file (the prompt reference) are kept across runs."""
+    return default_cache_dir() / "bench"
+
+
+def _cached_result(name: str, method: Any, fingerprint: str, folder: Path) -> dict[str, Any] | None:
+    """A direction-free method's result measured by an earlier run on the same model, settings and
+    images (its fingerprint), copied with its strips into ``folder``; None when there is none."""
+    if method.directions is not None:
+        return None
+    cached = method_cache_dir() / fingerprint
+    try:
+        result = json.loads((cached / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("fingerprint") != fingerprint:
+        return None
+    shutil.copytree(cached, folder, dirs_exist_ok=True)
+    log.info("%s: reusing the result measured by an earlier run on this model (%s)", name, cached)
+    return result
+
+
+def _cache_result(method: Any, fingerprint: str, folder: Path) -> None:
+    """Keep a direction-free method's folder for later runs (copied whole, then renamed into place)."""
+    if method.directions is not None or not (folder / "result.json").is_file():
+        return
+    target = method_cache_dir() / fingerprint
+    staging = target.with_name(f".{target.name}.{time.monotonic_ns()}")
+    shutil.copytree(folder, staging)
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
 def _run_methods(
     model: DiffusionModel,
     domain: str,
@@ -297,7 +333,10 @@ def _run_methods(
                 else None,
             }
         )
-        result = _previous_result(name, out / method_dirname(name) / "result.json", fingerprint, resume)
+        folder = out / method_dirname(name)
+        result = _previous_result(name, folder / "result.json", fingerprint, resume)
+        if result is None:
+            result = _cached_result(name, method, fingerprint, folder)
         if result is None:
             result = evaluate_method(
                 model,
@@ -311,6 +350,7 @@ def _run_methods(
                 fingerprint=fingerprint,
                 progress=progress,
             )
+            _cache_result(method, fingerprint, folder)
         results["methods"][name] = result
         save()
         if on_method is not None:
