@@ -644,7 +644,7 @@ def test_bench_measures_global_and_localized_side_by_side(tiny_model, tmp_path):
     results = json.loads((tmp_path / "cats" / "results.json").read_text())
     for name in ("random", "prompt"):
         local = results["methods"][name]["localized"]
-        assert local["region"] == "auto" and local["auto_region"] == {"top": 0.3, "smoothing": 1.0}
+        assert local["region"] == "auto" and local["auto_region"] == {"top": 0.3, "smoothing": 1.0, "box_top": 0.4}
         assert len(local["directions"]) == results["methods"][name]["summary"]["count"]
         for row in local["directions"]:
             assert 0.29 <= row["region_fraction"] <= 1.0 and row["images"] == 4
@@ -779,7 +779,7 @@ def test_an_auto_region_in_a_box_stays_in_it(model64):
         progress=False,
         return_regions=True,
         return_term_regions=True,
-        auto_region=AutoRegion(top=0.25),
+        auto_region=AutoRegion(top=0.5, box_top=0.25),
     )
     outside = torch.ones(size, size, dtype=torch.bool)
     outside[:, : size // 2] = False
@@ -787,6 +787,7 @@ def test_an_auto_region_in_a_box_stays_in_it(model64):
     # Outside both boxes the edit IS the reconstruction (DDPM: the inversion of the input).
     assert torch.equal(latents[0][..., outside], latents[1][..., outside])
     assert float(own[0][0][:, :, size // 2 :].abs().max()) == 0.0
+    # box_top, not top, is the fraction of the box kept
     assert [int((own[0][0][b] > 0).sum()) for b in range(2)] == [math.ceil(0.25 * size * size / 2)] * 2
     corner = (16 / resolution) ** 2
     assert torch.allclose(own[0][1].mean(dim=(1, 2)), torch.full((2,), corner, dtype=torch.float64))

@@ -35,7 +35,7 @@ and edits that blending then erased).
 
 **Boxes** (:func:`parse_box`, :func:`box_mask`): ``box=X0,Y0,X1,Y1`` in pixels of the input image
 (x to the right, y down, X1 and Y1 exclusive) is a fixed mask, 1 inside; ``auto+box=...`` is an
-auto region kept inside the box: the top ``top`` fraction of the box's cells, so a box around one
+auto region kept inside the box: the top ``box_top`` fraction of the box's cells, so a box around one
 object of a scene keeps the auto region off the other one. A box goes through the same centre crop as
 its image, and each latent cell takes the fraction of its area inside the box (exact, no pixel mask is
 drawn). Without the image's size (generation, latents) a box is in pixels of the model's square input.
@@ -86,10 +86,21 @@ class AutoRegion:
         help="auto regions: Gaussian sigma, in latent cells, of the noise-difference map (0 = none)",
     )
     """Gaussian sigma in latent cells applied to ``mean_c |eps_k - eps_0|`` before the top fraction is kept."""
+    box_top: float = option(
+        0.4,
+        flag="--region-box-top",
+        type=float,
+        help="auto regions inside a box (#auto+box=...): fraction of the box's cells kept at each step",
+    )
+    """Fraction of a box's cells an auto region inside it keeps. Larger than ``top``: the box already
+    excludes the other objects, and at 0.25 of a face's box the face directions lost 0.25 of their
+    change on scenes (0.40 keeps it; benchmarks/quality.md)."""
 
     def validate(self) -> AutoRegion:
         if not (isinstance(self.top, (int, float)) and 0.0 < float(self.top) <= 1.0):
             raise NoiseCLRError(f"--region-top {self.top}: must be a fraction in (0, 1], e.g. 0.25.")
+        if not (isinstance(self.box_top, (int, float)) and 0.0 < float(self.box_top) <= 1.0):
+            raise NoiseCLRError(f"--region-box-top {self.box_top}: must be a fraction in (0, 1], e.g. 0.4.")
         if not (
             isinstance(self.smoothing, (int, float))
             and math.isfinite(float(self.smoothing))
@@ -98,7 +109,7 @@ class AutoRegion:
             raise NoiseCLRError(
                 f"--region-smoothing {self.smoothing}: must be 0 or a positive number of latent cells, e.g. 1."
             )
-        self.top, self.smoothing = float(self.top), float(self.smoothing)
+        self.top, self.smoothing, self.box_top = float(self.top), float(self.smoothing), float(self.box_top)
         return self
 
 
@@ -470,7 +481,7 @@ def step_gates(
         mean = energy[number[auto]] / steps[number[auto]].view(-1, 1, 1)
         picked = gated[chosen][auto.cpu()]
         if bool(plan.boxed[picked].any()):
-            values[auto] = top_cells_within(mean, plan.settings.top, plan.within[picked].to(device)).to(dtype)
+            values[auto] = top_cells_within(mean, plan.settings.box_top, plan.within[picked].to(device)).to(dtype)
         else:
             values[auto] = top_cells(mean, plan.settings.top).to(dtype)
     gates[chosen.to(device)] = values
