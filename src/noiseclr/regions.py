@@ -29,21 +29,18 @@ latent cells (replicate padding, radius ``ceil(3 sigma)``) and divided by its sp
 The region is the top ``top`` fraction of the running mean of those maps over the steps so far
 where the pair acted: 1 where ``mean_k e_p,k`` is at least its k-th largest value,
 ``k = ceil(top * h * w)``, 0 elsewhere. At a term's first step that is LEDITS++'s implicit mask of
-that step; the running mean keeps the region from jumping between steps, which latent blending
-would turn into patchwork (measured on the embedded model: per-step masks left scattered cells
-and edits that blending then erased).
+that step; the running mean keeps the region from jumping between steps (per-step masks left
+scattered cells that latent blending turned into patchwork on the embedded model).
 
 **Boxes** (:func:`parse_box`, :func:`box_mask`): ``box=X0,Y0,X1,Y1`` in pixels of the input image
 (x to the right, y down, X1 and Y1 exclusive) is a fixed mask, 1 inside; ``auto+box=...`` is an
 auto region kept inside the box: the top ``box_top`` fraction of the box's cells, so a box around one
 object of a scene keeps the auto region off the other one. A box goes through the same centre crop as
-its image, and each latent cell takes the fraction of its area inside the box (exact, no pixel mask is
-drawn). Without the image's size (generation, latents) a box is in pixels of the model's square input.
+its image; each latent cell takes the exact fraction of its area inside the box. Without the image's
+size (generation, latents) a box is in pixels of the model's square input.
 
-**Mask files** (:func:`load_mask`): any image Pillow reads, converted to grey levels in [0, 1]. It
-is mapped onto the latent grid the way images are: centre-cropped to a square, then each latent cell
-takes the mean of the mask pixels it covers (area resampling). Any size is accepted; the command
-line refuses a mask whose aspect ratio differs from its image's (it would not line up).
+**Mask files** (:func:`load_mask`): any image Pillow reads, as grey levels in [0, 1], centre-cropped
+and area-resampled onto the latent grid as images are (the CLI refuses another aspect ratio).
 """
 
 from __future__ import annotations
@@ -92,15 +89,12 @@ class AutoRegion:
         type=float,
         help="auto regions inside a box (#auto+box=...): fraction of the box's cells kept at each step",
     )
-    """Fraction of a box's cells an auto region inside it keeps. Larger than ``top``: the box already
-    excludes the other objects, and at 0.25 of a face's box the face directions lost 0.25 of their
-    change on scenes (0.40 keeps it; benchmarks/quality.md)."""
+    """Fraction of a box's cells an auto region inside it keeps (the box excludes other objects)."""
 
     def validate(self) -> AutoRegion:
-        if not (isinstance(self.top, (int, float)) and 0.0 < float(self.top) <= 1.0):
-            raise NoiseCLRError(f"--region-top {self.top}: must be a fraction in (0, 1], e.g. 0.25.")
-        if not (isinstance(self.box_top, (int, float)) and 0.0 < float(self.box_top) <= 1.0):
-            raise NoiseCLRError(f"--region-box-top {self.box_top}: must be a fraction in (0, 1], e.g. 0.4.")
+        for flag, value, example in (("--region-top", self.top, 0.25), ("--region-box-top", self.box_top, 0.4)):
+            if not (isinstance(value, (int, float)) and 0.0 < float(value) <= 1.0):
+                raise NoiseCLRError(f"{flag} {value}: must be a fraction in (0, 1], e.g. {example}.")
         if not (
             isinstance(self.smoothing, (int, float))
             and math.isfinite(float(self.smoothing))
