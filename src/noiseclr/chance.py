@@ -212,7 +212,8 @@ def model_digest(model: Any) -> str:
         for name, tensor in module.state_dict().items():
             flat = tensor.detach().flatten()
             step = max(1, flat.numel() // 4096)
-            digest.update(f"{prefix}.{name}:{tuple(tensor.shape)}".encode())
+            # transformers 5 names CLIPTextModel tensors without "text_model.", 4.x with it: same weights, same digest
+            digest.update(f"{prefix}.{name.removeprefix('text_model.')}:{tuple(tensor.shape)}".encode())
             digest.update(flat[::step][:4096].to("cpu", torch.float16).numpy().tobytes())
     return digest.hexdigest()[:20]
 
