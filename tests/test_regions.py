@@ -130,6 +130,8 @@ def test_auto_region_settings_are_checked():
         ({"top": 1.5}, "--region-top"),
         ({"smoothing": -1.0}, "--region-smoothing"),
         ({"smoothing": float("nan")}, "--region-smoothing"),
+        ({"box_top": 0.0}, "--region-box-top"),
+        ({"box_top": "half"}, "--region-box-top"),
     ):
         with pytest.raises(NoiseCLRError, match=flag) as caught:
             AutoRegion(**kwargs).validate()
