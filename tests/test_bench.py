@@ -145,6 +145,61 @@ def test_summary_averages_over_effective_directions():
     assert none["mean_purity"] is None and none["preservation"] is None and none["coverage"] == 0
 
 
+def _fake_method(changes: torch.Tensor, names: list[str]) -> dict:
+    return {
+        "directions": [{"index": k, "changes": dict(zip(names, map(float, row)))} for k, row in enumerate(changes)],
+        "summary": {"duplicate_pairs": [[0, 1, 0.9]]},
+    }
+
+
+def test_bench_judges_every_method_against_its_random_method():
+    """Effective = main change >= 0.25 and beats the run's random directions; random judged leave-one-out."""
+    from noiseclr.bench.versus_random import apply_random_reference
+    from noiseclr.chance import RandomReference, judge, margin_threshold
+
+    names = ["skin", "hair", "mouth"]
+    generator = torch.Generator().manual_seed(3)
+    # 20 random directions that all "act" (skin 0.3-0.7 on every one): the old count calls all 20 effective
+    random = torch.stack(
+        [0.3 + 0.4 * torch.rand(20, generator=generator), 0.2 * torch.rand(20, generator=generator), torch.zeros(20)],
+        dim=1,
+    ).to(torch.float64)
+    found = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.1, 0.0], [0.0, 0.0, 0.2]], dtype=torch.float64)
+    results = {
+        "factors": names,
+        "baseline": {"heldout": {"images": 30}},
+        "methods": {"noiseclr-all": _fake_method(found, names), "random": _fake_method(random, names)},
+    }
+    apply_random_reference(results)
+    ours, chance = results["methods"]["noiseclr-all"], results["methods"]["random"]
+    # ours: the hair direction beats random; the skin one sits inside random's spread; the mouth one does not act
+    assert [d["effective"] for d in ours["directions"]] == [True, False, False]
+    assert [d["random"]["beats_random"] for d in ours["directions"]][:2] == [True, False]
+    assert ours["summary"]["effective_directions"] == 1 and ours["summary"]["acting_directions"] == 2
+    assert ours["summary"]["mean_purity"] == pytest.approx(0.9) and ours["summary"]["duplicate_pairs"]
+    # the plain reference: judge() against the whole random table
+    reference = RandomReference(random, tuple(names), 0.0, 30)
+    assert [r["beats_random"] for r in judge(found, reference)] == [
+        d["random"]["beats_random"] for d in ours["directions"]
+    ]
+    # random itself, each row against the other 19: at most 1 in 20 passes (the test's false-positive rate)
+    assert chance["summary"]["acting_directions"] == 20
+    assert chance["summary"]["effective_directions"] <= 1
+    tau = margin_threshold(random)
+    for r, record in enumerate(chance["directions"]):
+        others = RandomReference(torch.cat([random[:r], random[r + 1 :]]), tuple(names), 0.0, 30)
+        margin = float((random[r] - others.percentiles()).max())
+        assert record["random"]["margin"] == pytest.approx(margin, abs=1e-4)
+        assert record["random"]["beats_random"] == (margin > tau + 1e-12)
+    # idempotent (it runs at every save), and a run without a random method is left alone
+    before = json.dumps(results, sort_keys=True)
+    apply_random_reference(results)
+    assert json.dumps(results, sort_keys=True) == before
+    alone = {"factors": names, "methods": {"noiseclr-all": _fake_method(found, names)}}
+    apply_random_reference(alone)
+    assert "effective" not in alone["methods"]["noiseclr-all"]["directions"][0]
+
+
 def test_dominant_value_and_any_changed():
     edited = torch.tensor([[1, 0], [2, 0], [2, 1], [0, 1]])
     changed = torch.tensor([[True, False], [True, False], [True, True], [False, False]])
@@ -496,6 +551,13 @@ def test_bench_writes_table_json_html_and_annotated_directions(faces_run):
         assert needle in report
     assert "noiseclr-single" in result.table and "coverage" in result.table
     assert results["baseline"]["heldout"]["images"] == 4
+    # Every method judged against the run's 3 random directions (versus_random), in the table too.
+    for name in finished:
+        summary = results["methods"][name]["summary"]
+        assert summary["random_reference"]["count"] == 3 and summary["beats_random"] >= 0
+        assert summary["effective_directions"] <= summary["acting_directions"]
+        assert all("beats_random" in record["random"] for record in results["methods"][name]["directions"])
+    assert "beats the run's random directions" in result.table and "acting" in report
 
 
 def test_bench_resume_reuses_finished_methods(faces_run, monkeypatch):
@@ -530,7 +592,8 @@ def test_the_prompt_reference_is_measured_once_per_model_and_settings(faces_run,
     again = run_bench(
         model, "faces", tmp_path / "other", tiny_settings(methods=("prompt",)), readers=doubles("faces"), progress=False
     )
-    assert again.results["methods"]["prompt"] == result.results["methods"]["prompt"]
+    # the measurement as the first run wrote it (its results.json also judged it against that run's random method)
+    assert again.results["methods"]["prompt"] == json.loads((out / "prompt" / "result.json").read_text())
     strips = sorted(p.name for p in (out / "prompt").rglob("*.png"))
     assert strips and sorted(p.name for p in (tmp_path / "other" / "prompt").rglob("*.png")) == strips
     # Another setting (here the held-out count) is another reference.

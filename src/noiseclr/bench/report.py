@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..chance import describe
 from ..fileio import atomic_write_text
 
 
@@ -36,7 +37,10 @@ def format_table(results: Mapping[str, Any]) -> str:
             f"{results.get('domain')} benchmark: model {results.get('model', {}).get('name')}, {heldout} held-out images, "
             f"{settings.get('steps')} {settings.get('inversion')} steps; changes vs. the reconstruction"
         )
-        header = f"{'method':<18} {'K':>3} {'coverage':>8} {'purity':>7} {'preserv.':>8} {'effective':>9}  discovered factors"
+        header = (
+            f"{'method':<18} {'K':>3} {'coverage':>8} {'purity':>7} {'preserv.':>8} {'effective':>9} {'acting':>6}"
+            "  discovered factors"
+        )
         lines += [header, "-" * len(header)]
         for name, result in methods.items():
             summary = result["summary"]
@@ -44,11 +48,19 @@ def format_table(results: Mapping[str, Any]) -> str:
             covered = f"{len(summary.get('discovered', {}))}/{summary['num_factors']}"
             lines.append(
                 f"{name:<18} {summary['count']:>3} {covered:>8} {_num(summary.get('mean_purity')):>7} "
-                f"{_num(summary.get('preservation')):>8} {summary.get('effective_directions', 0):>9}  {found}"
+                f"{_num(summary.get('preservation')):>8} {summary.get('effective_directions', 0):>9} "
+                f"{summary.get('acting_directions', summary.get('effective_directions', 0)):>6}  {found}"
             )
+        judged = any(result["summary"].get("random_reference") for result in methods.values())
         lines.append(
-            "coverage: factors some direction moves with main change >= 0.5 and purity >= 0.6; purity and preservation: "
-            "mean over directions with main change >= 0.25"
+            "coverage: factors some direction moves with main change >= 0.5 and purity >= 0.6; acting: main change "
+            ">= 0.25; effective: acting "
+            + (
+                "and beats the run's random directions (random judged leave-one-out: about 1 in 20 passes by chance)"
+                if judged
+                else "(no random method in this run, so not judged against chance)"
+            )
+            + "; purity and preservation: mean over effective directions"
         )
         localized = [(name, result["localized"]) for name, result in methods.items() if result.get("localized")]
         if localized:
@@ -141,6 +153,11 @@ def _direction_card(record: Mapping[str, Any]) -> str:
         flags.append('<b class="ok">discovers</b>')
     if not validation.get("constraint_met", True):
         flags.append('<span class="warn">no setting met the preservation constraint</span>')
+    verdict = record.get("random")
+    if isinstance(verdict, Mapping) and "beats_random" in verdict:
+        flags.append(
+            f'<span class="{"ok" if verdict["beats_random"] else "muted"}">{html.escape(describe(verdict))}</span>'
+        )
     prompt = (
         f'<div class="muted">prompt: &ldquo;{html.escape(record["prompt"])}&rdquo;</div>'
         if record.get("prompt")
@@ -223,13 +240,17 @@ def _summary_table(results: Mapping[str, Any]) -> str:
             f"<td>{summary['coverage']:.2f} ({len(summary['discovered'])}/{summary['num_factors']})</td>"
             f"<td>{_num(summary.get('mean_purity'))}</td><td>{_num(summary.get('preservation'))}</td>"
             f"<td>{_num(summary.get('preservation_all'))}</td><td>{summary['effective_directions']}</td>"
+            f"<td>{summary.get('acting_directions', summary['effective_directions'])}</td>"
             f'<td class="muted">{html.escape(result.get("source", ""))}</td></tr>'
         )
     return (
         "<h2>Summary</h2><table><tr><th>method</th><th>K</th><th>coverage</th><th>mean purity</th>"
-        "<th>preservation</th><th>preservation (all)</th><th>effective</th><th>source</th></tr>"
+        "<th>preservation</th><th>preservation (all)</th><th>effective</th><th>acting</th><th>source</th></tr>"
         + "".join(rows)
-        + "</table>"
+        + '</table><p class="muted">acting: main change &ge; 0.25. effective: acting and beats the run\'s random '
+        "directions (above their 95th percentile on some factor by more than their own leave-one-out margins; "
+        "random itself judged leave-one-out, so about 1 in 20 passes by chance); without a random method in the run, "
+        "effective = acting. Purity and preservation: means over effective directions.</p>"
     )
 
 

@@ -55,6 +55,7 @@ from .methods import (
 )
 from .report import format_table, write_report
 from .settings import DISCOVERY_METHODS, BenchSettings
+from .versus_random import apply_random_reference
 
 log = logging.getLogger("noiseclr")
 
@@ -107,6 +108,7 @@ def _results_header(model: DiffusionModel, domain: str, settings: BenchSettings,
 
 
 def _save_progress(results: dict[str, Any], results_path: Path, report_path: Path) -> None:
+    apply_random_reference(results)
     atomic_write_json(results_path, results)
     write_report(report_path, results)
 
