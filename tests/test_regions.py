@@ -760,9 +760,15 @@ def test_a_whole_image_box_is_the_global_edit_and_auto_in_it_is_auto(model64, me
         [DirectionTerm(directions, 1, 5.0, region="auto")],
         [DirectionTerm(directions, 1, 5.0, region=Region.box(whole, auto=True))],
     ]
-    latents = regenerate(model64, inversion, edits, progress=False)
+    # the box keeps box_top of its cells: with box_top = top a whole-image box is no box at all
+    same = AutoRegion(top=0.3, box_top=0.3)
+    latents = regenerate(model64, inversion, edits, progress=False, auto_region=same)
     assert torch.allclose(latents[0], latents[1], atol=1e-12, rtol=0)
-    assert torch.equal(latents[2], latents[3])
+    assert torch.allclose(latents[2], latents[3], atol=1e-12, rtol=0)  # float64 round-off only
+    # With the defaults (top 0.25, box_top 0.4) in one batch each row keeps its own fraction.
+    _, _, own = regenerate(model64, inversion, edits[2:], progress=False, return_regions=True, return_term_regions=True)
+    cells = model64.latent_size**2
+    assert [int((own[e][0][0] > 0).sum()) for e in (0, 1)] == [math.ceil(0.25 * cells), math.ceil(0.4 * cells)]
 
 
 def test_an_auto_region_in_a_box_stays_in_it(model64):
@@ -888,3 +894,90 @@ def test_boxes_outside_the_image_are_refused_before_the_model_loads(capsys, tiny
     inversion = invert(model, random_latents(model, 1).float(), "ddim", 2, progress=False)
     with pytest.raises(NoiseCLRError, match=r"direction 0 .*box 0,0,500,10 reaches outside the 64x64 image"):
         regenerate(model, inversion, [[term]], progress=False)
+
+
+# ------------------------------------------------------------------ composition (one object, one trajectory)
+def test_which_edits_run_apart():
+    from noiseclr.composition import separates, split_edits
+
+    directions = Directions(torch.randn(3, 8))
+    left, right = Region.box((0, 0, 32, 64)), Region.box((32, 0, 64, 64), auto=True)
+    a, b = DirectionTerm(directions, 0, 1.0, region=left), DirectionTerm(directions, 1, 1.0, region=right)
+    a_late = DirectionTerm(directions, 2, 1.0, 0.5, 1.0, region=Region.box((0, 0, 32, 64)))
+    auto, mask = (
+        DirectionTerm(directions, 1, 1.0, region="auto"),
+        DirectionTerm(directions, 2, 1.0, region=torch.ones(4, 4)),
+    )
+    glob = DirectionTerm(directions, 2, 1.0)
+    assert separates([a, b], "auto") and not separates([a, b], "joint") and separates([a, b], "separate")
+    assert not separates([a], "auto") and not separates([a, a_late], "auto")  # one box: one object
+    assert not separates([a, auto], "auto") and separates([a, auto], "separate")  # auto/mask: joint unless asked
+    assert not separates([auto, mask], "auto") and separates([auto, mask], "separate")
+    assert not separates([a, glob], "separate")  # a global term: nothing to keep apart
+    expanded, parts = split_edits([[a, b, a_late], [glob], []], "auto")
+    assert expanded == [[a, a_late], [b], [glob], []] and parts == [[0, 1], [2], [3]]
+    with pytest.raises(NoiseCLRError, match="--compose"):
+        separates([a, b], "apart")
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_box_terms_on_separate_trajectories_match_their_definition(model64, method):
+    """Two boxes (left and right halves): the composite is the reconstruction plus each term's own
+    localized edit's change, so inside each box it is that term's edit alone; jointly the terms meet."""
+    directions = make_directions(model64)
+    size, resolution = model64.latent_size, model64.resolution
+    inversion = invert(model64, random_latents(model64, 2), method, 5, progress=False)
+    left = DirectionTerm(directions, 0, 6.0, region=Region.box((0, 0, resolution // 2, resolution)))
+    right = DirectionTerm(
+        directions, 2, -5.0, 0.2, 1.0, region=Region.box((resolution // 2, 0, resolution, resolution), auto=True)
+    )
+    pair, recon = [left, right], []
+    together, maps, own = regenerate(
+        model64,
+        inversion,
+        [pair, [left], [right], recon],
+        progress=False,
+        return_regions=True,
+        return_term_regions=True,
+    )
+    expected = together[3] + (together[1] - together[3]) + (together[2] - together[3])
+    assert torch.allclose(together[0], expected, atol=1e-12, rtol=0)
+    half = size // 2
+    assert torch.allclose(together[0][..., :half], together[1][..., :half], atol=1e-12, rtol=0)
+    assert torch.allclose(together[0][..., half:], together[2][..., half:], atol=1e-12, rtol=0)
+    assert torch.equal(maps[0], torch.maximum(maps[1], maps[2]))
+    assert len(own[0]) == 2 and torch.equal(own[0][0], own[1][0]) and torch.equal(own[0][1], own[2][0])
+    joint = regenerate(model64, inversion, [pair], progress=False, compose="joint")[0]
+    assert not torch.allclose(joint[..., :half], together[1][..., :half], atol=1e-6)
+    # EditSettings carries the choice to edit(); joint there is the single trajectory
+    assert EditSettings(compose="joint").compose == "joint"
+    with pytest.raises(NoiseCLRError, match="--compose"):
+        EditSettings(compose="apart")
+
+
+def test_separate_trajectories_still_take_one_unet_call_per_step(tiny_model):
+    directions = make_directions(tiny_model)
+    steps, images = 4, 2
+    inversion = invert(tiny_model, random_latents(tiny_model, images).float(), "ddpm", steps, progress=False)
+    res = tiny_model.resolution
+    pair = [
+        DirectionTerm(directions, 0, 2.0, region=f"box=0,0,{res // 2},{res}"),
+        DirectionTerm(directions, 1, 2.0, region=f"box={res // 2},0,{res},{res}"),
+    ]
+    with UNetCalls(tiny_model) as calls:
+        regenerate(tiny_model, inversion, [pair], progress=False)
+    # two single-term trajectories and the reconstruction: their null rows and one pair each
+    assert calls.rows == [3 * images + 2 * images] * steps
+
+
+def test_generation_composes_box_terms_apart(tiny_model):
+    directions = make_directions(tiny_model)
+    res = tiny_model.resolution
+    left = DirectionTerm(directions, 0, 4.0, region=f"box=0,0,{res // 2},{res}")
+    right = DirectionTerm(directions, 1, -4.0, region=f"box={res // 2},0,{res},{res}")
+    runs = generate_latents(
+        tiny_model, ["a cat"], [[left, right], [left], [right], []], steps=3, seed=1, progress=False
+    )
+    assert torch.allclose(runs[0], runs[1] + runs[2] - runs[3], atol=1e-5, rtol=0)
+    joint = generate_latents(tiny_model, ["a cat"], [[left, right]], steps=3, seed=1, progress=False, compose="joint")
+    assert not torch.allclose(joint[0], runs[0], atol=1e-4)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .composition import COMPOSE_MODES, check_compose, composite, split_edits, union_of_parts
 from .directions import Directions
 from .errors import NoiseCLRError
 from .images import ImageSet
@@ -279,6 +280,7 @@ def regenerate(
     return_term_regions: bool = False,
     image_sizes: Sequence[tuple[int, int]] | None = None,
     desc: str | None = None,
+    compose: str = "auto",
 ) -> torch.Tensor | tuple:
     """Render every edit variant of every inverted image; returns latents [E, B, C, h, w].
 
@@ -291,10 +293,17 @@ def regenerate(
     reconstruction (:func:`edit_regions`); ``return_term_regions`` then also each term's own region,
     ``[e][t]`` [B, h, w] (:func:`~noiseclr.regions.term_regions`). ``image_sizes`` (width, height)
     per image of ``inversion`` is what ``#box=`` pixels refer to (default: the model's square input).
+    ``compose`` says whether an edit's localized terms share a trajectory (:mod:`noiseclr.composition`;
+    by default terms that all have boxes run apart and their changes are added).
     """
     requested = [list(terms) for terms in edits]
     if not requested:
         raise ValueError("regenerate needs at least one edit (use [[]] for the reconstruction)")
+    expanded, parts = split_edits(requested, compose)
+    if len(expanded) > len(requested):
+        together = {"image_indices": image_indices, "max_batch": max_batch, "progress": progress, "callback": callback}
+        more = {"auto_region": auto_region, "image_sizes": image_sizes, "desc": desc}
+        return _composed(model, inversion, expanded, parts, return_regions, return_term_regions, **together, **more)
     check_terms(model, [term for terms in requested for term in terms])
     for terms in requested:
         warn_empty_windows(terms, inversion.steps)
@@ -357,6 +366,30 @@ def regenerate(
     return latents, maps, own
 
 
+def _composed(
+    model: DiffusionModel,
+    inversion: Inversion,
+    expanded: list[list[EditTerm]],
+    parts: list[list[int]],
+    return_regions: bool,
+    return_term_regions: bool,
+    **options,
+) -> torch.Tensor | tuple:
+    """:func:`regenerate` of edits split by :func:`~noiseclr.composition.split_edits`: every part on
+    its own trajectory beside the reconstruction, then each edit = reconstruction + its parts' changes."""
+    runs = expanded + [[]]
+    latents, maps, own = regenerate(
+        model, inversion, runs, return_regions=True, return_term_regions=True, compose="joint", **options
+    )
+    latents = composite(latents, parts, reference=len(runs) - 1)
+    if not return_regions:
+        return latents
+    maps = union_of_parts(maps, parts)
+    if not return_term_regions:
+        return latents, maps
+    return latents, maps, [[region for i in indices for region in own[i]] for indices in parts]
+
+
 def render_edits(
     model: DiffusionModel,
     inversion: Inversion,
@@ -369,6 +402,7 @@ def render_edits(
     auto_region: AutoRegion | None = None,
     return_regions: bool = False,
     desc: str | None = None,
+    compose: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`regenerate` and decode: pixels [E, B, 3, S, S] in [-1, 1], float32 on the CPU (and the
     regions [E, B, h, w] with ``return_regions``). ``desc`` labels the progress bar."""
@@ -382,6 +416,7 @@ def render_edits(
         auto_region=auto_region,
         return_regions=True,
         desc=desc,
+        compose=compose,
     )
     flat = latents.reshape(-1, *latents.shape[2:])
     pixels = model.decode_latents(flat, batch_size=decode_batch).cpu()
@@ -410,12 +445,22 @@ class EditSettings:
     """Most UNet rows per call (memory cap; results are unchanged). None: one call per step."""
     decode_batch: int = 8
     """Images per VAE call when encoding and decoding."""
+    compose: str = option(
+        "auto",
+        flag="--compose",
+        help="how localized terms combine: auto (terms that all have #box/#auto+box regions each run on their own "
+        "trajectory and their changes are added, so one object's edit cannot shift another's), joint (one "
+        "trajectory), separate (every all-localized edit)",
+        choices=list(COMPOSE_MODES),
+    )
+    """:mod:`noiseclr.composition`: ``auto``, ``joint`` or ``separate``."""
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of ``#auto`` regions (flags ``--region-top``, ``--region-smoothing``)."""
 
     def __post_init__(self) -> None:
         check_count(self.steps, "--steps", why="must be a whole number of at least 1; 50 is typical.")
         check_inversion(self.inversion)
+        check_compose(self.compose)
         check_max_batch(self.max_batch)
         if not is_whole(self.decode_batch) or self.decode_batch < 1:
             raise ValueError("decode_batch must be at least 1")
@@ -521,6 +566,7 @@ def edit(
         return_regions=True,
         return_term_regions=True,
         image_sizes=sizes,
+        compose=settings.compose,
     )
     localized = any(term.region is not None for term in terms)
     decoded = model.decode_latents(both.reshape(-1, *both.shape[2:]), batch_size=settings.decode_batch).cpu()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .composition import COMPOSE_MODES, check_compose, composite, split_edits, union_of_parts
 from .editing import StepCallback, denoise, direction_conditionings, edit_weights, warn_empty_windows
 from .errors import NoiseCLRError
 from .inversion import make_schedule
@@ -46,6 +47,7 @@ def generate_latents(
     callback: StepCallback | None = None,
     auto_region: AutoRegion | None = None,
     return_regions: bool = False,
+    compose: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """DDIM (eta = 0) text-to-image with directions; returns latents [E, P, C, h, w].
 
@@ -54,12 +56,20 @@ def generate_latents(
     CPU from ``seed``), so variants differ only by their directions. With ``g = 1`` this is the
     unguided prompt prediction, computed from both rows. Terms with a region are localized
     against the plain sample of the same prompt (added to the batch when ``[]`` is not among
-    the edits); ``return_regions`` as in :func:`regenerate`.
+    the edits); ``return_regions`` and ``compose`` as in :func:`regenerate`.
     """
     prompts = [str(p) for p in prompts]
     requested = [list(terms) for terms in edits]
     if not prompts or not requested:
         raise ValueError("generate needs at least one prompt and one edit (use [[]] for none)")
+    expanded, parts = split_edits(requested, compose)
+    if len(expanded) > len(requested):
+        # One trajectory per object beside the plain sample, then the changes added (noiseclr.composition).
+        given = {"guidance_scale": guidance_scale, "steps": steps, "seed": seed, "noise": noise, "max_batch": max_batch}
+        run = {"progress": progress, "callback": callback, "auto_region": auto_region, "compose": "joint"}
+        latents, maps = generate_latents(model, prompts, [*expanded, []], **given, **run, return_regions=True)
+        latents = composite(latents, parts, reference=len(expanded))
+        return (latents, union_of_parts(maps, parts)) if return_regions else latents
     if not math.isfinite(guidance_scale):
         raise NoiseCLRError(f"--guidance {guidance_scale}: not a finite number; 5 to 7.5 is typical.")
     check_terms(model, [term for terms in requested for term in terms])
@@ -131,6 +141,14 @@ class GenerateSettings:
         None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int, default_text=""
     )
     decode_batch: int = 8
+    compose: str = option(
+        "auto",
+        flag="--compose",
+        help="how localized terms combine: auto (terms that all have boxes run apart, their changes added), "
+        "joint, separate",
+        choices=list(COMPOSE_MODES),
+    )
+    """:mod:`noiseclr.composition`."""
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of ``#auto`` regions (flags ``--region-top``, ``--region-smoothing``)."""
 
@@ -140,6 +158,7 @@ class GenerateSettings:
             raise NoiseCLRError(f"--guidance {self.guidance_scale}: not a finite number; 5 to 7.5 is typical.")
         check_count(self.images_per_prompt, "--num-images")
         check_max_batch(self.max_batch)
+        check_compose(self.compose)
         self.auto_region.validate()
 
 
@@ -203,6 +222,7 @@ def generate(
         max_batch=settings.max_batch,
         progress=progress,
         auto_region=settings.auto_region,
+        compose=settings.compose,
         return_regions=True,
     )
     pixels = model.decode_latents(latents.reshape(-1, *latents.shape[2:]), batch_size=settings.decode_batch).cpu()

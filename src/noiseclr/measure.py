@@ -231,10 +231,12 @@ def render_and_read(
     progress: bool = True,
     auto_region: AutoRegion | None = None,
     on_chunk: ChunkCallback | None = None,
+    compose: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Regenerate every edit of every inverted image, decode and read: indices [E, B, F] and the first
     ``keep_images`` images of every edit (pixels [E, keep, 3, S, S], or None). ``auto_region``
-    parameterises the terms' auto regions; ``on_chunk`` sees every pass (:data:`ChunkCallback`)."""
+    parameterises the terms' auto regions; ``on_chunk`` sees every pass (:data:`ChunkCallback`);
+    ``compose`` as in :func:`noiseclr.editing.regenerate`."""
     from tqdm.auto import tqdm
 
     edits = [list(terms) for terms in edits]
@@ -260,6 +262,7 @@ def render_and_read(
                     progress=False,
                     auto_region=auto_region,
                     return_regions=True,
+                    compose=compose,
                 )
                 flat = latents.reshape(-1, *latents.shape[2:])
                 pixels = model.decode_latents(flat, batch_size=passes.decode_batch).cpu()

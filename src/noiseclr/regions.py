@@ -474,10 +474,10 @@ def step_gates(
         energy = energy.index_add(0, number[auto], auto_energy(difference, plan.settings).to(energy.dtype))
         mean = energy[number[auto]] / steps[number[auto]].view(-1, 1, 1)
         picked = gated[chosen][auto.cpu()]
-        if bool(plan.boxed[picked].any()):
-            values[auto] = top_cells_within(mean, plan.settings.box_top, plan.within[picked].to(device)).to(dtype)
-        else:
-            values[auto] = top_cells(mean, plan.settings.top).to(dtype)
+        # Each row by its own kind: a boxed auto keeps box_top of its box, a bare auto top of the grid.
+        box_rows = plan.boxed[picked].to(device)
+        boxed = top_cells_within(mean, plan.settings.box_top, plan.within[picked].to(device))
+        values[auto] = torch.where(box_rows.view(-1, 1, 1), boxed, top_cells(mean, plan.settings.top)).to(dtype)
     gates[chosen.to(device)] = values
     held = state.held.index_copy(0, number, values.to(state.held.dtype))
     return gates, RegionState(held=held, energy=energy, steps=steps)

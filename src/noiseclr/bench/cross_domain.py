@@ -311,6 +311,7 @@ def cross_modes(
             progress=progress,
             auto_region=settings.auto_region,
             on_chunk=measured,
+            compose=settings.compose,
         )
         alone_rows, pair_rows = cross_rows(read, loaded, alone, pairs, recon_labels)
         pixels = {"region_fraction": measured.region, "psnr_outside": measured.psnr_outside, "psnr": measured.psnr}

@@ -121,6 +121,7 @@ def render_twins(
         progress=progress,
         auto_region=settings.auto_region,
         on_chunk=local,
+        compose=settings.compose,
     )
     assert local.inside is not None
     other = PixelComparison(recon, len(edits), len(images), inside=local.inside)

@@ -173,7 +173,7 @@ def _base_fingerprint(model: DiffusionModel, domain: str, settings: BenchSetting
             for k, v in settings.to_json().items()
             if k
             not in ("methods", "trajectories_per_pass", "max_batch", "decode_batch", "cross_images", "cross_per_domain")
-            and (settings.localized or k not in ("region", "auto_region"))
+            and (settings.localized or k not in ("region", "auto_region", "compose"))
         },
     }
 

@@ -29,6 +29,7 @@ from ..options import (
     positive_int,
     window,
 )
+from ..composition import COMPOSE_MODES, check_compose
 from ..regions import AutoRegion
 from ..strength import (
     BENCH_STRENGTHS,
@@ -194,6 +195,14 @@ class BenchSettings:
         help="auto: also measure every pick localized (auto regions), global vs localized side by side",
     )
     """``none``: global edits only; ``auto``: every held-out and cross-domain edit also with an auto region."""
+    compose: str = option(
+        "auto",
+        flag="--compose",
+        help="how the cross-domain pairs' localized terms combine (noiseclr.composition): auto (box terms apart, "
+        "changes added), joint (one trajectory), separate",
+        choices=list(COMPOSE_MODES),
+    )
+    """:mod:`noiseclr.composition`, for every localized edit the bench makes."""
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of the auto regions (``--region-top``, ``--region-smoothing``)."""
 
@@ -287,6 +296,7 @@ class BenchSettings:
         self.cross_regions = tuple(m for m in self.cross_regions if m != "none")
         for mode in self.cross_regions:
             check_choice(mode, CROSS_REGIONS, flag["cross_regions"], "unknown region mode (or none)")
+        check_compose(self.compose, flag["compose"])
         self.auto_region.validate()
         if self.discovery_negatives is not None and not 1 <= self.discovery_negatives < self.num_directions:
             raise NoiseCLRError(
