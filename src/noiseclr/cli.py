@@ -379,7 +379,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = from_args(DemoSettings, args).validate()
     print(
         f"noiseclr demo: discover edit directions on {args.model} without any text, name them, show them "
-        "(default sizes: about 6 min on a 2-core CPU)",
+        "(default sizes: about 4.5 min on a 2-core CPU)",
         flush=True,
     )  # before the libraries' loading bars
     model = _load_model(args)
@@ -540,7 +540,7 @@ def _demo_parser(sub: Any) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="the main job: discover, name and show face-edit directions on the embedded model (~6 min on a 2-core CPU)",
+        help="the main job: discover, name and show face-edit directions on the embedded model (~4.5 min on a 2-core CPU)",
     )
     _add_model_args(p)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
