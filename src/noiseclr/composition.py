@@ -12,8 +12,10 @@ reconstruction plus the sum of their changes::
 
     x = x_recon + sum_i (x_i - x_recon)
 
-Inside one term's region, away from the others, that is exactly the term's edit alone. Where
-regions overlap the changes add, which is first-order what a joint trajectory does.
+Inside one term's region, away from the others, the latents are exactly the term's edit alone.
+The decoded pixels are not quite: the VAE decoder's attention still carries a neighbour's change
+a little way across (``scripts/box_interference_probe.py``). Where regions overlap the changes
+add, which is first-order what a joint trajectory does.
 
 ``compose``: ``"joint"`` (one trajectory, the plain kernel), ``"separate"`` (every edit whose
 terms all have regions, 2 or more different ones), ``"auto"`` (the default: separate when every

@@ -449,7 +449,7 @@ class EditSettings:
         "auto",
         flag="--compose",
         help="how localized terms combine: auto (terms that all have #box/#auto+box regions each run on their own "
-        "trajectory and their changes are added, so one object's edit cannot shift another's), joint (one "
+        "trajectory and their changes are added, so one object's edit does not steer another's), joint (one "
         "trajectory), separate (every all-localized edit)",
         choices=list(COMPOSE_MODES),
     )
