@@ -28,15 +28,30 @@ one trajectory per region instead of one per edit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .errors import NoiseCLRError
+from .options import option
 from .regions import Region
 from .terms import EditTerm
 
 COMPOSE_MODES = ("auto", "joint", "separate")
 """How an edit's localized terms are put together (module docstring)."""
+
+
+def compose_option() -> Any:
+    """The ``compose`` settings field with its ``--compose`` flag, one declaration for every
+    settings class that edits (:class:`~noiseclr.editing.EditSettings`, generation, the bench)."""
+    return option(
+        "auto",
+        flag="--compose",
+        help="how localized terms combine: auto (terms that all have #box/#auto+box regions each run on their own "
+        "trajectory and their changes are added, so one object's edit does not steer another's), joint (one "
+        "trajectory), separate (every all-localized edit)",
+        choices=list(COMPOSE_MODES),
+    )
 
 
 def check_compose(compose: str, flag: str = "--compose") -> str:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .composition import COMPOSE_MODES, check_compose, composite, split_edits, union_of_parts
+from .composition import check_compose, compose_option, composite, split_edits, union_of_parts
 from .directions import Directions
 from .errors import NoiseCLRError
 from .images import ImageSet
@@ -445,14 +445,7 @@ class EditSettings:
     """Most UNet rows per call (memory cap; results are unchanged). None: one call per step."""
     decode_batch: int = 8
     """Images per VAE call when encoding and decoding."""
-    compose: str = option(
-        "auto",
-        flag="--compose",
-        help="how localized terms combine: auto (terms that all have #box/#auto+box regions each run on their own "
-        "trajectory and their changes are added, so one object's edit does not steer another's), joint (one "
-        "trajectory), separate (every all-localized edit)",
-        choices=list(COMPOSE_MODES),
-    )
+    compose: str = compose_option()
     """:mod:`noiseclr.composition`: ``auto``, ``joint`` or ``separate``."""
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of ``#auto`` regions (flags ``--region-top``, ``--region-smoothing``)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .composition import COMPOSE_MODES, check_compose, composite, split_edits, union_of_parts
+from .composition import check_compose, compose_option, composite, split_edits, union_of_parts
 from .editing import StepCallback, denoise, direction_conditionings, edit_weights, warn_empty_windows
 from .errors import NoiseCLRError
 from .inversion import make_schedule
@@ -141,13 +141,7 @@ class GenerateSettings:
         None, flag="--max-batch", help="most UNet rows per call (memory cap)", type=positive_int, default_text=""
     )
     decode_batch: int = 8
-    compose: str = option(
-        "auto",
-        flag="--compose",
-        help="how localized terms combine: auto (terms that all have boxes run apart, their changes added), "
-        "joint, separate",
-        choices=list(COMPOSE_MODES),
-    )
+    compose: str = compose_option()
     """:mod:`noiseclr.composition`."""
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of ``#auto`` regions (flags ``--region-top``, ``--region-smoothing``)."""

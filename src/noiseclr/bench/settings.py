@@ -29,7 +29,7 @@ from ..options import (
     positive_int,
     window,
 )
-from ..composition import COMPOSE_MODES, check_compose
+from ..composition import check_compose, compose_option
 from ..regions import AutoRegion
 from ..strength import (
     BENCH_STRENGTHS,
@@ -195,13 +195,7 @@ class BenchSettings:
         help="auto: also measure every pick localized (auto regions), global vs localized side by side",
     )
     """``none``: global edits only; ``auto``: every held-out and cross-domain edit also with an auto region."""
-    compose: str = option(
-        "auto",
-        flag="--compose",
-        help="how the cross-domain pairs' localized terms combine (noiseclr.composition): auto (box terms apart, "
-        "changes added), joint (one trajectory), separate",
-        choices=list(COMPOSE_MODES),
-    )
+    compose: str = compose_option()
     """:mod:`noiseclr.composition`, for every localized edit the bench makes."""
     auto_region: AutoRegion = field(default_factory=AutoRegion)
     """Parameters of the auto regions (``--region-top``, ``--region-smoothing``)."""

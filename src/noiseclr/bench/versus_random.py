@@ -59,13 +59,6 @@ def verdicts(changes: torch.Tensor, reference: RandomReference, *, leave_one_out
     return rows
 
 
-def effective_mask(changes: torch.Tensor, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-    """bool [K]: main change >= 0.25 and beats random."""
-    acting = changes.max(dim=1).values >= EFFECTIVE_CHANGE - 1e-9
-    beats = torch.tensor([bool(row["beats_random"]) for row in rows], dtype=torch.bool)
-    return acting & beats
-
-
 def apply_random_reference(results: dict[str, Any]) -> None:
     """Judge every method of ``results`` against its random method, in place: each direction record
     gets ``random`` (its verdict) and ``effective`` (main change >= 0.25 and beats random); each
@@ -82,15 +75,16 @@ def apply_random_reference(results: dict[str, Any]) -> None:
             continue
         changes = change_table(result, factor_names)
         rows = verdicts(changes, reference, leave_one_out=name == REFERENCE_METHOD)
-        effective = effective_mask(changes, rows)
+        acting = changes.max(dim=1).values >= EFFECTIVE_CHANGE - 1e-9
+        beats = torch.tensor([bool(row["beats_random"]) for row in rows], dtype=torch.bool)
+        effective = acting & beats
         for record, row, is_effective in zip(result["directions"], rows, effective.tolist()):
             record["random"] = row
             record["effective"] = bool(is_effective)
         summary = result.setdefault("summary", {})
-        acting = int((changes.max(dim=1).values >= EFFECTIVE_CHANGE - 1e-9).sum()) if changes.numel() else 0
         summary.update(summarize_changes(changes, factor_names, effective=effective))
-        summary["acting_directions"] = acting
-        summary["beats_random"] = sum(bool(row["beats_random"]) for row in rows)
+        summary["acting_directions"] = int(acting.sum())
+        summary["beats_random"] = int(beats.sum())
         summary["random_reference"] = {
             "method": REFERENCE_METHOD,
             "count": reference.count,
