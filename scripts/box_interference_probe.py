@@ -8,6 +8,10 @@ held-out scenes (``--images``, ``--seed``), with a box per object and ``--compos
 often the face's read factors differ from the face direction's edit alone, and again with the
 face's half of the image pasted from the face-alone decode (what is left is the reader seeing the
 cat's half), and how far the decoded pixels in the face's half moved although its latents did not.
+
+It decodes the latent composite (``regenerate``), which is what edits did before they summed each
+part's decoded pixels instead (``noiseclr.composition``); the paste above is that pixel-space sum's
+effect on the face's half.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from PIL import Image
 
 from noiseclr.cli import main
 from noiseclr.directions import Directions
-from noiseclr.editing import EditSettings, edit, regenerate
+from noiseclr.editing import EditSettings, edit, regenerate, render_edits
 from noiseclr.errors import NoiseCLRError
 from noiseclr.generation import GenerateSettings, generate, generate_latents
 from noiseclr.inversion import ddpm_step, invert
@@ -953,6 +953,32 @@ def test_box_terms_on_separate_trajectories_match_their_definition(model64, meth
     assert EditSettings(compose="joint").compose == "joint"
     with pytest.raises(NoiseCLRError, match="--compose"):
         EditSettings(compose="apart")
+
+
+def test_box_edits_are_composited_in_pixel_space(model64):
+    """Rendered pixels of a box pair are the reconstruction's plus each part's decoded change, each
+    part decoded alone (the decoder then cannot carry one box's latent change into the other):
+    through render_edits, edit() and generate()."""
+    directions = make_directions(model64)
+    res = model64.resolution
+    left = DirectionTerm(directions, 0, 6.0, region=Region.box((0, 0, res // 2, res)))
+    right = DirectionTerm(directions, 2, -5.0, region=Region.box((res // 2, 0, res, res)))
+    pixels = random_pixels(2, seed=3).double()
+    result = edit(model64, pixels, [left, right], EditSettings(steps=4), progress=False)
+    parts = render_edits(model64, result.inversion, [[left], [right], []], progress=False)
+    expected = (parts[2] + (parts[0] - parts[2]) + (parts[1] - parts[2])).clamp(-1, 1)
+    assert torch.allclose(result.edited, expected, atol=1e-6, rtol=0)
+    assert torch.allclose(result.reconstruction, parts[2], atol=1e-6, rtol=0)
+    rendered = render_edits(model64, result.inversion, [[left, right]], progress=False)[0]
+    assert torch.allclose(rendered, expected, atol=1e-6, rtol=0)
+    # the latents stay the latent composite (decoding it is what the pixel sum replaces)
+    latents = regenerate(model64, result.inversion, [[left, right]], progress=False)[0]
+    assert torch.allclose(result.edited_latents, latents, atol=1e-12, rtol=0)
+    plain = GenerateSettings(steps=3, seed=1)
+    made = generate(model64, ["a cat"], [left, right], plain, compare=True, progress=False)
+    alone = [generate(model64, ["a cat"], terms, plain, progress=False).images for terms in ([left], [right])]
+    summed = (made.plain + (alone[0] - made.plain) + (alone[1] - made.plain)).clamp(-1, 1)
+    assert torch.allclose(made.images, summed, atol=1e-6, rtol=0)
 
 
 def test_separate_trajectories_still_take_one_unet_call_per_step(tiny_model):

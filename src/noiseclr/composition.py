@@ -13,8 +13,12 @@ reconstruction plus the sum of their changes::
     x = x_recon + sum_i (x_i - x_recon)
 
 Inside one term's region, away from the others, the latents are exactly the term's edit alone.
-The decoded pixels are not quite: the VAE decoder's attention still carries a neighbour's change
-a little way across (``scripts/box_interference_probe.py``). Where regions overlap the changes
+Decoding that composite would not keep the pixels so: the VAE decoder's mid-block attention
+carries a neighbour's latent change across the image (up to 0.38 in [-1, 1] on the scenes,
+``scripts/box_interference_probe.py``). So wherever pixels are made (:func:`~noiseclr.editing.render_edits`,
+:func:`~noiseclr.editing.edit`, :func:`~noiseclr.generation.generate`) the same sum is taken in
+pixel space, over each part decoded alone: a box's pixels are then the term's edit alone, up
+to the little its own decoded change reaches beyond its box. Where regions overlap the changes
 add, which is first-order what a joint trajectory does.
 
 ``compose``: ``"joint"`` (one trajectory, the plain kernel), ``"separate"`` (every edit whose
@@ -102,16 +106,27 @@ def split_edits(edits: Sequence[Sequence[EditTerm]], compose: str) -> tuple[list
     return expanded, parts
 
 
-def composite(latents: torch.Tensor, parts: Sequence[Sequence[int]], reference: int) -> torch.Tensor:
-    """[E, ...] from the parts' latents [E', ...]: ``x_ref + sum_i (x_i - x_ref)`` per edit, where
-    ``reference`` indexes the reconstruction among the E' (a whole edit is just its one part)."""
-    recon = latents[reference]
+def with_reference(expanded: Sequence[Sequence[EditTerm]]) -> tuple[list[list[EditTerm]], int]:
+    """The runs for :func:`split_edits`' parts and the index of the reconstruction among them: an
+    edit with no terms already there, else one appended."""
+    runs = [list(terms) for terms in expanded]
+    for index, terms in enumerate(runs):
+        if not terms:
+            return runs, index
+    return [*runs, []], len(runs)
+
+
+def composite(values: torch.Tensor, parts: Sequence[Sequence[int]], reference: int) -> torch.Tensor:
+    """[E, ...] from the parts' values [E', ...] (latents, or pixels each part decoded alone):
+    ``x_ref + sum_i (x_i - x_ref)`` per edit, where ``reference`` indexes the reconstruction among
+    the E' (a whole edit is just its one part)."""
+    recon = values[reference]
     rows = []
     for indices in parts:
         if len(indices) == 1:
-            rows.append(latents[indices[0]])
+            rows.append(values[indices[0]])
         else:
-            rows.append(recon + sum(latents[i] - recon for i in indices))
+            rows.append(recon + sum(values[i] - recon for i in indices))
     return torch.stack(rows)
 
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .composition import check_compose, compose_option, composite, split_edits, union_of_parts
+from .composition import check_compose, compose_option, composite, split_edits, union_of_parts, with_reference
 from .directions import Directions
 from .errors import NoiseCLRError
 from .images import ImageSet
@@ -377,17 +377,46 @@ def _composed(
 ) -> torch.Tensor | tuple:
     """:func:`regenerate` of edits split by :func:`~noiseclr.composition.split_edits`: every part on
     its own trajectory beside the reconstruction, then each edit = reconstruction + its parts' changes."""
-    runs = expanded + [[]]
+    runs, reference = with_reference(expanded)
     latents, maps, own = regenerate(
         model, inversion, runs, return_regions=True, return_term_regions=True, compose="joint", **options
     )
-    latents = composite(latents, parts, reference=len(runs) - 1)
+    latents = composite(latents, parts, reference)
     if not return_regions:
         return latents
     maps = union_of_parts(maps, parts)
     if not return_term_regions:
         return latents, maps
     return latents, maps, [[region for i in indices for region in own[i]] for indices in parts]
+
+
+def _decode(model: DiffusionModel, latents: torch.Tensor, decode_batch: int) -> torch.Tensor:
+    """[E, B, C, h, w] latents -> [E, B, 3, S, S] pixels, float32 on the CPU."""
+    pixels = model.decode_latents(latents.reshape(-1, *latents.shape[2:]), batch_size=decode_batch).cpu()
+    return pixels.view(*latents.shape[:2], *pixels.shape[1:])
+
+
+def _render(
+    model: DiffusionModel, inversion: Inversion, edits: Sequence[Sequence[EditTerm]], decode_batch: int, **options
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[torch.Tensor]]]:
+    """Pixels, latents, regions and per-term regions of :func:`regenerate`'s edits. Edits whose
+    terms run apart (:mod:`noiseclr.composition`) are summed in pixel space from each part decoded
+    alone, so the decoder cannot carry one object's change into another's box."""
+    requested = [list(terms) for terms in edits]
+    compose = options.pop("compose", "auto")
+    expanded, parts = split_edits(requested, compose)
+    if len(expanded) == len(requested):
+        latents, maps, own = regenerate(
+            model, inversion, requested, return_regions=True, return_term_regions=True, compose=compose, **options
+        )
+        return _decode(model, latents, decode_batch), latents, maps, own
+    runs, reference = with_reference(expanded)
+    latents, maps, own = regenerate(
+        model, inversion, runs, return_regions=True, return_term_regions=True, compose="joint", **options
+    )
+    pixels = composite(_decode(model, latents, decode_batch), parts, reference).clamp(-1, 1)
+    own = [[region for i in indices for region in own[i]] for indices in parts]
+    return pixels, composite(latents, parts, reference), union_of_parts(maps, parts), own
 
 
 def render_edits(
@@ -405,22 +434,20 @@ def render_edits(
     compose: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`regenerate` and decode: pixels [E, B, 3, S, S] in [-1, 1], float32 on the CPU (and the
-    regions [E, B, h, w] with ``return_regions``). ``desc`` labels the progress bar."""
-    latents, maps = regenerate(
+    regions [E, B, h, w] with ``return_regions``). ``desc`` labels the progress bar. Edits whose
+    boxes run apart are composited in pixel space (:mod:`noiseclr.composition`)."""
+    pixels, _, maps, _ = _render(
         model,
         inversion,
         edits,
+        decode_batch,
         image_indices=image_indices,
         max_batch=max_batch,
         progress=progress,
         auto_region=auto_region,
-        return_regions=True,
         desc=desc,
         compose=compose,
     )
-    flat = latents.reshape(-1, *latents.shape[2:])
-    pixels = model.decode_latents(flat, batch_size=decode_batch).cpu()
-    pixels = pixels.view(*latents.shape[:2], *pixels.shape[1:])
     return (pixels, maps) if return_regions else pixels
 
 
@@ -549,21 +576,18 @@ def edit(
         max_batch=settings.max_batch,
         progress=progress,
     )
-    both, maps, own = regenerate(
+    decoded, both, maps, own = _render(
         model,
         inversion,
         [terms, []],
+        settings.decode_batch,
         max_batch=settings.max_batch,
         progress=progress,
         auto_region=settings.auto_region,
-        return_regions=True,
-        return_term_regions=True,
         image_sizes=sizes,
         compose=settings.compose,
     )
     localized = any(term.region is not None for term in terms)
-    decoded = model.decode_latents(both.reshape(-1, *both.shape[2:]), batch_size=settings.decode_batch).cpu()
-    decoded = decoded.view(2, -1, *decoded.shape[1:])
     return EditResult(
         edited=decoded[0],
         reconstruction=decoded[1],

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .composition import check_compose, compose_option, composite, split_edits, union_of_parts
+from .composition import check_compose, compose_option, composite, split_edits, union_of_parts, with_reference
 from .editing import StepCallback, denoise, direction_conditionings, edit_weights, warn_empty_windows
 from .errors import NoiseCLRError
 from .inversion import make_schedule
@@ -67,8 +67,9 @@ def generate_latents(
         # One trajectory per object beside the plain sample, then the changes added (noiseclr.composition).
         given = {"guidance_scale": guidance_scale, "steps": steps, "seed": seed, "noise": noise, "max_batch": max_batch}
         run = {"progress": progress, "callback": callback, "auto_region": auto_region, "compose": "joint"}
-        latents, maps = generate_latents(model, prompts, [*expanded, []], **given, **run, return_regions=True)
-        latents = composite(latents, parts, reference=len(expanded))
+        runs, reference = with_reference(expanded)
+        latents, maps = generate_latents(model, prompts, runs, **given, **run, return_regions=True)
+        latents = composite(latents, parts, reference)
         return (latents, union_of_parts(maps, parts)) if return_regions else latents
     if not math.isfinite(guidance_scale):
         raise NoiseCLRError(f"--guidance {guidance_scale}: not a finite number; 5 to 7.5 is typical.")
@@ -206,21 +207,29 @@ def generate(
     settings = settings or GenerateSettings()
     prompts = [str(p) for p in prompts for _ in range(settings.images_per_prompt)]
     variants = [list(terms), []] if compare else [list(terms)]
+    # Boxes that run apart are summed in pixel space, each part decoded alone (noiseclr.composition).
+    runs, parts = split_edits(variants, settings.compose)
+    separated = len(runs) > len(variants)
+    if separated:
+        runs, reference = with_reference(runs)
     latents, maps = generate_latents(
         model,
         prompts,
-        variants,
+        runs,
         guidance_scale=settings.guidance_scale,
         steps=settings.steps,
         seed=settings.seed,
         max_batch=settings.max_batch,
         progress=progress,
         auto_region=settings.auto_region,
-        compose=settings.compose,
+        compose="joint" if separated else settings.compose,
         return_regions=True,
     )
     pixels = model.decode_latents(latents.reshape(-1, *latents.shape[2:]), batch_size=settings.decode_batch).cpu()
     pixels = pixels.view(*latents.shape[:2], *pixels.shape[1:])
+    if separated:
+        pixels = composite(pixels, parts, reference).clamp(-1, 1)
+        latents, maps = composite(latents, parts, reference), union_of_parts(maps, parts)
     return GenerateResult(
         images=pixels[0],
         latents=latents[0],

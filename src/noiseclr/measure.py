@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .directions import Directions
-from .editing import regenerate
+from .editing import render_edits
 from .terms import EditTerm
 from .errors import NoiseCLRError
 from .inversion import Inversion, invert
@@ -253,19 +253,19 @@ def render_and_read(
             edits_per_pass = max(1, per_pass // len(images))
             for first_edit in range(0, count, edits_per_pass):
                 chunk = edits[first_edit : first_edit + edits_per_pass]
-                latents, regions = regenerate(
+                pixels, regions = render_edits(
                     model,
                     inversion,
                     chunk,
                     image_indices=images,
                     max_batch=passes.max_batch,
+                    decode_batch=passes.decode_batch,
                     progress=False,
                     auto_region=auto_region,
                     return_regions=True,
                     compose=compose,
                 )
-                flat = latents.reshape(-1, *latents.shape[2:])
-                pixels = model.decode_latents(flat, batch_size=passes.decode_batch).cpu()
+                pixels = pixels.reshape(-1, *pixels.shape[2:])
                 indices = read_factors(reader, pixels).view(len(chunk), len(images), -1)
                 if on_chunk is not None:
                     on_chunk(
