@@ -1,11 +1,13 @@
 """Figure for the model card: what the VAE round trip does to open mouths and curls, as crops.
 
     python scripts/vae_crops_figure.py --out docs/images/vae-crops.png
+    python scripts/vae_crops_figure.py --model OLD --label before --model NEW --label after --out crops.png
 
 Held-out faces re-rendered with a smile, a frown and curly hair; each is encoded and decoded by the
 model's VAE (posterior mean, as every edit's reconstruction is). Per row: the factor's crop before
-and after, 3x nearest-neighbour, and the PSNR inside the factor's own pixels (the renderer's mask:
-every pixel another value of the factor would change). Prints the table the model card quotes.
+and after each ``--model``, 3x nearest-neighbour, and the PSNR inside the factor's own pixels (the
+renderer's mask: every pixel another value of the factor would change). Prints the table the model
+card quotes.
 """
 
 from __future__ import annotations
@@ -47,31 +49,38 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--model", action="append", help="model folder (repeat to compare; default: embedded)")
+    parser.add_argument("--label", action="append", help="column label per --model")
     parser.add_argument("--images", type=int, default=3, help="faces per case")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    names = args.model or ["embedded"]
+    labels = args.label or (["VAE round trip"] if len(names) == 1 else names)
+    if len(labels) != len(names):
+        parser.error("give one --label per --model")
 
     from PIL import Image
 
-    model = DiffusionModel.load(args.model, device="cpu")
+    models = [DiffusionModel.load(name, device="cpu") for name in names]
     rows, row_labels = [], []
-    print("| case | face | PSNR inside the factor (dB) |\n|---|---|---:|")
+    print(f"| case | face | {' | '.join(f'PSNR inside, {label} (dB)' for label in labels)} |")
+    print("|---|---|" + "---:|" * len(labels))
     for factor, value in CASES:
         for seed in seeds_for("heldout", args.images, 0):
-            labels = {**labels_for_seed("faces", seed), factor: value}
-            masks, image = factor_masks("faces", seed, labels, [factor])
+            masks, image = factor_masks("faces", seed, {**labels_for_seed("faces", seed), factor: value}, [factor])
             pixels = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
-            with torch.no_grad():
-                recon = model.decode_latents(model.encode_images(pixels))[0]
-            after = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            afters = []
+            for model in models:
+                with torch.no_grad():
+                    recon = model.decode_latents(model.encode_images(pixels))[0]
+                afters.append(((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
             top, left, bottom, right = crop_box(masks[factor])
-            crops = [Image.fromarray(np.ascontiguousarray(x[top:bottom, left:right])) for x in (image, after)]
+            crops = [Image.fromarray(np.ascontiguousarray(x[top:bottom, left:right])) for x in (image, *afters)]
             rows.append([crop.resize((crop.width * 3, crop.height * 3), Image.NEAREST) for crop in crops])
-            psnr = masked_psnr(image, after, masks[factor])
-            row_labels.append(f"{value} {seed} {psnr:.1f} dB")
-            print(f"| {factor} {value} | seed {seed} | {psnr:.1f} |")
-    grid = make_grid(rows, column_labels=["render", "VAE round trip"], row_labels=row_labels)
+            psnrs = [masked_psnr(image, after, masks[factor]) for after in afters]
+            row_labels.append(f"{value} {seed} " + " / ".join(f"{v:.1f}" for v in psnrs) + " dB")
+            print(f"| {factor} {value} | seed {seed} | " + " | ".join(f"{v:.1f}" for v in psnrs) + " |")
+    grid = make_grid(rows, column_labels=["render", *labels], row_labels=row_labels)
     print(f"wrote {save_image(grid, args.out)}")
 
 
