@@ -377,17 +377,24 @@ def _composed(
 ) -> torch.Tensor | tuple:
     """:func:`regenerate` of edits split by :func:`~noiseclr.composition.split_edits`: every part on
     its own trajectory beside the reconstruction, then each edit = reconstruction + its parts' changes."""
-    runs, reference = with_reference(expanded)
-    latents, maps, own = regenerate(
-        model, inversion, runs, return_regions=True, return_term_regions=True, compose="joint", **options
-    )
-    latents = composite(latents, parts, reference)
+    _, _, latents, maps, own = _run_parts(model, inversion, expanded, parts, **options)
     if not return_regions:
         return latents
-    maps = union_of_parts(maps, parts)
-    if not return_term_regions:
-        return latents, maps
-    return latents, maps, [[region for i in indices for region in own[i]] for indices in parts]
+    return (latents, maps, own) if return_term_regions else (latents, maps)
+
+
+def _run_parts(
+    model: DiffusionModel, inversion: Inversion, expanded: list[list[EditTerm]], parts: list[list[int]], **options
+):
+    """Every part on its own trajectory beside the reconstruction, in one batch: the parts' latents
+    and the reconstruction's index among them, then per requested edit the composited latents,
+    regions and per-term regions."""
+    runs, reference = with_reference(expanded)
+    run_latents, maps, own = regenerate(
+        model, inversion, runs, return_regions=True, return_term_regions=True, compose="joint", **options
+    )
+    own = [[region for i in indices for region in own[i]] for indices in parts]
+    return run_latents, reference, composite(run_latents, parts, reference), union_of_parts(maps, parts), own
 
 
 def _decode(model: DiffusionModel, latents: torch.Tensor, decode_batch: int) -> torch.Tensor:
@@ -410,13 +417,9 @@ def _render(
             model, inversion, requested, return_regions=True, return_term_regions=True, compose=compose, **options
         )
         return _decode(model, latents, decode_batch), latents, maps, own
-    runs, reference = with_reference(expanded)
-    latents, maps, own = regenerate(
-        model, inversion, runs, return_regions=True, return_term_regions=True, compose="joint", **options
-    )
-    pixels = composite(_decode(model, latents, decode_batch), parts, reference).clamp(-1, 1)
-    own = [[region for i in indices for region in own[i]] for indices in parts]
-    return pixels, composite(latents, parts, reference), union_of_parts(maps, parts), own
+    run_latents, reference, latents, maps, own = _run_parts(model, inversion, expanded, parts, **options)
+    pixels = composite(_decode(model, run_latents, decode_batch), parts, reference).clamp(-1, 1)
+    return pixels, latents, maps, own
 
 
 def render_edits(
