@@ -166,7 +166,10 @@ def test_run_folder_layout(tiny_model, tmp_path):
     assert [step for step, _ in list_checkpoints(run)] == [6, 7]
     assert result.checkpoint_path == run / "checkpoints" / "step-000007.safetensors"
     lines = (run / "loss.csv").read_text().splitlines()
-    assert lines[0] == "step,loss,seconds,delta_abs_cos,vector_abs_cos,response_mean,response_min,reseeded" and len(lines) == 8
+    assert (
+        lines[0] == "step,loss,seconds,delta_abs_cos,vector_abs_cos,response_mean,response_min,reseeded"
+        and len(lines) == 8
+    )
     # Per direction and log step (every 10 steps and the last): response and conditioning change.
     responses = (run / "responses.csv").read_text().splitlines()
     assert responses[0] == "step,direction,response,conditioning_change" and len(responses) == 1 + 5
