@@ -531,7 +531,7 @@ def test_reseeding_duplicates_restarts_the_later_direction_and_resumes_exactly(t
     settings = dict(steps=6, reseed_duplicates=1e-9)
     straight = discover(tiny_model, pixels, tmp_path / "straight", small(**settings), progress=False)
     assert [row.get("reseeded") for row in straight.loss_log] == [None, 4, None, 4, None, None]
-    logged = list(csv.DictReader((tmp_path / "straight" / "loss.csv").open()))
+    logged = list(csv.DictReader((tmp_path / "straight" / "loss.csv").read_text().splitlines()))
     assert [row["reseeded"] for row in logged] == ["", "4", "", "4", "", ""]  # the restarts are in the log too
     assert not torch.allclose(straight.directions.vectors[1:], plain.directions.vectors[1:])
     discover(tiny_model, pixels, tmp_path / "split", small(**{**settings, "steps": 3}), progress=False)

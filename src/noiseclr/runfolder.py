@@ -187,8 +187,17 @@ def write_logs(run_dir: Path, loss_log: list[dict[str, float]], response_log: li
 
 def loss_csv(rows: list[dict[str, float]]) -> str:
     out = io.StringIO()
-    columns = ["step", "loss", "seconds", "delta_abs_cos", "vector_abs_cos", "response_mean", "response_min"]
-    columns.append("reseeded")  # how many directions --reseed-duplicates restarted at that step
+    # reseeded: how many directions --reseed-duplicates restarted at that step (blank: no check ran)
+    columns = [
+        "step",
+        "loss",
+        "seconds",
+        "delta_abs_cos",
+        "vector_abs_cos",
+        "response_mean",
+        "response_min",
+        "reseeded",
+    ]
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
